@@ -1,0 +1,130 @@
+"""``make``: one entry point for dm_control suite tasks and Gymnasium ids."""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+import gymnasium
+from gymnasium.envs.registration import load_env_creator
+
+from .dmc import DEFAULT_DMC_ACTION_REPEAT, PLANET_ACTION_REPEAT, add_aliases, dmc_names, load_dmc
+from .wrappers import ActionRepeat, FlatObservation, NormalizeActions, PlanningEnv
+
+PREFIXES = ("dmc:", "gym:")
+OBS_MODES = ("state", "pixels")
+
+
+def available_envs() -> list[str]:
+    """Names of all dm_control suite tasks in ``make`` form, e.g. ``"dmc:cartpole-swingup"``.
+
+    Any registered Gymnasium id also works as ``"gym:<id>"``.
+
+    Raises:
+        RuntimeError: if dm_control cannot be imported (OpenGL backend problem).
+    """
+    return dmc_names()
+
+
+def _load_gym(gym_id: str, *, pixels: bool):
+    try:
+        spec = gymnasium.spec(gym_id)
+    except gymnasium.error.Error as err:
+        ids = sorted(gymnasium.registry)
+        close = difflib.get_close_matches(gym_id, ids, n=5)
+        raise ValueError(
+            f"unknown Gymnasium id {gym_id!r} ({err}); close matches: {close}; registered ids: {', '.join(ids)}"
+        ) from err
+    if not pixels:
+        env = gymnasium.make(spec)
+    else:
+        creator = spec.entry_point
+        if isinstance(creator, str):
+            creator = load_env_creator(creator)
+        modes = list(getattr(creator, "metadata", {}).get("render_modes") or [])
+        if "rgb_array" not in modes:
+            raise ValueError(
+                f"gym:{gym_id} cannot render 'rgb_array' frames (render modes: {modes}), "
+                "so obs='pixels' is unavailable; use obs='state'"
+            )
+        env = gymnasium.make(spec, render_mode="rgb_array")
+    limit = env.spec.max_episode_steps if env.spec is not None else None
+    return env, limit, env.render
+
+
+def make(
+    name: str,
+    *,
+    obs: str = "state",
+    action_repeat: int | None = None,
+    seed: int | None = 0,
+    image_size: int = 64,
+) -> gymnasium.Env:
+    """Build an environment with ``[-1, 1]`` actions and flat-state or pixel observations.
+
+    Args:
+        name: ``"dmc:<domain>-<task>"`` (dm_control suite, e.g. ``"dmc:walker-walk"``)
+            or ``"gym:<id>"`` (any Gymnasium id, e.g. ``"gym:Pendulum-v1"``).
+        obs: ``"state"``: float32 ``[D]`` vector, the simulator's observation entries
+            flattened in their own order. ``"pixels"``: uint8 ``[3, S, S]`` frame
+            (dm_control: ``physics.render`` with camera 0, 2 for quadruped; gym:
+            ``env.render()`` resized), with the state still in ``info["state"]``.
+        action_repeat: simulator steps per decision; default PlaNet's value for
+            the domain (:data:`PLANET_ACTION_REPEAT`), else 2 for dm_control, 1 for gym.
+        seed: seed of the first episode; ``None`` for fresh entropy. Semantics: the
+            first ``reset()`` acts as ``reset(seed=seed)``; later unseeded resets
+            continue the stream; ``reset(seed=k)`` reseeds.
+        image_size: side ``S`` of pixel observations, in pixels.
+
+    Returns:
+        A ``gymnasium.Env`` (a :class:`PlanningEnv`) with ``action_space`` =
+        float32 ``Box(-1, 1, (m,))`` (affinely rescaled to the simulator's bounds;
+        out-of-range actions are clipped) and attributes ``env_name``,
+        ``action_repeat``, ``max_episode_steps`` (decisions per episode; 125 for
+        cartpole, whose 1000-step limit is kept) and ``obs_slices`` (entry name ->
+        slice of the state vector, plus aliases such as ``pole_cos`` for known
+        tasks). ``step`` sums rewards over the repeated steps, stops early at
+        termination/truncation, and puts ``"state"`` and ``"env_steps"`` in info.
+
+    Raises:
+        ValueError: unknown prefix (lists ``"dmc:"``, ``"gym:"``), unknown
+            dm_control task (lists ``available_envs()``) or Gymnasium id, bad
+            ``obs`` (lists ``"state"``, ``"pixels"``), bad ``action_repeat`` or
+            ``image_size``, a non-Box action space, or ``obs="pixels"`` on a gym
+            env without ``rgb_array`` rendering.
+        RuntimeError: dm_control cannot be imported or cannot render (the message
+            says to set ``MUJOCO_GL=egl`` or ``osmesa``).
+    """
+    if obs not in OBS_MODES:
+        raise ValueError(f"obs must be one of {list(OBS_MODES)}, got {obs!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
+    pixels = obs == "pixels"
+    prefix, sep, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not sep or prefix + ":" not in PREFIXES:
+        raise ValueError(f"unknown env {name!r}: the name must start with one of {list(PREFIXES)}")
+
+    if prefix == "dmc":
+        domain, _, task = rest.partition("-")
+        base, keys, limit, render_fn = load_dmc(domain, task, seed=seed, image_size=image_size)
+        default_repeat = PLANET_ACTION_REPEAT.get(domain, DEFAULT_DMC_ACTION_REPEAT)
+    else:
+        domain, keys = None, None
+        base, limit, render_fn = _load_gym(rest, pixels=pixels)
+        default_repeat = 1
+    repeat = default_repeat if action_repeat is None else action_repeat
+
+    try:
+        env = ActionRepeat(base, repeat)
+        env = FlatObservation(env, keys=keys, pixels=pixels, image_size=image_size, render_fn=render_fn, name=name)
+        if pixels and domain is not None:
+            env.frame()  # fail here, not at the first reset, if rendering is broken
+        slices = add_aliases(domain, env.obs_slices) if domain else env.obs_slices
+        env = NormalizeActions(env)
+    except Exception:
+        base.close()
+        raise
+    max_steps = None if limit is None else math.ceil(limit / repeat)
+    return PlanningEnv(
+        env, env_name=name, action_repeat=repeat, max_episode_steps=max_steps, obs_slices=slices, seed=seed
+    )

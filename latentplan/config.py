@@ -1,0 +1,136 @@
+"""Configuration of the training loop (PlaNet's defaults) and the demo's CPU-sized preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from latentplan.planners.cem import CEMConfig
+from latentplan.worldmodels.rssm import RSSMConfig
+
+__all__ = ["TrainConfig", "demo_config", "RESUMABLE_CHANGES"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """PlaNet's training loop: seed episodes, then {updates; collect one episode with the planner}.
+
+    Defaults are PlaNet's (Hafner et al. 2019, Appendix A); `demo_config()` is a CPU-sized preset.
+
+    Attributes:
+        env: environment name for `latentplan.envs.make`, e.g. `dmc:cartpole-swingup`.
+        obs: `state` (flat proprioceptive vector) or `pixels` (uint8 `[3, 64, 64]`).
+        action_repeat: environment steps per decision; `None` for PlaNet's per-task value.
+        seed: seeds the environment, the model's initialisation and all sampling.
+        episodes: total episodes to collect, seed episodes included.
+        seed_episodes: episodes of uniform random actions before training (PlaNet: 5).
+        updates_per_episode: model updates before each collected episode (PlaNet's C: 100).
+        batch_size: chunks per model update (PlaNet: 50).
+        chunk_length: steps per chunk (PlaNet: 50).
+        exploration_noise: std of Gaussian noise added to planned actions while collecting
+            (PlaNet: 0.3), in action units ([-1, 1]).
+        eval_every: run evaluation episodes (no noise) after every this many collected
+            episodes past the seed episodes; the last episode is always followed by one.
+        eval_episodes: evaluation episodes per evaluation (their mean return is logged).
+        checkpoint_every: write a checkpoint after every this many episodes (1: a killed run
+            loses at most the episode in flight).
+        lr: Adam learning rate (PlaNet: 1e-3).
+        adam_eps: Adam epsilon (PlaNet: 1e-4).
+        grad_clip: gradient-norm clip (PlaNet: 1000).
+        run_dir: folder for checkpoint, episodes, metrics.jsonl and curve.png.
+        resume: continue the run in `run_dir` from its last checkpoint.
+        overwrite: start afresh even if `run_dir` already holds a run (deletes it).
+        device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ...
+        tensorboard: also log to TensorBoard in `run_dir/tb` (needs the `tensorboard` extra).
+        progress: show a progress bar.
+        max_wall_minutes: stop collecting once this much wall time has passed (the final
+            evaluation still runs); `None` for no limit.
+        model: the RSSM's architecture and loss (`obs_shape` and `action_dim` are filled from
+            the environment).
+        planner: the CEM planner used to collect and evaluate.
+    """
+
+    env: str = "dmc:cartpole-swingup"
+    obs: Literal["state", "pixels"] = "state"
+    action_repeat: int | None = None
+    seed: int = 0
+    episodes: int = 1000
+    seed_episodes: int = 5
+    updates_per_episode: int = 100
+    batch_size: int = 50
+    chunk_length: int = 50
+    exploration_noise: float = 0.3
+    eval_every: int = 10
+    eval_episodes: int = 1
+    checkpoint_every: int = 1
+    lr: float = 1e-3
+    adam_eps: float = 1e-4
+    grad_clip: float = 1000.0
+    run_dir: str = "runs/latentplan"
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    tensorboard: bool = False
+    progress: bool = True
+    max_wall_minutes: float | None = None
+    model: RSSMConfig = field(default_factory=RSSMConfig)
+    planner: CEMConfig = field(default_factory=CEMConfig)
+
+    def __post_init__(self) -> None:
+        if self.obs not in ("state", "pixels"):
+            raise ValueError(f"TrainConfig.obs must be 'state' or 'pixels'; got {self.obs!r}")
+        positive = ("episodes", "updates_per_episode", "batch_size", "chunk_length", "eval_every",
+                    "eval_episodes", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
+        if self.seed_episodes < 1 or self.seed_episodes > self.episodes:
+            raise ValueError(
+                f"TrainConfig.seed_episodes must be in [1, episodes={self.episodes}]; got {self.seed_episodes}"
+            )
+        if self.exploration_noise < 0:
+            raise ValueError(f"TrainConfig.exploration_noise must be >= 0; got {self.exploration_noise}")
+
+    def to_dict(self) -> dict:
+        """Plain-Python form (for checkpoints and `config.json`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of `to_dict`."""
+        d = dict(d)
+        d["model"] = RSSMConfig.from_dict(d["model"])
+        d["planner"] = CEMConfig(**d["planner"])
+        return cls(**d)
+
+
+RESUMABLE_CHANGES = frozenset(
+    {"episodes", "resume", "overwrite", "device", "tensorboard", "progress", "max_wall_minutes",
+     "checkpoint_every", "eval_every", "eval_episodes"}
+)
+"""Fields that may differ between a checkpoint's config and the config that resumes it."""
+
+
+def demo_config(**overrides) -> TrainConfig:
+    """The embedded default of `latentplan demo`: cartpole-swingup from state, CPU-sized.
+
+    Differences from PlaNet's settings (all chosen so the demo ends within 15 minutes on two CPU
+    cores): fewer episodes, fewer and smaller model updates, and a smaller CEM
+    (see the values below and docs/benchmarks.md for what they reach).
+    """
+    base = TrainConfig(
+        env="dmc:cartpole-swingup",
+        obs="state",
+        episodes=40,
+        seed_episodes=5,
+        updates_per_episode=50,
+        batch_size=32,
+        chunk_length=32,
+        eval_every=5,
+        run_dir="runs/demo",
+        overwrite=True,
+        max_wall_minutes=13.5,
+        planner=CEMConfig(horizon=12, iterations=5, candidates=150, elites=15),
+    )
+    return dataclasses.replace(base, **overrides)

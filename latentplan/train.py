@@ -1,0 +1,338 @@
+"""PlaNet's training loop (Hafner et al. 2019, Algorithm 1) with checkpoints that resume.
+
+Run folder layout (`TrainConfig.run_dir`):
+
+- `config.json`: the run's `TrainConfig`;
+- `checkpoint.pt`: model, optimiser, RNG states and counters (written atomically);
+- `episodes/NNNNNN.npz`: the replay buffer, one file per episode;
+- `metrics.jsonl`: one JSON row per episode (losses, returns, planning ms per action, wall time);
+- `curve.png`: the learning curve;
+- `tb/`: TensorBoard logs when enabled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from latentplan import envs as lp_envs
+from latentplan.planners.cem import CEM
+from latentplan.worldmodels.replay import ReplayBuffer
+from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
+
+from .agent import Agent, run_episode
+from .config import RESUMABLE_CHANGES, TrainConfig
+
+__all__ = ["Trainer", "TrainSummary", "load_checkpoint", "resolve_device", "CheckpointMismatch"]
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint was written by a run whose configuration differs from the one resuming it."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; otherwise `torch.device(name)`.
+
+    Raises:
+        ValueError: if a CUDA device is asked for and none is available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available (use --device cpu)")
+    return dev
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What a finished (or stopped) run reports.
+
+    Attributes:
+        episodes: episodes collected, seed episodes included.
+        env_steps: underlying environment steps (action repeat included).
+        eval_return: mean return of the last evaluation.
+        best_eval_return: the best evaluation return seen.
+        plan_ms: mean planning milliseconds per action over the last evaluation.
+        wall_s: wall time of the run in seconds, over all resumptions.
+        run_dir: the run folder.
+        stopped_early: true if `max_wall_minutes` cut collection short.
+    """
+
+    episodes: int
+    env_steps: int
+    eval_return: float
+    best_eval_return: float
+    plan_ms: float
+    wall_s: float
+    run_dir: str
+    stopped_early: bool
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[RSSMWorldModel, TrainConfig, dict]:
+    """Load a trained model from `checkpoint.pt` (or a run folder) with weights-only loading.
+
+    Returns:
+        `(model, config, checkpoint)`: the model in eval mode on `device`, the run's `TrainConfig`,
+        and the raw checkpoint dict.
+
+    Raises:
+        FileNotFoundError: if there is no checkpoint at `path`.
+        ValueError: if the file is not a latentplan checkpoint.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.exists():
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    ckpt = torch.load(p, map_location=device, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{p} is not a latentplan checkpoint (format {FORMAT_VERSION})")
+    config = TrainConfig.from_dict(json.loads(ckpt["config"]))
+    model = RSSMWorldModel(RSSMConfig.from_dict(json.loads(ckpt["model_config"]))).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, config, ckpt
+
+
+class Trainer:
+    """PlaNet's loop: `seed_episodes` random episodes, then repeat {`updates_per_episode` ELBO
+    updates on `[batch_size, chunk_length]` chunks; collect one episode with CEM plus Gaussian
+    exploration noise}; evaluation episodes without noise every `eval_every` episodes.
+
+    Args:
+        config: `TrainConfig`.
+
+    Raises:
+        FileExistsError: if `run_dir` holds a run and neither `resume` nor `overwrite` is set.
+        CheckpointMismatch: when resuming a run whose stored config differs in a field that
+            cannot change mid-run (the message lists the fields).
+
+    Source: Hafner et al. 2019, Algorithm 1.
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.device = resolve_device(config.device)
+        ckpt_path = self.run_dir / CHECKPOINT
+        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not config.resume:
+            if not config.overwrite:
+                raise FileExistsError(
+                    f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite "
+                    "to start afresh (or choose another --run-dir)"
+                )
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        self.env = lp_envs.make(config.env, obs=config.obs, action_repeat=config.action_repeat, seed=config.seed)
+        obs_shape = tuple(self.env.observation_space.shape)
+        space = self.env.action_space
+        slices = getattr(self.env, "obs_slices", {}) or {}
+        names = tuple((k, int(s.start), int(s.stop)) for k, s in slices.items()) if config.obs == "state" else ()
+        self.model_config = dataclasses.replace(
+            config.model, obs_shape=obs_shape, action_dim=int(space.shape[0]),
+            action_low=tuple(float(x) for x in space.low), action_high=tuple(float(x) for x in space.high),
+            obs_names=names,
+        )
+        torch.manual_seed(config.seed)  # parameter initialisation only; sampling uses self.generator
+        self.model = RSSMWorldModel(self.model_config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
+        self.planner = CEM(config.planner)
+        self.agent = Agent(self.model, self.planner)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.buffer = ReplayBuffer(self.run_dir / "episodes", seed=config.seed)
+        self.episode = 0
+        self.env_steps = 0
+        self.evaluations = 0
+        self.wall_offset = 0.0
+        self.best_eval = float("-inf")
+        self.last_eval: dict[str, float] = {}
+        if config.resume and ckpt_path.exists():
+            self._restore(ckpt_path)
+        else:
+            (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        self.writer = self._tensorboard() if config.tensorboard else None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "config": json.dumps(self.config.to_dict()),
+            "model_config": json.dumps(self.model_config.to_dict()),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "buffer_rng": json.dumps(self.buffer.rng.bit_generator.state),
+            "episode": self.episode,
+            "env_steps": self.env_steps,
+            "evaluations": self.evaluations,
+            "wall_s": self.wall_offset + (time.perf_counter() - self.t_start),
+            "best_eval": self.best_eval,
+            "last_eval": json.dumps(self.last_eval),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write `run_dir/checkpoint.pt` atomically and return its path."""
+        path = self.run_dir / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(self._state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def _restore(self, path: Path) -> None:
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
+            raise CheckpointMismatch(f"{path} is not a latentplan checkpoint (format {FORMAT_VERSION})")
+        stored = json.loads(ckpt["config"])
+        current = json.loads(json.dumps(self.config.to_dict()))
+        diff = sorted(k for k in set(stored) | set(current)
+                      if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+        stored_model = json.loads(ckpt["model_config"])
+        if stored_model != json.loads(json.dumps(self.model_config.to_dict())) and "model" not in diff:
+            diff.append("model")
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs now {current.get(k)!r}" for k in diff)
+            raise CheckpointMismatch(f"cannot resume {path}: the run was made with another config ({detail})")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.generator.set_state(ckpt["generator"].cpu())
+        self.episode = int(ckpt["episode"])
+        self.env_steps = int(ckpt["env_steps"])
+        self.evaluations = int(ckpt["evaluations"])
+        self.wall_offset = float(ckpt["wall_s"])
+        self.best_eval = float(ckpt["best_eval"])
+        self.last_eval = json.loads(ckpt["last_eval"])
+        self.buffer.load_directory(self.episode)
+        self.buffer.rng.bit_generator.state = json.loads(ckpt["buffer_rng"])
+        self._truncate_metrics(self.episode)
+
+    def _truncate_metrics(self, episode: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["episode"] <= episode]
+        path.write_text("".join(r + "\n" for r in rows))
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # pragma: no cover - depends on the optional extra
+            raise ImportError("TensorBoard logging needs `pip install latentplan[tensorboard]`") from e
+        return SummaryWriter(str(self.run_dir / "tb"))
+
+    # ------------------------------------------------------------------ the loop
+    def update(self) -> dict[str, float]:
+        """One ELBO gradient step on a sampled batch; returns the loss terms."""
+        c = self.config
+        batch = self.buffer.sample(c.batch_size, c.chunk_length)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        self.model.train()
+        terms = self.model.elbo(batch["obs"], batch["action"], batch["reward"], batch["is_first"], generator=self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.model.eval()
+        return {**terms.scalars(), "grad_norm": float(grad_norm)}
+
+    def evaluate(self) -> dict[str, float]:
+        """Run `eval_episodes` episodes without exploration noise; returns mean return and ms/action."""
+        c = self.config
+        rets, ms = [], []
+        for i in range(c.eval_episodes):
+            seed = c.seed * 1_000_003 + 10_000_000 + self.evaluations * 100 + i
+            _, st = run_episode(self.env, self.agent, seed=seed, noise=0.0, generator=self.generator)
+            rets.append(st.ret)
+            ms.append(st.plan_ms)
+        self.evaluations += 1
+        out = {"eval_return": float(np.mean(rets)), "eval_plan_ms": float(np.mean(ms))}
+        self.best_eval = max(self.best_eval, out["eval_return"])
+        self.last_eval = out
+        return out
+
+    def _log(self, row: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("episode",):
+                    self.writer.add_scalar(k, v, self.env_steps)
+
+    def run(self) -> TrainSummary:
+        """Train until `episodes` episodes are collected (or `max_wall_minutes` passes); evaluate at
+        the end; write `curve.png`. Returns the `TrainSummary`."""
+        c = self.config
+        self.t_start = time.perf_counter()
+        deadline = None if c.max_wall_minutes is None else c.max_wall_minutes * 60 - self.wall_offset
+        bar = tqdm(total=c.episodes, initial=self.episode, disable=not c.progress, desc="episodes", unit="ep")
+        stopped_early = False
+        while self.episode < c.episodes:
+            if deadline is not None and time.perf_counter() - self.t_start > deadline:
+                stopped_early = True
+                break
+            row: dict[str, Any] = {"episode": self.episode + 1}
+            seed = c.seed * 1_000_003 + self.episode
+            if self.episode < c.seed_episodes:
+                episode, st = run_episode(self.env, None, seed=seed, generator=self.generator)
+            else:
+                losses = [self.update() for _ in range(c.updates_per_episode)]
+                row.update({k: float(np.mean([l[k] for l in losses])) for k in losses[0]})
+                episode, st = run_episode(self.env, self.agent, seed=seed, noise=c.exploration_noise, generator=self.generator)
+            self.buffer.add(episode)
+            self.episode += 1
+            self.env_steps += st.env_steps
+            row.update({"env_steps": self.env_steps, "train_return": st.ret, "plan_ms": st.plan_ms})
+            trained = self.episode - c.seed_episodes
+            if trained > 0 and (trained % c.eval_every == 0 or self.episode == c.episodes):
+                row.update(self.evaluate())
+            row["wall_s"] = self.wall_offset + time.perf_counter() - self.t_start
+            self._log(row)
+            if self.episode % c.checkpoint_every == 0 or self.episode == c.episodes:
+                self.save_checkpoint()
+            bar.update(1)
+            bar.set_postfix({k: round(row[k], 1) for k in ("train_return", "eval_return", "loss") if k in row})
+        bar.close()
+        if stopped_early or "eval_return" not in self._last_row():
+            row = {"episode": self.episode, "env_steps": self.env_steps, **self.evaluate()}
+            row["wall_s"] = self.wall_offset + time.perf_counter() - self.t_start
+            self._log(row)
+            self.save_checkpoint()
+        from .plots import plot_learning_curve
+
+        plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png", title=c.env)
+        if self.writer is not None:
+            self.writer.close()
+        return TrainSummary(
+            episodes=self.episode, env_steps=self.env_steps,
+            eval_return=self.last_eval.get("eval_return", float("nan")),
+            best_eval_return=self.best_eval, plan_ms=self.last_eval.get("eval_plan_ms", float("nan")),
+            wall_s=self.wall_offset + time.perf_counter() - self.t_start, run_dir=str(self.run_dir),
+            stopped_early=stopped_early,
+        )
+
+    def _last_row(self) -> dict:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return {}
+        lines = [l for l in path.read_text().splitlines() if l.strip()]
+        return json.loads(lines[-1]) if lines else {}
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of `run_dir/metrics.jsonl`."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]

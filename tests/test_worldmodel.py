@@ -1,0 +1,180 @@
+"""The RSSM world model: shapes, that filtering uses the observation, that the ELBO falls, bad inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+from latentplan.worldmodels import LatentState, ReplayBuffer, RSSMConfig, RSSMWorldModel, preprocess_image, postprocess_image
+
+SMALL = dict(deter=32, stoch=8, hidden=32, embed=32)
+
+
+def _model(obs_dim=4, action_dim=2, **kw) -> RSSMWorldModel:
+    torch.manual_seed(0)
+    names = (("pos", 0, 2), ("vel", 2, 4))
+    return RSSMWorldModel(RSSMConfig(obs_shape=(obs_dim,), action_dim=action_dim, obs_names=names, **{**SMALL, **kw}))
+
+
+def test_planet_default_sizes():
+    m = RSSMWorldModel(RSSMConfig(obs_shape=(5,), action_dim=1))
+    s = m.initial(3)
+    assert s.deter.shape == (3, 200) and s.stoch.shape == (3, 30)
+    assert m.gru.hidden_size == 200 and m.config.min_std == 0.1 and m.config.free_nats == 3.0
+
+
+def test_shapes_of_every_protocol_method():
+    m = _model()
+    s = m.initial(5)
+    a = torch.zeros(5, 2)
+    post = m.observe(s, a, torch.randn(5, 4), torch.ones(5, dtype=torch.bool))
+    prior = m.imagine_step(post, a, generator=torch.Generator().manual_seed(0))
+    for st in (post, prior):
+        assert st.deter.shape == (5, 32) and st.stoch.shape == (5, 8)
+        assert st.features().shape == (5, 40)
+    assert m.reward(prior).shape == (5,)
+    dec = m.decode(prior)
+    assert dec["obs"].shape == (5, 4) and dec["pos"].shape == (5, 2) and dec["vel"].shape == (5, 2)
+    torch.testing.assert_close(dec["vel"], dec["obs"][:, 2:4])
+    e = s.expand(3)
+    assert e.batch == 15 and torch.equal(e.deter[3:6], s.deter[1:2].expand(3, -1))
+
+
+def test_observe_uses_the_observation():
+    m = _model()
+    s = m.initial(1)
+    a = torch.zeros(1, 2)
+    first = torch.ones(1, dtype=torch.bool)
+    p1 = m.observe(s, a, torch.full((1, 4), 1.0), first, sample=False)
+    p2 = m.observe(s, a, torch.full((1, 4), -1.0), first, sample=False)
+    assert torch.equal(p1.deter, p2.deter)  # the deterministic path does not see o_t
+    assert (p1.stoch - p2.stoch).abs().max() > 1e-3  # the posterior does
+    # and the posterior mean differs from the prior mean for the same history
+    _, prior_mean, _ = m._transition(s, a)
+    assert (p1.stoch - prior_mean).abs().max() > 1e-3
+
+
+def test_is_first_resets_the_belief_and_ignores_the_action():
+    m = _model()
+    obs = torch.randn(2, 4)
+    garbage = LatentState(torch.randn(2, 32) * 5, torch.randn(2, 8) * 5)
+    reset = m.observe(garbage, torch.ones(2, 2), obs, torch.ones(2, dtype=torch.bool), sample=False)
+    fresh = m.observe(m.initial(2), torch.zeros(2, 2), obs, torch.ones(2, dtype=torch.bool), sample=False)
+    torch.testing.assert_close(reset.deter, fresh.deter)
+    torch.testing.assert_close(reset.stoch, fresh.stoch)
+
+
+def _sine_data(b=8, t=20, seed=0):
+    g = np.random.default_rng(seed)
+    phase = g.uniform(0, 2 * np.pi, size=(b, 1))
+    steps = np.arange(t)[None] * 0.3
+    obs = np.stack([np.sin(steps + phase), np.cos(steps + phase), np.sin(2 * steps + phase), np.zeros((b, t))], -1)
+    action = g.uniform(-1, 1, size=(b, t, 2))
+    reward = np.cos(steps + phase) + 0.5 * action[..., 0]
+    is_first = np.zeros((b, t), bool)
+    is_first[:, 0] = True
+    f = lambda x: torch.tensor(x, dtype=torch.float32)
+    return f(obs), f(action), f(reward), torch.tensor(is_first)
+
+
+def test_elbo_falls_on_a_fixed_dataset():
+    m = _model(free_nats=0.0)
+    obs, action, reward, is_first = _sine_data()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3, eps=1e-4)
+    g = torch.Generator().manual_seed(0)
+    first = m.elbo(obs, action, reward, is_first, generator=g)
+    for _ in range(150):
+        terms = m.elbo(obs, action, reward, is_first, generator=g)
+        opt.zero_grad()
+        terms.loss.backward()
+        opt.step()
+    last = m.elbo(obs, action, reward, is_first, generator=torch.Generator().manual_seed(0))
+    assert last.loss < 0.3 * first.loss, (first.scalars(), last.scalars())
+    assert last.reconstruction < 0.35 * first.reconstruction
+    assert last.reward < 0.5 * first.reward
+    assert last.posterior.batch == 8 * 20
+
+
+def test_free_nats_floor_the_kl_term():
+    m = _model(free_nats=1e6)
+    obs, action, reward, is_first = _sine_data(b=2, t=5)
+    t = m.elbo(obs, action, reward, is_first)
+    torch.testing.assert_close(t.loss, t.reconstruction + t.reward + 1e6)
+
+
+def test_bad_inputs_name_what_was_wrong():
+    m = _model()
+    s = m.initial(2)
+    first = torch.zeros(2, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"observation must be \[2, 4\]"):
+        m.observe(s, torch.zeros(2, 2), torch.zeros(2, 5), first)
+    with pytest.raises(ValueError, match=r"action must be \[B=2, A=2\]"):
+        m.observe(s, torch.zeros(2, 3), torch.zeros(2, 4), first)
+    with pytest.raises(ValueError, match="NaN"):
+        m.observe(s, torch.zeros(2, 2), torch.tensor([[0.0, float("nan"), 0, 0]] * 2), first)
+    with pytest.raises(ValueError, match="elbo"):
+        m.elbo(torch.zeros(2, 3, 4), torch.zeros(2, 3, 1), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"image observations must be \(3, 64, 64\)"):
+        RSSMWorldModel(RSSMConfig(obs_shape=(3, 32, 32), action_dim=1))
+    with pytest.raises(ValueError, match="action_dim"):
+        RSSMWorldModel(RSSMConfig(obs_shape=(4,)))
+
+
+def test_image_model_shapes_and_five_bit_preprocessing():
+    m = RSSMWorldModel(RSSMConfig(obs_shape=(3, 64, 64), action_dim=1, deter=16, stoch=4, hidden=16))
+    img = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    s = m.observe(m.initial(2), torch.zeros(2, 1), img, torch.ones(2, dtype=torch.bool))
+    assert m.decode(s)["image"].shape == (2, 3, 64, 64)
+    assert m.decode_image_uint8(s).dtype == torch.uint8
+    x = preprocess_image(img, 5)
+    assert x.min() >= -0.5 and x.max() < 0.5
+    assert len(torch.unique(x)) <= 32  # five bits
+    # quantisation error of the round trip is at most one 5-bit bin (8 grey levels)
+    assert (postprocess_image(x + 1 / 64).int() - img.int()).abs().max() <= 8
+    with pytest.raises(ValueError, match="uint8"):
+        m.observe(m.initial(2), torch.zeros(2, 1), img.float(), torch.ones(2, dtype=torch.bool))
+
+
+def _episode(t, obs_dim=3, seed=0):
+    g = np.random.default_rng(seed)
+    return {
+        "obs": g.normal(size=(t + 1, obs_dim)).astype(np.float32),
+        "action": g.uniform(-1, 1, size=(t + 1, 1)).astype(np.float32),
+        "reward": np.r_[0.0, g.normal(size=t)].astype(np.float32),
+        "is_first": np.arange(t + 1) == 0,
+    }
+
+
+def test_replay_samples_valid_chunks_and_round_trips(tmp_path):
+    buf = ReplayBuffer(tmp_path / "eps", seed=0)
+    for i in range(3):
+        buf.add(_episode(9 + i, seed=i))
+    assert len(buf) == 3 and buf.steps == 9 + 10 + 11
+    batch = buf.sample(64, 6)
+    assert batch["obs"].shape == (64, 6, 3) and batch["action"].shape == (64, 6, 1)
+    # every chunk is a contiguous piece of one stored episode
+    stored = [e["obs"] for e in buf.episodes]
+    for chunk in batch["obs"].numpy():
+        assert any(
+            np.array_equal(chunk, ep[o : o + 6]) for ep in stored for o in range(len(ep) - 5)
+        )
+    assert batch["is_first"][:, 1:].sum() == 0  # only a chunk's first row can start an episode
+    again = ReplayBuffer(tmp_path / "eps")
+    again.load_directory(2)
+    assert len(again) == 2 and np.array_equal(again.episodes[1]["obs"], buf.episodes[1]["obs"])
+    assert not (tmp_path / "eps" / "000002.npz").exists()  # past the checkpoint: removed
+    with pytest.raises(ValueError, match="no episode has 50 rows"):
+        buf.sample(2, 50)
+
+
+def test_replay_rejects_bad_episodes():
+    buf = ReplayBuffer()
+    ep = _episode(5)
+    ep["reward"] = ep["reward"][:-1]
+    with pytest.raises(ValueError, match="rows"):
+        buf.add(ep)
+    ep = _episode(5)
+    ep["obs"][2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf in 'obs'"):
+        buf.add(ep)
+    with pytest.raises(ValueError, match="lacks keys"):
+        buf.add({"obs": np.zeros((3, 1))})

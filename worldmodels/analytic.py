@@ -1,0 +1,134 @@
+"""Known, differentiable dynamics behind the `WorldModel` protocol: the test double with exact answers,
+and the way a user with known dynamics reaches every planner."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .state import LatentState
+
+__all__ = ["AnalyticModel"]
+
+
+def _as_tensor(x) -> Tensor:
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
+class AnalyticModel(nn.Module):
+    """A deterministic `WorldModel` over a known state x: `deter` holds x `[B, n]`, `stoch` is empty.
+
+    Args:
+        dynamics: `(x [B, n], u [B, A]) -> x' [B, n]`, differentiable for gradient planners.
+        reward: `(x [B, n]) -> [B]`, the reward of arriving in x.
+        state_dim: n.
+        action_low: `[A]` lower action bounds.
+        action_high: `[A]` upper action bounds.
+        names: named slices of x for `decode()`, e.g. `{"position": slice(0, 1)}`.
+
+    `observe` sets the belief to the observation itself (full observability).
+
+    Raises:
+        ValueError: on mismatched bounds, or (from `observe`) an observation that is not `[B, n]`
+            or contains NaN/inf.
+    """
+
+    def __init__(
+        self,
+        dynamics: Callable[[Tensor, Tensor], Tensor],
+        reward: Callable[[Tensor], Tensor],
+        state_dim: int,
+        action_low: Sequence[float] | Tensor,
+        action_high: Sequence[float] | Tensor,
+        names: dict[str, slice] | None = None,
+    ) -> None:
+        super().__init__()
+        low, high = _as_tensor(action_low).reshape(-1), _as_tensor(action_high).reshape(-1)
+        if low.shape != high.shape or bool((low > high).any()):
+            raise ValueError(f"AnalyticModel: action bounds must match and low <= high; got {low}, {high}")
+        self.register_buffer("action_low", low, persistent=False)
+        self.register_buffer("action_high", high, persistent=False)
+        self.action_dim = int(low.numel())
+        self.state_dim = int(state_dim)
+        self._dynamics = dynamics
+        self._reward = reward
+        self.names = dict(names or {})
+
+    @classmethod
+    def linear(
+        cls, A, B, Q, *, action_bound: float | Sequence[float] = 1.0,
+    ) -> "AnalyticModel":
+        """The linear system x' = A x + B u with reward -x^T Q x of the arrival state.
+
+        Args:
+            A: `[n, n]`; B: `[n, m]`; Q: `[n, n]` (numpy or torch, float64 fine).
+            action_bound: symmetric bound on every action dimension.
+
+        An action cost -u^T R u is a separate reward term (see `quadratic_action_cost`), since
+        the protocol's `reward(state)` sees only the state.
+
+        Raises:
+            ValueError: on inconsistent matrix shapes.
+        """
+        A, B, Q = _as_tensor(A), _as_tensor(B), _as_tensor(Q)
+        n, m = B.shape
+        if A.shape != (n, n) or Q.shape != (n, n):
+            raise ValueError(f"AnalyticModel.linear: A {tuple(A.shape)}, B {tuple(B.shape)}, Q {tuple(Q.shape)} disagree")
+        bound = _as_tensor(action_bound).expand(m)
+        model = cls(
+            lambda x, u: x @ model.A.T + u @ model.B.T,
+            lambda x: -((x @ model.Q) * x).sum(-1),
+            n, -bound, bound, names={"x": slice(0, n)},
+        )
+        model.register_buffer("A", A)
+        model.register_buffer("B", B)
+        model.register_buffer("Q", Q)
+        return model
+
+    @staticmethod
+    def quadratic_action_cost(R) -> Callable[[LatentState, Tensor], Tensor]:
+        """A reward term `(next_state, u [N, A]) -> -u^T R u [N]` for `Objective(rewards=[...])`."""
+        R = _as_tensor(R)
+
+        def action_cost(next_state: LatentState, action: Tensor) -> Tensor:
+            return -((action @ R.to(action.device)) * action).sum(-1)
+
+        return action_cost
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's buffers."""
+        return self.action_low.device
+
+    def initial(self, batch: int) -> LatentState:
+        """Zeros: `[batch, n]` state, `[batch, 0]` stochastic part."""
+        return LatentState(torch.zeros(batch, self.state_dim, device=self.device), torch.zeros(batch, 0, device=self.device))
+
+    def from_observation(self, obs: Tensor) -> LatentState:
+        """The belief that is exactly `obs [B, n]`."""
+        obs = obs.to(self.device, torch.float32)
+        return LatentState(obs, obs.new_zeros(obs.shape[0], 0))
+
+    def observe(self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor) -> LatentState:
+        """Full observability: the new belief is `obs [B, n]`."""
+        if obs.dim() != 2 or obs.shape != (state.batch, self.state_dim):
+            raise ValueError(f"AnalyticModel.observe: obs must be [B={state.batch}, n={self.state_dim}]; got {tuple(obs.shape)}")
+        if not torch.isfinite(obs).all():
+            raise ValueError("AnalyticModel.observe: observation contains NaN or inf")
+        return self.from_observation(obs)
+
+    def imagine_step(self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None) -> LatentState:
+        """Deterministic step x' = dynamics(x, u); `generator` is unused."""
+        return LatentState(self._dynamics(state.deter, action), state.stoch)
+
+    def reward(self, state: LatentState) -> Tensor:
+        """`[B]` reward of arriving in `state`."""
+        return self._reward(state.deter)
+
+    def decode(self, state: LatentState) -> dict[str, Tensor]:
+        """`{"obs": x [B, n]}` plus the named slices."""
+        out = {"obs": state.deter}
+        out.update({k: state.deter[:, s] for k, s in self.names.items()})
+        return out

@@ -1,0 +1,337 @@
+"""PlaNet's recurrent state-space model (RSSM) with its ELBO (Hafner et al. 2019, "Learning Latent
+Dynamics for Planning from Pixels", Sections 3 and 4; architecture in their Appendix A).
+
+The latent state is a deterministic GRU state h_t (200 units) and a stochastic state z_t, a 30-dim
+diagonal Gaussian with a minimum standard deviation of 0.1. The prior p(z_t | h_t) drives
+imagination; the posterior q(z_t | h_t, o_t) filters observations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .networks import MLP, ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
+from .state import LatentState
+
+__all__ = ["RSSMConfig", "RSSMWorldModel", "ELBOTerms"]
+
+
+@dataclass(frozen=True)
+class RSSMConfig:
+    """Architecture and loss of the RSSM world model. Defaults are PlaNet's.
+
+    Attributes:
+        obs_shape: shape of one observation: `(D,)` for state vectors, `(3, 64, 64)` for images
+            (`()` until filled from the environment by the training loop).
+        action_dim: A, the action dimension (0 until filled from the environment).
+        action_low: lower action bound per dimension (length A).
+        action_high: upper action bound per dimension (length A).
+        deter: units of the deterministic GRU state h (PlaNet: 200).
+        stoch: dimension of the stochastic state z (PlaNet: 30).
+        hidden: units of every hidden layer (PlaNet: 200).
+        embed: output size of the vector-observation encoder (image encoder: 1024, fixed).
+        min_std: floor of the stochastic state's standard deviation (PlaNet: 0.1).
+        free_nats: KL below this many nats per step is not penalised (PlaNet: 3).
+        kl_scale: weight of the KL term.
+        reward_scale: weight of the reward log-likelihood.
+        image_bits: bit depth images are quantised to (PlaNet: 5).
+        obs_names: named slices of a state observation, `(name, start, stop)` triples, so
+            that `decode()` can return `obs["position"]` etc.
+    """
+
+    obs_shape: tuple[int, ...] = ()
+    action_dim: int = 0
+    action_low: tuple[float, ...] = ()
+    action_high: tuple[float, ...] = ()
+    deter: int = 200
+    stoch: int = 30
+    hidden: int = 200
+    embed: int = 200
+    min_std: float = 0.1
+    free_nats: float = 3.0
+    kl_scale: float = 1.0
+    reward_scale: float = 1.0
+    image_bits: int = 5
+    obs_names: tuple[tuple[str, int, int], ...] = field(default_factory=tuple)
+
+    def validate(self) -> None:
+        """Check that the environment-dependent fields are filled and consistent.
+
+        Raises:
+            ValueError: naming the offending field.
+        """
+        if len(self.obs_shape) not in (1, 3):
+            raise ValueError(f"RSSMConfig.obs_shape must be (D,) or (3, 64, 64); got {self.obs_shape}")
+        if len(self.obs_shape) == 3 and tuple(self.obs_shape) != (3, 64, 64):
+            raise ValueError(f"RSSMConfig: image observations must be (3, 64, 64); got {self.obs_shape}")
+        if self.action_dim < 1:
+            raise ValueError(f"RSSMConfig.action_dim must be >= 1; got {self.action_dim}")
+        for name in ("action_low", "action_high"):
+            bound = getattr(self, name)
+            if bound and len(bound) != self.action_dim:
+                raise ValueError(f"RSSMConfig.{name} has {len(bound)} entries for action_dim {self.action_dim}")
+
+    @property
+    def is_image(self) -> bool:
+        """True when observations are images."""
+        return len(self.obs_shape) == 3
+
+    def to_dict(self) -> dict:
+        """Plain-Python form, for checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RSSMConfig":
+        """Inverse of `to_dict` (lists become tuples again)."""
+        d = dict(d)
+        d["obs_shape"] = tuple(d["obs_shape"])
+        d["action_low"] = tuple(d.get("action_low", ()))
+        d["action_high"] = tuple(d.get("action_high", ()))
+        d["obs_names"] = tuple(tuple(x) for x in d.get("obs_names", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ELBOTerms:
+    """The terms of one ELBO evaluation (all scalars, averaged over batch and time).
+
+    Attributes:
+        loss: the minimised objective: reconstruction + reward NLL + kl_scale * max(KL, free nats).
+        reconstruction: observation negative log-likelihood (unit-variance Gaussian, constants dropped).
+        reward: reward negative log-likelihood (unit-variance Gaussian, constants dropped).
+        kl: KL(posterior || prior) in nats per step, before free nats.
+        posterior: `[B, T]` flattened to `[B*T]` rows: the filtered beliefs (detached).
+    """
+
+    loss: Tensor
+    reconstruction: Tensor
+    reward: Tensor
+    kl: Tensor
+    posterior: LatentState
+
+    def scalars(self) -> dict[str, float]:
+        """The loss terms as floats, for logging."""
+        return {
+            "loss": float(self.loss.detach()), "reconstruction": float(self.reconstruction),
+            "reward_nll": float(self.reward), "kl": float(self.kl),
+        }
+
+
+class RSSMWorldModel(nn.Module):
+    """PlaNet's RSSM with its encoder, observation decoder and reward head; a `WorldModel`.
+
+    Shapes: B is the batch of beliefs, A the action dimension, D = `deter`, S = `stoch`.
+    Observations are `[B, D_obs]` float vectors or `[B, 3, 64, 64]` uint8 images.
+
+    Args:
+        config: `RSSMConfig`.
+
+    Source: Hafner et al. 2019 (PlaNet), Appendix A; the ELBO with free nats of their Eq. (3).
+    """
+
+    def __init__(self, config: RSSMConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.action_dim = c.action_dim
+        low = c.action_low or (-1.0,) * c.action_dim
+        high = c.action_high or (1.0,) * c.action_dim
+        self.register_buffer("action_low", torch.tensor(low, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_high", torch.tensor(high, dtype=torch.float32), persistent=False)
+        # Transition (prior): z_{t-1}, a_{t-1} -> GRU -> h_t -> p(z_t | h_t)
+        self.pre_gru = nn.Linear(c.stoch + c.action_dim, c.hidden)
+        self.gru = nn.GRUCell(c.hidden, c.deter)
+        self.prior_hidden = nn.Linear(c.deter, c.hidden)
+        self.prior_out = nn.Linear(c.hidden, 2 * c.stoch)
+        # Posterior: h_t, embed(o_t) -> q(z_t | h_t, o_t)
+        if c.is_image:
+            self.encoder: nn.Module = ConvEncoder()
+            embed = self.encoder.out_dim
+            self.decoder: nn.Module = ConvDecoder(c.deter + c.stoch)
+        else:
+            self.encoder = MLP(c.obs_shape[0], c.embed, c.hidden, layers=2)
+            embed = c.embed
+            self.decoder = MLP(c.deter + c.stoch, c.obs_shape[0], c.hidden, layers=2)
+        self.post_hidden = nn.Linear(c.deter + embed, c.hidden)
+        self.post_out = nn.Linear(c.hidden, 2 * c.stoch)
+        self.reward_head = MLP(c.deter + c.stoch, 1, c.hidden, layers=2)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.pre_gru.weight.device
+
+    def _gaussian(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw = out.chunk(2, dim=-1)
+        return mean, F.softplus(raw) + self.config.min_std
+
+    def _check_action(self, action: Tensor, batch: int, fn: str) -> None:
+        if action.shape != (batch, self.action_dim):
+            raise ValueError(
+                f"RSSMWorldModel.{fn}: action must be [B={batch}, A={self.action_dim}]; got {tuple(action.shape)}"
+            )
+
+    def _check_obs(self, obs: Tensor, batch: int, fn: str) -> None:
+        want = (batch, *self.config.obs_shape)
+        if tuple(obs.shape) != want:
+            raise ValueError(f"RSSMWorldModel.{fn}: observation must be {list(want)}; got {list(obs.shape)}")
+        if self.config.is_image:
+            if obs.dtype != torch.uint8:
+                raise ValueError(f"RSSMWorldModel.{fn}: image observations must be uint8; got {obs.dtype}")
+        elif not torch.isfinite(obs).all():
+            raise ValueError(f"RSSMWorldModel.{fn}: observation contains NaN or inf")
+
+    def embed(self, obs: Tensor, *, noise: torch.Generator | bool | None = None) -> Tensor:
+        """Encode observations `[N, *obs_shape] -> [N, E]` (images are quantised to `image_bits` first)."""
+        if self.config.is_image:
+            return self.encoder(preprocess_image(obs, self.config.image_bits, noise=noise))
+        return self.encoder(obs.float())
+
+    def _transition(self, state: LatentState, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = F.elu(self.pre_gru(torch.cat([state.stoch, action], dim=-1)))
+        deter = self.gru(x, state.deter)
+        mean, std = self._gaussian(self.prior_out(F.elu(self.prior_hidden(deter))))
+        return deter, mean, std
+
+    def _posterior(self, deter: Tensor, embed: Tensor) -> tuple[Tensor, Tensor]:
+        return self._gaussian(self.post_out(F.elu(self.post_hidden(torch.cat([deter, embed], dim=-1)))))
+
+    @staticmethod
+    def _sample(mean: Tensor, std: Tensor, generator: torch.Generator | None) -> Tensor:
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + std * eps
+
+    def _reset(self, state: LatentState, action: Tensor, is_first: Tensor) -> tuple[LatentState, Tensor]:
+        keep = (~is_first.bool()).to(state.deter.dtype)[:, None]
+        return LatentState(state.deter * keep, state.stoch * keep), action * keep
+
+    # ------------------------------------------------------------------ WorldModel protocol
+    def initial(self, batch: int) -> LatentState:
+        """The belief before any observation: zeros, `[batch, D]` and `[batch, S]`."""
+        dev = self.device
+        return LatentState(torch.zeros(batch, self.config.deter, device=dev), torch.zeros(batch, self.config.stoch, device=dev))
+
+    def observe(
+        self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor,
+        *, generator: torch.Generator | None = None, sample: bool = True,
+    ) -> LatentState:
+        """Posterior (filter) step: belief after `action [B, A]` from `state` and then seeing `obs`.
+
+        Args:
+            state: previous belief, `[B]` rows.
+            action: `[B, A]`, the action taken since `state` (ignored where `is_first`).
+            obs: `[B, D_obs]` float or `[B, 3, 64, 64]` uint8.
+            is_first: `[B]` bool; rows that start an episode are reset to `initial` first.
+            generator: randomness of the posterior sample.
+            sample: if False, use the posterior mean instead of a sample.
+
+        Raises:
+            ValueError: on a wrong action or observation shape, a non-uint8 image, or NaN/inf
+                in a vector observation.
+        """
+        b = state.batch
+        self._check_action(action, b, "observe")
+        self._check_obs(obs, b, "observe")
+        if not torch.isfinite(action).all():
+            raise ValueError("RSSMWorldModel.observe: action contains NaN or inf")
+        is_first = torch.as_tensor(is_first, device=state.device).reshape(b)
+        state, action = self._reset(state, action, is_first)
+        deter, _, _ = self._transition(state, action)
+        mean, std = self._posterior(deter, self.embed(obs))
+        stoch = self._sample(mean, std, generator) if sample else mean
+        return LatentState(deter, stoch)
+
+    def imagine_step(
+        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None
+    ) -> LatentState:
+        """Prior (open-loop) step: `state [B]`, `action [B, A]` -> next belief with z sampled from the prior.
+
+        No shape check here: this is the planners' inner loop.
+        """
+        deter, mean, std = self._transition(state, action)
+        return LatentState(deter, self._sample(mean, std, generator))
+
+    def reward(self, state: LatentState) -> Tensor:
+        """Predicted reward of arriving in `state`: `[B]`."""
+        return self.reward_head(state.features()).squeeze(-1)
+
+    def decode(self, state: LatentState) -> dict[str, Tensor]:
+        """Decoded observation means.
+
+        Returns:
+            For vector models: `"obs"` `[B, D_obs]` and one entry per named slice of
+            `config.obs_names` (e.g. `"position"` `[B, 3]`, `"cart_x"` `[B, 1]`).
+            For image models: `"image"` `[B, 3, 64, 64]` as floats in about [-0.5, 0.5].
+        """
+        out = self.decoder(state.features())
+        if self.config.is_image:
+            return {"image": out}
+        named = {"obs": out}
+        for name, start, stop in self.config.obs_names:
+            named[name] = out[:, start:stop]
+        return named
+
+    def decode_image_uint8(self, state: LatentState) -> Tensor:
+        """For image models: decoded frames as `uint8 [B, 3, 64, 64]`."""
+        return postprocess_image(self.decode(state)["image"])
+
+    # ------------------------------------------------------------------ training
+    def elbo(
+        self, obs: Tensor, action: Tensor, reward: Tensor, is_first: Tensor,
+        *, generator: torch.Generator | None = None,
+    ) -> ELBOTerms:
+        """PlaNet's ELBO on a batch of sequences (reconstruction, reward, KL with free nats).
+
+        Args:
+            obs: `[B, T, *obs_shape]` observations o_t.
+            action: `[B, T, A]`; `action[:, t]` is the action that led to `obs[:, t]`.
+            reward: `[B, T]`; `reward[:, t]` is the reward received on arriving at `obs[:, t]`.
+            is_first: `[B, T]` bool, true at the first step of an episode.
+            generator: randomness of the posterior samples and image dequantisation noise.
+
+        Returns:
+            `ELBOTerms`, with `loss` to minimise.
+
+        Raises:
+            ValueError: if the shapes disagree.
+        """
+        c = self.config
+        b, t = action.shape[:2]
+        if action.shape != (b, t, c.action_dim) or tuple(obs.shape) != (b, t, *c.obs_shape) \
+                or reward.shape != (b, t) or is_first.shape != (b, t):
+            raise ValueError(
+                "RSSMWorldModel.elbo: expected obs [B, T, *obs_shape], action [B, T, A], reward [B, T], "
+                f"is_first [B, T]; got {list(obs.shape)}, {list(action.shape)}, {list(reward.shape)}, "
+                f"{list(is_first.shape)}"
+            )
+        embed = self.embed(obs.flatten(0, 1), noise=generator if generator is not None else True)
+        embed = embed.unflatten(0, (b, t))
+        state = self.initial(b)
+        deters, stochs, kls = [], [], []
+        for i in range(t):
+            s, a = self._reset(state, action[:, i], is_first[:, i])
+            deter, p_mean, p_std = self._transition(s, a)
+            q_mean, q_std = self._posterior(deter, embed[:, i])
+            stoch = self._sample(q_mean, q_std, generator)
+            kl = (torch.log(p_std / q_std) + (q_std**2 + (q_mean - p_mean) ** 2) / (2 * p_std**2) - 0.5).sum(-1)
+            state = LatentState(deter, stoch)
+            deters.append(deter)
+            stochs.append(stoch)
+            kls.append(kl)
+        post = LatentState(torch.stack(deters, 1).flatten(0, 1), torch.stack(stochs, 1).flatten(0, 1))
+        feats = post.features()
+        recon_mean = self.decoder(feats)
+        if c.is_image:
+            target = preprocess_image(obs.flatten(0, 1), c.image_bits)
+            recon = 0.5 * ((recon_mean - target) ** 2).flatten(1).sum(-1).mean()
+        else:
+            recon = 0.5 * ((recon_mean - obs.flatten(0, 1).float()) ** 2).sum(-1).mean()
+        rew = 0.5 * ((self.reward_head(feats).squeeze(-1) - reward.flatten().float()) ** 2).mean()
+        kl = torch.stack(kls, 1).mean()
+        loss = recon + c.reward_scale * rew + c.kl_scale * torch.clamp(kl, min=c.free_nats)
+        return ELBOTerms(loss, recon.detach(), rew.detach(), kl.detach(), post.detach())

@@ -1,0 +1,128 @@
+"""Core types shared by every world model and planner: the latent belief and the model protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = ["LatentState", "WorldModel"]
+
+
+@dataclass(frozen=True)
+class LatentState:
+    """One latent belief per batch row, as in PlaNet's recurrent state-space model (RSSM).
+
+    Attributes:
+        deter: `[B, D]` deterministic recurrent state h_t (the GRU state).
+        stoch: `[B, S]` stochastic state z_t (one sample of the prior or the posterior).
+            Models without a stochastic part (e.g. `AnalyticModel`) use `S = 0`.
+
+    The dataclass is frozen: every helper returns a new state, so a planner can never
+    mutate a caller's belief.
+
+    Raises:
+        ValueError: if the two parts disagree in batch size, are not 2-D, or live on
+            different devices.
+    """
+
+    deter: Tensor
+    stoch: Tensor
+
+    def __post_init__(self) -> None:
+        if self.deter.dim() != 2 or self.stoch.dim() != 2:
+            raise ValueError(
+                f"LatentState: deter and stoch must be [B, D] and [B, S]; "
+                f"got {tuple(self.deter.shape)} and {tuple(self.stoch.shape)}"
+            )
+        if self.deter.shape[0] != self.stoch.shape[0]:
+            raise ValueError(
+                f"LatentState: batch sizes differ: deter {self.deter.shape[0]} vs stoch {self.stoch.shape[0]}"
+            )
+        if self.deter.device != self.stoch.device:
+            raise ValueError(
+                f"LatentState: deter on {self.deter.device} but stoch on {self.stoch.device}"
+            )
+
+    @property
+    def batch(self) -> int:
+        """Number of rows B."""
+        return self.deter.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        """Device of both tensors."""
+        return self.deter.device
+
+    def features(self) -> Tensor:
+        """`[B, D + S]` concatenation of deterministic and stochastic parts (the heads' input)."""
+        return torch.cat([self.deter, self.stoch], dim=-1)
+
+    def expand(self, n: int) -> "LatentState":
+        """Repeat every row `n` times: `[B, ...] -> [B * n, ...]`, rows of one source kept adjacent.
+
+        Row `b * n + j` is a copy of row `b`; this is the layout planners use for
+        `J` candidates per environment.
+        """
+        return LatentState(
+            self.deter.repeat_interleave(n, dim=0), self.stoch.repeat_interleave(n, dim=0)
+        )
+
+    def index(self, idx: Tensor | slice | int) -> "LatentState":
+        """Select rows: `idx` is anything a tensor accepts along dim 0 (an int keeps the batch dim)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return LatentState(self.deter[idx], self.stoch[idx])
+
+    def detach(self) -> "LatentState":
+        """A copy cut from the autograd graph."""
+        return LatentState(self.deter.detach(), self.stoch.detach())
+
+    def to(self, device: torch.device | str) -> "LatentState":
+        """The same state on another device."""
+        return LatentState(self.deter.to(device), self.stoch.to(device))
+
+    @staticmethod
+    def cat(states: list["LatentState"]) -> "LatentState":
+        """Concatenate states along the batch dimension."""
+        return LatentState(
+            torch.cat([s.deter for s in states]), torch.cat([s.stoch for s in states])
+        )
+
+
+@runtime_checkable
+class WorldModel(Protocol):
+    """What a planner needs from a dynamics model (learned or analytic).
+
+    Shapes: B is the batch of beliefs, A the action dimension.
+
+    - `initial(batch)` -> the belief before any observation, `[B]` rows.
+    - `observe(state, action, obs, is_first)` -> posterior (filtering) step: the belief after
+      taking `action [B, A]` from `state` and then seeing `obs [B, ...]`; rows where
+      `is_first [B]` is true are reset to `initial` first (the action is ignored there).
+    - `imagine_step(state, action, generator=None)` -> prior (open-loop) step, sampling the
+      stochastic state with `generator`.
+    - `reward(state)` -> `[B]` predicted reward of arriving in `state`.
+    - `decode(state)` -> named observation quantities, each `[B, ...]`.
+    - `action_dim`, `action_low`, `action_high` (`[A]` tensors).
+    """
+
+    action_dim: int
+    action_low: Tensor
+    action_high: Tensor
+
+    def initial(self, batch: int) -> LatentState: ...
+
+    def observe(
+        self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor
+    ) -> LatentState: ...
+
+    def imagine_step(
+        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None
+    ) -> LatentState: ...
+
+    def reward(self, state: LatentState) -> Tensor: ...
+
+    def decode(self, state: LatentState) -> dict[str, Tensor]: ...
