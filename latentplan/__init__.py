@@ -9,7 +9,7 @@ from latentplan.worldmodels import AnalyticModel, LatentState, ReplayBuffer, RSS
 
 from .agent import Agent, EpisodeStats, run_episode
 from .config import TrainConfig, demo_config
-from .train import CheckpointMismatch, Trainer, TrainSummary, load_checkpoint
+from .training import CheckpointMismatch, Trainer, TrainSummary, load_checkpoint
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ import sys
 import tyro
 
 from .config import TrainConfig, demo_config
-from .train import Trainer, TrainSummary
+from .training import Trainer, TrainSummary
 
 USAGE = """usage: latentplan {train,demo} [--flags]
 

@@ -116,8 +116,9 @@ def demo_config(**overrides) -> TrainConfig:
     """The embedded default of `latentplan demo`: cartpole-swingup from state, CPU-sized.
 
     Differences from PlaNet's settings (all chosen so the demo ends within 15 minutes on two CPU
-    cores): fewer episodes, fewer and smaller model updates, and a smaller CEM
-    (see the values below and docs/benchmarks.md for what they reach).
+    cores): fewer episodes, fewer and smaller model updates, a smaller RSSM (128 units instead
+    of 200) and a smaller CEM (H=12, I=5, J=100, K=10 instead of J=1000, I=10, K=100); see the
+    values below and docs/benchmarks.md for what they reach.
     """
     base = TrainConfig(
         env="dmc:cartpole-swingup",
@@ -131,6 +132,7 @@ def demo_config(**overrides) -> TrainConfig:
         run_dir="runs/demo",
         overwrite=True,
         max_wall_minutes=13.5,
-        planner=CEMConfig(horizon=12, iterations=5, candidates=150, elites=15),
+        model=RSSMConfig(deter=128, hidden=128, embed=128),
+        planner=CEMConfig(horizon=12, iterations=5, candidates=100, elites=10),
     )
     return dataclasses.replace(base, **overrides)

@@ -178,3 +178,16 @@ def test_replay_rejects_bad_episodes():
         buf.add(ep)
     with pytest.raises(ValueError, match="lacks keys"):
         buf.add({"obs": np.zeros((3, 1))})
+
+
+def test_observation_std_defaults_and_scaling():
+    assert RSSMConfig(obs_shape=(5,), action_dim=1).observation_std == 0.1
+    assert RSSMConfig(obs_shape=(3, 64, 64), action_dim=1).observation_std == 1.0  # PlaNet's
+    obs, action, reward, is_first = _sine_data(b=2, t=5)
+    terms = {}
+    for std in (1.0, 0.1):
+        m = _model(obs_std=std)
+        terms[std] = m.elbo(obs, action, reward, is_first, generator=torch.Generator().manual_seed(0))
+    # same weights, same samples: the Gaussian NLL scales with 1 / std^2
+    torch.testing.assert_close(terms[0.1].reconstruction, 100 * terms[1.0].reconstruction)
+    torch.testing.assert_close(terms[0.1].kl, terms[1.0].kl)

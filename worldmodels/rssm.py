@@ -35,6 +35,11 @@ class RSSMConfig:
         hidden: units of every hidden layer (PlaNet: 200).
         embed: output size of the vector-observation encoder (image encoder: 1024, fixed).
         min_std: floor of the stochastic state's standard deviation (PlaNet: 0.1).
+        obs_std: fixed standard deviation of the Gaussian observation decoder. `None` picks
+            PlaNet's 1.0 for images and 0.1 for state vectors: with std 1 an error of 0.1 in a
+            5-dim state costs almost nothing, the latent then encodes the state coarsely and
+            planning suffers (measured on cartpole-swingup: docs/benchmarks.md).
+        reward_std: fixed standard deviation of the Gaussian reward decoder (PlaNet: 1).
         free_nats: KL below this many nats per step is not penalised (PlaNet: 3).
         kl_scale: weight of the KL term.
         reward_scale: weight of the reward log-likelihood.
@@ -52,6 +57,8 @@ class RSSMConfig:
     hidden: int = 200
     embed: int = 200
     min_std: float = 0.1
+    obs_std: float | None = None
+    reward_std: float = 1.0
     free_nats: float = 3.0
     kl_scale: float = 1.0
     reward_scale: float = 1.0
@@ -74,6 +81,13 @@ class RSSMConfig:
             bound = getattr(self, name)
             if bound and len(bound) != self.action_dim:
                 raise ValueError(f"RSSMConfig.{name} has {len(bound)} entries for action_dim {self.action_dim}")
+
+    @property
+    def observation_std(self) -> float:
+        """The decoder's std in use: `obs_std`, or 1.0 for images / 0.1 for vectors when `None`."""
+        if self.obs_std is not None:
+            return self.obs_std
+        return 1.0 if self.is_image else 0.1
 
     @property
     def is_image(self) -> bool:
@@ -101,8 +115,8 @@ class ELBOTerms:
 
     Attributes:
         loss: the minimised objective: reconstruction + reward NLL + kl_scale * max(KL, free nats).
-        reconstruction: observation negative log-likelihood (unit-variance Gaussian, constants dropped).
-        reward: reward negative log-likelihood (unit-variance Gaussian, constants dropped).
+        reconstruction: observation negative log-likelihood (Gaussian with std `observation_std`, constants dropped).
+        reward: reward negative log-likelihood (Gaussian with std `reward_std`, constants dropped).
         kl: KL(posterior || prior) in nats per step, before free nats.
         posterior: `[B, T]` flattened to `[B*T]` rows: the filtered beliefs (detached).
     """
@@ -328,10 +342,10 @@ class RSSMWorldModel(nn.Module):
         recon_mean = self.decoder(feats)
         if c.is_image:
             target = preprocess_image(obs.flatten(0, 1), c.image_bits)
-            recon = 0.5 * ((recon_mean - target) ** 2).flatten(1).sum(-1).mean()
+            recon = 0.5 * (((recon_mean - target) / c.observation_std) ** 2).flatten(1).sum(-1).mean()
         else:
-            recon = 0.5 * ((recon_mean - obs.flatten(0, 1).float()) ** 2).sum(-1).mean()
-        rew = 0.5 * ((self.reward_head(feats).squeeze(-1) - reward.flatten().float()) ** 2).mean()
+            recon = 0.5 * (((recon_mean - obs.flatten(0, 1).float()) / c.observation_std) ** 2).sum(-1).mean()
+        rew = 0.5 * (((self.reward_head(feats).squeeze(-1) - reward.flatten().float()) / c.reward_std) ** 2).mean()
         kl = torch.stack(kls, 1).mean()
         loss = recon + c.reward_scale * rew + c.kl_scale * torch.clamp(kl, min=c.free_nats)
         return ELBOTerms(loss, recon.detach(), rew.detach(), kl.detach(), post.detach())

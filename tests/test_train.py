@@ -1,0 +1,170 @@
+"""The training loop: checkpoints that round-trip bit-identically, resume after a kill, config errors, CLI."""
+
+import json
+
+import pytest
+import torch
+
+import latentplan as lp
+from latentplan import agent as agent_mod
+from latentplan import training as train_mod
+from latentplan.cli import main
+
+TINY = dict(
+    env="dmc:cartpole-swingup", episodes=4, seed_episodes=2, updates_per_episode=3, batch_size=4,
+    chunk_length=10, eval_every=1, progress=False, device="cpu",
+    model=lp.RSSMConfig(deter=16, stoch=4, hidden=16, embed=16),
+    planner=lp.CEMConfig(horizon=3, iterations=2, candidates=16, elites=4),
+)
+
+
+def _config(tmp_path, name, **kw):
+    return lp.TrainConfig(**{**TINY, "run_dir": str(tmp_path / name), **kw})
+
+
+def _rows(run_dir):
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("wall_s")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted tiny run of 4 episodes."""
+    tmp = tmp_path_factory.mktemp("ref")
+    summary = lp.Trainer(_config(tmp, "ref")).run()
+    return tmp / "ref", summary
+
+
+def test_run_writes_metrics_checkpoint_curve_and_episodes(reference):
+    run_dir, summary = reference
+    rows = _rows(run_dir)
+    assert [r["episode"] for r in rows] == [1, 2, 3, 4]
+    assert [r["env_steps"] for r in rows] == [1000, 2000, 3000, 4000]  # 125 decisions x repeat 8
+    assert "loss" not in rows[0] and "loss" in rows[2]  # seed episodes are not preceded by updates
+    assert "eval_return" in rows[2] and "eval_return" in rows[3]
+    assert rows[3]["plan_ms"] > 0
+    assert (run_dir / "checkpoint.pt").exists() and (run_dir / "curve.png").stat().st_size > 5000
+    assert len(list((run_dir / "episodes").glob("*.npz"))) == 4
+    assert summary.episodes == 4 and summary.env_steps == 4000
+    assert summary.eval_return == rows[3]["eval_return"]
+    assert 0 <= summary.eval_return <= 1000
+
+
+def test_checkpoint_round_trip_gives_bit_identical_plans(reference):
+    run_dir, _ = reference
+    model, config, ckpt = lp.load_checkpoint(run_dir)
+    assert config.model.deter == 16 and ckpt["episode"] == 4
+    # a second model built and loaded independently plans exactly like the first
+    model2, _, _ = lp.load_checkpoint(run_dir / "checkpoint.pt")
+    obs = torch.tensor([[0.1, -0.9, 0.2, 0.0, 0.5]])
+    plans = []
+    for m in (model, model2):
+        s = m.observe(m.initial(1), torch.zeros(1, 1), obs, torch.ones(1, dtype=torch.bool), sample=False)
+        plans.append(lp.CEM(config.planner).plan(lp.Objective(m), s, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(plans[0].actions, plans[1].actions)
+    assert torch.equal(plans[0].value, plans[1].value)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, model2.state_dict()[k])
+
+
+def test_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path, monkeypatch, reference):
+    ref_dir, _ = reference
+    calls = {"n": 0}
+    real = train_mod.run_episode
+
+    def dying(env, agent, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the 4th collected episode: the process "dies" halfway through it
+            raise KeyboardInterrupt("killed")
+        return real(env, agent, **kw)
+
+    monkeypatch.setattr(train_mod, "run_episode", dying)
+    with pytest.raises(KeyboardInterrupt):
+        lp.Trainer(_config(tmp_path, "run")).run()
+    monkeypatch.setattr(train_mod, "run_episode", real)
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["episode"] == 3
+    summary = lp.Trainer(_config(tmp_path, "run", resume=True)).run()
+    assert summary.episodes == 4
+    assert _rows(run_dir) == _rows(ref_dir)  # same losses, returns, evaluations
+    resumed, _, _ = lp.load_checkpoint(run_dir)
+    ref, _, _ = lp.load_checkpoint(ref_dir)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_resume_with_another_config_is_refused(tmp_path, reference):
+    ref_dir, _ = reference
+    import shutil
+
+    shutil.copytree(ref_dir, tmp_path / "copy")
+    bad = _config(tmp_path, "copy", resume=True, model=lp.RSSMConfig(deter=32, stoch=4, hidden=16, embed=16))
+    with pytest.raises(lp.CheckpointMismatch, match=r"another config.*model"):
+        lp.Trainer(bad)
+    with pytest.raises(lp.CheckpointMismatch, match=r"seed: checkpoint 0 vs now 5"):
+        lp.Trainer(_config(tmp_path, "copy", resume=True, seed=5))
+    # a longer run is a legal change: it continues from episode 4
+    longer = lp.Trainer(_config(tmp_path, "copy", resume=True, episodes=6))
+    assert longer.episode == 4 and len(longer.buffer) == 4
+
+
+def test_existing_run_is_not_overwritten_by_accident(tmp_path, reference):
+    ref_dir, _ = reference
+    with pytest.raises(FileExistsError, match="--resume"):
+        lp.Trainer(_config(ref_dir.parent, ref_dir.name))
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        lp.load_checkpoint(tmp_path)
+    torch.save({"something": 1}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="not a latentplan checkpoint"):
+        lp.load_checkpoint(tmp_path)
+
+
+def test_agent_rejects_nan_observations(reference):
+    model, config, _ = lp.load_checkpoint(reference[0])
+    agent = lp.Agent(model, lp.CEM(config.planner))
+    with pytest.raises(ValueError, match="NaN"):
+        agent.act([0.0, float("nan"), 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"observation must be \[1, 5\]"):
+        agent.act([0.0, 1.0])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="obs must be"):
+        lp.TrainConfig(obs="rgb")
+    with pytest.raises(ValueError, match="seed_episodes"):
+        lp.TrainConfig(episodes=3, seed_episodes=5)
+    with pytest.raises(ValueError, match="batch_size"):
+        lp.TrainConfig(batch_size=0)
+
+
+def test_cli_train_runs_from_flags_and_prints_the_table(tmp_path, capsys):
+    code = main([
+        "train", "--run-dir", str(tmp_path / "cli"), "--episodes", "2", "--seed-episodes", "1",
+        "--updates-per-episode", "1", "--batch-size", "2", "--chunk-length", "8", "--no-progress",
+        "--model.deter", "8", "--model.stoch", "2", "--model.hidden", "8", "--model.embed", "8",
+        "--planner.horizon", "2", "--planner.iterations", "1", "--planner.candidates", "8", "--planner.elites", "2",
+    ])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "eval return (last)" in out and "env steps" in out and "2,000" in out
+    cfg = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert cfg["model"]["deter"] == 8 and cfg["planner"]["candidates"] == 8 and cfg["episodes"] == 2
+
+
+def test_cli_usage_and_unknown_command(capsys):
+    assert main([]) == 2
+    assert main(["fly"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_reaches_its_target(tmp_path):
+    """The README's main job, end to end (about 10-15 minutes on 2 CPU cores)."""
+    summary = train_mod.Trainer(lp.demo_config(run_dir=str(tmp_path / "demo"), progress=False)).run()
+    assert summary.wall_s < 15 * 60
+    assert summary.eval_return >= 400
