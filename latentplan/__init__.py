@@ -1,10 +1,14 @@
 """latentplan: planning and model-predictive control over one learned latent dynamics model.
 
 The public facade. Layers: `latentplan.envs` (environments), `latentplan.worldmodels` (RSSM,
-analytic models, replay), `latentplan.planners` (CEM and the planner protocol).
+analytic models, replay), `latentplan.planners` (CEM with iCEM/MPPI/CEM+GD options, the gradient
+planner, reward terms, the planner protocol).
 """
 
-from latentplan.planners import CEM, CEMConfig, Objective, Plan, Planner
+from latentplan.planners import (
+    CEM, CEMConfig, GradientConfig, GradientPlanner, Objective, Plan, Planner, Reward, check_reward,
+    learned_reward, reward,
+)
 from latentplan.worldmodels import AnalyticModel, LatentState, ReplayBuffer, RSSMConfig, RSSMWorldModel, WorldModel
 
 from .agent import Agent, EpisodeStats, run_episode
@@ -14,8 +18,9 @@ from .training import CheckpointMismatch, Trainer, TrainSummary, load_checkpoint
 __version__ = "0.1.0"
 
 __all__ = [
-    "Agent", "AnalyticModel", "CEM", "CEMConfig", "CheckpointMismatch", "EpisodeStats", "LatentState",
-    "Objective", "Plan", "Planner", "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "TrainConfig",
+    "Agent", "AnalyticModel", "CEM", "CEMConfig", "CheckpointMismatch", "EpisodeStats", "GradientConfig",
+    "GradientPlanner", "LatentState", "Objective", "Plan", "Planner", "Reward", "check_reward", "learned_reward",
+    "reward", "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "TrainConfig",
     "TrainSummary", "Trainer", "WorldModel", "demo_config", "load_checkpoint", "make_env", "run_episode", "train",
 ]
 

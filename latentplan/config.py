@@ -106,7 +106,7 @@ class TrainConfig:
 
 
 RESUMABLE_CHANGES = frozenset(
-    {"episodes", "resume", "overwrite", "device", "tensorboard", "progress", "max_wall_minutes",
+    {"episodes", "resume", "overwrite", "device", "tensorboard", "progress", "max_wall_minutes", "run_dir",
      "checkpoint_every", "eval_every", "eval_episodes"}
 )
 """Fields that may differ between a checkpoint's config and the config that resumes it."""

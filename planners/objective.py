@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState, WorldModel
 
+from .rewards import BoundReward, Reward, RewardContext, check_reward_output, learned_reward
+
 __all__ = ["Objective", "RewardTerm", "rank_returns"]
 
 RewardTerm = Callable[[LatentState, Tensor], Tensor]
-"""A reward term: `(next_state [N], action [N, A]) -> reward [N]` (the reward of taking `action`
-and arriving in `next_state`)."""
+"""The internal reward-term signature: `(next_state [N], action [N, A]) -> reward [N]` (the reward
+of taking `action` and arriving in `next_state`). `Objective.rewards` holds such callables: the
+`BoundReward` of every `Reward` it was given, and plain callables as they were given."""
 
 
 def rank_returns(returns: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,37 +37,85 @@ def rank_returns(returns: Tensor) -> tuple[Tensor, Tensor]:
 class Objective:
     """The planning objective over one world model: sum_t gamma^t r_t + gamma^H V(s_H).
 
-    Built once per plan call. Rewards are the learned reward head by default, or a list of
-    reward terms `(next_state, action) -> [N]` summed together.
+    Built once per plan call. The reward r_t is the sum of the reward terms: the learned reward
+    head by default, or user terms (`@reward` functions of decoded quantities or of the latent,
+    `learned_reward()`, and their compositions such as `upright + 0.5 * learned_reward()`), or
+    plain callables `(next_state [N], action [N, A]) -> [N]`.
+
+    Every `Reward` is bound at construction to one `RewardContext` (this model, `context`,
+    `batch`), so `objective.rewards` holds callables with the internal signature; each keeps the
+    `name` and `differentiable` attributes of its term (gradient planners check
+    `getattr(term, "differentiable", True)`). Plain callables are kept as they are.
+
+    Context: per plan call, `context` maps names to Python scalars, 0-dim tensors, or per
+    environment tensors `[B, ...]` (or `[1, ...]`, shared). Planners evaluate `N = B * J` rows,
+    row `b * J + j` for environment b; each `[B, ...]` value reaches the reward functions as
+    `[N, ...]` (`repeat_interleave(N // B)`). B is not inferred: give `batch=B` whenever a
+    context tensor's leading dimension is not 1. Details: `RewardContext`.
 
     Args:
         model: any `WorldModel`.
-        rewards: reward terms; `None` means the model's learned reward head.
+        rewards: a list of terms (each a `Reward` or a plain callable), or one term;
+            `None` means `[learned_reward()]`, the model's learned reward head; `[]` means no
+            per-step reward (only the terminal `value` counts).
         discount: gamma per planning step (PlaNet: 1.0, an undiscounted sum).
         value: optional terminal value `V(state) -> [N]`, added at the horizon as gamma^H V(s_H).
+        context: the reward context (see above); `None` is empty.
+        batch: B, the number of environments the plan call is for (needed for `[B, ...]`
+            context values).
 
     Raises:
-        ValueError: if `discount` is not in (0, 1] (here) or a reward term returns a tensor
-            that is not `[N]` (in `step`/`returns`; the message names the term).
+        ValueError: `discount` is not in (0, 1]; a context value's leading dimension is neither
+            1 nor B (or is not 1 without `batch`), naming the key (here). In `step`/`returns`:
+            a reward term returns a tensor that is not `[N]` or lives on another device
+            (the message names the term).
+        TypeError: a term is not callable, or needs a model method (`decode`, `reward`) the
+            model lacks (here); a term returns a non-tensor or a non-floating tensor (in
+            `step`/`returns`, naming the term).
+
+    NaN or inf from a reward is not an error: it propagates to the return, which planners rank
+    as `-inf` (`rank_returns`) and count in `Plan.info["nonfinite"]`.
 
     Source: the return of PlaNet's planner (Hafner et al. 2019, Sec. 3); the bootstrap as in
-    MuZero / TD-MPC.
+    MuZero / TD-MPC; user reward terms: DESIGN.md, "Rewards from Python".
     """
 
     def __init__(
         self,
         model: WorldModel,
         *,
-        rewards: Sequence[RewardTerm] | None = None,
+        rewards: Sequence[RewardTerm | Reward] | RewardTerm | Reward | None = None,
         discount: float = 1.0,
         value: Callable[[LatentState], Tensor] | None = None,
+        context: Mapping[str, Any] | None = None,
+        batch: int | None = None,
     ) -> None:
         if not 0.0 < discount <= 1.0:
             raise ValueError(f"Objective: discount must be in (0, 1]; got {discount}")
         self.model = model
-        self.rewards: list[RewardTerm] = list(rewards) if rewards is not None else [_learned(model)]
+        self.context = RewardContext(model, context, batch=batch)
+        if rewards is None:
+            terms: list = [learned_reward()]
+        elif isinstance(rewards, Reward) or callable(rewards):
+            terms = [rewards]
+        else:
+            terms = list(rewards)
+        self.rewards: list[RewardTerm] = [self.context.bind(t) for t in terms]
         self.discount = float(discount)
         self.value = value
+
+    def __repr__(self) -> str:
+        names = [getattr(t, "name", None) or _name(t) for t in self.rewards]
+        return (
+            f"Objective(rewards={names}, discount={self.discount}, value={self.value is not None}, "
+            f"context={list(self.context.values)}, batch={self.context.batch})"
+        )
+
+    @property
+    def differentiable(self) -> bool:
+        """False if any reward term (or the value) is marked `differentiable = False`."""
+        parts = [*self.rewards, *([self.value] if self.value is not None else [])]
+        return all(getattr(t, "differentiable", True) is not False for t in parts)
 
     @property
     def action_dim(self) -> int:
@@ -76,14 +127,10 @@ class Objective:
         n = action.shape[0]
         for term in self.rewards:
             r = term(next_state, action)
-            if not isinstance(r, Tensor) or r.shape != (n,):
-                shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
-                raise ValueError(
-                    f"Objective: reward term {_name(term)} must return a [N={n}] tensor; got {shape}"
-                )
+            if not isinstance(term, BoundReward):  # bound terms check each user function's output
+                r = check_reward_output(r, _name(term), n, action.device)
             total = r if total is None else total + r
-        assert total is not None
-        return total
+        return torch.zeros(n, device=action.device) if total is None else total
 
     def step(
         self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None
@@ -132,13 +179,6 @@ class Objective:
         if self.value is not None:
             total = total + scale * self.bootstrap(state)
         return total
-
-
-def _learned(model: WorldModel) -> RewardTerm:
-    def learned_reward(next_state: LatentState, action: Tensor) -> Tensor:
-        return model.reward(next_state)
-
-    return learned_reward
 
 
 def _name(fn: object) -> str:

@@ -261,14 +261,16 @@ class RSSMWorldModel(nn.Module):
         return LatentState(deter, stoch)
 
     def imagine_step(
-        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None
+        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None,
+        sample: bool = True,
     ) -> LatentState:
-        """Prior (open-loop) step: `state [B]`, `action [B, A]` -> next belief with z sampled from the prior.
+        """Prior (open-loop) step: `state [B]`, `action [B, A]` -> next belief with z sampled from the prior
+        (reparameterised, so gradients flow to the action), or the prior mean if `sample=False`.
 
         No shape check here: this is the planners' inner loop.
         """
         deter, mean, std = self._transition(state, action)
-        return LatentState(deter, self._sample(mean, std, generator))
+        return LatentState(deter, self._sample(mean, std, generator) if sample else mean)
 
     def reward(self, state: LatentState) -> Tensor:
         """Predicted reward of arriving in `state`: `[B]`."""

@@ -1,0 +1,784 @@
+"""Reward terms written in plain PyTorch: "my dynamics are learned, my reward is known".
+
+A user writes a function of the decoded physical quantities (or of the latent belief), marks it
+with `@reward`, and plans with it beside or instead of the model's learned reward head:
+
+```python
+import latentplan as lp
+
+@lp.reward(inputs="decoded")
+def upright(obs, action, ctx):          # obs: dict of [N, ...] tensors decoded from the latent
+    return obs["pole_cos"] - 0.1 * (obs["cart_x"] - ctx["target_x"]).abs()
+
+objective = lp.Objective(model, rewards=[upright, 0.5 * lp.learned_reward()],
+                         value=critic, context={"target_x": 0.5})
+```
+
+Shapes. Planners evaluate `N = B * J` rows at once (B environments, J candidate sequences per
+environment), row `b * J + j` belonging to environment `b` (the layout of `LatentState.expand`).
+A reward returns one value per row: `[N]`, floating point, on the action's device.
+
+Terms (`Reward` objects) compose: `a + b`, `a - b`, `-a`, `2.0 * a`, `a * 2.0`, `a / 2.0` and
+`sum([a, b, c])` build new terms; a composite is differentiable only if all its parts are, and
+its `name` shows the expression (`"upright + 0.5*learned_reward"`).
+
+A term needs the model (to decode) and the per-call context before it can be evaluated:
+`Objective` binds every `Reward` it is given to one `RewardContext` (model, context, B), which
+gives a `BoundReward` with the internal signature `(next_state [N], action [N, A]) -> [N]`.
+Plain callables with that internal signature are used unchanged.
+
+Not here yet: for pixel models, DESIGN.md plans small probe heads that decode named physical
+quantities from the latent so that `inputs="decoded"` terms work there too; today a pixel
+model's `decode` gives only `{"image": [N, 3, 64, 64]}`.
+
+Sources: the design card (DESIGN.md, "Rewards from Python"); the conformance checker follows
+Gymnasium's `gymnasium.utils.env_checker.check_env`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, Literal, Mapping, overload
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from latentplan.worldmodels.state import LatentState, WorldModel
+
+__all__ = [
+    "BoundReward", "Reward", "RewardContext", "RewardReport", "check_reward", "check_reward_output",
+    "learned_reward", "reward",
+]
+
+Inputs = Literal["decoded", "latent"]
+_INPUTS = ("decoded", "latent")
+
+
+# --------------------------------------------------------------------------- output checks
+def check_reward_output(value: object, name: str, n: int, device: torch.device) -> Tensor:
+    """Check what a reward term returned: a floating `[N]` tensor on the action's device.
+
+    Called on every evaluation (attribute checks only: no host synchronisation). NaN and inf are
+    not errors: they propagate into the return, which planners rank as `-inf`.
+
+    Args:
+        value: the term's output.
+        name: the term's name, put in the message.
+        n: N, the number of rows evaluated.
+        device: the device of the action (and so of the evaluation).
+
+    Returns:
+        `value`, unchanged.
+
+    Raises:
+        TypeError: `value` is not a tensor, or has a non-floating dtype (the only problem).
+        ValueError: `value` is not `[N]` or lives on another device (other problems are listed
+            in the same message), e.g. "reward 'upright' must return a [N=1000] floating tensor
+            on cpu; returned shape (1000, 1)".
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"reward {name!r} must return a [N={n}] floating tensor on {device}; "
+            f"returned a {type(value).__name__}"
+        )
+    bad_shape = value.shape != (n,)
+    bad_device = value.device != device
+    bad_dtype = not value.is_floating_point()
+    if not (bad_shape or bad_device or bad_dtype):
+        return value
+    problems = []
+    if bad_shape:
+        problems.append(f"shape {tuple(value.shape)}")
+    if bad_dtype:
+        problems.append(f"dtype {value.dtype}")
+    if bad_device:
+        problems.append(f"device {value.device}")
+    error = ValueError if bad_shape or bad_device else TypeError
+    raise error(
+        f"reward {name!r} must return a [N={n}] floating tensor on {device}; returned " + ", ".join(problems)
+    )
+
+
+def _callable_name(fn: object) -> str:
+    return (
+        getattr(fn, "name", None)
+        or getattr(fn, "__qualname__", None)
+        or getattr(fn, "__name__", None)
+        or type(fn).__name__
+    )
+
+
+# --------------------------------------------------------------------------- context
+def _versions(*tensors: Tensor) -> tuple[int, ...] | None:
+    """In-place modification counters of `tensors`; None if one cannot tell (inference tensors)."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple(t._version for t in tensors)
+
+
+class RewardContext:
+    """What reward terms are evaluated against in one plan call: the model, the context, B.
+
+    Context values may be Python scalars (passed as they are), 0-dim tensors (moved to the
+    evaluation's device), or tensors with a leading dimension, which are per environment:
+    `[B, ...]` (one entry per environment) or `[1, ...]` (shared by all). At evaluation over
+    `N = B * J` rows every tensor with a leading dimension reaches the user's function as
+    `[N, ...]`: a `[B, ...]` value is repeated with `repeat_interleave(N // B)` (row `b * J + j`
+    sees environment b's entry), a `[1, ...]` value is expanded (a broadcast view). A per-env
+    scalar is therefore given as `[B]` and arrives as `[N]`, ready to combine with a squeezed
+    named slice such as `obs["cart_x"]`. A vector shared by all environments is given as `[1, D]`.
+    NumPy arrays are converted with `torch.as_tensor`; any other value (a string, a callable,
+    a list) is passed through as it is.
+
+    B is not inferred: a `[D]` vector could mean "one value per environment" or "one vector for
+    all", so tensors whose leading dimension is not 1 need `batch=B`.
+
+    Expanded values are cached per `(N, device)` (unless a value requires grad), and the model's
+    `decode` output is cached for the last state object decoded, so several decoded terms of
+    one objective decode each imagined state once. Both caches are dropped when a tensor they
+    were made from is modified in place (its version counter moves).
+
+    Args:
+        model: the `WorldModel` whose `decode` (and `reward`) the terms read.
+        context: name -> value; `None` is an empty context.
+        batch: B, the number of environments planned for in the call.
+
+    Raises:
+        ValueError: `batch` is not a positive int; a tensor value's leading dimension is neither
+            1 nor B, or is not 1 and no `batch` was given (the message names the key);
+            (at evaluation) N is not a multiple of B while a `[B, ...]` value needs expanding.
+        TypeError: a key is not a string.
+    """
+
+    def __init__(
+        self, model: WorldModel, context: Mapping[str, Any] | None = None, *, batch: int | None = None
+    ) -> None:
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ValueError(
+                f"reward context: batch must be a positive int (B, the number of environments); got {batch!r}"
+            )
+        if context is not None and not isinstance(context, Mapping):
+            raise TypeError(f"reward context must be a dict of name -> value; got {type(context).__name__}")
+        self.model = model
+        self.batch = batch
+        values: dict[str, Any] = {}
+        for key, value in (context or {}).items():
+            if not isinstance(key, str):
+                raise TypeError(f"reward context: keys must be strings; got {key!r}")
+            if isinstance(value, np.ndarray):
+                value = torch.as_tensor(value)
+            if isinstance(value, Tensor) and value.dim() >= 1:
+                lead = value.shape[0]
+                if batch is None and lead != 1:
+                    raise ValueError(
+                        f"reward context[{key!r}] has shape {tuple(value.shape)}: a tensor with a leading "
+                        "dimension is per environment ([B, ...], or [1, ...] shared by all), so the "
+                        f"objective needs batch=B (e.g. Objective(..., batch={lead})); give a vector "
+                        f"shared by all environments as [1, ...] (context[{key!r}][None])"
+                    )
+                if batch is not None and lead not in (1, batch):
+                    raise ValueError(
+                        f"reward context[{key!r}] has shape {tuple(value.shape)}: its leading dimension "
+                        f"must be B={batch} (one entry per environment) or 1 (shared); got {lead}"
+                    )
+            values[key] = value
+        self.values: Mapping[str, Any] = MappingProxyType(values)
+        self._expanded: dict[tuple[int, torch.device], tuple[tuple | None, dict[str, Any]]] = {}
+        self._decoded: tuple[LatentState, bool, tuple | None, dict[str, Any]] | None = None
+
+    def __repr__(self) -> str:
+        return f"RewardContext(keys={list(self.values)}, batch={self.batch})"
+
+    def expand(self, n: int, device: torch.device) -> dict[str, Any]:
+        """The context for `N = n` rows on `device`: a new dict each call (values may be shared).
+
+        Returns:
+            name -> value, tensors with a leading dimension as `[N, ...]` (see the class).
+
+        Raises:
+            ValueError: N is not a multiple of B while a `[B, ...]` value (B > 1) needs expanding.
+        """
+        key = (n, device)
+        versions = _versions(*(v for v in self.values.values() if isinstance(v, Tensor)))
+        hit = self._expanded.get(key)
+        if hit is not None and versions is not None and hit[0] == versions:
+            return dict(hit[1])
+        out: dict[str, Any] = {}
+        cacheable = True
+        for name, value in self.values.items():
+            if isinstance(value, Tensor):
+                value = value.to(device)
+                if value.dim() >= 1:
+                    if value.shape[0] == 1:
+                        value = value.expand(n, *value.shape[1:])
+                    else:
+                        b = value.shape[0]  # == self.batch, checked at construction
+                        if n % b:
+                            raise ValueError(
+                                f"reward context[{name!r}] is per environment ([B={b}, ...]) but the "
+                                f"objective is evaluated on N={n} rows, not a multiple of B; planners "
+                                "evaluate N = B * J rows, row b*J + j for environment b"
+                            )
+                        value = value.repeat_interleave(n // b, dim=0)
+                cacheable = cacheable and not value.requires_grad
+            out[name] = value
+        if cacheable and versions is not None:
+            self._expanded[key] = (versions, out)
+        return dict(out)
+
+    def decode(self, state: LatentState) -> dict[str, Any]:
+        """`model.decode(state)` with single-column named slices squeezed: a new dict each call.
+
+        Every entry except `"obs"` that is `[N, 1]` becomes `[N]` (e.g. `obs["pole_cos"]`);
+        `"obs"` and multi-column entries (`obs["position"]` `[N, 3]`, an `"image"`) are as decoded.
+        The result is cached for the last state object (and grad mode) seen, while its tensors
+        are not modified in place.
+
+        Raises:
+            TypeError: the model has no `decode`, or it does not return a dict.
+        """
+        grad = torch.is_grad_enabled()
+        versions = _versions(state.deter, state.stoch)
+        cached = self._decoded
+        if cached is not None and cached[0] is state and cached[1] == grad and versions is not None \
+                and cached[2] == versions:
+            return dict(cached[3])
+        decode = getattr(self.model, "decode", None)
+        if not callable(decode):
+            raise TypeError(
+                f"reward context: {type(self.model).__name__} has no decode(state) for inputs='decoded' terms"
+            )
+        raw = decode(state)
+        if not isinstance(raw, Mapping):
+            raise TypeError(
+                f"{type(self.model).__name__}.decode must return a dict of name -> [N, ...] tensors; "
+                f"got {type(raw).__name__}"
+            )
+        obs = {
+            k: v.squeeze(1) if k != "obs" and isinstance(v, Tensor) and v.dim() == 2 and v.shape[1] == 1 else v
+            for k, v in raw.items()
+        }
+        self._decoded = (state, grad, versions, obs)
+        return dict(obs)
+
+    def bind(self, term: "Reward | Callable[[LatentState, Tensor], Tensor]") -> Callable[[LatentState, Tensor], Tensor]:
+        """Bind a term to this context.
+
+        Args:
+            term: a `Reward`, or a plain callable `(next_state [N], action [N, A]) -> [N]`.
+
+        Returns:
+            A `BoundReward` for a `Reward`; a plain callable unchanged.
+
+        Raises:
+            TypeError: `term` is not callable, or the model lacks `decode`/`reward` that the
+                term needs.
+        """
+        if isinstance(term, Reward):
+            for leaf in term.leaves():
+                if isinstance(leaf, LearnedReward):
+                    need = "reward"
+                elif getattr(leaf, "inputs", None) == "decoded":
+                    need = "decode"
+                else:
+                    continue
+                if not callable(getattr(self.model, need, None)):
+                    raise TypeError(
+                        f"reward {leaf.name!r} needs {type(self.model).__name__}.{need}(state), which it lacks"
+                    )
+            return BoundReward(term, self)
+        if not callable(term):
+            raise TypeError(f"a reward term must be a Reward or a callable (next_state, action) -> [N]; got {term!r}")
+        return term
+
+
+# --------------------------------------------------------------------------- terms
+def _is_number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, Tensor))
+
+
+def _weight(x: object) -> float:
+    w = float(x)  # type: ignore[arg-type]
+    if not math.isfinite(w):
+        raise ValueError(f"reward weights must be finite; got {w}")
+    return w
+
+
+class Reward:
+    """A reward term: a function of one imagined transition, composable with `+`, `-` and scalar `*`.
+
+    Made by `reward` (a user function), `learned_reward` (the model's head) or by composing
+    terms. Unbound, a term knows neither the model nor the context; `bind` (or `Objective`)
+    attaches them and gives a `BoundReward` `(next_state [N], action [N, A]) -> [N]`.
+
+    Attributes:
+        name: the user function's name, or the expression of a composite.
+        differentiable: False if gradients through the term are meaningless (gradient planners
+            refuse such a term); a composite's is the AND of its parts.
+
+    Composition (numbers are Python/NumPy reals; a tensor weight is not accepted):
+        `a + b`, `a - b`, `-a`, `w * a`, `a * w`, `a / w`, `sum([a, b])` (`0 + a` is `a`).
+
+    Raises:
+        TypeError: adding a non-zero constant (it would not change any plan), or combining with
+            something that is neither a term nor a number.
+        ValueError: a non-finite weight.
+    """
+
+    name: str
+    differentiable: bool
+
+    def bind(
+        self, model: WorldModel, context: Mapping[str, Any] | None = None, *, batch: int | None = None
+    ) -> "BoundReward":
+        """This term bound to `model` and `context` (see `RewardContext` for B and the values).
+
+        Returns:
+            A `BoundReward`: `(next_state [N], action [N, A]) -> [N]`.
+
+        Raises:
+            ValueError, TypeError: as `RewardContext` and `RewardContext.bind`.
+        """
+        bound = RewardContext(model, context, batch=batch).bind(self)
+        assert isinstance(bound, BoundReward)
+        return bound
+
+    def leaves(self) -> Iterator["Reward"]:
+        """The user and learned terms this term is made of (itself for a leaf)."""
+        yield self
+
+    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"reward {self.name!r} is not bound to a model: pass it to Objective(model, rewards=[...]) "
+            "or call term.bind(model, context)(next_state, action)"
+        )
+
+    def __repr__(self) -> str:
+        return f"Reward({self.name}, differentiable={self.differentiable})"
+
+    # composition ---------------------------------------------------------
+    def __add__(self, other: object) -> "Reward":
+        if isinstance(other, Reward):
+            return SumReward(self, other)
+        if _is_number(other):
+            if other == 0:
+                return self
+            raise TypeError(
+                f"cannot add the constant {other!r} to reward {self.name!r}: only terms add to terms "
+                "(0 is allowed, for sum()); a constant would not change any plan"
+            )
+        return NotImplemented
+
+    def __radd__(self, other: object) -> "Reward":
+        return self.__add__(other)
+
+    def __sub__(self, other: object) -> "Reward":
+        if isinstance(other, Reward):
+            return SumReward(self, -other)
+        return self.__add__(other)
+
+    def __rsub__(self, other: object) -> "Reward":
+        return (-self).__add__(other)
+
+    def __neg__(self) -> "Reward":
+        return ScaledReward.of(-1.0, self)
+
+    def __mul__(self, other: object) -> "Reward":
+        if _is_number(other):
+            return ScaledReward.of(_weight(other), self)
+        return NotImplemented
+
+    def __rmul__(self, other: object) -> "Reward":
+        return self.__mul__(other)
+
+    def __truediv__(self, other: object) -> "Reward":
+        if _is_number(other):
+            return ScaledReward.of(1.0 / _weight(other), self)
+        return NotImplemented
+
+
+class UserReward(Reward):
+    """A user function as a reward term; made by `reward`.
+
+    Calling the term itself calls the user function unchanged (handy for unit-testing it).
+
+    Attributes:
+        fn: the user function.
+        inputs: `"decoded"` (`fn(obs, action, ctx)`) or `"latent"` (`fn(state, action, ctx)`).
+    """
+
+    def __init__(self, fn: Callable[..., Tensor], *, inputs: Inputs, differentiable: bool, name: str | None) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.inputs = inputs
+        self.differentiable = bool(differentiable)
+        self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
+        n, device = action.shape[0], action.device
+        ctx = context.expand(n, device)
+        first = context.decode(state) if self.inputs == "decoded" else state
+        try:
+            out = self.fn(first, action, ctx)
+        except Exception as e:
+            seen = f"obs keys {sorted(first)}" if self.inputs == "decoded" else "a LatentState"
+            e.add_note(
+                f"in reward {self.name!r} (inputs={self.inputs!r}): it was given {seen} "
+                f"and context keys {sorted(ctx)}"
+            )
+            raise
+        return check_reward_output(out, self.name, n, device)
+
+
+class LearnedReward(Reward):
+    """The model's learned reward head `model.reward(next_state) -> [N]` as a term; see `learned_reward`."""
+
+    def __init__(self) -> None:
+        self.name = "learned_reward"
+        self.differentiable = True
+
+    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
+        return check_reward_output(context.model.reward(state), self.name, action.shape[0], action.device)
+
+
+class ScaledReward(Reward):
+    """`weight * term`; made by `*`, `/` and unary `-` on terms.
+
+    Attributes:
+        weight: the float factor.
+        term: the scaled term.
+    """
+
+    def __init__(self, weight: float, term: Reward) -> None:
+        self.weight = float(weight)
+        self.term = term
+        self.differentiable = term.differentiable
+        inner = f"({term.name})" if isinstance(term, SumReward) else term.name
+        self.name = f"-{inner}" if self.weight == -1 else f"{self.weight:g}*{inner}"
+
+    @staticmethod
+    def of(weight: float, term: Reward) -> Reward:
+        """`weight * term`, folding nested weights (`2 * (3 * a)` is `6 * a`; `1 * a` is `a`)."""
+        if isinstance(term, ScaledReward):
+            weight, term = weight * term.weight, term.term
+        return term if weight == 1 else ScaledReward(weight, term)
+
+    def leaves(self) -> Iterator[Reward]:
+        yield from self.term.leaves()
+
+    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
+        return self.weight * self.term._evaluate(state, action, context)
+
+
+class SumReward(Reward):
+    """The sum of terms; made by `+` and `-` on terms. Nested sums are flattened.
+
+    Attributes:
+        terms: the summed terms, in order.
+    """
+
+    def __init__(self, *terms: Reward) -> None:
+        flat: list[Reward] = []
+        for t in terms:
+            flat.extend(t.terms if isinstance(t, SumReward) else (t,))
+        self.terms = tuple(flat)
+        self.differentiable = all(t.differentiable for t in flat)
+        parts = [flat[0].name]
+        for t in flat[1:]:
+            if isinstance(t, ScaledReward) and t.weight < 0:
+                parts.append(f" - {ScaledReward.of(-t.weight, t.term).name}")
+            else:
+                parts.append(f" + {t.name}")
+        self.name = "".join(parts)
+
+    def leaves(self) -> Iterator[Reward]:
+        for t in self.terms:
+            yield from t.leaves()
+
+    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
+        total = self.terms[0]._evaluate(state, action, context)
+        for t in self.terms[1:]:
+            total = total + t._evaluate(state, action, context)
+        return total
+
+
+class BoundReward:
+    """A `Reward` bound to a `RewardContext`: the internal term `(next_state [N], action [N, A]) -> [N]`.
+
+    This is what `Objective.rewards` holds for every `Reward` it was given.
+
+    Attributes:
+        term: the unbound `Reward`.
+        context: the `RewardContext` (model, context values, B).
+        name: `term.name`.
+        differentiable: `term.differentiable` (gradient planners check it).
+
+    Raises (from a call):
+        TypeError, ValueError: a user function's output is not a floating `[N]` tensor on the
+            action's device (named in the message; see `check_reward_output`), or a context
+            value cannot be expanded to N rows; whatever a user function raises, with a note
+            naming it.
+    """
+
+    def __init__(self, term: Reward, context: RewardContext) -> None:
+        self.term = term
+        self.context = context
+        self.name = term.name
+        self.differentiable = term.differentiable
+
+    def __call__(self, next_state: LatentState, action: Tensor) -> Tensor:
+        """`[N]` reward of taking `action [N, A]` and arriving in `next_state` (`[N]` rows)."""
+        return self.term._evaluate(next_state, action, self.context)
+
+    def __repr__(self) -> str:
+        return f"BoundReward({self.name}, differentiable={self.differentiable}, {self.context!r})"
+
+
+@overload
+def reward(
+    fn: Callable[..., Tensor], *, inputs: Inputs = "decoded", differentiable: bool = True, name: str | None = None
+) -> UserReward: ...
+@overload
+def reward(
+    fn: None = None, *, inputs: Inputs = "decoded", differentiable: bool = True, name: str | None = None
+) -> Callable[[Callable[..., Tensor]], UserReward]: ...
+def reward(fn=None, *, inputs="decoded", differentiable=True, name=None):
+    """Turn a user function into a reward term (a `Reward`); usable as `@reward` or `@reward(...)`.
+
+    Args:
+        fn: with `inputs="decoded"`: `fn(obs, action, ctx) -> [N]`, where `obs` is
+            `model.decode(next_state)`: a dict of named physical quantities, `"obs"` `[N, D]`
+            as decoded and every other single-column entry `[N, 1]` squeezed to `[N]`
+            (`obs["pole_cos"]`, `obs["cart_x"]`), multi-column ones as they are
+            (`obs["position"]` `[N, 3]`). With `inputs="latent"`: `fn(state, action, ctx)`
+            with `state` the `LatentState` (`[N]` rows). `action` is `[N, A]`, the action
+            taken to arrive in `next_state`; `ctx` is the objective's context with per-env
+            tensors as `[N, ...]` rows (see `RewardContext`). The function must return a
+            floating `[N]` tensor on the action's device; it must not modify its inputs.
+        inputs: `"decoded"` or `"latent"`, as above.
+        differentiable: False if gradients through `fn` are meaningless (it thresholds,
+            uses `argmax`, NumPy, ...); gradient planners then refuse the term.
+        name: the term's name in messages and expressions; default `fn.__name__`.
+
+    Returns:
+        A `UserReward` (or, without `fn`, a decorator making one).
+
+    Raises:
+        ValueError: `inputs` is not `"decoded"` or `"latent"`.
+        TypeError: `fn` is not callable (e.g. `@reward("latent")` instead of
+            `@reward(inputs="latent")`) or is already a term.
+    """
+    if inputs not in _INPUTS:
+        raise ValueError(f"reward: inputs must be one of {list(_INPUTS)}; got {inputs!r}")
+
+    def wrap(f: Callable[..., Tensor]) -> UserReward:
+        if isinstance(f, Reward):
+            raise TypeError(f"reward: {f.name!r} is already a reward term")
+        if not callable(f):
+            raise TypeError(
+                f"reward: expected a function; got {f!r} (options are keywords: @reward(inputs='latent'))"
+            )
+        return UserReward(f, inputs=inputs, differentiable=differentiable, name=name)
+
+    return wrap if fn is None else wrap(fn)
+
+
+def learned_reward() -> LearnedReward:
+    """The model's learned reward head as a term: `model.reward(next_state) -> [N]`.
+
+    The default reward of `Objective`; weight it (`0.5 * learned_reward()`) or add it to known
+    terms. Source: PlaNet's reward model (Hafner et al. 2019).
+    """
+    return LearnedReward()
+
+
+# --------------------------------------------------------------------------- conformance checker
+@dataclass(frozen=True)
+class RewardReport:
+    """What `check_reward` found for a term that passed.
+
+    Attributes:
+        name: the term's name.
+        differentiable: the term's flag.
+        gradient_flows: whether `d reward / d action` exists (through the term's action input
+            or through the model's step into `next_state`) and is finite.
+        rows: N, the rows evaluated (`2 * batch`).
+        dtype: the output's dtype.
+        device: the output's device.
+    """
+
+    name: str
+    differentiable: bool
+    gradient_flows: bool
+    rows: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _same(a: Tensor, b: Tensor, *, tol: bool = False) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not (a.is_floating_point() or a.is_complex()):
+        return torch.equal(a, b)
+    if tol:
+        return bool(torch.isclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True).all())
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def check_reward(
+    term: "Reward | Callable[[LatentState, Tensor], Tensor]",
+    model: WorldModel,
+    *,
+    batch: int = 4,
+    context: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> RewardReport:
+    """Check a reward term against a model, like Gymnasium's env checker; collect every problem.
+
+    Evaluates the term on `N = 2 * batch` rows (B = `batch` environments, two candidates each, as
+    a planner lays them out) of beliefs reached from `model.initial` by random in-bounds actions,
+    and checks:
+
+    - the output is a floating `[N]` tensor on the action's device;
+    - inputs are not modified in place (the state, the action, the decoded quantities, the
+      context values);
+    - determinism: identical inputs give an identical output;
+    - rows are independent: evaluated on one candidate per environment, the output is the
+      same rows as before (catches rewards normalised over the batch);
+    - gradients: whether `d reward / d action` (through the action and through the model's step)
+      exists and is finite; missing for a term marked differentiable is a problem.
+
+    The global RNG is left as it was (`torch.random.fork_rng`); beliefs and actions come from a
+    generator seeded with `seed`.
+
+    Args:
+        term: a `Reward` (from `reward`, `learned_reward` or a composition) or a plain callable
+            `(next_state [N], action [N, A]) -> [N]`.
+        model: the `WorldModel` to plan with.
+        batch: B, the environments simulated; per-env context tensors must be `[B, ...]`.
+        context: the context the term reads (see `RewardContext`).
+        seed: seed of the beliefs and actions.
+
+    Returns:
+        A `RewardReport` when no problem was found.
+
+    Raises:
+        ValueError: listing every problem found (the message names the term); also a bad
+            `batch` or context (as `RewardContext`).
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"check_reward: batch must be a positive int; got {batch!r}")
+    name = _callable_name(term)
+    differentiable = bool(getattr(term, "differentiable", True))
+    uses_decode = isinstance(term, Reward) and any(getattr(l, "inputs", None) == "decoded" for l in term.leaves())
+    RewardContext(model, context, batch=batch).bind(term)  # context and model errors raise here, as is
+    rows = 2
+    n = batch * rows
+    start = model.initial(batch)
+    dev = start.device
+    problems: list[str] = []
+    flows = False
+    out1: Tensor | None = None
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        low, high = model.action_low.to(dev), model.action_high.to(dev)
+
+        def actions() -> Tensor:
+            return low + (high - low) * torch.rand(n, model.action_dim, generator=gen, device=dev)
+
+        with torch.no_grad():
+            prev = model.imagine_step(start.expand(rows), actions(), generator=gen)
+            action = actions()
+            nxt = model.imagine_step(prev, action, generator=gen)
+        pristine = (nxt.deter.clone(), nxt.stoch.clone(), action.clone())
+
+        # 1. one evaluation: output, and inputs untouched
+        ctx1 = RewardContext(model, context, batch=batch)
+        bound = ctx1.bind(term)
+        watched: list[tuple[str, Tensor]] = [
+            ("next_state.deter", nxt.deter), ("next_state.stoch", nxt.stoch), ("action", action),
+        ]
+        with torch.no_grad():
+            if uses_decode:
+                watched += [(f"obs[{k!r}]", v) for k, v in ctx1.decode(nxt).items() if isinstance(v, Tensor)]
+            watched += [(f"context[{k!r}]", v) for k, v in ctx1.values.items() if isinstance(v, Tensor)]
+            watched += [(f"ctx[{k!r}] (expanded)", v) for k, v in ctx1.expand(n, dev).items() if isinstance(v, Tensor)]
+            snapshot = [(label, t, t.clone()) for label, t in watched]
+            try:
+                out1 = check_reward_output(bound(nxt, action), name, n, dev)
+            except Exception as e:  # noqa: BLE001 - every failure is a finding
+                hint = ""
+                if isinstance(e, TypeError) and not isinstance(term, Reward):
+                    hint = " (a plain callable takes (next_state, action); wrap fn(obs, action, ctx) with @reward)"
+                problems.append(f"{type(e).__name__}: {e}{hint}")
+        mutated = [label for label, t, before in snapshot if not _same(t, before)]
+        if mutated:
+            problems.append(f"modified its inputs in place (rewards must not mutate them): {', '.join(mutated)}")
+
+        if out1 is not None:
+            # 2. determinism: fresh copies of the same inputs, a fresh context
+            with torch.no_grad():
+                state2 = LatentState(pristine[0].clone(), pristine[1].clone())
+                try:
+                    out2 = RewardContext(model, context, batch=batch).bind(term)(state2, pristine[2].clone())
+                    deterministic = _same(out1, out2)
+                    if not deterministic:
+                        where = " (or model.decode)" if uses_decode else ""
+                        problems.append(
+                            f"is not deterministic{where}: two calls on identical inputs differ "
+                            f"(max |diff| {float((out1 - out2).abs().nan_to_num(0.0).max()):.3g}); "
+                            "keep no hidden state or randomness"
+                        )
+                    # 3. rows are independent: one candidate per environment (meaningless if not deterministic)
+                    keep = torch.arange(0, n, rows, device=dev)
+                    state3 = LatentState(pristine[0][keep].clone(), pristine[1][keep].clone())
+                    out3 = RewardContext(model, context, batch=batch).bind(term)(state3, pristine[2][keep].clone())
+                    if deterministic and not _same(out1[keep], out3, tol=True):
+                        problems.append(
+                            "rows are not independent: evaluated on a subset of rows it gives other values "
+                            "for the same rows (do not normalise or reduce over the batch)"
+                        )
+                except Exception as e:  # noqa: BLE001
+                    problems.append(f"a repeated call raised {type(e).__name__}: {e}")
+
+            # 4. gradients to the action, through the term and through the model's step
+            act = pristine[2].clone().requires_grad_(True)
+            grad_note = ""
+            try:
+                with torch.enable_grad():
+                    step_gen = torch.Generator(device=dev).manual_seed(seed + 1)
+                    nxt4 = model.imagine_step(prev, act, generator=step_gen)
+                    r = RewardContext(model, context, batch=batch).bind(term)(nxt4, act)
+                    g = None
+                    if r.requires_grad:
+                        (g,) = torch.autograd.grad(r.sum(), act, allow_unused=True)
+                flows = g is not None and bool(torch.isfinite(g).all())
+                if g is not None and not flows:
+                    grad_note = "the gradient w.r.t. the action has NaN/inf"
+                elif g is None:
+                    grad_note = (
+                        "no gradient reaches the action (mark it reward(..., differentiable=False) "
+                        "if gradients through it are meaningless)"
+                    )
+            except Exception as e:  # noqa: BLE001
+                grad_note = f"backpropagation raised {type(e).__name__}: {e}"
+            if differentiable and not flows:
+                problems.append(f"is marked differentiable but {grad_note}")
+
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise ValueError(f"check_reward: reward {name!r} has {len(problems)} problem(s):\n{listing}")
+    assert out1 is not None
+    return RewardReport(name, differentiable, flows, n, out1.dtype, out1.device)
