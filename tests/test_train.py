@@ -170,3 +170,22 @@ def test_demo_reaches_its_target(tmp_path):
     summary = train_mod.Trainer(lp.demo_config(run_dir=str(tmp_path / "demo"), progress=False)).run()
     assert summary.wall_s < 15 * 60
     assert summary.eval_return >= 400
+
+
+def test_pixel_training_stores_frames_and_states(tmp_path):
+    """From pixels: uint8 frames in the replay buffer, the true state beside them, a finite ELBO."""
+    cfg = _config(
+        tmp_path, "pix", obs="pixels", action_repeat=50, episodes=2, seed_episodes=1, updates_per_episode=1,
+        batch_size=2, chunk_length=8, model=lp.RSSMConfig(deter=8, stoch=2, hidden=8),
+        planner=lp.CEMConfig(horizon=2, iterations=1, candidates=4, elites=2),
+    )
+    trainer = lp.Trainer(cfg)
+    assert trainer.model_config.obs_shape == (3, 64, 64) and trainer.model_config.observation_std == 1.0
+    summary = trainer.run()
+    ep = trainer.buffer.episodes[1]
+    assert ep["obs"].dtype == "uint8" and ep["obs"].shape == (21, 3, 64, 64)  # 1000 steps / repeat 50
+    assert ep["state"].shape == (21, 5)
+    assert ep["obs"][5].std() > 0 and not (ep["obs"][5] == ep["obs"][15]).all()
+    row = json.loads((tmp_path / "pix" / "metrics.jsonl").read_text().splitlines()[1])
+    assert row["loss"] == row["loss"] and row["reconstruction"] > 0  # finite and positive
+    assert summary.env_steps == 2000
