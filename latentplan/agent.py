@@ -158,7 +158,10 @@ def run_episode(
     obs, info = env.reset(seed=seed)
     a_dim = env.action_space.shape[0]
     obs_list, act_list, rew_list = [obs], [np.zeros(a_dim, np.float32)], [0.0]
-    states = [info["state"]] if "state" in info else None
+    # pixel envs carry the true state beside the frame (targets for probe heads); for state
+    # observations it would only duplicate `obs`
+    pixels = np.asarray(obs).dtype == np.uint8
+    states = [info["state"]] if pixels and "state" in info else None
     if agent is not None:
         agent.reset()
     ret, env_steps, plan_ms, evals, t = 0.0, 0, 0.0, 0.0, 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
+from pathlib import Path
 
 import tyro
 
@@ -11,7 +14,8 @@ from .training import Trainer, TrainSummary
 
 USAGE = """usage: latentplan {train,demo} [--flags]
 
-  train   PlaNet's training loop (every TrainConfig field is a flag: latentplan train --help)
+  train   PlaNet's training loop (every TrainConfig field is a flag: latentplan train --help);
+          with --resume, the run folder's own config is the default and flags override it
   demo    the embedded default: a CPU-sized run on dmc:cartpole-swingup from state
           (about 15 minutes on 2 cores; accepts the same flags to override it)
 """
@@ -44,6 +48,22 @@ def _run(config: TrainConfig) -> TrainSummary:
     return summary
 
 
+def _stored_config(args: list[str], default_run_dir: str) -> TrainConfig | None:
+    """With `--resume`, the `config.json` of the run folder named by `--run-dir` (if it exists)."""
+    if "--resume" not in args:
+        return None
+    run_dir = default_run_dir
+    for i, a in enumerate(args):
+        if a == "--run-dir" and i + 1 < len(args):
+            run_dir = args[i + 1]
+        elif a.startswith("--run-dir="):
+            run_dir = a.split("=", 1)[1]
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    return dataclasses.replace(TrainConfig.from_dict(json.loads(path.read_text())), resume=True, overwrite=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `latentplan` script. Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -51,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
-    if cmd == "train":
-        config = tyro.cli(TrainConfig, args=rest, prog="latentplan train")
-    elif cmd == "demo":
-        config = tyro.cli(TrainConfig, args=rest, default=demo_config(), prog="latentplan demo")
-    else:
+    if cmd not in ("train", "demo"):
         print(f"latentplan: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    default = TrainConfig() if cmd == "train" else demo_config()
+    stored = _stored_config(rest, default.run_dir)
+    if stored is not None:  # --resume: the run's own config, overridden by the flags given
+        default = stored
+    config = tyro.cli(TrainConfig, args=rest, default=default, prog=f"latentplan {cmd}")
     _run(config)
     return 0
 

@@ -129,6 +129,13 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         self.device = resolve_device(config.device)
         ckpt_path = self.run_dir / CHECKPOINT
+        if config.tensorboard:
+            self._tensorboard_class()  # fail before touching the run folder
+        if config.resume and not ckpt_path.exists() and self.run_dir.exists():
+            # nothing to resume from (killed before its first checkpoint): start afresh
+            for stale in ("metrics.jsonl", "episodes"):
+                path = self.run_dir / stale
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if self.run_dir.exists() and any(self.run_dir.iterdir()) and not config.resume:
             if not config.overwrite:
                 raise FileExistsError(
@@ -148,8 +155,9 @@ class Trainer:
             action_low=tuple(float(x) for x in space.low), action_high=tuple(float(x) for x in space.high),
             obs_names=names,
         )
-        torch.manual_seed(config.seed)  # parameter initialisation only; sampling uses self.generator
-        self.model = RSSMWorldModel(self.model_config).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left as it was
+            torch.manual_seed(config.seed)
+            self.model = RSSMWorldModel(self.model_config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
         self.planner = CEM(config.planner)
         self.agent = Agent(self.model, self.planner)
@@ -224,15 +232,28 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["episode"] <= episode]
-        path.write_text("".join(r + "\n" for r in rows))
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                continue
+            if row.get("episode", 0) <= episode:
+                rows.append(line)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        os.replace(tmp, path)
 
-    def _tensorboard(self):
+    @staticmethod
+    def _tensorboard_class():
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # pragma: no cover - depends on the optional extra
+        except ImportError as e:  # depends on the optional extra
             raise ImportError("TensorBoard logging needs `pip install latentplan[tensorboard]`") from e
-        return SummaryWriter(str(self.run_dir / "tb"))
+        return SummaryWriter
+
+    def _tensorboard(self):
+        return self._tensorboard_class()(str(self.run_dir / "tb"))
 
     # ------------------------------------------------------------------ the loop
     def update(self) -> dict[str, float]:

@@ -189,3 +189,27 @@ def test_pixel_training_stores_frames_and_states(tmp_path):
     row = json.loads((tmp_path / "pix" / "metrics.jsonl").read_text().splitlines()[1])
     assert row["loss"] == row["loss"] and row["reconstruction"] > 0  # finite and positive
     assert summary.env_steps == 2000
+
+
+def test_cli_resume_reads_the_runs_own_config(tmp_path, capsys):
+    flags = ["--run-dir", str(tmp_path / "r"), "--seed-episodes", "1", "--updates-per-episode", "1",
+             "--batch-size", "2", "--chunk-length", "8", "--no-progress", "--model.deter", "8", "--model.stoch", "2",
+             "--model.hidden", "8", "--model.embed", "8", "--planner.horizon", "2", "--planner.iterations", "1",
+             "--planner.candidates", "8", "--planner.elites", "2"]
+    assert main(["train", "--episodes", "2", *flags]) == 0
+    # only the run folder, --resume and the new length: the stored model size etc. are reused
+    assert main(["train", "--run-dir", str(tmp_path / "r"), "--resume", "--episodes", "3"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in rows] == [1, 2, 3]
+    model, config, _ = lp.load_checkpoint(tmp_path / "r")
+    assert config.model.deter == 8 and config.episodes == 3
+
+
+def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
+    run = tmp_path / "r"
+    (run / "episodes").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"episode": 1, "train_return": 5.0}\n{"episo')  # killed mid-line
+    cfg = _config(tmp_path, "r", resume=True, episodes=1, seed_episodes=1)
+    lp.Trainer(cfg).run()
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in rows] == [1, 1] and rows[0]["train_return"] != 5.0  # the episode, then its evaluation
