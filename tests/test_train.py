@@ -213,3 +213,17 @@ def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
     lp.Trainer(cfg).run()
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["episode"] for r in rows] == [1, 1] and rows[0]["train_return"] != 5.0  # the episode, then its evaluation
+
+
+def test_custom_reward_example_runs_on_a_checkpoint(reference, monkeypatch, capsys):
+    """examples/custom_reward.py plans a whole episode for a user reward on a trained checkpoint."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "custom_reward.py"
+    monkeypatch.setattr(sys, "argv", [str(example), str(reference[0] / "checkpoint.pt"), "--target", "0.25"])
+    runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "target +0.25" in out and "ms per decision" in out
+    assert 0 <= float(out.split("env return (swingup reward) ")[1].split(";")[0]) <= 1000
