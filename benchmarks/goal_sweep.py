@@ -4,7 +4,7 @@ larger CEM trade holding x = target against keeping the pole up.
     OMP_NUM_THREADS=1 python benchmarks/goal_sweep.py CHECKPOINT WIDTH TARGET [TARGET ...]
 
 CEM: H=16, I=8, J=300, K=30. One episode per target (seed 0); the numbers are over the last 63
-decisions (~500 env steps), from the true environment state. Reward per decision:
+decisions (~500 env steps), from the true environment state. Reward per decision: `rewards_cartpole.goal_reward`,
 8 * upright * small_velocity * small_control * (0.25 + 0.75 exp(-((x - target) / WIDTH)^2)).
 """
 
@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import latentplan as lp  # noqa: E402
-from rewards_cartpole import ACTION_REPEAT, gaussian_tolerance, quadratic_tolerance  # noqa: E402
+from rewards_cartpole import goal_reward  # noqa: E402
 
 
 def main() -> None:
@@ -23,19 +23,11 @@ def main() -> None:
     torch.set_num_threads(1)
     checkpoint, width, targets = sys.argv[1], float(sys.argv[2]), [float(x) for x in sys.argv[3:]]
 
-    @lp.reward(inputs="decoded")
-    def goal(obs, action, ctx):
-        upright = (obs["pole_cos"] + 1.0) / 2.0
-        small_velocity = (1.0 + gaussian_tolerance(obs["pole_angvel"], 5.0)) / 2.0
-        small_control = (4.0 + quadratic_tolerance(action[:, 0], 1.0)) / 5.0
-        near = 0.25 + 0.75 * torch.exp(-(((obs["cart_x"] - ctx["target_x"]) / width) ** 2))
-        return ACTION_REPEAT * upright * small_velocity * small_control * near
-
     model, cfg, _ = lp.load_checkpoint(checkpoint)
     env = lp.make_env(cfg.env, seed=0)
     for t in targets:
         agent = lp.Agent(model, lp.CEM(horizon=16, iterations=8, candidates=300, elites=30),
-                         objective=lambda m: lp.Objective(m, rewards=[goal], context={"target_x": t}))
+                         objective=lambda m: lp.Objective(m, rewards=[goal_reward], context={"target_x": t, "width": width}))
         ep, st = lp.run_episode(env, agent, seed=0, generator=torch.Generator().manual_seed(0))
         last = ep["obs"][-63:]
         err = np.abs(last[:, 0] - t)

@@ -95,7 +95,8 @@ def goal_reward(obs, action, ctx):
     upright = (obs["pole_cos"] + 1.0) / 2.0
     small_velocity = (1.0 + gaussian_tolerance(obs["pole_angvel"], 5.0)) / 2.0
     small_control = (4.0 + quadratic_tolerance(action[:, 0], 1.0)) / 5.0
-    near = 0.25 + 0.75 * torch.exp(-(((obs["cart_x"] - ctx["target_x"]) / 0.3) ** 2))
+    width = ctx.get("width", 0.3)  # benchmarks/goal_sweep.py varies it
+    near = 0.25 + 0.75 * torch.exp(-(((obs["cart_x"] - ctx["target_x"]) / width) ** 2))
     return ACTION_REPEAT * upright * small_velocity * small_control * near
 
 

@@ -49,6 +49,7 @@ class Agent:
         self.planner = planner
         self.make_objective = objective or (lambda m: Objective(m))
         self.warm_start = warm_start
+        self._observe_takes_generator = _accepts_generator(model)
         self.reset()
 
     @property
@@ -68,7 +69,7 @@ class Agent:
         """Fold one observation into the belief (posterior step) and return the belief `[1]`."""
         o = torch.as_tensor(np.asarray(obs), device=self.device)[None]
         is_first = torch.tensor([self.is_first], device=self.device)
-        kwargs = {"generator": generator} if generator is not None and _accepts_generator(self.model) else {}
+        kwargs = {"generator": generator} if generator is not None and self._observe_takes_generator else {}
         self.belief = self.model.observe(self.belief, self.last_action, o, is_first, **kwargs)
         self.is_first = False
         return self.belief
