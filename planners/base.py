@@ -13,7 +13,7 @@ from latentplan.worldmodels.state import LatentState
 if TYPE_CHECKING:
     from .objective import Objective
 
-__all__ = ["Plan", "Planner"]
+__all__ = ["Plan", "Planner", "Policy"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,24 @@ class Planner(Protocol):
         generator: torch.Generator | None = None,
         deadline: float | None = None,
     ) -> Plan: ...
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """An action proposal on beliefs: a distilled policy network, or any callable object like it.
+
+    MCTS samples a node's children from it, CEM draws a fraction of its candidates by rolling it
+    through the model (as TD-MPC2 does), and the gradient planner can start from its rollout.
+
+    `act(state [N], *, generator=None, deterministic=False) -> [N, A]`: one action per belief,
+    within the model's action bounds; with `deterministic=True` the mode (e.g. tanh of the mean),
+    otherwise a sample drawn with `generator`. It must not change `state`.
+    """
+
+    def act(
+        self,
+        state: LatentState,
+        *,
+        generator: torch.Generator | None = None,
+        deterministic: bool = False,
+    ) -> Tensor: ...
