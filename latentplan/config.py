@@ -21,6 +21,9 @@ class TrainConfig:
     Attributes:
         env: environment name for `latentplan.envs.make`, e.g. `dmc:cartpole-swingup`.
         obs: `state` (flat proprioceptive vector) or `pixels` (uint8 `[3, 64, 64]`).
+        probes: for `pixels` runs, train probe heads that decode the env's named physical state
+            (`cart_x`, `pole_cos`, ...) from the latent, with the env's `info["state"]` as targets
+            (`RSSMConfig.probe_dim`), so known rewards over named quantities work on the model.
         action_repeat: environment steps per decision; `None` for PlaNet's per-task value.
         seed: seeds the environment, the model's initialisation and all sampling.
         episodes: total episodes to collect, seed episodes included.
@@ -53,6 +56,7 @@ class TrainConfig:
 
     env: str = "dmc:cartpole-swingup"
     obs: Literal["state", "pixels"] = "state"
+    probes: bool = True
     action_repeat: int | None = None
     seed: int = 0
     episodes: int = 1000

@@ -149,11 +149,14 @@ class Trainer:
         obs_shape = tuple(self.env.observation_space.shape)
         space = self.env.action_space
         slices = getattr(self.env, "obs_slices", {}) or {}
-        names = tuple((k, int(s.start), int(s.stop)) for k, s in slices.items()) if config.obs == "state" else ()
+        named = tuple((k, int(s.start), int(s.stop)) for k, s in slices.items())
+        probes = config.obs == "pixels" and config.probes and bool(named)
         self.model_config = dataclasses.replace(
             config.model, obs_shape=obs_shape, action_dim=int(space.shape[0]),
             action_low=tuple(float(x) for x in space.low), action_high=tuple(float(x) for x in space.high),
-            obs_names=names,
+            obs_names=named if config.obs == "state" else (),
+            probe_dim=max(stop for _, _, stop in named) if probes else 0,
+            probe_names=named if probes else (),
         )
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left as it was
             torch.manual_seed(config.seed)
@@ -262,7 +265,10 @@ class Trainer:
         batch = self.buffer.sample(c.batch_size, c.chunk_length)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         self.model.train()
-        terms = self.model.elbo(batch["obs"], batch["action"], batch["reward"], batch["is_first"], generator=self.generator)
+        terms = self.model.elbo(
+            batch["obs"], batch["action"], batch["reward"], batch["is_first"], generator=self.generator,
+            state=batch.get("state") if self.model.probe_head is not None else None,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)

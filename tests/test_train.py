@@ -181,6 +181,8 @@ def test_pixel_training_stores_frames_and_states(tmp_path):
     )
     trainer = lp.Trainer(cfg)
     assert trainer.model_config.obs_shape == (3, 64, 64) and trainer.model_config.observation_std == 1.0
+    # probe heads for the env's named state, so known rewards over cart_x etc. work on pixel models
+    assert trainer.model_config.probe_dim == 5 and ("cart_x", 0, 1) in trainer.model_config.probe_names
     summary = trainer.run()
     ep = trainer.buffer.episodes[1]
     assert ep["obs"].dtype == "uint8" and ep["obs"].shape == (21, 3, 64, 64)  # 1000 steps / repeat 50
@@ -188,6 +190,9 @@ def test_pixel_training_stores_frames_and_states(tmp_path):
     assert ep["obs"][5].std() > 0 and not (ep["obs"][5] == ep["obs"][15]).all()
     row = json.loads((tmp_path / "pix" / "metrics.jsonl").read_text().splitlines()[1])
     assert row["loss"] == row["loss"] and row["reconstruction"] > 0  # finite and positive
+    assert row["probe_nll"] > 0
+    decoded = trainer.model.decode(trainer.model.initial(3))
+    assert decoded["pole_cos"].shape == (3, 1) and decoded["state"].shape == (3, 5)
     assert summary.env_steps == 2000
 
 

@@ -191,3 +191,85 @@ def test_observation_std_defaults_and_scaling():
     # same weights, same samples: the Gaussian NLL scales with 1 / std^2
     torch.testing.assert_close(terms[0.1].reconstruction, 100 * terms[1.0].reconstruction)
     torch.testing.assert_close(terms[0.1].kl, terms[1.0].kl)
+
+
+def _bar_images(x: torch.Tensor) -> torch.Tensor:
+    """`[N]` positions in [-1, 1] -> `[N, 3, 64, 64]` uint8 frames with a white bar at that column."""
+    col = ((x + 1) / 2 * 55).round().long()
+    img = torch.zeros(x.shape[0], 3, 64, 64, dtype=torch.uint8)
+    for i, c in enumerate(col.tolist()):
+        img[i, :, 20:44, c : c + 8] = 255
+    return img
+
+
+def _probe_model(detach: bool) -> RSSMWorldModel:
+    torch.manual_seed(0)
+    cfg = RSSMConfig(obs_shape=(3, 64, 64), action_dim=1, deter=16, stoch=4, hidden=32, probe_dim=2,
+                     probe_names=(("x", 0, 1), ("x2", 1, 2)), probe_detach=detach)
+    return RSSMWorldModel(cfg)
+
+
+def test_probe_heads_learn_the_hidden_state_and_decode_it_by_name():
+    """Probe heads learn a physical state the observation shows only through a nonlinear view
+    (obs = [cos x, sin x], target x), and `decode` serves them by name."""
+    torch.manual_seed(0)
+    m = RSSMWorldModel(RSSMConfig(obs_shape=(2,), action_dim=1, probe_dim=1, probe_names=(("x", 0, 1),), **SMALL))
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+
+    def batch(n=16, t=4):
+        x = torch.rand(n, t, 1, generator=g) * 2 - 1
+        obs = torch.cat([torch.cos(2 * x), torch.sin(2 * x)], -1)
+        return obs, torch.zeros(n, t, 1), torch.zeros(n, t), torch.zeros(n, t, dtype=torch.bool), x
+
+    *held, x_held = batch(64, 1)
+    before = float(m.elbo(*held, state=x_held, generator=g).probe)
+    for _ in range(150):
+        *inputs, targets = batch()
+        terms = m.elbo(*inputs, state=targets, generator=g)
+        opt.zero_grad()
+        terms.loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = m.elbo(*held, state=x_held, generator=g)
+        post = m.observe(m.initial(64), held[1][:, 0], held[0][:, 0], torch.ones(64, dtype=torch.bool), sample=False)
+        decoded = m.decode(post)
+    assert float(after.probe) < 0.1 * before and "probe_nll" in after.scalars()
+    assert set(decoded) == {"obs", "state", "x"} and decoded["x"].shape == (64, 1)
+    # a constant guess has mean error 0.5 on U(-1, 1)
+    assert (decoded["x"] - x_held[:, 0]).abs().mean() < 0.1
+
+
+def test_image_models_decode_probe_quantities_without_the_image_decoder():
+    m = _probe_model(detach=True)
+    s = m.observe(m.initial(3), torch.zeros(3, 1), _bar_images(torch.zeros(3)), torch.ones(3, dtype=torch.bool))
+    decoded = m.decode(s)
+    assert decoded["x"].shape == (3, 1) and decoded["x2"].shape == (3, 1)
+    assert "image" not in decoded._items  # not computed until looked up
+    assert decoded["image"].shape == (3, 3, 64, 64) and set(decoded) == {"image", "state", "x", "x2"}
+
+
+def test_detached_probes_leave_the_world_model_gradients_alone():
+    """With `probe_detach=True` the probe targets cannot change the world model's gradients."""
+    obs = _bar_images(torch.linspace(-1, 1, 8)).unflatten(0, (4, 2))
+    args = (obs, torch.zeros(4, 2, 1), torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.bool))
+
+    def encoder_grad(detach: bool, targets: torch.Tensor) -> torch.Tensor:
+        m = _probe_model(detach)
+        m.elbo(*args, state=targets, generator=torch.Generator().manual_seed(1)).loss.backward()
+        return torch.cat([p.grad.flatten() for p in m.encoder.parameters()])
+
+    zeros, ones = torch.zeros(4, 2, 2), torch.ones(4, 2, 2)
+    assert torch.equal(encoder_grad(True, zeros), encoder_grad(True, ones))
+    assert not torch.allclose(encoder_grad(False, zeros), encoder_grad(False, ones))
+    m = _probe_model(True)
+    with pytest.raises(ValueError, match="probe_dim=2"):
+        m.elbo(*args)
+    with pytest.raises(ValueError, match="NaN"):
+        m.elbo(*args, state=torch.full((4, 2, 2), float("nan")))
+    with pytest.raises(ValueError, match="no probe heads"):
+        RSSMWorldModel(RSSMConfig(obs_shape=(3, 64, 64), action_dim=1, deter=8, stoch=2, hidden=8)).probe(m.initial(1))
+    with pytest.raises(ValueError, match="already name decoded"):
+        RSSMConfig(obs_shape=(4,), action_dim=1, obs_names=(("x", 0, 1),), probe_dim=1, probe_names=(("x", 0, 1),)).validate()
+    with pytest.raises(ValueError, match="outside the probe state"):
+        RSSMConfig(obs_shape=(3, 64, 64), action_dim=1, probe_dim=2, probe_names=(("x", 1, 3),)).validate()

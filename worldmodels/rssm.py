@@ -8,6 +8,7 @@ imagination; the posterior q(z_t | h_t, o_t) filters observations.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -46,6 +47,17 @@ class RSSMConfig:
         image_bits: bit depth images are quantised to (PlaNet: 5).
         obs_names: named slices of a state observation, `(name, start, stop)` triples, so
             that `decode()` can return `obs["position"]` etc.
+        probe_dim: size of the environment's physical state vector that probe heads learn to
+            decode from the latent (0: no probes). The training loop sets it for pixel models,
+            whose episodes store the env's state (`info["state"]`) as the probe targets, so that
+            known rewards over named quantities (`obs["cart_x"]`) work for pixel models too.
+        probe_names: named slices of the probe state, `(name, start, stop)` triples, as
+            `obs_names` (e.g. `("cart_x", 0, 1)`).
+        probe_std: fixed standard deviation of the probes' Gaussian log-likelihood.
+        probe_detach: if True (default) the probe loss does not reach the world model: the probes
+            read what the latent already holds (linear/MLP probes in the sense of Alain & Bengio
+            2016) and the model is trained exactly as PlaNet's. If False the auxiliary loss also
+            shapes the latent.
     """
 
     obs_shape: tuple[int, ...] = ()
@@ -64,6 +76,10 @@ class RSSMConfig:
     reward_scale: float = 1.0
     image_bits: int = 5
     obs_names: tuple[tuple[str, int, int], ...] = field(default_factory=tuple)
+    probe_dim: int = 0
+    probe_names: tuple[tuple[str, int, int], ...] = field(default_factory=tuple)
+    probe_std: float = 0.1
+    probe_detach: bool = True
 
     def validate(self) -> None:
         """Check that the environment-dependent fields are filled and consistent.
@@ -81,6 +97,17 @@ class RSSMConfig:
             bound = getattr(self, name)
             if bound and len(bound) != self.action_dim:
                 raise ValueError(f"RSSMConfig.{name} has {len(bound)} entries for action_dim {self.action_dim}")
+        if self.probe_dim < 0:
+            raise ValueError(f"RSSMConfig.probe_dim must be >= 0; got {self.probe_dim}")
+        clash = {n for n, _, _ in self.probe_names} & ({n for n, _, _ in self.obs_names} | {"obs", "image", "state"})
+        if clash:
+            raise ValueError(f"RSSMConfig.probe_names: {sorted(clash)} already name decoded observation entries")
+        for name, start, stop in self.probe_names:
+            if not 0 <= start < stop <= self.probe_dim:
+                raise ValueError(
+                    f"RSSMConfig.probe_names: slice {name!r} [{start}, {stop}) is outside the probe state "
+                    f"of probe_dim {self.probe_dim}"
+                )
 
     @property
     def observation_std(self) -> float:
@@ -106,6 +133,7 @@ class RSSMConfig:
         d["action_low"] = tuple(d.get("action_low", ()))
         d["action_high"] = tuple(d.get("action_high", ()))
         d["obs_names"] = tuple(tuple(x) for x in d.get("obs_names", ()))
+        d["probe_names"] = tuple(tuple(x) for x in d.get("probe_names", ()))
         return cls(**d)
 
 
@@ -119,6 +147,8 @@ class ELBOTerms:
         reward: reward negative log-likelihood (Gaussian with std `reward_std`, constants dropped).
         kl: KL(posterior || prior) in nats per step, before free nats.
         posterior: `[B, T]` flattened to `[B*T]` rows: the filtered beliefs (detached).
+        probe: the probe heads' negative log-likelihood of the env state (Gaussian with std
+            `probe_std`, constants dropped), or None for a model without probes.
     """
 
     loss: Tensor
@@ -126,13 +156,38 @@ class ELBOTerms:
     reward: Tensor
     kl: Tensor
     posterior: LatentState
+    probe: Tensor | None = None
 
     def scalars(self) -> dict[str, float]:
         """The loss terms as floats, for logging."""
-        return {
+        out = {
             "loss": float(self.loss.detach()), "reconstruction": float(self.reconstruction),
             "reward_nll": float(self.reward), "kl": float(self.kl),
         }
+        if self.probe is not None:
+            out["probe_nll"] = float(self.probe)
+        return out
+
+
+class _ImageDecoding(Mapping):
+    """What an image model's `decode` returns: the probes' named quantities at once, and the
+    `"image"` only when it is looked up (the conv decoder is costly, and planning with a known
+    reward over probe quantities never needs it)."""
+
+    def __init__(self, model: "RSSMWorldModel", state: LatentState, probed: dict[str, Tensor]) -> None:
+        self._model, self._state, self._items = model, state, dict(probed)
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key == "image" and "image" not in self._items:
+            self._items["image"] = self._model.decoder(self._state.features())
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "image"
+        yield from (k for k in self._items if k != "image")
+
+    def __len__(self) -> int:
+        return len(self._items) + ("image" not in self._items)
 
 
 class RSSMWorldModel(nn.Module):
@@ -173,6 +228,7 @@ class RSSMWorldModel(nn.Module):
         self.post_hidden = nn.Linear(c.deter + embed, c.hidden)
         self.post_out = nn.Linear(c.hidden, 2 * c.stoch)
         self.reward_head = MLP(c.deter + c.stoch, 1, c.hidden, layers=2)
+        self.probe_head = MLP(c.deter + c.stoch, c.probe_dim, c.hidden, layers=2) if c.probe_dim else None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -276,20 +332,44 @@ class RSSMWorldModel(nn.Module):
         """Predicted reward of arriving in `state`: `[B]`."""
         return self.reward_head(state.features()).squeeze(-1)
 
-    def decode(self, state: LatentState) -> dict[str, Tensor]:
+    def probe(self, state: LatentState) -> Tensor:
+        """The probe heads' estimate of the environment's physical state: `[B, probe_dim]`.
+
+        Raises:
+            ValueError: the model has no probes (`config.probe_dim == 0`).
+        """
+        if self.probe_head is None:
+            raise ValueError("RSSMWorldModel.probe: this model has no probe heads (RSSMConfig.probe_dim = 0)")
+        return self.probe_head(state.features())
+
+    def decode(self, state: LatentState) -> Mapping[str, Tensor]:
         """Decoded observation means.
 
         Returns:
-            For vector models: `"obs"` `[B, D_obs]` and one entry per named slice of
+            For vector models, a dict: `"obs"` `[B, D_obs]` and one entry per named slice of
             `config.obs_names` (e.g. `"position"` `[B, 3]`, `"cart_x"` `[B, 1]`).
-            For image models: `"image"` `[B, 3, 64, 64]` as floats in about [-0.5, 0.5].
+            For image models, a mapping: `"image"` `[B, 3, 64, 64]` as floats in about
+            [-0.5, 0.5] (computed only when looked up).
+            With probe heads (either kind): `"state"` `[B, probe_dim]` plus one entry per slice
+            of `config.probe_names` (`"cart_x"` `[B, 1]`).
         """
-        out = self.decoder(state.features())
         if self.config.is_image:
-            return {"image": out}
+            probed: dict[str, Tensor] = {}
+            if self.probe_head is not None:
+                est = self.probe(state)
+                probed["state"] = est
+                for name, start, stop in self.config.probe_names:
+                    probed[name] = est[:, start:stop]
+            return _ImageDecoding(self, state, probed)
+        out = self.decoder(state.features())
         named = {"obs": out}
         for name, start, stop in self.config.obs_names:
             named[name] = out[:, start:stop]
+        if self.probe_head is not None:
+            est = self.probe(state)
+            named["state"] = est
+            for name, start, stop in self.config.probe_names:
+                named[name] = est[:, start:stop]
         return named
 
     def decode_image_uint8(self, state: LatentState) -> Tensor:
@@ -299,9 +379,10 @@ class RSSMWorldModel(nn.Module):
     # ------------------------------------------------------------------ training
     def elbo(
         self, obs: Tensor, action: Tensor, reward: Tensor, is_first: Tensor,
-        *, generator: torch.Generator | None = None,
+        *, generator: torch.Generator | None = None, state: Tensor | None = None,
     ) -> ELBOTerms:
-        """PlaNet's ELBO on a batch of sequences (reconstruction, reward, KL with free nats).
+        """PlaNet's ELBO on a batch of sequences (reconstruction, reward, KL with free nats), plus
+        the probe heads' auxiliary loss when the model has probes.
 
         Args:
             obs: `[B, T, *obs_shape]` observations o_t.
@@ -309,12 +390,14 @@ class RSSMWorldModel(nn.Module):
             reward: `[B, T]`; `reward[:, t]` is the reward received on arriving at `obs[:, t]`.
             is_first: `[B, T]` bool, true at the first step of an episode.
             generator: randomness of the posterior samples and image dequantisation noise.
+            state: `[B, T, probe_dim]` the environment's physical state at each step, the probe
+                targets (required when `config.probe_dim > 0`, ignored otherwise).
 
         Returns:
             `ELBOTerms`, with `loss` to minimise.
 
         Raises:
-            ValueError: if the shapes disagree.
+            ValueError: if the shapes disagree, or probe targets are missing or contain NaN.
         """
         c = self.config
         b, t = action.shape[:2]
@@ -327,15 +410,15 @@ class RSSMWorldModel(nn.Module):
             )
         embed = self.embed(obs.flatten(0, 1), noise=generator if generator is not None else True)
         embed = embed.unflatten(0, (b, t))
-        state = self.initial(b)
+        belief = self.initial(b)
         deters, stochs, kls = [], [], []
         for i in range(t):
-            s, a = self._reset(state, action[:, i], is_first[:, i])
+            s, a = self._reset(belief, action[:, i], is_first[:, i])
             deter, p_mean, p_std = self._transition(s, a)
             q_mean, q_std = self._posterior(deter, embed[:, i])
             stoch = self._sample(q_mean, q_std, generator)
             kl = (torch.log(p_std / q_std) + (q_std**2 + (q_mean - p_mean) ** 2) / (2 * p_std**2) - 0.5).sum(-1)
-            state = LatentState(deter, stoch)
+            belief = LatentState(deter, stoch)
             deters.append(deter)
             stochs.append(stoch)
             kls.append(kl)
@@ -350,4 +433,19 @@ class RSSMWorldModel(nn.Module):
         rew = 0.5 * (((self.reward_head(feats).squeeze(-1) - reward.flatten().float()) / c.reward_std) ** 2).mean()
         kl = torch.stack(kls, 1).mean()
         loss = recon + c.reward_scale * rew + c.kl_scale * torch.clamp(kl, min=c.free_nats)
-        return ELBOTerms(loss, recon.detach(), rew.detach(), kl.detach(), post.detach())
+        probe = None
+        if self.probe_head is not None:
+            if state is None or tuple(state.shape) != (b, t, c.probe_dim):
+                got = "none" if state is None else list(state.shape)
+                raise ValueError(
+                    f"RSSMWorldModel.elbo: a model with probe heads needs state [B, T, probe_dim={c.probe_dim}] "
+                    f"targets (the env's info['state']); got {got}"
+                )
+            target = state.flatten(0, 1).float()
+            if not torch.isfinite(target).all():
+                raise ValueError("RSSMWorldModel.elbo: probe targets (state) contain NaN or inf")
+            est = self.probe_head(feats.detach() if c.probe_detach else feats)
+            probe = 0.5 * (((est - target) / c.probe_std) ** 2).sum(-1).mean()
+            loss = loss + probe
+            probe = probe.detach()
+        return ELBOTerms(loss, recon.detach(), rew.detach(), kl.detach(), post.detach(), probe)
