@@ -27,9 +27,10 @@ A term needs the model (to decode) and the per-call context before it can be eva
 gives a `BoundReward` with the internal signature `(next_state [N], action [N, A]) -> [N]`.
 Plain callables with that internal signature are used unchanged.
 
-Not here yet: for pixel models, DESIGN.md plans small probe heads that decode named physical
-quantities from the latent so that `inputs="decoded"` terms work there too; today a pixel
-model's `decode` gives only `{"image": [N, 3, 64, 64]}`.
+Pixel models: the training loop gives them small probe heads that decode the env's named
+physical quantities from the latent (`RSSMConfig.probe_dim`, targets from the env's state), so a
+pixel model's `decode` serves `obs["cart_x"]` etc. too, and `inputs="decoded"` terms work there
+without running the image decoder.
 
 Sources: the design card (DESIGN.md, "Rewards from Python"); the conformance checker follows
 Gymnasium's `gymnasium.utils.env_checker.check_env`.
