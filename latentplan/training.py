@@ -43,6 +43,11 @@ class CheckpointMismatch(ValueError):
     """A checkpoint was written by a run whose configuration differs from the one resuming it."""
 
 
+def _plain(d: dict) -> dict:
+    """A config dict as JSON would give it back (tuples as lists), for comparisons."""
+    return json.loads(json.dumps(d))
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` -> CUDA when available, else CPU; otherwise `torch.device(name)`.
 
@@ -208,12 +213,16 @@ class Trainer:
         ckpt = torch.load(path, map_location=self.device, weights_only=True)
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
             raise CheckpointMismatch(f"{path} is not a latentplan checkpoint (format {FORMAT_VERSION})")
-        stored = json.loads(ckpt["config"])
-        current = json.loads(json.dumps(self.config.to_dict()))
+        # fields added to the configs since the checkpoint was written take their defaults
+        try:
+            stored = _plain(TrainConfig.from_dict(json.loads(ckpt["config"])).to_dict())
+            stored_model = _plain(RSSMConfig.from_dict(json.loads(ckpt["model_config"])).to_dict())
+        except (TypeError, KeyError, ValueError) as e:
+            raise CheckpointMismatch(f"cannot resume {path}: its config does not fit this version ({e})") from e
+        current = _plain(self.config.to_dict())
         diff = sorted(k for k in set(stored) | set(current)
                       if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
-        stored_model = json.loads(ckpt["model_config"])
-        if stored_model != json.loads(json.dumps(self.model_config.to_dict())) and "model" not in diff:
+        if stored_model != _plain(self.model_config.to_dict()) and "model" not in diff:
             diff.append("model")
         if diff:
             detail = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs now {current.get(k)!r}" for k in diff)

@@ -112,6 +112,26 @@ def test_resume_with_another_config_is_refused(tmp_path, reference):
     assert longer.episode == 4 and len(longer.buffer) == 4
 
 
+def test_checkpoint_from_before_a_config_field_was_added_resumes(tmp_path, reference):
+    """A field added to a config since a checkpoint was written takes its default on resume."""
+    ref_dir, _ = reference
+    import shutil
+
+    shutil.copytree(ref_dir, tmp_path / "old")
+    path = tmp_path / "old" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    cfg = json.loads(ckpt["config"])
+    del cfg["probes"], cfg["planner"]["noise_beta"]  # as if written before these fields existed
+    ckpt["config"] = json.dumps(cfg)
+    torch.save(ckpt, path)
+    assert lp.Trainer(_config(tmp_path, "old", resume=True, episodes=6)).episode == 4
+    cfg["planner"]["not_a_field"] = 1  # a field this version does not know: refused, with a clear error
+    ckpt["config"] = json.dumps(cfg)
+    torch.save(ckpt, path)
+    with pytest.raises(lp.CheckpointMismatch, match="does not fit this version"):
+        lp.Trainer(_config(tmp_path, "old", resume=True, episodes=6))
+
+
 def test_existing_run_is_not_overwritten_by_accident(tmp_path, reference):
     ref_dir, _ = reference
     with pytest.raises(FileExistsError, match="--resume"):
