@@ -1,13 +1,19 @@
-"""Zero-shot goal on a cartpole-swingup checkpoint: how the width of the cart-position term and a
-larger CEM trade holding x = target against keeping the pole up.
+"""Zero-shot goal on a cartpole-swingup checkpoint: how the width of the cart-position term, a
+larger CEM and integral action trade holding x = target against keeping the pole up.
 
-    OMP_NUM_THREADS=1 python benchmarks/goal_sweep.py CHECKPOINT WIDTH TARGET [TARGET ...]
+    OMP_NUM_THREADS=1 python benchmarks/goal_sweep.py CHECKPOINT --width 0.3 --ki 0.05 --targets 0.5
 
-CEM: H=16, I=8, J=300, K=30. One episode per target (seed 0); the numbers are over the last 63
-decisions (~500 env steps), from the true environment state. Reward per decision: `rewards_cartpole.goal_reward`,
-8 * upright * small_velocity * small_control * (0.25 + 0.75 exp(-((x - target) / WIDTH)^2)).
+Reward per decision: `rewards_cartpole.goal_reward`,
+8 * upright * small_velocity * small_control * (0.25 + 0.75 exp(-((x - target) / WIDTH)^2)),
+with the target passed per plan call through the objective's context. `--ki` adds integral
+action (offset-free MPC, as process-control MPC does against model bias): after every decision
+with the pole up (cos > 0.9) the commanded target moves by KI * (target - x), accumulated, so a
+steady offset of the learned model is cancelled from outside the planner. CEM: `--cem H I J K`
+(default 16 8 300 30). One episode per target (env and planner seed `--seed`); the numbers are
+over the last 63 decisions (~500 env steps), from the true environment state.
 """
 
+import argparse
 import sys
 
 import numpy as np
@@ -15,25 +21,52 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import latentplan as lp  # noqa: E402
-from rewards_cartpole import goal_reward  # noqa: E402
+from rewards_cartpole import TAIL_DECISIONS, goal_reward  # noqa: E402
+
+
+def episode(model, env, target: float, width: float, ki: float, cem: lp.CEM, seed: int) -> dict:
+    """One episode holding `target`; returns the tail statistics."""
+    ctx = {"target_x": target, "width": width}
+    agent = lp.Agent(model, cem, objective=lambda m: lp.Objective(m, rewards=[goal_reward], context=dict(ctx)))
+    gen = torch.Generator().manual_seed(seed)
+    obs, _ = env.reset(seed=seed)
+    agent.reset()
+    xs, cos, ret, integral, done = [], [], 0.0, 0.0, False
+    while not done:
+        obs, r, term, trunc, _ = env.step(agent.act(obs, generator=gen))
+        ret, done = ret + float(r), term or trunc
+        xs.append(float(obs[0]))
+        cos.append(float(obs[1]))
+        if ki and cos[-1] > 0.9:
+            integral += target - xs[-1]
+        ctx["target_x"] = target + ki * integral
+    x, c = np.array(xs[-TAIL_DECISIONS:]), np.array(cos[-TAIL_DECISIONS:])
+    err = np.abs(x - target)
+    return {"return": ret, "mean_abs_x_error": float(err.mean()), "max_abs_x_error": float(err.max()),
+            "frac_within_0.1": float((err < 0.1).mean()), "frac_cos_gt_0.9": float((c > 0.9).mean()),
+            "min_cos": float(c.min()), "final_command": ctx["target_x"]}
 
 
 def main() -> None:
     """Run one episode per target and print the goal statistics."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--width", type=float, default=0.3)
+    p.add_argument("--ki", type=float, default=0.0)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.5])
+    p.add_argument("--cem", type=int, nargs=4, default=[16, 8, 300, 30], metavar=("H", "I", "J", "K"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
     torch.set_num_threads(1)
-    checkpoint, width, targets = sys.argv[1], float(sys.argv[2]), [float(x) for x in sys.argv[3:]]
-
-    model, cfg, _ = lp.load_checkpoint(checkpoint)
-    env = lp.make_env(cfg.env, seed=0)
-    for t in targets:
-        agent = lp.Agent(model, lp.CEM(horizon=16, iterations=8, candidates=300, elites=30),
-                         objective=lambda m: lp.Objective(m, rewards=[goal_reward], context={"target_x": t, "width": width}))
-        ep, st = lp.run_episode(env, agent, seed=0, generator=torch.Generator().manual_seed(0))
-        last = ep["obs"][-63:]
-        err = np.abs(last[:, 0] - t)
-        print(f"width {width} target {t:+.2f}: return {st.ret:.1f}, mean |x - t| {err.mean():.3f}, "
-              f"within 0.1: {(err < 0.1).mean():.2f}, pole cos > 0.9: {(last[:, 1] > 0.9).mean():.2f}, "
-              f"{st.plan_ms:.0f} ms per decision", flush=True)
+    model, cfg, _ = lp.load_checkpoint(args.checkpoint)
+    env = lp.make_env(cfg.env, seed=args.seed)
+    h, i, j, k = args.cem
+    for t in args.targets:
+        s = episode(model, env, t, args.width, args.ki, lp.CEM(horizon=h, iterations=i, candidates=j, elites=k), args.seed)
+        print(f"width {args.width} ki {args.ki} CEM H{h} I{i} J{j} K{k} target {t:+.2f}: return {s['return']:.1f}, "
+              f"mean |x - t| {s['mean_abs_x_error']:.3f} (max {s['max_abs_x_error']:.3f}), within 0.1: "
+              f"{s['frac_within_0.1']:.2f}, pole cos > 0.9: {s['frac_cos_gt_0.9']:.2f} (min {s['min_cos']:.2f}), "
+              f"final command {s['final_command']:+.2f}", flush=True)
 
 
 if __name__ == "__main__":

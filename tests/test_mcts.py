@@ -1,0 +1,269 @@
+"""MCTS against exact answers: bandits, a deceptive deterministic chain, bootstrapping with the
+true value, and a discretised linear-quadratic problem solved by exhaustive search."""
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from latentplan.planners import Objective, Plan, Planner
+from latentplan.planners.mcts import MCTS, MCTSConfig
+from latentplan.worldmodels import AnalyticModel, LatentState
+
+ARMS = torch.tensor([[-1.0], [-0.5], [0.0], [0.5], [1.0]])
+
+
+def _bandit(targets):
+    """x' = u from x = the environment's target t: reward -(u - t)^2 of the arrival state.
+    State [t, u]: t is carried along, u is the last action."""
+    model = AnalyticModel(
+        lambda x, u: torch.cat([x[:, :1], u], 1), lambda x: -((x[:, 1] - x[:, 0]) ** 2), 2, [-1.0], [1.0]
+    )
+    t = torch.as_tensor(targets, dtype=torch.float32)[:, None]
+    return model, model.from_observation(torch.cat([t, torch.zeros_like(t)], 1))
+
+
+def test_discrete_bandit_picks_the_best_arm_per_environment_with_exact_values():
+    targets = [0.4, -0.9, 0.1]
+    model, state = _bandit(targets)
+    plan = MCTS(MCTSConfig(simulations=10, depth=1), actions=ARMS).plan(Objective(model), state)
+    assert isinstance(plan, Plan) and plan.actions.shape == (3, 1, 1)
+    arms = ARMS[:, 0].numpy()
+    for b, t in enumerate(targets):
+        rewards = -((arms - t) ** 2)
+        assert plan.first_action[b, 0].item() == arms[rewards.argmax()]
+        # one expansion evaluates every arm exactly; the root value is the best arm's reward
+        assert plan.value[b].item() == pytest.approx(rewards.max(), abs=1e-6)
+        torch.testing.assert_close(plan.info["root_q"][b], torch.tensor(rewards, dtype=torch.float32))
+        assert plan.info["root_visits"][b].argmax().item() == rewards.argmax()
+    # only the root is expanded (depth 1): K model evaluations per environment
+    assert plan.info["model_evals"] == 3 * 5
+    assert plan.info["root_visits"].sum().item() == 3 * (10 - 1)
+    torch.testing.assert_close(plan.info["root_policy"].sum(1), torch.ones(3))
+    assert plan.info["root_actions"].shape == (3, 5, 1)
+
+
+def test_sampled_bandit_chooses_the_best_of_its_samples():
+    model, state = _bandit([0.3, -0.6])
+    mcts = MCTS(MCTSConfig(simulations=30, children=8, depth=1, proposal_std=1.0))
+    plan = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(0))
+    acts = plan.info["root_actions"][:, :, 0]  # [B, K]
+    assert acts.shape == (2, 8)
+    assert (acts.abs() <= 1.0).all()
+    assert (acts[:, 0] == 0).all()  # include_mean: child 0 is the proposal's mean (no warm start: 0)
+    true_r = -((acts - torch.tensor([[0.3], [-0.6]])) ** 2)
+    best = true_r.argmax(1)
+    torch.testing.assert_close(plan.first_action[:, 0], acts[torch.arange(2), best])
+    torch.testing.assert_close(plan.value, true_r.max(1).values)
+
+
+R_CHAIN = torch.tensor([0.2, 0.0, 1.0, 0.0, 0.0, 0.0, 4.0])  # reward of arriving at p = -3 .. 3
+
+
+def _chain():
+    """A deceptive deterministic chain: state [p, t], p' = p + u with u in {-1, 0, 1}, t' = t + 1,
+    reward R(p'): a lure of 1 per step at p = -1, 4 at p = 3 (three steps away)."""
+    return AnalyticModel(
+        lambda x, u: torch.stack([x[:, 0] + u[:, 0], x[:, 1] + 1], 1),
+        lambda x: R_CHAIN[(x[:, 0].round().long() + 3).clamp(0, 6)], 2, [-1.0], [1.0],
+    )
+
+
+def _chain_optimum(gamma, steps, p0=0):
+    """Brute force over all 3^steps sequences: the best discounted return and its first action."""
+    best, first = -np.inf, None
+    for seq in itertools.product([-1, 0, 1], repeat=steps):
+        p, ret = p0, 0.0
+        for t, u in enumerate(seq):
+            p += u
+            ret += gamma**t * float(R_CHAIN[p + 3])
+        if ret > best:
+            best, first = ret, seq[0]
+    return best, first
+
+
+@pytest.mark.parametrize("backup", ["mean", "max"])
+def test_chain_optimal_first_action_and_root_value(backup):
+    gamma = 0.9
+    v_star, a_star = _chain_optimum(gamma, 3)
+    assert (v_star, a_star) == (pytest.approx(3.24), 1)  # the greedy first action (-1) is wrong
+    model = _chain()
+    acts = torch.tensor([[-1.0], [0.0], [1.0]])
+    obj = Objective(model, discount=gamma)
+    plan = MCTS(MCTSConfig(simulations=300, depth=3, backup=backup), actions=acts).plan(obj, model.initial(1))
+    assert plan.first_action.item() == a_star
+    assert plan.actions[0, :, 0].tolist() == [1.0, 1.0, 1.0]
+    if backup == "max":  # the Bellman backup is exact once the optimal path is in the tree
+        assert plan.value.item() == pytest.approx(v_star, abs=1e-5)
+    # the averaged root value converges to the true value as simulations grow
+    errors = []
+    for s in (300, 1000, 3000):
+        p = MCTS(MCTSConfig(simulations=s, depth=3, backup=backup), actions=acts).plan(obj, model.initial(1))
+        errors.append(abs(p.value.item() - v_star))
+    assert errors[2] <= errors[1] <= errors[0]
+    assert errors[2] < 0.05 * v_star
+
+
+def test_value_at_the_leaves_makes_a_one_step_search_optimal():
+    """With the true optimal value-to-go V*(p, t) at the leaves, depth 1 is enough: the root value
+    is exactly V*(0, 0) and the first action is optimal. V* by brute force per state."""
+    gamma, steps = 0.9, 3
+    table = {}
+    for t in range(steps + 1):
+        for p in range(-t, t + 1):
+            table[(p, t)] = _chain_optimum(gamma, steps - t, p)[0] if t < steps else 0.0
+
+    def value(state: LatentState) -> torch.Tensor:
+        x = state.deter
+        return torch.tensor([table[(int(round(p)), int(round(t)))] for p, t in x.tolist()])
+
+    model = _chain()
+    obj = Objective(model, discount=gamma, value=value)
+    plan = MCTS(MCTSConfig(simulations=4, depth=1), actions=torch.tensor([[-1.0], [0.0], [1.0]])).plan(obj, model.initial(1))
+    assert plan.first_action.item() == 1.0
+    assert plan.value.item() == pytest.approx(table[(0, 0)], abs=1e-5)
+    assert plan.info["model_evals"] == 3
+
+
+def _lq():
+    A = np.array([[1.0, 0.1], [0.0, 1.0]])
+    B = np.array([[0.005], [0.1]])
+    return A, B, np.eye(2), np.array([[0.1]])
+
+
+def test_discretised_lq_matches_exhaustive_search():
+    A, B, Q, R = _lq()
+    levels = np.linspace(-1.0, 1.0, 5)
+    x0s = np.array([[1.0, 0.5], [-0.3, 0.8]])
+
+    def exhaustive(x0):
+        best = (-np.inf, None)
+        for seq in itertools.product(levels, repeat=3):
+            x, ret = x0.copy(), 0.0
+            for u in seq:
+                x = A @ x + B[:, 0] * u
+                ret -= x @ Q @ x + R[0, 0] * u * u
+            best = max(best, (ret, seq), key=lambda z: z[0])
+        return best
+
+    model = AnalyticModel.linear(A, B, Q, action_bound=1.0)
+    obj = Objective(model, rewards=[lambda s, a: model.reward(s), AnalyticModel.quadratic_action_cost(R)])
+    state = model.from_observation(torch.tensor(x0s, dtype=torch.float32))
+    acts = torch.tensor(levels, dtype=torch.float32)[:, None]
+    # the Bellman ("max") backup is exact after 100 simulations; the average ("mean") approaches
+    # the optimum slowly (7 % above it after 1000 here, 3.5 % after 10,000)
+    for backup, sims, tol in (("max", 100, 1e-4), ("mean", 1000, 0.08)):
+        plan = MCTS(MCTSConfig(simulations=sims, depth=3, backup=backup), actions=acts).plan(obj, state)
+        for b, x0 in enumerate(x0s):
+            ret, seq = exhaustive(x0)
+            assert plan.first_action[b, 0].item() == pytest.approx(seq[0]), backup
+            assert abs(plan.value[b].item() - ret) <= tol * abs(ret), (backup, plan.value[b].item(), ret)
+
+
+def test_batched_search_equals_separate_searches():
+    model, state = _bandit([0.4, -0.9, 0.1])
+    mcts = MCTS(MCTSConfig(simulations=20, depth=2), actions=ARMS)
+    joint = mcts.plan(Objective(model), state)
+    for b in range(3):
+        alone = mcts.plan(Objective(model), state.index(b))
+        torch.testing.assert_close(joint.actions[b], alone.actions[0])
+        torch.testing.assert_close(joint.info["root_visits"][b], alone.info["root_visits"][0])
+        torch.testing.assert_close(joint.value[b], alone.value[0])
+
+
+class _StandInPolicy:
+    """A stand-in `Policy`: deterministic action 0.25 + 0.5 x (out of bounds for large x, to test
+    clipping), samples spread around it by +-0.1."""
+
+    def act(self, state, *, generator=None, deterministic=False):
+        mode = 0.25 + 0.5 * state.deter[:, :1]
+        if deterministic:
+            return mode
+        return mode + 0.1 * (2 * torch.rand(mode.shape, generator=generator) - 1)
+
+
+def test_policy_proposal_and_bounds():
+    model = AnalyticModel(lambda x, u: x + u, lambda x: -(x[:, 0] ** 2), 1, [-1.0], [1.0])
+    state = model.from_observation(torch.tensor([[0.0], [3.0]]))
+    mcts = MCTS(MCTSConfig(simulations=10, children=6, depth=2), policy=_StandInPolicy())
+    assert "policy" in repr(mcts)
+    plan = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(0))
+    roots = plan.info["root_actions"][:, :, 0]
+    assert roots[0, 0].item() == pytest.approx(0.25)  # the deterministic action is child 0
+    assert ((roots[0] - 0.25).abs() <= 0.1 + 1e-6).all()  # the others are the policy's samples
+    assert (roots[1] == 1.0).all()  # 0.25 + 1.5 +- 0.1 clipped into the bound
+    assert (plan.actions.abs() <= 1.0).all()
+
+
+def test_warm_start_centres_the_proposal_and_is_checked():
+    model, state = _bandit([0.5])
+    mcts = MCTS(MCTSConfig(simulations=5, children=4, depth=2, proposal_std=0.01))
+    warm = Plan(torch.tensor([[[0.5], [-0.3]]]), torch.zeros(1))
+    plan = mcts.plan(Objective(model), state, warm_start=warm, generator=torch.Generator().manual_seed(0))
+    assert plan.info["root_actions"][0, 0, 0].item() == 0.5
+    assert (plan.info["root_actions"][0, :, 0] - 0.5).abs().max() < 0.05
+    with pytest.raises(ValueError, match=r"warm_start.actions must be \[B=1, H', A=1\]"):
+        mcts.plan(Objective(model), state, warm_start=Plan(torch.zeros(2, 2, 1), torch.zeros(2)))
+
+
+def test_nonfinite_returns_rank_last_and_are_counted():
+    # NaN reward for every positive action: those children must never be chosen
+    def reward(x):
+        r = -((x[:, 1] - 0.5) ** 2)
+        return torch.where(x[:, 1] > 0, torch.full_like(r, float("nan")), r)
+
+    model = AnalyticModel(lambda x, u: torch.cat([x[:, :1], u], 1), reward, 2, [-1.0], [1.0])
+    plan = MCTS(MCTSConfig(simulations=20, depth=2), actions=ARMS).plan(Objective(model), model.initial(1))
+    assert plan.info["nonfinite"] > 0
+    assert plan.first_action.item() == 0.0  # the best finite arm
+    assert (plan.actions <= 0).all()
+    assert torch.isfinite(plan.value).all()
+    assert plan.info["root_visits"][0, 3:].sum().item() == 0
+
+
+def test_anytime_deadline_runs_one_simulation_and_counts_evals():
+    model, state = _bandit([0.4, -0.9])
+    mcts = MCTS(MCTSConfig(simulations=50, children=8, depth=3))
+    plan = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(0), deadline=time.perf_counter())
+    assert plan.info["simulations"] == 1 and plan.info["model_evals"] == 2 * 8
+    # no child visited yet: the distillation target is one-hot on the chosen (best-Q) action
+    assert plan.info["root_policy"].sum(1).tolist() == [1.0, 1.0]
+    assert (plan.info["root_policy"].max(1).values == 1.0).all()
+    full = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(0))
+    # a simulation that ends at a leaf of the depth limit expands nothing and costs nothing
+    assert full.info["simulations"] == 50 and full.info["model_evals"] < 2 * 8 * 50
+    assert full.info["model_evals"] % 8 == 0
+    deep = MCTS(MCTSConfig(simulations=50, children=8, depth=60))
+    assert deep.plan(Objective(model), state, generator=torch.Generator().manual_seed(0)).info["model_evals"] == 2 * 8 * 50
+    assert deep.config.model_evals == 400
+
+
+def test_reproducible_from_a_seed_and_a_planner():
+    model, state = _bandit([0.4])
+    mcts = MCTS(simulations=20, children=4, depth=2)
+    assert isinstance(mcts, Planner)
+    p1 = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(3))
+    p2 = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(3))
+    p3 = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(p1.actions, p2.actions) and torch.equal(p1.info["root_visits"], p2.info["root_visits"])
+    assert not torch.equal(p1.info["root_actions"], p3.info["root_actions"])
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="simulations"):
+        MCTSConfig(simulations=0)
+    with pytest.raises(ValueError, match="backup"):
+        MCTSConfig(backup="min")
+    with pytest.raises(ValueError, match="proposal_std"):
+        MCTSConfig(proposal_std=0.0)
+    with pytest.raises(ValueError, match=r"\[M, A\]"):
+        MCTS(actions=torch.zeros(3))
+    with pytest.raises(ValueError, match="either"):
+        MCTS(policy=_StandInPolicy(), actions=ARMS)
+    with pytest.raises(TypeError, match="act"):
+        MCTS(policy=object())
+    model, state = _bandit([0.0])
+    with pytest.raises(ValueError, match="outside"):
+        MCTS(actions=torch.tensor([[2.0]])).plan(Objective(model), state)
