@@ -9,6 +9,11 @@ previous plan as warm start), MPPI (the CEM loop with `refit="mppi"`), the gradi
 each iteration). Each at about 6,000 and about 1,500 imagined transitions (model evaluations)
 per decision; the table reports the measured `info["model_evals"]` (mean per decision).
 
+With `--policy PATH` (a `policy.pt` written by `latentplan distill` or
+`benchmarks/distill_cartpole.py`) a "Policy" row is added: the distilled policy acting in one
+forward pass (`PolicyPlanner`, no model evaluation), its return and milliseconds per decision
+next to the planners' (its teacher is the CEM 6k row).
+
 Every cell runs the same `--episodes` episodes (env seed and planner seed `seed + i`; the
 gradient planner at 6k only `--slow-episodes`, default 1, at ~2 s per decision), single-threaded
 on the CPU. Few episodes per cell: returns are noisy (compare with the std column).
@@ -63,6 +68,7 @@ def main() -> None:
     p.add_argument("--slow-episodes", type=int, default=1,
                    help="episodes for the slow cells (the gradient planner at 6k: 50 sequential Adam steps)")
     p.add_argument("--only", nargs="*", default=None, help="run only these cells: a planner name (CEM) or name@budget (iCEM@2k); default: all but the 2k cells")
+    p.add_argument("--policy", default=None, help="add a row for this distilled policy (policy.pt)")
     p.add_argument("--json", default="benchmarks/results/planners.json")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -70,7 +76,12 @@ def main() -> None:
     model, config, _ = lp.load_checkpoint(args.checkpoint)
     env = lp.make_env(config.env, obs=config.obs, action_repeat=config.action_repeat, seed=args.seed)
     rows = []
-    for name, budget, planner, warm in cells():
+    table = cells()
+    if args.policy is not None:
+        from latentplan.planners.distill import GaussianPolicy, PolicyPlanner
+
+        table.append(("Policy", "1 pass", PolicyPlanner(GaussianPolicy.load(args.policy)), False))
+    for name, budget, planner, warm in table:
         if args.only is None and budget == "2k":
             continue
         if args.only and name not in args.only and f"{name}@{budget}" not in args.only:
@@ -91,14 +102,15 @@ def main() -> None:
             "model_evals": statistics.fmean(evals), "plan_ms": statistics.fmean(ms),
         }
         rows.append(row)
-        print(f"  {name:8s} {budget:4s}: returns {[round(r, 1) for r in rets]}  evals {row['model_evals']:.0f}  "
+        print(f"  {name:8s} {budget:6s}: returns {[round(r, 1) for r in rets]}  evals {row['model_evals']:.0f}  "
               f"{row['plan_ms']:.0f} ms/decision  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     print("\n| planner | budget | model_evals/decision | episodes | return mean ± std | ms/decision |")
     print("|---|---|---|---|---|---|")
     for r in rows:
+        ms = f"{r['plan_ms']:.0f}" if r["plan_ms"] >= 10 else f"{r['plan_ms']:.2f}"  # the policy: well under 1 ms
         print(f"| {r['planner']} | {r['budget']} | {r['model_evals']:.0f} | {r['episodes']} | {r['mean']:.1f} ± {r['std']:.1f} | "
-              f"{r['plan_ms']:.0f} |")
+              f"{ms} |")
     by = {(r["planner"], r["budget"]): r for r in rows}
     claim = None
     icem_budget = "2k" if ("iCEM", "2k") in by else "1.5k"

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .base import Plan
+from .base import Plan, Policy
+from .distill import policy_rollout
 from .gradient import _ascend, require_differentiable
 from .objective import Objective, rank_returns
 
@@ -137,6 +138,12 @@ class CEMConfig:
             steps on their returns (through the model, projected onto the bounds) before the
             refit; each refined candidate keeps the best version seen. 0 (default) is plain CEM.
         gradient_lr: Adam's learning rate for `gradient_steps`, in action units.
+        policy_fraction: with a `proposal` policy given to `CEM`, the fraction of each
+            iteration's J fresh candidates that are rolled out by the policy through the model
+            instead of drawn from the Gaussian, as TD-MPC2 does (Hansen et al. 2024: 24 of 512):
+            `max(1, round(policy_fraction * J))` sequences (the first the policy's mode, the
+            others samples), made once per plan call and evaluated again in every iteration.
+            In [0, 1]; unused without a proposal.
 
     Raises:
         ValueError: on counts < 1, elites > candidates, non-positive stds, or an option out of
@@ -160,6 +167,7 @@ class CEMConfig:
     return_best: bool = False
     gradient_steps: int = 0
     gradient_lr: float = 0.01
+    policy_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("horizon", "iterations", "candidates", "elites"):
@@ -187,11 +195,21 @@ class CEMConfig:
             raise ValueError(f"CEMConfig.gradient_steps must be >= 0; got {self.gradient_steps}")
         if not self.gradient_lr > 0:
             raise ValueError(f"CEMConfig.gradient_lr must be > 0; got {self.gradient_lr}")
+        if not 0.0 <= self.policy_fraction <= 1.0:
+            raise ValueError(f"CEMConfig.policy_fraction must be in [0, 1]; got {self.policy_fraction}")
 
     def population(self, i: int) -> int:
         """J_i, the fresh candidates sampled in iteration `i` (0-based), per environment."""
         floor = min(2 * self.elites, self.candidates)
         return max(floor, int(self.candidates / self.population_decay**i))
+
+    @property
+    def policy_candidates(self) -> int:
+        """Sequences rolled out by a proposal policy per environment: max(1, round(fraction * J)),
+        or 0 when `policy_fraction` is 0."""
+        if self.policy_fraction == 0.0:
+            return 0
+        return max(1, int(round(self.policy_fraction * self.candidates)))
 
     @property
     def kept_elites(self) -> int:
@@ -206,7 +224,9 @@ class CEMConfig:
     def model_evals(self) -> int:
         """Imagined transitions (forward) per decision and environment when all iterations run:
         sum_i H * rows(i), plus H * K * (gradient_steps + 1) per iteration for CEM+GD.
-        PlaNet's settings give H * I * J."""
+        PlaNet's settings give H * I * J. With a proposal policy, rolling it out adds
+        (H - 1) * `policy_candidates` (the policy's candidates replace Gaussian ones, so the
+        rows stay the same)."""
         total = sum(self.horizon * self.rows(i) for i in range(self.iterations))
         if self.gradient_steps:
             total += self.iterations * self.horizon * self.elites * (self.gradient_steps + 1)
@@ -226,6 +246,10 @@ class CEM:
       solution" is `plan(..., warm_start=previous_plan.shift())` (with `include_mean=True` to
       evaluate the shifted sequence itself).
     - MPPI refit (Williams et al. 2017): `refit="mppi"`, `temperature`.
+    - Policy proposal (TD-MPC2, Hansen et al. 2024): with `proposal` (any `Policy`, e.g. a
+      distilled `GaussianPolicy`) and `policy_fraction > 0`, that fraction of the fresh
+      candidates of every iteration are sequences made by rolling the policy through the model
+      (`policy_rollout`; the first is its mode), so CEM starts next to what the policy would do.
     - CEM+GD (Bharadhwaj et al. 2020): `gradient_steps`, `gradient_lr`. The paper refines the
       sampled sequences by gradient descent; here only the K best of each iteration are refined
       (as CEM-GD, Huang et al. 2021, does with its top sequences), which keeps the cost at
@@ -233,36 +257,48 @@ class CEM:
 
     Args:
         config: `CEMConfig` (PlaNet's settings by default); keyword `overrides` replace fields.
+        proposal: a `Policy` whose rollouts make `policy_fraction` of the candidates; `None`
+            (default) is plain CEM.
 
     `plan(objective, state [B], warm_start=None, generator=None, deadline=None) -> Plan` with
     `actions [B, H, A]` (the final mean, or with `return_best` the best sequence seen),
     `value [B]` (top-K: the mean imagined return of the final elites; MPPI: the weighted mean
     return of the final candidates; `return_best`: the best return) and `info` keys
     `iterations`, `model_evals` (imagined transitions in forward passes, summed over the
-    iterations run: B * rows * H each, plus the gradient refinement's), `nonfinite` (NaN/inf
+    iterations run: B * rows * H each, plus the gradient refinement's and the proposal's rollout,
+    B * (H - 1) * `policy_candidates`), `nonfinite` (NaN/inf
     returns seen) and `plan_ms`. Anytime: `deadline` is checked after every iteration (at least
     one always runs).
 
-    Raises (from `plan`):
-        ValueError: if `warm_start.actions` is not `[B, H, A]`, or (with `gradient_steps > 0`) if
-            a reward term is marked `differentiable = False` (the message names it).
+    Raises:
+        ValueError: (here) if a `proposal` is given with `policy_fraction == 0`, or is not a
+            `Policy`; (from `plan`) if `warm_start.actions` is not `[B, H, A]`, or (with
+            `gradient_steps > 0`) if a reward term is marked `differentiable = False` (the
+            message names it).
 
     Source: Hafner et al. 2019 (PlaNet), "Learning Latent Dynamics for Planning from Pixels";
     Pinneri et al. 2020, "Sample-efficient Cross-Entropy Method for Real-time Planning";
     Williams et al. 2017, "Information Theoretic MPC for Model-Based Reinforcement Learning";
     Bharadhwaj, Xie & Shkurti 2020, "Model-Predictive Control via Cross-Entropy and
-    Gradient-Based Optimization".
+    Gradient-Based Optimization"; Hansen, Su & Wang 2024, "TD-MPC2: Scalable, Robust World
+    Models for Continuous Control" (ICLR), for the policy proposal.
     """
 
-    def __init__(self, config: CEMConfig | None = None, **overrides) -> None:
+    def __init__(self, config: CEMConfig | None = None, *, proposal: Policy | None = None, **overrides) -> None:
         if config is None:
             config = CEMConfig(**overrides)
         elif overrides:
             config = CEMConfig(**{**config.__dict__, **overrides})
+        if proposal is not None:
+            if not callable(getattr(proposal, "act", None)):
+                raise ValueError(f"CEM: proposal must be a Policy with act(state, generator=, deterministic=); got {type(proposal).__name__}")
+            if config.policy_fraction == 0.0:
+                raise ValueError("CEM: a proposal policy was given but CEMConfig.policy_fraction is 0 (set it in (0, 1])")
         self.config = config
+        self.proposal = proposal
 
     def __repr__(self) -> str:
-        return f"CEM({self.config})"
+        return f"CEM({self.config})" if self.proposal is None else f"CEM({self.config}, proposal={type(self.proposal).__name__})"
 
     @torch.no_grad()
     def plan(
@@ -305,10 +341,16 @@ class CEM:
         best_act = mean
         iterations = 0
         model_evals = 0
+        proposed = None
+        if self.proposal is not None:
+            proposed, evals = self._propose(objective, state, generator)
+            model_evals += evals
         for i in range(c.iterations):
-            noise = colored_noise((b, c.population(i), h, a), c.noise_beta, generator=generator, device=dev)
+            fresh = c.population(i)
+            n_pi = 0 if proposed is None else min(proposed.shape[1], fresh)
+            noise = colored_noise((b, fresh - n_pi, h, a), c.noise_beta, generator=generator, device=dev)
             cand = torch.maximum(torch.minimum(mean[:, None] + std[:, None] * noise, high), low)
-            extra = []
+            extra = [] if proposed is None else [proposed[:, :n_pi]]
             if kept is not None:
                 extra.append(kept)
             if c.include_mean:
@@ -362,6 +404,24 @@ class CEM:
             "plan_ms": (time.perf_counter() - t0) * 1e3,
         }
         return Plan(mean, value, info)
+
+    def _propose(self, objective: Objective, state: LatentState, generator: torch.Generator | None) -> tuple[Tensor, int]:
+        """`[B, n, H, A]` sequences of the proposal policy rolled through the model (n =
+        `policy_candidates`; sequence 0 is the policy's mode, the others samples), clipped into
+        the bounds, and the imagined transitions this took."""
+        c = self.config
+        b, h, n = state.batch, c.horizon, c.policy_candidates
+        mode, _, evals = policy_rollout(self.proposal, objective, state, h, generator=generator, deterministic=True)
+        parts = [mode[:, None]]
+        if n > 1:
+            sampled, _, more = policy_rollout(
+                self.proposal, objective, state.expand(n - 1), h, generator=generator, deterministic=False
+            )
+            parts.append(sampled.reshape(b, n - 1, h, -1))
+            evals += more
+        low = objective.model.action_low.to(state.device)
+        high = objective.model.action_high.to(state.device)
+        return torch.maximum(torch.minimum(torch.cat(parts, dim=1), high), low), evals
 
     def _refine(
         self,

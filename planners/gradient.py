@@ -23,7 +23,8 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .base import Plan
+from .base import Plan, Policy
+from .distill import policy_rollout
 from .objective import Objective, rank_returns
 
 __all__ = ["GradientConfig", "GradientPlanner", "require_differentiable"]
@@ -277,8 +278,11 @@ class GradientConfig:
         init: start of restart 0. `"zeros"`: the zero action (clipped into the bounds; a
             passed warm start is ignored); `"warm_start"`: the `warm_start` plan's actions
             (e.g. `previous_plan.shift()`) when one is passed, else zeros; `"random"`: random
-            like the other restarts. Random starts are uniform in the central 90 % of the
-            action box (so tanh is not saturated), drawn from `generator`.
+            like the other restarts; `"policy"`: the deterministic rollout of the planner's
+            `proposal` policy through the model (a distilled policy as the warm start, as
+            TD-MPC2 and Bharadhwaj et al. seed their optimisers), with a passed `warm_start`
+            going to restart 1 when there are two or more. Random starts are uniform in the
+            central 90 % of the action box (so tanh is not saturated), drawn from `generator`.
         grad_clip: if set, each sequence's gradient (w.r.t. the optimised variable, over all
             `H * A` entries) is rescaled to at most this norm before the step. Per sequence, so
             environments in a batch never influence each other. `None`: no clipping.
@@ -297,7 +301,7 @@ class GradientConfig:
     lr: float = 0.1
     optimizer: str = "adam"
     squash: Literal["tanh", "clip"] = "tanh"
-    init: Literal["zeros", "warm_start", "random"] = "warm_start"
+    init: Literal["zeros", "warm_start", "random", "policy"] = "warm_start"
     grad_clip: float | None = None
     use_mean: bool = False
 
@@ -309,9 +313,9 @@ class GradientConfig:
             raise ValueError(f"GradientConfig.lr must be a positive number; got {self.lr}")
         if self.squash not in ("tanh", "clip"):
             raise ValueError(f"GradientConfig.squash must be 'tanh' or 'clip'; got {self.squash!r}")
-        if self.init not in ("zeros", "warm_start", "random"):
+        if self.init not in ("zeros", "warm_start", "random", "policy"):
             raise ValueError(
-                f"GradientConfig.init must be 'zeros', 'warm_start' or 'random'; got {self.init!r}"
+                f"GradientConfig.init must be 'zeros', 'warm_start', 'random' or 'policy'; got {self.init!r}"
             )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"GradientConfig.grad_clip must be > 0 or None; got {self.grad_clip}")
@@ -338,13 +342,16 @@ class GradientPlanner:
 
     Args:
         config: `GradientConfig`; keyword `overrides` replace its fields.
+        proposal: a `Policy` (e.g. a distilled `GaussianPolicy`) whose rollout starts restart 0;
+            needed by, and only used with, `init="policy"`.
 
     `plan(objective, state [B], warm_start=None, generator=None, deadline=None) -> Plan` with
     `actions [B, H, A]`, `value [B]` (the objective's estimate of that sequence's return,
     `-inf` if no finite return was seen) and `info` keys:
 
     - `iterations`: optimizer steps run; `model_evals`: imagined transitions in forward passes,
-      `B * R * H * (iterations + 1)` (each step also runs one backward pass);
+      `B * R * H * (iterations + 1)` (each step also runs one backward pass), plus
+      `B * (H - 1)` for the proposal's rollout with `init="policy"`;
     - `nonfinite`: NaN/inf returns seen (ranked as -inf, never chosen over a finite one);
       `nonfinite_grads`: (sequence, step) pairs whose gradient was NaN/inf and was dropped;
     - `grad_norm_first` / `grad_norm_last`: mean over the B * R sequences of the norm of the
@@ -354,21 +361,29 @@ class GradientPlanner:
     - `vanishing` / `exploding`: `grad_norm_first` below 1e-8 / above 1e6 or non-finite
       (reported, planning goes on); `plan_ms`.
 
-    Raises (from `plan`):
-        ValueError: if a reward term (or the value) is marked `differentiable = False` (the
-            message names it), if `warm_start.actions` is not `[B, H, A]`, or if `use_mean` is
-            set for a stochastic model without `imagine_step(..., sample=False)`.
+    Raises:
+        ValueError: (here) if `init="policy"` without a `proposal`, or a `proposal` with another
+            `init`; (from `plan`) if a reward term (or the value) is marked
+            `differentiable = False` (the message names it), if `warm_start.actions` is not
+            `[B, H, A]`, or if `use_mean` is set for a stochastic model without
+            `imagine_step(..., sample=False)`.
 
     Source: gradient-based planning through a learned model as compared in Hafner et al. 2019
     (PlaNet) and Bharadhwaj et al. 2020; reparameterised gradients: Kingma & Welling 2014.
     """
 
-    def __init__(self, config: GradientConfig | None = None, **overrides) -> None:
+    def __init__(self, config: GradientConfig | None = None, *, proposal: Policy | None = None, **overrides) -> None:
         if config is None:
             config = GradientConfig(**overrides)
         elif overrides:
             config = GradientConfig(**{**config.__dict__, **overrides})
+        if (config.init == "policy") != (proposal is not None):
+            raise ValueError(
+                "GradientPlanner: init='policy' needs a proposal policy, and a proposal is only used with "
+                f"init='policy' (got init={config.init!r}, proposal={type(proposal).__name__ if proposal is not None else None})"
+            )
         self.config = config
+        self.proposal = proposal
         self._optimizer = _optimizer_class(config.optimizer)
 
     def __repr__(self) -> str:
@@ -405,7 +420,16 @@ class GradientPlanner:
         mid, half = (low + high) / 2, (high - low) / 2
         u = torch.rand(b, r, h, a, generator=generator, device=dev)
         init = mid + 0.9 * half * (2 * u - 1)  # [B, R, H, A]
-        if c.init == "warm_start" and warm_start is not None:
+        proposal_evals = 0
+        if c.init == "policy":
+            with torch.no_grad():
+                rollout, _, proposal_evals = policy_rollout(
+                    self.proposal, objective, state, h, generator=generator, deterministic=True
+                )
+            init[:, 0] = rollout
+            if warm_start is not None and r > 1:
+                init[:, 1] = warm_start.actions.to(dev)
+        elif c.init == "warm_start" and warm_start is not None:
             init[:, 0] = warm_start.actions.to(dev)
         elif c.init in ("zeros", "warm_start"):
             init[:, 0] = 0.0
@@ -422,7 +446,7 @@ class GradientPlanner:
         g_first = float(out.grad_first)
         info = {
             "iterations": out.steps,
-            "model_evals": out.model_evals,
+            "model_evals": out.model_evals + proposal_evals,
             "nonfinite": int(out.nonfinite),
             "nonfinite_grads": int(out.nonfinite_grads),
             "grad_norm_first": g_first,

@@ -1,0 +1,590 @@
+"""Distillation with environments: beliefs from a replay buffer, DAgger rounds, the offline run on a
+checkpoint, and the `latentplan distill` command.
+
+    latentplan distill --checkpoint runs/cartpole_long.pt --teacher cem --out runs/distill_cem
+
+The planner-layer parts (the policy, the losses, the `Distiller` learner) are in
+`latentplan.planners.distill`. Here: `replay_beliefs` filters recorded episodes into posterior
+beliefs, `dagger_round` lets the student act in the real environment while the teacher labels the
+beliefs it visits (DAgger, Ross, Gordon & Bagnell 2011), and `run_distillation` does the whole
+offline run: label replay beliefs, fit, DAgger rounds, evaluate student and teacher on the same
+seeds, and write the policy, the learner's state, a loss curve and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from latentplan import envs as lp_envs
+from latentplan.planners.base import Plan, Planner
+from latentplan.planners.cem import CEM, CEMConfig
+from latentplan.planners.distill import DistillConfig, Distiller, PolicyPlanner
+from latentplan.planners.gradient import GradientConfig, GradientPlanner
+from latentplan.planners.objective import Objective
+from latentplan.worldmodels.replay import Episode, ReplayBuffer
+from latentplan.worldmodels.state import LatentState
+
+from .agent import Agent, _accepts_generator, run_episode
+
+__all__ = [
+    "DistillRunConfig", "DistillResult", "cli_main", "dagger_round", "evaluate_planner", "make_teacher", "plot_distillation",
+    "replay_beliefs", "run_distillation",
+]
+
+TEACHERS = ("cem", "icem", "mppi", "gradient", "mcts")
+
+
+# --------------------------------------------------------------------------- beliefs from data
+
+
+@torch.no_grad()
+def replay_beliefs(
+    model: Any,
+    episodes: list[Episode],
+    *,
+    generator: torch.Generator | None = None,
+    include_last: bool = False,
+) -> LatentState:
+    """Filter recorded episodes into the posterior beliefs an agent would have planned from.
+
+    Every episode is run through `model.observe` from its first observation (episodes of the same
+    length are batched); the belief after observing `obs[t]` is the one the agent planned from
+    at decision t.
+
+    Args:
+        model: the `WorldModel` (e.g. the RSSM the episodes trained).
+        episodes: recorded episodes (`obs [T+1, ...]`, `action [T+1, A]`, `is_first`; see
+            `latentplan.worldmodels.Episode`).
+        generator: randomness of the posterior samples (used if `observe` takes one).
+        include_last: also return the belief after the final observation (no decision is made
+            there).
+
+    Returns:
+        `[N]` beliefs, N = sum over episodes of T (or T + 1 with `include_last`), ordered by
+        episode length group, episode, then time.
+
+    Raises:
+        ValueError: if `episodes` is empty, or from `model.observe` on observations that do not fit.
+    """
+    if not episodes:
+        raise ValueError("replay_beliefs: no episodes")
+    kwargs = {"generator": generator} if generator is not None and _accepts_generator(model) else {}
+    dev = model.action_low.device
+    by_len: dict[int, list[Episode]] = {}
+    for ep in episodes:
+        by_len.setdefault(len(ep["action"]), []).append(ep)
+    out = []
+    for length, group in by_len.items():
+        obs = torch.as_tensor(np.stack([e["obs"] for e in group]), device=dev)
+        act = torch.as_tensor(np.stack([e["action"] for e in group]), dtype=torch.float32, device=dev)
+        b = len(group)
+        state = model.initial(b)
+        steps = length if include_last else length - 1
+        rows = []
+        for t in range(steps):
+            first = torch.full((b,), t == 0, dtype=torch.bool, device=dev)
+            state = model.observe(state, act[:, t], obs[:, t], first, **kwargs)
+            rows.append(state)
+        # time-major rows -> episode-major rows
+        deter = torch.stack([r.deter for r in rows], 1).flatten(0, 1)
+        stoch = torch.stack([r.stoch for r in rows], 1).flatten(0, 1)
+        out.append(LatentState(deter, stoch))
+    return LatentState.cat(out)
+
+
+# --------------------------------------------------------------------------- DAgger
+
+
+class _Recorder:
+    """A planner wrapper for DAgger: the student acts, or with probability beta the teacher
+    (whose plan is stored as a label at once); the student's beliefs are kept for relabelling."""
+
+    def __init__(self, student: Planner, teacher: Planner, distiller: Distiller, beta: float, rng: np.random.Generator):
+        self.student, self.teacher, self.distiller = student, teacher, distiller
+        self.beta, self.rng = beta, rng
+        self.visited: list[LatentState] = []
+        self.teacher_steps = 0
+
+    def plan(self, objective: Objective, state: LatentState, *, warm_start: Plan | None = None,
+             generator: torch.Generator | None = None, deadline: float | None = None) -> Plan:
+        if self.beta > 0 and self.rng.random() < self.beta:
+            plan = self.teacher.plan(objective, state, generator=generator)
+            self.distiller.add_plan(objective, state, plan, generator=generator)
+            self.teacher_steps += 1
+            return plan
+        self.visited.append(state.detach())
+        return self.student.plan(objective, state, generator=generator)
+
+
+def dagger_round(
+    env: Any,
+    model: Any,
+    distiller: Distiller,
+    teacher: Planner,
+    objective_factory: Callable[[Any], Objective],
+    *,
+    seeds: list[int],
+    beta: float = 0.0,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """One DAgger round: the student acts in the real environment, the teacher labels what it visits.
+
+    For every seed, one episode runs with the mixture policy of DAgger: at each decision the
+    teacher acts with probability `beta` (its plan is labelled at once), otherwise the student,
+    `PolicyPlanner(distiller.policy)` (its mode, plus Gaussian `noise`); the student's beliefs are
+    then relabelled by the teacher in batches (`Distiller.relabel`). No gradient step is taken
+    here: call `distiller.train(...)` after the round.
+
+    Args:
+        env: an environment from `latentplan.envs.make` (or any Gymnasium env the model fits).
+        model: the `WorldModel`.
+        distiller: the learner (its policy acts; its data set receives the labels).
+        teacher: any `Planner`.
+        objective_factory: `model -> Objective`.
+        seeds: one episode per seed (`env.reset(seed=)`; the episode's generator is `generator`).
+        beta: probability that the teacher acts at a decision (DAgger's beta_i), in [0, 1].
+        noise: std of Gaussian noise on the student's actions, in action units.
+        generator: randomness of the beliefs, the teacher and the noise.
+        progress: called with 1 after every decision and with the number of beliefs labelled.
+
+    Returns:
+        `returns` (list, one per episode), `mean_return`, `decisions`, `labels` (added),
+        `teacher_steps` (decisions the teacher acted), `teacher_ms` (per relabelled belief).
+
+    Raises:
+        ValueError: if `beta` is not in [0, 1] or `seeds` is empty.
+
+    Source: Ross, Gordon & Bagnell 2011, "A Reduction of Imitation Learning and Structured
+    Prediction to No-Regret Online Learning" (AISTATS), Algorithm 3.3.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"dagger_round: beta must be in [0, 1]; got {beta}")
+    if not seeds:
+        raise ValueError("dagger_round: seeds is empty")
+    rng = np.random.default_rng(int(seeds[0]))
+    labels_before = distiller.labels
+    rec = _Recorder(PolicyPlanner(distiller.policy), teacher, distiller, beta, rng)
+    agent = Agent(model, rec, objective=objective_factory)
+    returns, decisions = [], 0
+    for s in seeds:
+        step = (lambda t: progress(1)) if progress is not None else None
+        _, st = run_episode(env, agent, seed=int(s), noise=noise, generator=generator, on_step=step)
+        returns.append(st.ret)
+        decisions += st.decisions
+    teacher_ms = float("nan")
+    if rec.visited:
+        visited = LatentState.cat(rec.visited)
+        info = distiller.relabel(model, visited, teacher, objective_factory, generator=generator, progress=progress)
+        teacher_ms = info["teacher_ms"]
+    return {
+        "returns": returns, "mean_return": statistics.fmean(returns), "decisions": decisions,
+        "labels": distiller.labels - labels_before, "teacher_steps": rec.teacher_steps, "teacher_ms": teacher_ms,
+    }
+
+
+# --------------------------------------------------------------------------- the offline run
+
+
+@dataclass(frozen=True)
+class DistillRunConfig:
+    """`latentplan distill`: distil a planner into a policy on a trained checkpoint.
+
+    Attributes:
+        checkpoint: a `checkpoint.pt` (or a run folder) written by `latentplan train`.
+        teacher: the planner distilled: `cem` (PlaNet's CEM), `icem` (coloured noise beta = 2,
+            30 % kept elites, population decay 1.25, the mean as a candidate), `mppi` (the CEM
+            loop with `refit="mppi"`), `gradient` (`GradientPlanner`), `mcts` (needs
+            `latentplan.planners.mcts`).
+        out: output folder: `policy.pt`, `distiller.pt`, `loss.png`, `metrics.json`.
+        horizon: the teacher's H.
+        iterations: CEM-family iterations I.
+        candidates: CEM-family candidates J.
+        elites: CEM-family elites K.
+        restarts: gradient teacher: restarts R.
+        gradient_steps: gradient teacher: Adam steps per plan.
+        simulations: MCTS teacher: simulations per decision (if its config has that field).
+        target: `auto` (`visits` for MCTS, `action` otherwise), `action`, `plan` or `visits`.
+        episodes_dir: the replay episodes (`NNNNNN.npz`); default: `<run folder>/episodes`, where
+            the run folder is the checkpoint's folder, or `<file stem>/` beside a `.pt` file.
+        replay_states: beliefs drawn uniformly from the replay episodes and labelled before the
+            DAgger rounds (0: none; then round 1 lets the teacher act, beta = 1).
+        fit_steps: gradient steps on the replay labels.
+        dagger_rounds: DAgger rounds after the fit.
+        dagger_episodes: episodes per DAgger round.
+        dagger_steps: gradient steps after each round.
+        dagger_beta: probability that the teacher acts at a decision in a round (DAgger's beta).
+        dagger_noise: std of Gaussian noise on the student's actions in the rounds.
+        eval_episodes: evaluation episodes of the student (and of the teacher, with
+            `eval_teacher`) on seeds `eval_seed + i`, same seeds for both.
+        eval_seed: first evaluation seed.
+        eval_teacher: also evaluate the teacher (costly: a full plan per decision).
+        seed: seeds the generator of labels, rounds and minibatches, and the rounds' episodes
+            (`seed * 1000 + 100 + i`).
+        device: `cpu`, `cuda`, `auto`.
+        progress: show progress bars.
+        save_data: write the learner's labelled data set into `distiller.pt`.
+        distill: the learner's settings (`DistillConfig`; its `target` is set from `target`, its
+            `init_seed`, when `None`, from `seed`).
+    """
+
+    checkpoint: str
+    teacher: Literal["cem", "icem", "mppi", "gradient", "mcts"] = "cem"
+    out: str = "runs/distill"
+    horizon: int = 12
+    iterations: int = 5
+    candidates: int = 100
+    elites: int = 10
+    restarts: int = 8
+    gradient_steps: int = 50
+    simulations: int = 50
+    target: Literal["auto", "action", "plan", "visits"] = "auto"
+    episodes_dir: str | None = None
+    replay_states: int = 3000
+    fit_steps: int = 3000
+    dagger_rounds: int = 3
+    dagger_episodes: int = 2
+    dagger_steps: int = 1000
+    dagger_beta: float = 0.0
+    dagger_noise: float = 0.0
+    eval_episodes: int = 5
+    eval_seed: int = 1000
+    eval_teacher: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+    save_data: bool = False
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"DistillRunConfig.teacher must be one of {TEACHERS}; got {self.teacher!r}")
+        for name in ("replay_states", "fit_steps", "dagger_rounds", "dagger_episodes", "dagger_steps", "eval_episodes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DistillRunConfig.{name} must be >= 0; got {getattr(self, name)}")
+        if not 0.0 <= self.dagger_beta <= 1.0:
+            raise ValueError(f"DistillRunConfig.dagger_beta must be in [0, 1]; got {self.dagger_beta}")
+
+    @property
+    def resolved_target(self) -> str:
+        """The target in use: `target`, or for `auto` `visits` with MCTS and `action` otherwise."""
+        if self.target != "auto":
+            return self.target
+        return "visits" if self.teacher == "mcts" else "action"
+
+
+def make_teacher(cfg: DistillRunConfig) -> Planner:
+    """The teacher planner named by `cfg.teacher`, at `cfg`'s settings.
+
+    Raises:
+        ValueError: for `mcts` when `latentplan.planners.mcts` is not installed, or an unknown name.
+    """
+    h = cfg.horizon
+    cem = dict(horizon=h, iterations=cfg.iterations, candidates=cfg.candidates, elites=cfg.elites)
+    if cfg.teacher == "cem":
+        return CEM(CEMConfig(**cem))
+    if cfg.teacher == "icem":
+        return CEM(CEMConfig(**cem, noise_beta=2.0, keep_elites=0.3, population_decay=1.25, include_mean=True))
+    if cfg.teacher == "mppi":
+        return CEM(CEMConfig(**cem, refit="mppi", temperature=1.0))
+    if cfg.teacher == "gradient":
+        return GradientPlanner(GradientConfig(horizon=h, iterations=cfg.gradient_steps, restarts=cfg.restarts))
+    if cfg.teacher == "mcts":
+        try:
+            mod = importlib.import_module("latentplan.planners.mcts")
+        except ImportError as e:
+            raise ValueError("teacher 'mcts' needs latentplan.planners.mcts, which is not available in this install") from e
+        conf_cls = getattr(mod, "MCTSConfig", None)
+        if conf_cls is None:
+            return mod.MCTS()
+        names = {f.name for f in dataclasses.fields(conf_cls)}
+        wanted = {"horizon": h, "simulations": cfg.simulations}
+        return mod.MCTS(conf_cls(**{k: v for k, v in wanted.items() if k in names}))
+    raise ValueError(f"unknown teacher {cfg.teacher!r}; choose one of {TEACHERS}")
+
+
+def _episodes_dir(cfg: DistillRunConfig) -> Path | None:
+    if cfg.episodes_dir is not None:
+        return Path(cfg.episodes_dir)
+    p = Path(cfg.checkpoint)
+    for cand in ((p / "episodes",) if p.is_dir() else (p.parent / "episodes", p.parent / p.stem / "episodes")):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@dataclass
+class DistillResult:
+    """What `run_distillation` produced.
+
+    Attributes:
+        distiller: the learner (its `policy` is the student).
+        teacher: the teacher planner.
+        model: the world model of the checkpoint.
+        env: the environment the rounds and evaluations ran in.
+        metrics: everything written to `metrics.json` (label timings, per-round student returns,
+            evaluation returns of student and teacher, wall times).
+        out: the output folder.
+    """
+
+    distiller: Distiller
+    teacher: Planner
+    model: Any
+    env: Any
+    metrics: dict[str, Any]
+    out: Path
+
+
+def evaluate_planner(
+    env: Any,
+    model: Any,
+    planner: Planner,
+    objective_factory: Callable[[Any], Objective],
+    seeds: list[int],
+    *,
+    warm_start: bool = False,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Run one episode per seed with `Agent(model, planner)` (no exploration noise), each with
+    `env.reset(seed=s)` and a generator seeded with `s`, so two planners see the same episodes.
+
+    Returns:
+        `returns` (list), `mean`, `std` (sample std; 0 for one episode), `plan_ms` and
+        `model_evals` (means per decision over the episodes), `seeds`.
+    """
+    agent = Agent(model, planner, objective=objective_factory, warm_start=warm_start)
+    rets, ms, evals = [], [], []
+    for s in tqdm(seeds, desc=desc, disable=not progress, unit="ep", leave=False):
+        _, st = run_episode(env, agent, seed=int(s), generator=torch.Generator(device=agent.device).manual_seed(int(s)))
+        rets.append(st.ret)
+        ms.append(st.plan_ms)
+        evals.append(st.model_evals)
+    return {
+        "returns": rets, "mean": statistics.fmean(rets), "std": statistics.stdev(rets) if len(rets) > 1 else 0.0,
+        "plan_ms": statistics.fmean(ms), "model_evals": statistics.fmean(evals), "seeds": [int(s) for s in seeds],
+    }
+
+
+def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any], Objective] | None = None) -> DistillResult:
+    """The offline distillation run on a checkpoint (what `latentplan distill` does).
+
+    1. Load the model; build the teacher (`make_teacher`) and a `Distiller`.
+    2. Label `replay_states` beliefs drawn uniformly from the run's replay episodes
+       (`replay_beliefs`), then take `fit_steps` gradient steps.
+    3. `dagger_rounds` rounds of `dagger_round` (`dagger_episodes` episodes each), each followed
+       by `dagger_steps` gradient steps. Without replay beliefs the first round lets the teacher
+       act (beta = 1), as DAgger's first iteration does.
+    4. Evaluate the student (`PolicyPlanner`) and, with `eval_teacher`, the teacher on the same
+       `eval_episodes` seeds.
+    5. Write `out/policy.pt` (`GaussianPolicy.save`; `torch.load(..., weights_only=True)`),
+       `out/distiller.pt` (`Distiller.state_dict()`, without the data set unless `save_data`),
+       `out/loss.png` (`plot_distillation`) and `out/metrics.json`.
+
+    Args:
+        cfg: `DistillRunConfig`.
+        objective_factory: `model -> Objective` for teacher and evaluation; default the learned
+            reward, `Objective(model)`.
+
+    Returns:
+        `DistillResult`.
+
+    Raises:
+        FileNotFoundError: if the checkpoint is missing.
+        ValueError: if `replay_states > 0` but no replay episodes are found, or the teacher
+            cannot be built.
+    """
+    from .training import load_checkpoint, resolve_device
+
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    model, train_cfg, _ = load_checkpoint(cfg.checkpoint, device=str(device))
+    factory = objective_factory or (lambda m: Objective(m))
+    teacher = make_teacher(cfg)
+    target = cfg.resolved_target
+    init_seed = cfg.seed if cfg.distill.init_seed is None else cfg.distill.init_seed
+    dcfg = dataclasses.replace(cfg.distill, target=target, init_seed=init_seed)
+    feature_dim = model.initial(1).features().shape[1]
+    distiller = Distiller(dcfg, feature_dim, model.action_dim, model.action_low, model.action_high, device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    env = lp_envs.make(train_cfg.env, obs=train_cfg.obs, action_repeat=train_cfg.action_repeat, seed=cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, Any] = {
+        "checkpoint": cfg.checkpoint, "env": train_cfg.env, "teacher": cfg.teacher, "teacher_repr": repr(teacher),
+        "target": target, "config": dataclasses.asdict(cfg), "rounds": [],
+    }
+    phase_steps: list[tuple[str, int]] = []
+
+    def fit(steps: int, desc: str) -> None:
+        if steps == 0:
+            return
+        bar = tqdm(total=steps, desc=desc, disable=not cfg.progress, unit="step", leave=False)
+
+        def tick(loss: float) -> None:
+            bar.update(1)
+            if bar.n % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+        distiller.train(steps, generator=gen, progress=tick)
+        bar.close()
+        phase_steps.append((desc, distiller.steps))
+
+    # 2. replay beliefs
+    if cfg.replay_states > 0:
+        ep_dir = _episodes_dir(cfg)
+        if ep_dir is None or not any(ep_dir.glob("[0-9]" * 6 + ".npz")):
+            raise ValueError(
+                f"no replay episodes found for {cfg.checkpoint} (looked for an episodes/ folder beside it); "
+                "pass --episodes-dir or --replay-states 0"
+            )
+        buf = ReplayBuffer(ep_dir)
+        buf.load_directory()
+        beliefs = replay_beliefs(model, buf.episodes, generator=gen)
+        available = beliefs.batch
+        n = min(cfg.replay_states, beliefs.batch)
+        idx = torch.randperm(beliefs.batch, generator=gen, device=gen.device)[:n].to(beliefs.device)
+        beliefs = beliefs.index(idx)
+        bar = tqdm(total=n, desc=f"{cfg.teacher} labels", disable=not cfg.progress, unit="belief")
+        t0 = time.perf_counter()
+        info = distiller.relabel(model, beliefs, teacher, factory, generator=gen, progress=bar.update)
+        bar.close()
+        metrics["replay"] = {"episodes": len(buf), "beliefs_available": available,
+                             "labels": int(info["labels"]), "teacher_ms_per_label": info["teacher_ms"],
+                             "teacher_model_evals_per_label": info["model_evals"], "label_s": time.perf_counter() - t0}
+        fit(cfg.fit_steps, "fit")
+
+    # 3. DAgger rounds
+    rounds = tqdm(range(cfg.dagger_rounds), desc="DAgger rounds", disable=not cfg.progress, unit="round")
+    for r in rounds:
+        beta = 1.0 if (r == 0 and len(distiller) == 0) else cfg.dagger_beta
+        seeds = [cfg.seed * 1000 + 100 + r * cfg.dagger_episodes + i for i in range(cfg.dagger_episodes)]
+        t0 = time.perf_counter()
+        res = dagger_round(env, model, distiller, teacher, factory, seeds=seeds, beta=beta,
+                           noise=cfg.dagger_noise, generator=gen)
+        fit(cfg.dagger_steps, f"round {r + 1}")
+        res.update({"round": r + 1, "beta": beta, "seeds": seeds, "wall_s": time.perf_counter() - t0,
+                    "dataset": len(distiller)})
+        metrics["rounds"].append(res)
+        rounds.set_postfix(student_return=f"{res['mean_return']:.0f}", dataset=len(distiller))
+
+    # 4. evaluation on the same seeds
+    seeds = [cfg.eval_seed + i for i in range(cfg.eval_episodes)]
+    if seeds:
+        metrics["student"] = evaluate_planner(env, model, PolicyPlanner(distiller.policy), factory, seeds,
+                                       progress=cfg.progress, desc="student eval")
+        if cfg.eval_teacher:
+            metrics["teacher_eval"] = evaluate_planner(env, model, teacher, factory, seeds, progress=cfg.progress,
+                                                desc="teacher eval")
+            metrics["return_ratio"] = metrics["student"]["mean"] / metrics["teacher_eval"]["mean"]
+
+    # 5. files
+    distiller.policy.save(out / "policy.pt")
+    state = distiller.state_dict()
+    if not cfg.save_data:
+        state["data"] = {}
+    torch.save(state, out / "distiller.pt")
+    metrics["phases"] = phase_steps
+    metrics["steps"] = distiller.steps
+    metrics["labels"] = distiller.labels
+    metrics["wall_s"] = time.perf_counter() - t_start
+    metrics["loss_history"] = [l for _, l in distiller.history]
+    plot_distillation(metrics, out / "loss.png")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    return DistillResult(distiller, teacher, model, env, metrics, out)
+
+
+def plot_distillation(metrics: dict[str, Any], path: str | Path) -> Path:
+    """Plot the loss curve (per gradient step, with a moving average and the phase boundaries)
+    and, when there are DAgger rounds, the student's return per round next to the teacher's.
+
+    Args:
+        metrics: a `run_distillation` metrics dict (`loss_history`, `phases`, `rounds`, ...).
+        path: the PNG to write.
+
+    Returns:
+        The PNG's path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    losses = np.asarray(metrics.get("loss_history", []), dtype=float)
+    rounds = metrics.get("rounds", [])
+    ncols = 2 if rounds else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.6), dpi=120, squeeze=False)
+    ax = axes[0, 0]
+    if losses.size:
+        steps = np.arange(1, losses.size + 1)
+        ax.plot(steps, losses, color="tab:gray", alpha=0.35, lw=0.8, label="loss per step")
+        w = max(1, min(100, losses.size // 20))
+        if w > 1:
+            smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
+            ax.plot(steps[w - 1:], smooth, color="tab:blue", lw=1.5, label=f"moving average ({w})")
+    for name, step in metrics.get("phases", []):
+        ax.axvline(step, color="tab:red", alpha=0.3, lw=0.8)
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel(f"distillation loss ({metrics.get('target', '')})")
+    ax.set_title(f"distilling {metrics.get('teacher', '')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if rounds:
+        ax = axes[0, 1]
+        ax.plot([r["round"] for r in rounds], [r["mean_return"] for r in rounds], "o-", label="student (DAgger episodes)")
+        if "student" in metrics:
+            ax.axhline(metrics["student"]["mean"], color="tab:blue", ls="--", lw=1, label="student (evaluation)")
+        if "teacher_eval" in metrics:
+            ax.axhline(metrics["teacher_eval"]["mean"], color="tab:green", ls="--", lw=1, label="teacher (evaluation)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("DAgger round")
+        ax.set_ylabel("episode return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def cli_main(args: list[str]) -> int:
+    """`latentplan distill --checkpoint PATH --teacher cem|icem|mppi|gradient|mcts [--flags]`.
+
+    Every `DistillRunConfig` field is a flag (`latentplan distill --help`), the learner's settings
+    under `--distill.*`. Prints a summary; returns the exit code (0 on success, 2 on a bad
+    setting or missing input).
+    """
+    import tyro
+
+    cfg = tyro.cli(DistillRunConfig, args=args, prog="latentplan distill")
+    try:
+        res = run_distillation(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"latentplan distill: {e}", file=sys.stderr)
+        return 2
+    m = res.metrics
+    print(f"\n  teacher {cfg.teacher} ({m['target']} target): {m['labels']} labels, {m['steps']} gradient steps, "
+          f"{m['wall_s'] / 60:.1f} min")
+    if "student" in m:
+        line = f"  student return {m['student']['mean']:.1f} ± {m['student']['std']:.1f} ({m['student']['plan_ms']:.2f} ms/decision)"
+        if "teacher_eval" in m:
+            t = m["teacher_eval"]
+            line += f"   teacher {t['mean']:.1f} ± {t['std']:.1f} ({t['plan_ms']:.1f} ms/decision); ratio {m['return_ratio']:.2f}"
+        print(line)
+    print(f"  policy: {res.out / 'policy.pt'}   loss curve: {res.out / 'loss.png'}   metrics: {res.out / 'metrics.json'}")
+    return 0
