@@ -2,26 +2,37 @@
 
 The public facade. Layers: `latentplan.envs` (environments), `latentplan.worldmodels` (RSSM,
 analytic models, replay), `latentplan.planners` (CEM with iCEM/MPPI/CEM+GD options, the gradient
-planner, reward terms, the planner protocol).
+planner, MCTS, the learned value, policy distillation, reward terms, the planner protocol);
+the facade adds the training loop, the real-time controller (`MPCController`) and the comparison
+harness (`compare_planners`, the module `latentplan.compare`).
 """
 
 from latentplan.planners import (
-    CEM, CEMConfig, GradientConfig, GradientPlanner, Objective, Plan, Planner, Reward, check_reward,
-    learned_reward, reward,
+    CEM, MCTS, CEMConfig, DistillConfig, Distiller, GaussianPolicy, GradientConfig, GradientPlanner, MCTSConfig,
+    Objective, Plan, Planner, Policy, PolicyConfig, PolicyPlanner, Reward, ValueConfig, ValueFunction, ValueLearner,
+    check_reward, learned_reward, reward,
 )
 from latentplan.worldmodels import AnalyticModel, LatentState, ReplayBuffer, RSSMConfig, RSSMWorldModel, WorldModel
 
 from .agent import Agent, EpisodeStats, run_episode
+from .compare import Budget, register_planner
+from .compare import compare as compare_planners  # `latentplan.compare` stays the module
 from .config import TrainConfig, demo_config
+from .control import (
+    ControllerConfig, ControllerStats, LoopStats, MPCController, Robot, SimulatedRobot, run_control_loop,
+)
 from .training import CheckpointMismatch, Trainer, TrainSummary, load_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Agent", "AnalyticModel", "CEM", "CEMConfig", "CheckpointMismatch", "EpisodeStats", "GradientConfig",
-    "GradientPlanner", "LatentState", "Objective", "Plan", "Planner", "Reward", "check_reward", "learned_reward",
-    "reward", "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "TrainConfig",
-    "TrainSummary", "Trainer", "WorldModel", "demo_config", "load_checkpoint", "make_env", "run_episode", "train",
+    "Agent", "AnalyticModel", "Budget", "CEM", "CEMConfig", "CheckpointMismatch", "ControllerConfig",
+    "ControllerStats", "DistillConfig", "Distiller", "EpisodeStats", "GaussianPolicy", "GradientConfig",
+    "GradientPlanner", "LatentState", "LoopStats", "MCTS", "MCTSConfig", "MPCController", "Objective", "Plan",
+    "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "Robot", "SimulatedRobot", "ValueConfig",
+    "ValueFunction", "ValueLearner", "check_reward", "compare_planners", "learned_reward", "register_planner", "reward",
+    "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "TrainConfig", "TrainSummary", "Trainer", "WorldModel",
+    "demo_config", "load_checkpoint", "make_env", "run_control_loop", "run_episode", "train",
 ]
 
 

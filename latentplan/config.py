@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from latentplan.planners.cem import CEMConfig
+from latentplan.planners.distill import DistillConfig
+from latentplan.planners.value import ValueConfig
 from latentplan.worldmodels.rssm import RSSMConfig
 
 __all__ = ["TrainConfig", "demo_config", "RESUMABLE_CHANGES"]
@@ -52,6 +54,19 @@ class TrainConfig:
         model: the RSSM's architecture and loss (`obs_shape` and `action_dim` are filled from
             the environment).
         planner: the CEM planner used to collect and evaluate.
+        value_every: 0 (default) trains no critic; n > 0 takes one TD(lambda) update of a
+            `ValueLearner` every n model updates, on rollouts imagined from the update's
+            posterior beliefs under the planner (`planner`) as behaviour.
+        value: the critic's settings (`ValueConfig`; batch 32 start beliefs per update here,
+            since the planner plans from each of them).
+        plan_with_value: the planner bootstraps its returns with the critic at the horizon
+            (`Objective(value=critic, discount=value.discount)`); needs `value_every > 0`.
+        distill: `"none"` (default) or `"cem"`: distil the collecting planner (the teacher)
+            into a `GaussianPolicy` while training (`latentplan train --distill cem`); the
+            policy is saved as `run_dir/policy.pt` after every episode.
+        distill_every: one `Distiller.update` (relabel a few beliefs, take gradient steps) every
+            this many model updates.
+        distillation: the distiller's settings (`DistillConfig`).
     """
 
     env: str = "dmc:cartpole-swingup"
@@ -80,6 +95,12 @@ class TrainConfig:
     max_wall_minutes: float | None = None
     model: RSSMConfig = field(default_factory=RSSMConfig)
     planner: CEMConfig = field(default_factory=CEMConfig)
+    value_every: int = 0
+    value: ValueConfig = field(default_factory=lambda: ValueConfig(batch=32))
+    plan_with_value: bool = False
+    distill: Literal["none", "cem"] = "none"
+    distill_every: int = 10
+    distillation: DistillConfig = field(default_factory=lambda: DistillConfig(labels_per_update=32, steps_per_update=10))
 
     def __post_init__(self) -> None:
         if self.obs not in ("state", "pixels"):
@@ -93,6 +114,14 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.seed_episodes must be in [1, episodes={self.episodes}]; got {self.seed_episodes}"
             )
+        if self.value_every < 0 or self.distill_every < 1:
+            raise ValueError(
+                f"TrainConfig: value_every must be >= 0 and distill_every >= 1; got {self.value_every}, {self.distill_every}"
+            )
+        if self.plan_with_value and self.value_every == 0:
+            raise ValueError("TrainConfig.plan_with_value needs a critic: set value_every > 0")
+        if self.distill not in ("none", "cem"):
+            raise ValueError(f"TrainConfig.distill must be 'none' or 'cem'; got {self.distill!r}")
         if self.exploration_noise < 0:
             raise ValueError(f"TrainConfig.exploration_noise must be >= 0; got {self.exploration_noise}")
 
@@ -106,6 +135,10 @@ class TrainConfig:
         d = dict(d)
         d["model"] = RSSMConfig.from_dict(d["model"])
         d["planner"] = CEMConfig(**d["planner"])
+        if "value" in d:
+            d["value"] = ValueConfig(**{**d["value"], "hidden": tuple(d["value"].get("hidden", (200, 200)))})
+        if "distillation" in d:
+            d["distillation"] = DistillConfig.from_dict(d["distillation"])
         return cls(**d)
 
 

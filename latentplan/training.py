@@ -27,6 +27,9 @@ from tqdm.auto import tqdm
 
 from latentplan import envs as lp_envs
 from latentplan.planners.cem import CEM
+from latentplan.planners.distill import Distiller
+from latentplan.planners.objective import Objective
+from latentplan.planners.value import ValueLearner
 from latentplan.worldmodels.replay import ReplayBuffer
 from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
 
@@ -168,7 +171,21 @@ class Trainer:
             self.model = RSSMWorldModel(self.model_config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
         self.planner = CEM(config.planner)
-        self.agent = Agent(self.model, self.planner)
+        features = self.model_config.deter + self.model_config.stoch
+        self.value_learner = (
+            ValueLearner(config.value, features, device=self.device, seed=config.seed) if config.value_every else None
+        )
+        self.distiller = None
+        if config.distill != "none":
+            dcfg = config.distillation
+            if dcfg.init_seed is None:  # reproducible from the run's seed, like the model
+                dcfg = dataclasses.replace(dcfg, init_seed=config.seed)
+            self.distiller = Distiller(
+                dcfg, features, self.model_config.action_dim, self.model.action_low,
+                self.model.action_high, device=self.device,
+            )
+        self.agent = Agent(self.model, self.planner, objective=self.objective)
+        self.updates = 0
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.buffer = ReplayBuffer(self.run_dir / "episodes", seed=config.seed)
         self.episode = 0
@@ -183,9 +200,23 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         self.writer = self._tensorboard() if config.tensorboard else None
 
+    def objective(self, model) -> Objective:
+        """The planner's objective: the learned reward, bootstrapped with the critic when
+        `plan_with_value` (discount `value.discount`), PlaNet's undiscounted sum otherwise."""
+        if self.config.plan_with_value and self.value_learner is not None:
+            return Objective(model, value=self.value_learner.value, discount=self.config.value.discount)
+        return Objective(model)
+
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
+        extra = {}
+        if self.value_learner is not None:
+            extra["value_learner"] = self.value_learner.state_dict()
+        if self.distiller is not None:
+            extra["distiller"] = self.distiller.state_dict()
         return {
+            **extra,
+            "updates": self.updates,
             "format": FORMAT_VERSION,
             "config": json.dumps(self.config.to_dict()),
             "model_config": json.dumps(self.model_config.to_dict()),
@@ -207,6 +238,8 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         torch.save(self._state(), tmp)
         os.replace(tmp, path)
+        if self.distiller is not None:  # the student on its own, for PolicyPlanner / latentplan compare
+            self.distiller.policy.save(self.run_dir / "policy.pt")
         return path
 
     def _restore(self, path: Path) -> None:
@@ -229,6 +262,11 @@ class Trainer:
             raise CheckpointMismatch(f"cannot resume {path}: the run was made with another config ({detail})")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.updates = int(ckpt.get("updates", 0))
+        if self.value_learner is not None:
+            self.value_learner.load_state_dict(ckpt["value_learner"])
+        if self.distiller is not None:
+            self.distiller.load_state_dict(ckpt["distiller"])
         self.generator.set_state(ckpt["generator"].cpu())
         self.episode = int(ckpt["episode"])
         self.env_steps = int(ckpt["env_steps"])
@@ -280,10 +318,24 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        # the probe heads are clipped on their own: their large gradients must not shrink the world model's
+        probe = set(self.model.probe_head.parameters()) if self.model.probe_head is not None else set()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p not in probe], c.grad_clip)
+        if probe:
+            torch.nn.utils.clip_grad_norm_(list(probe), c.grad_clip)
         self.optimizer.step()
         self.model.eval()
-        return {**terms.scalars(), "grad_norm": float(grad_norm)}
+        self.updates += 1
+        out = {**terms.scalars(), "grad_norm": float(grad_norm)}
+        if self.value_learner is not None and self.updates % c.value_every == 0:
+            info = self.value_learner.update(self.model, terms.posterior, self.planner, objective=Objective(self.model),
+                                             generator=self.generator)
+            out.update({"value_loss": info["value_loss"], "value_mean": info["value_mean"],
+                        "value_target_mean": info["target_mean"]})
+        if self.distiller is not None and self.updates % c.distill_every == 0:
+            info = self.distiller.update(self.model, terms.posterior, self.planner, self.objective, generator=self.generator)
+            out["distill_loss"] = info["loss"]
+        return out
 
     def evaluate(self) -> dict[str, float]:
         """Run `eval_episodes` episodes without exploration noise; returns mean return and ms/action."""
@@ -326,7 +378,8 @@ class Trainer:
                 episode, st = run_episode(self.env, None, seed=seed, generator=self.generator)
             else:
                 losses = [self.update() for _ in range(c.updates_per_episode)]
-                row.update({k: float(np.mean([l[k] for l in losses])) for k in losses[0]})
+                keys = dict.fromkeys(k for l in losses for k in l)  # value/distill keys: only some updates
+                row.update({k: float(np.mean([l[k] for l in losses if k in l])) for k in keys})
                 episode, st = run_episode(self.env, self.agent, seed=seed, noise=c.exploration_noise, generator=self.generator)
             self.buffer.add(episode)
             self.episode += 1

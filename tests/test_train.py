@@ -252,3 +252,47 @@ def test_custom_reward_example_runs_on_a_checkpoint(reference, monkeypatch, caps
     out = capsys.readouterr().out
     assert "target +0.25" in out and "ms per decision" in out
     assert 0 <= float(out.split("env return (swingup reward) ")[1].split(";")[0]) <= 1000
+
+
+def test_value_learning_and_distillation_in_the_loop_resume_identically(tmp_path, monkeypatch):
+    """`value_every`/`plan_with_value` and `distill="cem"`: the critic and the student train beside
+    the model, are logged, checkpointed, and a resumed run reproduces the uninterrupted one."""
+    from latentplan.planners.distill import GaussianPolicy, PolicyPlanner
+
+    extra = dict(
+        episodes=3, value_every=1, plan_with_value=True, value=lp.ValueConfig(batch=4, horizon=3, hidden=(8,)),
+        distill="cem", distill_every=1,
+        distillation=lp.DistillConfig(labels_per_update=4, steps_per_update=2, batch_size=8, label_batch=4),
+    )
+    full = lp.Trainer(_config(tmp_path, "full", **extra))
+    assert full.agent.make_objective(full.model).value is full.value_learner.value
+    full.run()
+    rows = _rows(tmp_path / "full")
+    assert all(k in rows[2] for k in ("value_loss", "value_mean", "distill_loss"))
+    assert full.value_learner.updates == 3 and full.distiller.steps == 6  # 3 model updates, 2 steps each
+    policy = GaussianPolicy.load(tmp_path / "full" / "policy.pt")
+    s = full.model.initial(2)
+    plan = PolicyPlanner(policy).plan(lp.Objective(full.model), s)
+    assert plan.actions.shape == (2, 1, 1) and plan.actions.abs().max() <= 1
+
+    real = train_mod.run_episode
+    calls = {"n": 0}
+
+    def dying(env, agent, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the two seed episodes ran; episode 3 "dies" halfway
+            raise KeyboardInterrupt("killed")
+        return real(env, agent, **kw)
+
+    monkeypatch.setattr(train_mod, "run_episode", dying)
+    with pytest.raises(KeyboardInterrupt):
+        lp.Trainer(_config(tmp_path, "split", **extra)).run()
+    monkeypatch.setattr(train_mod, "run_episode", real)
+    resumed = lp.Trainer(_config(tmp_path, "split", **extra, resume=True))
+    resumed.run()
+    assert _rows(tmp_path / "split") == rows
+    for a, b in [(full.value_learner.value, resumed.value_learner.value), (full.distiller.policy, resumed.distiller.policy)]:
+        for k, v in a.state_dict().items():
+            assert torch.equal(v, b.state_dict()[k]), k
+    with pytest.raises(ValueError, match="plan_with_value needs a critic"):
+        lp.TrainConfig(plan_with_value=True)
