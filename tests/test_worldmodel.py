@@ -273,3 +273,21 @@ def test_detached_probes_leave_the_world_model_gradients_alone():
         RSSMConfig(obs_shape=(4,), action_dim=1, obs_names=(("x", 0, 1),), probe_dim=1, probe_names=(("x", 0, 1),)).validate()
     with pytest.raises(ValueError, match="outside the probe state"):
         RSSMConfig(obs_shape=(3, 64, 64), action_dim=1, probe_dim=2, probe_names=(("x", 1, 3),)).validate()
+
+
+def test_fit_probes_trains_only_the_probe_heads():
+    """Offline probe fitting on fixed features: the probe learns a linear readout exactly enough,
+    and no world-model parameter changes."""
+    torch.manual_seed(0)
+    m = RSSMWorldModel(RSSMConfig(obs_shape=(2,), action_dim=1, probe_dim=2, probe_names=(("a", 0, 1),), **SMALL))
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(512, 40, generator=g)
+    targets = feats[:, :2] @ torch.tensor([[1.0, -0.5], [0.5, 2.0]])
+    before = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith("probe_head")}
+    losses = m.fit_probes(feats, targets, steps=400, generator=g)
+    assert losses[-1] < 0.02 * losses[0]
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match=r"features \[N, 40\]"):
+        m.fit_probes(feats[:, :10], targets)
+    with pytest.raises(ValueError, match="NaN"):
+        m.fit_probes(feats, targets * float("nan"))

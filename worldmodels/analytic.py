@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -14,7 +15,9 @@ __all__ = ["AnalyticModel"]
 
 
 def _as_tensor(x) -> Tensor:
-    return torch.as_tensor(x, dtype=torch.float32)
+    if isinstance(x, Tensor):
+        return x.to(torch.float32)
+    return torch.tensor(np.array(x, dtype=np.float32))  # a copy: read-only numpy arrays are fine
 
 
 class AnalyticModel(nn.Module):

@@ -342,6 +342,49 @@ class RSSMWorldModel(nn.Module):
             raise ValueError("RSSMWorldModel.probe: this model has no probe heads (RSSMConfig.probe_dim = 0)")
         return self.probe_head(state.features())
 
+    def fit_probes(
+        self, features: Tensor, targets: Tensor, *, steps: int = 2000, batch_size: int = 256, lr: float = 1e-3,
+        generator: torch.Generator | None = None,
+    ) -> list[float]:
+        """Fit the probe heads alone on fixed latent features (the world model is not touched):
+        for a pixel model trained without probes, or to refine them after training.
+
+        Args:
+            features: `[N, D + S]` latent features of beliefs (e.g. posterior beliefs along
+                stored episodes, `LatentState.features()`), detached.
+            targets: `[N, probe_dim]` the env's state at those beliefs.
+            steps: Adam steps on minibatches of `batch_size` rows drawn with `generator`.
+            lr: Adam learning rate.
+
+        Returns:
+            the probe loss (as in `elbo`) of every step.
+
+        Raises:
+            ValueError: no probe heads, mismatched shapes, or NaN/inf targets.
+        """
+        if self.probe_head is None:
+            raise ValueError("RSSMWorldModel.fit_probes: this model has no probe heads (RSSMConfig.probe_dim = 0)")
+        f, p = self.config.deter + self.config.stoch, self.config.probe_dim
+        if features.dim() != 2 or features.shape[1] != f or targets.shape != (features.shape[0], p):
+            raise ValueError(
+                f"RSSMWorldModel.fit_probes: expected features [N, {f}] and targets [N, {p}]; got "
+                f"{list(features.shape)} and {list(targets.shape)}"
+            )
+        if not torch.isfinite(targets).all():
+            raise ValueError("RSSMWorldModel.fit_probes: targets contain NaN or inf")
+        features, targets = features.detach().to(self.device), targets.float().to(self.device)
+        opt = torch.optim.Adam(self.probe_head.parameters(), lr=lr)
+        dev = generator.device if generator is not None else torch.device("cpu")
+        losses = []
+        for _ in range(steps):
+            idx = torch.randint(0, features.shape[0], (batch_size,), generator=generator, device=dev).to(self.device)
+            loss = 0.5 * (((self.probe_head(features[idx]) - targets[idx]) / self.config.probe_std) ** 2).sum(-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        return losses
+
     def decode(self, state: LatentState) -> Mapping[str, Tensor]:
         """Decoded observation means.
 
