@@ -16,7 +16,9 @@ torch.set_num_threads(1)  # one thread: timings that compare across planners
 checkpoint = sys.argv[1] if len(sys.argv) > 1 else "runs/cartpole_long.pt"
 result = compare(
     checkpoint,
-    ["cem", "icem", "mppi:temperature=0.5"],  # registry names, optionally with config overrides
+    # registry names with config overrides; also "gradient", "cem_gd", "mcts" and a distilled
+    # policy from `latentplan distill`: "policy:checkpoint=runs/distill_cartpole/policy.pt"
+    ["cem", "icem", "mppi:temperature=0.5"],
     episodes=3,  # env and planner seeds 0, 1, 2 for every planner
     budgets=[Budget(evals=1500), Budget(evals=6000)],  # model evaluations per decision
     out_dir="runs/compare_example",  # cells.jsonl (resume), results.json/.csv, return_vs_ms.png
