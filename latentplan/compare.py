@@ -307,14 +307,21 @@ def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
 
     The tree's depth (the plan's horizon) is `horizon` unless overridden. Evaluation budget: simulations =
     evals // children (each simulation expands K children). Time budget: 100,000 simulations,
-    stopped by the deadline. The objective is the learned reward without a value; register
-    your own factory (with `PlannerBuild.objective`) to give MCTS a learned value.
+    stopped by the deadline. The objective is the learned reward; the override
+    `value=<path>` bootstraps the leaves with a trained critic (`load_value`: a training
+    checkpoint made with `value_every > 0`, or a file of `benchmarks/mcts_cartpole.py`), with the
+    critic's discount.
     """
     try:
         from latentplan.planners.mcts import MCTS, MCTSConfig
     except ImportError as err:
         raise PlannerNotAvailable(f"planner 'mcts' needs latentplan.planners.mcts ({err})") from err
     base = {"depth": horizon, **overrides}
+    objective = None
+    value_path = base.pop("value", None)
+    if value_path is not None:
+        critic, discount = load_value(str(value_path), model)
+        objective = lambda m: Objective(m, value=critic, discount=discount)  # noqa: E731
     if budget.evals is not None:
         if "simulations" in overrides:
             raise ValueError("simulations is set by the evaluation budget; override children or depth instead")
@@ -323,7 +330,39 @@ def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
     elif budget.ms is not None and "simulations" not in overrides:
         base["simulations"] = _ANYTIME_ITERATIONS
     cfg = MCTSConfig(**base)
-    return PlannerBuild(MCTS(cfg), True, budget.ms, cfg.model_evals if budget.ms is None else None, repr(cfg))
+    desc = repr(cfg) + (f" + value {value_path}" if value_path is not None else "")
+    return PlannerBuild(MCTS(cfg), True, budget.ms, cfg.model_evals if budget.ms is None else None, desc, objective)
+
+
+def load_value(path: str, model: Any) -> tuple[Any, float]:
+    """A trained critic for `model` from `path`, and its discount.
+
+    `path` is a training checkpoint written with `TrainConfig.value_every > 0` (key
+    `value_learner`) or a file with `learner`, `config` and `feature_dim` (as
+    `benchmarks/mcts_cartpole.py` writes). Loaded with `weights_only=True`.
+
+    Raises:
+        ValueError: the file holds no critic, or its feature size is not the model's D + S.
+    """
+    from latentplan.planners.value import ValueConfig, ValueLearner
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "learner" in ckpt:
+        state, cfg, features = ckpt["learner"], dict(ckpt["config"]), int(ckpt["feature_dim"])
+    elif "value_learner" in ckpt:
+        state = ckpt["value_learner"]
+        cfg, features = dict(state["config"]), None  # a training checkpoint: the model's own features
+    else:
+        raise ValueError(f"{path} holds no critic (neither 'learner' nor 'value_learner')")
+    want = int(model.config.deter + model.config.stoch) if hasattr(model, "config") else None
+    features = features or want
+    if want is not None and features != want:
+        raise ValueError(f"{path}: the critic takes {features} features; this model's beliefs have {want}")
+    cfg["hidden"] = tuple(cfg["hidden"])
+    learner = ValueLearner(ValueConfig(**cfg), features, device=model.action_low.device)
+    learner.load_state_dict(state)
+    learner.value.eval()
+    return learner.value, learner.config.discount
 
 
 def policy_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:

@@ -205,3 +205,24 @@ def test_cli_on_the_trained_checkpoint(tmp_path, capsys):
     assert "| cem | 240 evals | 1 |" in out and "| mppi | 240 evals | 1 |" in out
     assert {p.name for p in tmp_path.iterdir()} == {"cells.jsonl", "results.json", "results.csv", "return_vs_ms.png"}
     assert cmp.cli_main(["--checkpoint", str(CHECKPOINT), "--planners", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_mcts_takes_a_trained_critic_by_path(tmp_path):
+    """`mcts:value=<path>` bootstraps the tree's leaves with the stored critic and its discount."""
+    import torch
+
+    from latentplan.planners.value import ValueConfig, ValueLearner
+
+    learner = ValueLearner(ValueConfig(hidden=(4,), discount=0.9), 1, seed=3)
+    path = tmp_path / "value.pt"
+    torch.save({"learner": learner.state_dict(), "config": dict(learner.config.__dict__), "feature_dim": 1}, path)
+    model = point_model()
+    build = cmp.mcts_factory(model, Budget(evals=80), 3, {"value": str(path)})
+    objective = build.objective(model)
+    state = model.from_observation(torch.tensor([[0.3], [-0.2]]))
+    assert objective.discount == 0.9
+    assert torch.equal(objective.value(state), learner.value(state))
+    assert build.planner.config.simulations == 10  # 80 evaluations / 8 children
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="holds no critic"):
+        cmp.mcts_factory(model, Budget(evals=80), 3, {"value": str(tmp_path / "other.pt")})
