@@ -8,7 +8,9 @@ Reward per decision: `rewards_cartpole.goal_reward`,
 with the target passed per plan call through the objective's context. `--ki` adds integral
 action (offset-free MPC, as process-control MPC does against model bias): after every decision
 with the pole up (cos > 0.9) the commanded target moves by KI * (target - x), accumulated, so a
-steady offset of the learned model is cancelled from outside the planner. CEM: `--cem H I J K`
+steady offset of the learned model is cancelled from outside the planner. `--narrow W2` makes the
+cart term two-scale: half of the bump from the WIDTH Gaussian (guidance from afar), half from a
+W2-wide one (precision near the target). CEM: `--cem H I J K`
 (default 16 8 300 30). One episode per target (env and planner seed `--seed`); the numbers are
 over the last 63 decisions (~500 env steps), from the true environment state.
 """
@@ -24,9 +26,9 @@ import latentplan as lp  # noqa: E402
 from rewards_cartpole import TAIL_DECISIONS, goal_reward  # noqa: E402
 
 
-def episode(model, env, target: float, width: float, ki: float, cem: lp.CEM, seed: int) -> dict:
+def episode(model, env, target: float, width: float, ki: float, cem: lp.CEM, seed: int, narrow: float | None = None) -> dict:
     """One episode holding `target`; returns the tail statistics."""
-    ctx = {"target_x": target, "width": width}
+    ctx = {"target_x": target, "width": width, **({"narrow": narrow} if narrow else {})}
     agent = lp.Agent(model, cem, objective=lambda m: lp.Objective(m, rewards=[goal_reward], context=dict(ctx)))
     gen = torch.Generator().manual_seed(seed)
     obs, _ = env.reset(seed=seed)
@@ -53,6 +55,8 @@ def main() -> None:
     p.add_argument("checkpoint")
     p.add_argument("--width", type=float, default=0.3)
     p.add_argument("--ki", type=float, default=0.0)
+    p.add_argument("--narrow", type=float, default=None,
+                   help="two-scale cart term: half of the bump from a Gaussian of this width")
     p.add_argument("--targets", type=float, nargs="+", default=[0.5])
     p.add_argument("--cem", type=int, nargs=4, default=[16, 8, 300, 30], metavar=("H", "I", "J", "K"))
     p.add_argument("--seed", type=int, default=0)
@@ -62,8 +66,9 @@ def main() -> None:
     env = lp.make_env(cfg.env, seed=args.seed)
     h, i, j, k = args.cem
     for t in args.targets:
-        s = episode(model, env, t, args.width, args.ki, lp.CEM(horizon=h, iterations=i, candidates=j, elites=k), args.seed)
-        print(f"width {args.width} ki {args.ki} CEM H{h} I{i} J{j} K{k} target {t:+.2f}: return {s['return']:.1f}, "
+        s = episode(model, env, t, args.width, args.ki, lp.CEM(horizon=h, iterations=i, candidates=j, elites=k), args.seed,
+                    args.narrow)
+        print(f"width {args.width} narrow {args.narrow} ki {args.ki} CEM H{h} I{i} J{j} K{k} target {t:+.2f}: return {s['return']:.1f}, "
               f"mean |x - t| {s['mean_abs_x_error']:.3f} (max {s['max_abs_x_error']:.3f}), within 0.1: "
               f"{s['frac_within_0.1']:.2f}, pole cos > 0.9: {s['frac_cos_gt_0.9']:.2f} (min {s['min_cos']:.2f}), "
               f"final command {s['final_command']:+.2f}", flush=True)

@@ -96,7 +96,11 @@ def goal_reward(obs, action, ctx):
     small_velocity = (1.0 + gaussian_tolerance(obs["pole_angvel"], 5.0)) / 2.0
     small_control = (4.0 + quadratic_tolerance(action[:, 0], 1.0)) / 5.0
     width = ctx.get("width", 0.3)  # benchmarks/goal_sweep.py varies it
-    near = 0.25 + 0.75 * torch.exp(-(((obs["cart_x"] - ctx["target_x"]) / width) ** 2))
+    d = obs["cart_x"] - ctx["target_x"]
+    bump = torch.exp(-((d / width) ** 2))
+    if "narrow" in ctx:  # goal_sweep --narrow: half the bump from a second, narrower Gaussian
+        bump = 0.5 * bump + 0.5 * torch.exp(-((d / ctx["narrow"]) ** 2))
+    near = 0.25 + 0.75 * bump
     return ACTION_REPEAT * upright * small_velocity * small_control * near
 
 
