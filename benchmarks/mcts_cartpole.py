@@ -40,6 +40,7 @@ import scipy.stats
 import torch
 
 import latentplan as lp
+from latentplan.compare import load_value
 from latentplan.planners.mcts import MCTS, MCTSConfig
 from latentplan.planners.value import ImaginedRollout, ValueConfig, ValueLearner, lambda_returns, posterior_beliefs
 from latentplan.worldmodels import ReplayBuffer
@@ -118,20 +119,9 @@ def stage_value(args, model) -> dict:
     return {"log": log}
 
 
-def load_value(path: str) -> ValueLearner:
-    ckpt = torch.load(path)
-    cfg = dict(ckpt["config"])
-    cfg["hidden"] = tuple(cfg["hidden"])
-    learner = ValueLearner(ValueConfig(**cfg), ckpt["feature_dim"])
-    learner.load_state_dict(ckpt["learner"])
-    learner.value.eval()
-    return learner
-
-
 @torch.no_grad()
 def stage_check(args, model, replay) -> dict:
-    learner = load_value(args.value)
-    v = learner.value
+    v, _ = load_value(args.value, model)
     g = torch.Generator().manual_seed(args.seed + 1)
     eps = [replay.episodes[i] for i in HELD_OUT]
     beliefs, ep = posterior_beliefs(model, eps, generator=g)
@@ -202,15 +192,15 @@ def run_batch(model, planner, make_objective, seeds: list[int], *, warm: bool, e
 
 
 def stage_eval(args, model, config) -> list[dict]:
-    learner = load_value(args.value) if os.path.exists(args.value) else None
+    critic = load_value(args.value, model)[0] if os.path.exists(args.value) else None
     rows = []
     for cell in cells():
         key = f"{cell['name']}@{cell['budget']}"
         if args.only and key not in args.only and cell["name"] not in args.only:
             continue
-        if cell["value"] and learner is None:
+        if cell["value"] and critic is None:
             raise SystemExit(f"{key} needs the value: run --stage value first")
-        value = learner.value if cell["value"] else None
+        value = critic if cell["value"] else None
 
         def make_objective(m, b, value=value):
             return lp.Objective(m, discount=GAMMA, value=value) if value is not None else lp.Objective(m)

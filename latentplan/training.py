@@ -170,6 +170,10 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model = RSSMWorldModel(self.model_config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
+        # the probe heads are clipped on their own: their large gradients must not shrink the world model's
+        probe = self.model.probe_head
+        self._probe_params = list(probe.parameters()) if probe is not None else []
+        self._world_params = [p for n, p in self.model.named_parameters() if not n.startswith("probe_head.")]
         self.planner = CEM(config.planner)
         features = self.model_config.deter + self.model_config.stoch
         self.value_learner = (
@@ -216,7 +220,6 @@ class Trainer:
             extra["distiller"] = self.distiller.state_dict()
         return {
             **extra,
-            "updates": self.updates,
             "format": FORMAT_VERSION,
             "config": json.dumps(self.config.to_dict()),
             "model_config": json.dumps(self.model_config.to_dict()),
@@ -262,13 +265,14 @@ class Trainer:
             raise CheckpointMismatch(f"cannot resume {path}: the run was made with another config ({detail})")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.updates = int(ckpt.get("updates", 0))
         if self.value_learner is not None:
             self.value_learner.load_state_dict(ckpt["value_learner"])
         if self.distiller is not None:
             self.distiller.load_state_dict(ckpt["distiller"])
         self.generator.set_state(ckpt["generator"].cpu())
         self.episode = int(ckpt["episode"])
+        # model updates so far: C before every collected episode past the seed episodes
+        self.updates = max(0, self.episode - self.config.seed_episodes) * self.config.updates_per_episode
         self.env_steps = int(ckpt["env_steps"])
         self.evaluations = int(ckpt["evaluations"])
         self.wall_offset = float(ckpt["wall_s"])
@@ -318,18 +322,17 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
-        # the probe heads are clipped on their own: their large gradients must not shrink the world model's
-        probe = set(self.model.probe_head.parameters()) if self.model.probe_head is not None else set()
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p not in probe], c.grad_clip)
-        if probe:
-            torch.nn.utils.clip_grad_norm_(list(probe), c.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._world_params, c.grad_clip)
+        if self._probe_params:
+            torch.nn.utils.clip_grad_norm_(self._probe_params, c.grad_clip)
         self.optimizer.step()
         self.model.eval()
         self.updates += 1
         out = {**terms.scalars(), "grad_norm": float(grad_norm)}
         if self.value_learner is not None and self.updates % c.value_every == 0:
-            info = self.value_learner.update(self.model, terms.posterior, self.planner, objective=Objective(self.model),
-                                             generator=self.generator)
+            # the behaviour is the agent's own planner with the agent's own objective
+            info = self.value_learner.update(self.model, terms.posterior, self.planner,
+                                             objective=self.objective(self.model), generator=self.generator)
             out.update({"value_loss": info["value_loss"], "value_mean": info["value_mean"],
                         "value_target_mean": info["target_mean"]})
         if self.distiller is not None and self.updates % c.distill_every == 0:

@@ -260,7 +260,7 @@ def test_value_learning_and_distillation_in_the_loop_resume_identically(tmp_path
     from latentplan.planners.distill import GaussianPolicy, PolicyPlanner
 
     extra = dict(
-        episodes=3, value_every=1, plan_with_value=True, value=lp.ValueConfig(batch=4, horizon=3, hidden=(8,)),
+        episodes=4, value_every=2, plan_with_value=True, value=lp.ValueConfig(batch=4, horizon=3, hidden=(8,)),
         distill="cem", distill_every=1,
         distillation=lp.DistillConfig(labels_per_update=4, steps_per_update=2, batch_size=8, label_batch=4),
     )
@@ -269,7 +269,8 @@ def test_value_learning_and_distillation_in_the_loop_resume_identically(tmp_path
     full.run()
     rows = _rows(tmp_path / "full")
     assert all(k in rows[2] for k in ("value_loss", "value_mean", "distill_loss"))
-    assert full.value_learner.updates == 3 and full.distiller.steps == 6  # 3 model updates, 2 steps each
+    # 6 model updates (3 before each of episodes 3 and 4): a critic update every 2nd, 2 distiller steps each
+    assert full.value_learner.updates == 3 and full.distiller.steps == 12
     policy = GaussianPolicy.load(tmp_path / "full" / "policy.pt")
     s = full.model.initial(2)
     plan = PolicyPlanner(policy).plan(lp.Objective(full.model), s)
@@ -280,7 +281,7 @@ def test_value_learning_and_distillation_in_the_loop_resume_identically(tmp_path
 
     def dying(env, agent, **kw):
         calls["n"] += 1
-        if calls["n"] == 3:  # the two seed episodes ran; episode 3 "dies" halfway
+        if calls["n"] == 5:  # seed episodes, episode 3 and its evaluation ran; episode 4 "dies" halfway
             raise KeyboardInterrupt("killed")
         return real(env, agent, **kw)
 
@@ -289,6 +290,7 @@ def test_value_learning_and_distillation_in_the_loop_resume_identically(tmp_path
         lp.Trainer(_config(tmp_path, "split", **extra)).run()
     monkeypatch.setattr(train_mod, "run_episode", real)
     resumed = lp.Trainer(_config(tmp_path, "split", **extra, resume=True))
+    assert resumed.episode == 3 and resumed.updates == 3 and resumed.value_learner.updates == 1
     resumed.run()
     assert _rows(tmp_path / "split") == rows
     for a, b in [(full.value_learner.value, resumed.value_learner.value), (full.distiller.policy, resumed.distiller.policy)]:
