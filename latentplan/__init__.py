@@ -12,7 +12,7 @@ from latentplan.planners import (
     Objective, Plan, Planner, Policy, PolicyConfig, PolicyPlanner, Reward, ValueConfig, ValueFunction, ValueLearner,
     check_reward, learned_reward, reward,
 )
-from latentplan.worldmodels import AnalyticModel, LatentState, ReplayBuffer, RSSMConfig, RSSMWorldModel, WorldModel
+from latentplan.worldmodels import AnalyticModel, FusedRSSM, LatentState, ReplayBuffer, RSSMConfig, RSSMWorldModel, WorldModel
 
 from .agent import Agent, EpisodeStats, run_episode
 from .compare import Budget, register_planner
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent", "AnalyticModel", "Budget", "CEM", "CEMConfig", "CheckpointMismatch", "ControllerConfig",
-    "ControllerStats", "DistillConfig", "Distiller", "EpisodeStats", "GaussianPolicy", "GradientConfig",
+    "ControllerStats", "DistillConfig", "Distiller", "EpisodeStats", "FusedRSSM", "GaussianPolicy", "GradientConfig",
     "GradientPlanner", "LatentState", "LoopStats", "MCTS", "MCTSConfig", "MPCController", "Objective", "Plan",
     "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "Robot", "SimulatedRobot", "ValueConfig",
     "ValueFunction", "ValueLearner", "check_reward", "compare_planners", "learned_reward", "register_planner", "reward",

@@ -15,6 +15,7 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState
 
 from .base import Plan, Policy
+from .capture import CaptureCache, CapturedSearch, StaticObjective, capture_key, resolve_compile
 from .distill import policy_rollout
 from .gradient import _ascend, require_differentiable
 from .objective import Objective, rank_returns
@@ -144,6 +145,14 @@ class CEMConfig:
             `max(1, round(policy_fraction * J))` sequences (the first the policy's mode, the
             others samples), made once per plan call and evaluated again in every iteration.
             In [0, 1]; unused without a proposal.
+        compile: how a plan call runs (`planners.capture`): `"eager"`, the plain loop (anytime:
+            the deadline is checked after every iteration); `"cuda_graph"`, the whole search
+            captured once in a CUDA graph and replayed (all I iterations run; no deadline inside);
+            `"torch_compile"`, the search through `torch.compile`; `"static"`, the capture-ready
+            search without capture (what a graph records; for tests); `"auto"` (default),
+            `"cuda_graph"` on a CUDA device when the settings allow it (not with
+            `gradient_steps`, whose optimiser is not captured), else `"eager"`. On the CPU,
+            `"auto"` is the eager loop, unchanged.
 
     Raises:
         ValueError: on counts < 1, elites > candidates, non-positive stds, or an option out of
@@ -168,6 +177,7 @@ class CEMConfig:
     gradient_steps: int = 0
     gradient_lr: float = 0.01
     policy_fraction: float = 0.0
+    compile: Literal["auto", "eager", "static", "cuda_graph", "torch_compile"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("horizon", "iterations", "candidates", "elites"):
@@ -197,6 +207,11 @@ class CEMConfig:
             raise ValueError(f"CEMConfig.gradient_lr must be > 0; got {self.gradient_lr}")
         if not 0.0 <= self.policy_fraction <= 1.0:
             raise ValueError(f"CEMConfig.policy_fraction must be in [0, 1]; got {self.policy_fraction}")
+        if self.compile not in ("auto", "eager", "static", "cuda_graph", "torch_compile"):
+            raise ValueError(
+                "CEMConfig.compile must be 'auto', 'eager', 'static', 'cuda_graph' or 'torch_compile'; "
+                f"got {self.compile!r}"
+            )
 
     def population(self, i: int) -> int:
         """J_i, the fresh candidates sampled in iteration `i` (0-based), per environment."""
@@ -296,6 +311,7 @@ class CEM:
                 raise ValueError("CEM: a proposal policy was given but CEMConfig.policy_fraction is 0 (set it in (0, 1])")
         self.config = config
         self.proposal = proposal
+        self._cache = CaptureCache()
 
     def __repr__(self) -> str:
         return f"CEM({self.config})" if self.proposal is None else f"CEM({self.config}, proposal={type(self.proposal).__name__})"
@@ -316,10 +332,8 @@ class CEM:
         if c.gradient_steps > 0:
             require_differentiable(objective, "CEM (gradient_steps > 0)")
         model = objective.model
-        b, h, k, a = state.batch, c.horizon, c.elites, objective.action_dim
+        b, h, a = state.batch, c.horizon, objective.action_dim
         dev = state.device
-        low = model.action_low.to(dev)
-        high = model.action_high.to(dev)
         if warm_start is not None:
             if warm_start.actions.shape != (b, h, a):
                 raise ValueError(
@@ -331,6 +345,90 @@ class CEM:
         else:
             mean = torch.zeros(b, h, a, device=dev)
             std = torch.full((b, h, a), c.init_std, device=dev)
+        not_capturable = "gradient_steps > 0 (CEM+GD's optimiser is not captured)" if c.gradient_steps else None
+        mode = resolve_compile(c.compile, dev, planner="CEM", not_capturable=not_capturable or self._cache.failed)
+        if mode != "eager":
+            try:
+                result = self._captured(mode, objective, state, mean, std, generator)
+            except Exception as e:
+                mode = self._cache.fall_back("CEM", c.compile, e)  # re-raises unless compile="auto"
+        if mode == "eager":
+            low, high = model.action_low.to(dev), model.action_high.to(dev)
+            result = self._search(objective, state, mean, std, low, high, generator, deadline)
+        mean, value, nonfinite, iterations, model_evals = result
+        info = {
+            "iterations": iterations,
+            "model_evals": model_evals,
+            "nonfinite": int(nonfinite),
+            "plan_ms": (time.perf_counter() - t0) * 1e3,
+            "compile": mode,
+        }
+        return Plan(mean, value, info)
+
+    def _captured(
+        self, mode: str, objective: Objective, state: LatentState, mean: Tensor, std: Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor, int, int]:
+        """Run `_search` (without a deadline) as a `CapturedSearch` over static buffers."""
+        inputs = {"deter": state.deter, "stoch": state.stoch, "mean": mean, "std": std}
+        key = capture_key(mode, objective, generator, inputs, id(self.proposal))
+        counts: dict[str, int] = {}
+
+        def build() -> tuple[CapturedSearch, StaticObjective]:
+            static_obj = StaticObjective(objective, state.device)
+            obj = static_obj.objective
+            low = obj.model.action_low.to(state.device).clone()
+            high = obj.model.action_high.to(state.device).clone()
+
+            def search(x: dict[str, Tensor]) -> dict[str, Tensor]:
+                m, v, nf, iters, evals = self._search(
+                    obj, LatentState(x["deter"], x["stoch"]), x["mean"], x["std"], low, high, generator, None
+                )
+                counts.update(iterations=iters, model_evals=evals)
+                return {"mean": m, "value": v, "nonfinite": nf}
+
+            refresh = getattr(obj.model, "refresh", None)
+            runner = CapturedSearch(search, inputs, mode, generator=generator, refresh=refresh)
+            runner.counts = counts  # fixed by the settings: all iterations run
+            return runner, static_obj
+
+        runner, static_obj = self._cache.get(key, build)
+        static_obj.load(objective)
+        out = runner(inputs)
+        if not runner.counts:  # torch.compile runs the Python of `search` only when tracing
+            runner.counts.update(iterations=self.config.iterations, model_evals=self._evals_per_call(state.batch))
+        return out["mean"], out["value"], out["nonfinite"], runner.counts["iterations"], runner.counts["model_evals"]
+
+    def _evals_per_call(self, b: int) -> int:
+        c = self.config
+        evals = b * c.model_evals
+        if self.proposal is not None:
+            evals += b * (c.horizon - 1) * c.policy_candidates
+        return evals
+
+    def _search(
+        self,
+        objective: Objective,
+        state: LatentState,
+        mean: Tensor,
+        std: Tensor,
+        low: Tensor,
+        high: Tensor,
+        generator: torch.Generator | None,
+        deadline: float | None,
+    ) -> tuple[Tensor, Tensor, Tensor, int, int]:
+        """The CEM iterations from the sampling distribution `(mean, std)` `[B, H, A]`.
+
+        Capture-ready when `deadline` is None: shapes are fixed by the settings, nothing reads a
+        tensor's value on the host, and all randomness comes from `generator`.
+
+        Returns:
+            `(actions [B, H, A], value [B], nonfinite (0-dim long), iterations, model_evals)`.
+        """
+        c = self.config
+        b, h, k = state.batch, c.horizon, c.elites
+        a = mean.shape[-1]
+        dev = state.device
         starts: dict[int, LatentState] = {}
         elite_starts = state.expand(k) if c.gradient_steps else None
         n_keep = c.kept_elites
@@ -397,13 +495,7 @@ class CEM:
                 break
         if c.return_best:
             mean, value = best_act, best_ret
-        info = {
-            "iterations": iterations,
-            "model_evals": model_evals,
-            "nonfinite": int(nonfinite),
-            "plan_ms": (time.perf_counter() - t0) * 1e3,
-        }
-        return Plan(mean, value, info)
+        return mean, value, nonfinite, iterations, model_evals
 
     def _propose(self, objective: Objective, state: LatentState, generator: torch.Generator | None) -> tuple[Tensor, int]:
         """`[B, n, H, A]` sequences of the proposal policy rolled through the model (n =

@@ -24,6 +24,7 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState
 
 from .base import Plan, Policy
+from .capture import CaptureCache, CapturedSearch, StaticObjective, capture_key, resolve_compile
 from .distill import policy_rollout
 from .objective import Objective, rank_returns
 
@@ -152,6 +153,7 @@ def _ascend(
     grad_clip: float | None,
     generator: torch.Generator | None,
     deadline: float | None,
+    capturable: bool = False,
 ) -> _Ascent:
     """Gradient ascent on `init [N, H, A]` from `starts [N]`; rows are independent problems.
 
@@ -174,7 +176,8 @@ def _ascend(
     done = 0
     with torch.enable_grad():
         var = (_to_unbounded(start, low, high) if tanh else start).clone().requires_grad_(True)
-        opt = optimizer_cls([var], lr=lr)
+        extra = {"capturable": True} if capturable and "capturable" in inspect.signature(optimizer_cls).parameters else {}
+        opt = optimizer_cls([var], lr=lr, **extra)
         for step in range(steps):
             actions = _squash(var, low, high) if tanh else var
             ret = objective.returns(starts, actions, generator=generator)
@@ -234,6 +237,11 @@ class _PriorMeanModel:
         return self._model.imagine_step(state, action, generator=generator, sample=False)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "rollout":  # a model's own rollout samples; the view steps with the means
+            rollout = getattr(self._model, "rollout", None)
+            if rollout is None or "sample" not in inspect.signature(rollout).parameters:
+                raise AttributeError(name)
+            return lambda state, actions, *, generator=None: rollout(state, actions, generator=generator, sample=False)
         return getattr(self._model, name)
 
 
@@ -289,6 +297,12 @@ class GradientConfig:
         use_mean: roll out with the prior means of the model's stochastic latents instead of
             reparameterised samples. Models without a stochastic part are unaffected; a
             stochastic model must offer `imagine_step(..., sample=False)`, else `plan` raises.
+        compile: how a plan call runs (`planners.capture`): `"eager"`, the plain loop (anytime:
+            the deadline is checked after every step); `"cuda_graph"`, all `iterations` steps
+            (forward, backward, optimiser) captured once in a CUDA graph and replayed, the
+            optimiser built with `capturable=True`; `"torch_compile"`; `"static"`, the
+            capture-ready loop without capture (for tests); `"auto"` (default): `"cuda_graph"`
+            on a CUDA device, else `"eager"`.
 
     Raises:
         ValueError: on a non-positive count or rate, an unknown `squash`/`init`, or an
@@ -304,6 +318,7 @@ class GradientConfig:
     init: Literal["zeros", "warm_start", "random", "policy"] = "warm_start"
     grad_clip: float | None = None
     use_mean: bool = False
+    compile: Literal["auto", "eager", "static", "cuda_graph", "torch_compile"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("horizon", "iterations", "restarts"):
@@ -320,6 +335,11 @@ class GradientConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"GradientConfig.grad_clip must be > 0 or None; got {self.grad_clip}")
         _optimizer_class(self.optimizer)
+        if self.compile not in ("auto", "eager", "static", "cuda_graph", "torch_compile"):
+            raise ValueError(
+                "GradientConfig.compile must be 'auto', 'eager', 'static', 'cuda_graph' or 'torch_compile'; "
+                f"got {self.compile!r}"
+            )
 
     @property
     def model_evals(self) -> int:
@@ -385,6 +405,7 @@ class GradientPlanner:
         self.config = config
         self.proposal = proposal
         self._optimizer = _optimizer_class(config.optimizer)
+        self._cache = CaptureCache()
 
     def __repr__(self) -> str:
         return f"GradientPlanner({self.config})"
@@ -412,6 +433,8 @@ class GradientPlanner:
                 f"GradientPlanner.plan: warm_start.actions must be [B={b}, H={h}, A={a}]; "
                 f"got {tuple(warm_start.actions.shape)}"
             )
+        mode = resolve_compile(c.compile, dev, planner="GradientPlanner", not_capturable=self._cache.failed)
+        original = objective
         if c.use_mean:
             objective = _mean_objective(objective, state)
         # a plain copy cut from any graph (and usable outside inference mode)
@@ -435,11 +458,18 @@ class GradientPlanner:
             init[:, 0] = 0.0
         init = _clip(init, low, high)
 
-        out = _ascend(
-            objective, state.expand(r), init.reshape(b * r, h, a),
-            steps=c.iterations, lr=c.lr, optimizer_cls=self._optimizer, squash=c.squash,
-            low=low, high=high, grad_clip=c.grad_clip, generator=generator, deadline=deadline,
-        )
+        if mode != "eager":
+            try:
+                out = self._captured(mode, original, state, init.reshape(b * r, h, a), generator)
+            except Exception as e:
+                mode = self._cache.fall_back("GradientPlanner", c.compile, e)  # re-raises unless "auto"
+        if mode == "eager":
+            out = _ascend(
+                objective, state.expand(r), init.reshape(b * r, h, a),
+                steps=c.iterations, lr=c.lr, optimizer_cls=self._optimizer, squash=c.squash,
+                low=low, high=high, grad_clip=c.grad_clip, generator=generator, deadline=deadline,
+            )
+
         ret = out.returns.reshape(b, r)
         value, idx = ret.max(dim=1)
         actions = out.actions.reshape(b, r, h, a).gather(1, idx[:, None, None, None].expand(b, 1, h, a))[:, 0]
@@ -455,5 +485,47 @@ class GradientPlanner:
             "vanishing": g_first < _VANISHING,
             "exploding": (not math.isfinite(g_first)) or g_first > _EXPLODING,
             "plan_ms": (time.perf_counter() - t0) * 1e3,
+            "compile": mode,
         }
         return Plan(actions, value, info)
+
+    def _captured(
+        self, mode: str, objective: Objective, state: LatentState, init: Tensor, generator: torch.Generator | None
+    ) -> _Ascent:
+        """`_ascend` (all steps, no deadline) as a `CapturedSearch` over static buffers."""
+        c = self.config
+        inputs = {"deter": state.deter, "stoch": state.stoch, "init": init}
+        key = capture_key(mode, objective, generator, inputs)
+
+        def build() -> tuple[CapturedSearch, StaticObjective]:
+            static_obj = StaticObjective(objective, state.device)
+            obj = static_obj.objective
+            if c.use_mean:
+                obj = _mean_objective(obj, state)
+            low = obj.model.action_low.to(state.device).clone()
+            high = obj.model.action_high.to(state.device).clone()
+
+            def search(x: dict[str, Tensor]) -> dict[str, Tensor]:
+                starts = LatentState(x["deter"], x["stoch"]).expand(c.restarts)
+                out = _ascend(
+                    obj, starts, x["init"], steps=c.iterations, lr=c.lr, optimizer_cls=self._optimizer,
+                    squash=c.squash, low=low, high=high, grad_clip=c.grad_clip, generator=generator,
+                    deadline=None, capturable=mode == "cuda_graph",
+                )
+                return {
+                    "actions": out.actions, "returns": out.returns, "nonfinite": out.nonfinite,
+                    "nonfinite_grads": out.nonfinite_grads, "grad_first": out.grad_first,
+                    "grad_last": out.grad_last, "grad_end": out.grad_end,
+                }
+
+            refresh = getattr(obj.model, "refresh", None)
+            return CapturedSearch(search, inputs, mode, generator=generator, refresh=refresh), static_obj
+
+        runner, static_obj = self._cache.get(key, build)
+        static_obj.load(objective)
+        o = runner(inputs)
+        n, h = init.shape[:2]
+        return _Ascent(
+            o["actions"], o["returns"], c.iterations, n * h * (c.iterations + 1), o["nonfinite"],
+            o["nonfinite_grads"], o["grad_first"], o["grad_last"], o["grad_end"],
+        )

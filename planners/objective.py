@@ -162,6 +162,11 @@ class Objective:
             `[N]` sum_{t<H} gamma^t r_t + gamma^H V(s_H). Non-finite entries are left as they are;
             planners rank them with `rank_returns`.
 
+        A model with `rollout(state, actions, generator=) -> (visited [N*H], final [N])` (the
+        RSSM, `FusedRSSM`) is rolled out by it and the reward terms see all `N * H` visited
+        beliefs in one call; other models are stepped with `step` H times. Both give the same
+        returns (up to float summation order).
+
         Raises:
             ValueError: if `actions` is not `[N, H, A]` for this state and model.
         """
@@ -170,12 +175,24 @@ class Objective:
             raise ValueError(
                 f"Objective.returns: actions must be [N={n}, H, A={self.action_dim}]; got {tuple(actions.shape)}"
             )
-        total = torch.zeros(n, device=actions.device)
-        scale = 1.0
-        for t in range(actions.shape[1]):
-            state, r = self.step(state, actions[:, t], generator=generator)
-            total = total + scale * r
-            scale *= self.discount
+        h = actions.shape[1]
+        rollout = getattr(self.model, "rollout", None)
+        if callable(rollout) and h > 0:
+            # one batched reward call over all N * H visited beliefs (row n * H + t) instead of H
+            # small ones: a `[B, ...]` context expands to these rows correctly, since the rows of
+            # environment b are still one contiguous block
+            visited, state = rollout(state, actions, generator=generator)
+            r = self._reward(visited, actions.reshape(n * h, -1)).reshape(n, h)
+            weights = self.discount ** torch.arange(h, device=actions.device, dtype=r.dtype)
+            total = (r * weights).sum(dim=1)
+            scale = self.discount**h
+        else:
+            total = torch.zeros(n, device=actions.device)
+            scale = 1.0
+            for t in range(h):
+                state, r = self.step(state, actions[:, t], generator=generator)
+                total = total + scale * r
+                scale *= self.discount
         if self.value is not None:
             total = total + scale * self.bootstrap(state)
         return total

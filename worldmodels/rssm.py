@@ -328,6 +328,35 @@ class RSSMWorldModel(nn.Module):
         deter, mean, std = self._transition(state, action)
         return LatentState(deter, self._sample(mean, std, generator) if sample else mean)
 
+    def rollout(
+        self, state: LatentState, actions: Tensor, *, generator: torch.Generator | None = None,
+        sample: bool = True,
+    ) -> tuple[LatentState, LatentState]:
+        """Open-loop prior rollout of `H` steps, for `Objective.returns`.
+
+        Exactly `imagine_step` applied H times (the same random numbers drawn in the same order
+        from `generator`), with the visited beliefs stacked so that rewards can be computed for
+        all H steps in one batched call instead of H small ones.
+
+        Args:
+            state: `[N]` start beliefs.
+            actions: `[N, H, A]` action sequences.
+            generator: randomness of the stochastic states.
+            sample: False: prior means instead of samples (as `imagine_step`).
+
+        Returns:
+            `(visited, final)`: `visited` has `N * H` rows, row `n * H + t` the belief after
+            step t of sequence n (rows of one sequence adjacent); `final` is `[N]`, the belief
+            after the last step.
+        """
+        deters, stochs = [], []
+        for t in range(actions.shape[1]):
+            state = self.imagine_step(state, actions[:, t], generator=generator, sample=sample)
+            deters.append(state.deter)
+            stochs.append(state.stoch)
+        visited = LatentState(torch.stack(deters, 1).flatten(0, 1), torch.stack(stochs, 1).flatten(0, 1))
+        return visited, state
+
     def reward(self, state: LatentState) -> Tensor:
         """Predicted reward of arriving in `state`: `[B]`."""
         return self.reward_head(state.features()).squeeze(-1)

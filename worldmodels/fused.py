@@ -1,0 +1,193 @@
+"""A fused view of the RSSM's prior step for planning: fewer, larger kernels per imagined step.
+
+Planning over a learned model on a GPU is launch-bound: one PlaNet-sized prior step on 1,000
+candidates is a few small matrix products and a dozen elementwise kernels, each far below what
+the GPU could do in the time it takes to launch. `FusedRSSM` computes the same step with fewer
+kernels (and optionally lower-precision matrix products); it changes nothing in the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .rssm import RSSMWorldModel
+from .state import LatentState
+
+__all__ = ["FusedRSSM", "Precision"]
+
+Precision = Literal["fp32", "tf32", "bf16"]
+
+
+class FusedRSSM:
+    """The prior (imagination) step of an `RSSMWorldModel` with fused weights; a `WorldModel`.
+
+    Same function as `model.imagine_step` / `model.rollout`, computed differently:
+
+    - the GRU's input and hidden projections are one matrix product, `[x, h] @ W` with `W`
+      `[hidden + deter, 4 * deter]` holding the reset/update gates' summed projections and the
+      candidate's input and hidden parts side by side (PyTorch's `GRUCell` runs two products);
+    - in `rollout`, the action part of the pre-GRU layer is one product over all H steps
+      (`actions [N, H, A]` at once) and the per-step product sees only the stochastic state;
+    - `precision="bf16"` runs the matrix products in bfloat16 (inputs rounded, fp32 results);
+      `"tf32"` lets CUDA use TF32 tensor cores for them (no effect on CPU). The elementwise
+      parts stay in fp32.
+
+    Everything else (`observe`, `reward`, `decode`, `initial`, the action bounds, training)
+    is the wrapped model's: attribute access falls through to it. The fused weights are copies,
+    refreshed automatically when the model's parameters change (their version counters are
+    checked on every `imagine_step`/`rollout` call, and by `refresh()`, which a captured CUDA
+    graph's runner calls before each replay since a replay runs no Python).
+
+    Accuracy: in fp32 the results equal the model's up to float rounding (about 1e-6
+    relative; test). The effect of bf16/tf32 on plans is measured by
+    `benchmarks/plan_speed.py --accuracy` (docs/benchmarks.md).
+
+    Args:
+        model: the `RSSMWorldModel` to view.
+        precision: `"fp32"` (default), `"tf32"` or `"bf16"`.
+
+    Raises:
+        TypeError: `model` is not an `RSSMWorldModel`.
+        ValueError: unknown `precision`.
+
+    Source: the GRU of Cho et al. 2014 as PyTorch's `GRUCell` defines it
+    (r = σ(W_ir x + b_ir + W_hr h + b_hr), z likewise, n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),
+    h' = (1 − z) ⊙ n + z ⊙ h); PlaNet's RSSM (Hafner et al. 2019, Appendix A).
+    """
+
+    def __init__(self, model: RSSMWorldModel, *, precision: Precision = "fp32") -> None:
+        if not isinstance(model, RSSMWorldModel):
+            raise TypeError(f"FusedRSSM: expected an RSSMWorldModel; got {type(model).__name__}")
+        if precision not in ("fp32", "tf32", "bf16"):
+            raise ValueError(f"FusedRSSM: precision must be 'fp32', 'tf32' or 'bf16'; got {precision!r}")
+        self.model = model
+        self.precision = precision
+        self._key: tuple | None = None
+        self._w: dict[str, Tensor] = {}
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return f"FusedRSSM({type(self.model).__name__}, precision={self.precision!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("model", "_w", "_key", "precision"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    # ------------------------------------------------------------------ fused weights
+    def _params(self) -> list[Tensor]:
+        m = self.model
+        return [
+            m.pre_gru.weight, m.pre_gru.bias, m.gru.weight_ih, m.gru.weight_hh, m.gru.bias_ih, m.gru.bias_hh,
+            m.prior_hidden.weight, m.prior_hidden.bias, m.prior_out.weight, m.prior_out.bias,
+        ]
+
+    def refresh(self) -> bool:
+        """Rebuild the fused weights if the model's parameters changed (in place, so tensors a
+        captured graph reads stay valid). Returns True if they were rebuilt."""
+        params = self._params()
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        if key == self._key:
+            return False
+        m, c = self.model, self.model.config
+        d, s = c.deter, c.stoch
+        mm_dtype = torch.bfloat16 if self.precision == "bf16" else params[0].dtype
+        with torch.no_grad():
+            w_ih, w_hh = m.gru.weight_ih, m.gru.weight_hh  # [3D, in], [3D, D]: rows r, z, n
+            b_ih, b_hh = m.gru.bias_ih, m.gru.bias_hh
+            zeros_i = torch.zeros(d, w_ih.shape[1], device=w_ih.device, dtype=w_ih.dtype)
+            zeros_h = torch.zeros(d, d, device=w_hh.device, dtype=w_hh.dtype)
+            top = torch.cat([w_ih[: 2 * d], w_ih[2 * d:], zeros_i])  # input part: r, z, n_in, 0
+            bottom = torch.cat([w_hh[: 2 * d], zeros_h, w_hh[2 * d:]])  # hidden part: r, z, 0, n_h
+            new = {
+                "gru_w": torch.cat([top, bottom], dim=1).t().contiguous().to(mm_dtype),  # [in + D, 4D]
+                "gru_b": torch.cat([b_ih[: 2 * d] + b_hh[: 2 * d], b_ih[2 * d:], b_hh[2 * d:]]),
+                "pre_s": m.pre_gru.weight[:, :s].t().contiguous().to(mm_dtype),  # [S, hidden]
+                "pre_a": m.pre_gru.weight[:, s:].t().contiguous().to(mm_dtype),  # [A, hidden]
+                "pre_b": m.pre_gru.bias.clone(),
+                "ph_w": m.prior_hidden.weight.t().contiguous().to(mm_dtype),
+                "ph_b": m.prior_hidden.bias.clone(),
+                "po_w": m.prior_out.weight.t().contiguous().to(mm_dtype),
+                "po_b": m.prior_out.bias.clone(),
+            }
+            if self._w and all(self._w[k].shape == v.shape and self._w[k].dtype == v.dtype
+                               and self._w[k].device == v.device for k, v in new.items()):
+                for k, v in new.items():
+                    self._w[k].copy_(v)
+            else:
+                self._w = new
+        self._key = key
+        return True
+
+    @contextlib.contextmanager
+    def _matmul_precision(self) -> Iterator[None]:
+        if self.precision != "tf32":
+            yield
+            return
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
+    def _mm(self, x: Tensor, w: Tensor) -> Tensor:
+        if w.dtype == torch.bfloat16:
+            return (x.to(torch.bfloat16) @ w).float()
+        return x @ w
+
+    # ------------------------------------------------------------------ the step
+    def _step(self, stoch: Tensor, deter: Tensor, action_part: Tensor, eps: Tensor | None) -> tuple[Tensor, Tensor]:
+        w, c = self._w, self.model.config
+        d = c.deter
+        x = F.elu(action_part + self._mm(stoch, w["pre_s"]))
+        g = self._mm(torch.cat([x, deter], dim=-1), w["gru_w"]) + w["gru_b"]
+        rz = torch.sigmoid(g[:, : 2 * d])
+        r, z = rz[:, :d], rz[:, d:]
+        n = torch.tanh(g[:, 2 * d: 3 * d] + r * g[:, 3 * d:])
+        deter = (1.0 - z) * n + z * deter
+        out = self._mm(F.elu(self._mm(deter, w["ph_w"]) + w["ph_b"]), w["po_w"]) + w["po_b"]
+        mean, raw = out.chunk(2, dim=-1)
+        if eps is None:
+            return deter, mean
+        return deter, mean + (F.softplus(raw) + c.min_std) * eps
+
+    def _eps(self, like: Tensor, generator: torch.Generator | None, sample: bool) -> Tensor | None:
+        if not sample:
+            return None
+        return torch.randn(like.shape[0], self.model.config.stoch, generator=generator, device=like.device, dtype=like.dtype)
+
+    def imagine_step(
+        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
+    ) -> LatentState:
+        """Prior step, as `RSSMWorldModel.imagine_step` (same random numbers from `generator`):
+        `state [N]`, `action [N, A]` -> next belief `[N]`."""
+        self.refresh()
+        with self._matmul_precision():
+            action_part = self._mm(action, self._w["pre_a"]) + self._w["pre_b"]
+            deter, stoch = self._step(state.stoch, state.deter, action_part, self._eps(action, generator, sample))
+        return LatentState(deter, stoch)
+
+    def rollout(
+        self, state: LatentState, actions: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
+    ) -> tuple[LatentState, LatentState]:
+        """H prior steps, as `RSSMWorldModel.rollout`: `state [N]`, `actions [N, H, A]` ->
+        `(visited [N * H] (row n * H + t), final [N])`, with the same random numbers drawn in the
+        same order."""
+        self.refresh()
+        n, h, _ = actions.shape
+        deter, stoch = state.deter, state.stoch
+        deters, stochs = [], []
+        with self._matmul_precision():
+            action_part = (self._mm(actions.reshape(n * h, -1), self._w["pre_a"]) + self._w["pre_b"]).reshape(n, h, -1)
+            for t in range(h):
+                deter, stoch = self._step(stoch, deter, action_part[:, t], self._eps(actions, generator, sample))
+                deters.append(deter)
+                stochs.append(stoch)
+        visited = LatentState(torch.stack(deters, 1).flatten(0, 1), torch.stack(stochs, 1).flatten(0, 1))
+        return visited, LatentState(deter, stoch)
