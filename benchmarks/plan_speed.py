@@ -1,99 +1,277 @@
-"""Milliseconds per CEM decision, at PlaNet's settings and at the demo's, on CPU and (when present) CUDA.
+"""Milliseconds per planning decision: our planners in every compile mode, and peers, on the same weights.
 
-    python benchmarks/plan_speed.py                 # CPU, and CUDA if available
-    python benchmarks/plan_speed.py --devices cpu --repeats 5 --json out.json
+    python benchmarks/plan_speed.py                                # CUDA if present, else CPU (small sweep)
+    python benchmarks/plan_speed.py --devices cpu --batches 1 --repeats 5
+    python benchmarks/plan_speed.py --devices cuda --batches 1 16 64 --peers --accuracy
 
-Each row plans one decision for B environments with a freshly initialised RSSM of the stated size
-(the weights do not change the cost). Times are medians over `--repeats` decisions after
-`--warmup` decisions; on CUDA they are measured with CUDA events. The table goes to stdout and the
-rows to a JSON file (default `benchmarks/results/plan_speed.json`).
+Rows, all on one freshly initialised RSSM of PlaNet's size (GRU 200, stochastic 30, hidden 200;
+A = `--action-dim`, 6 as PlaNet's cheetah) whose weights every row shares (the weights do not
+change the cost):
+
+- our CEM at PlaNet's settings (H=12, I=10, J=1000, K=100) for B = `--batches` environments,
+  in each of `--modes`: `eager` (the plain loop), `static` (the capture-ready search without
+  capture), `cuda_graph` (captured once, replayed), `torch_compile`, and the same with the fused
+  RSSM step (`FusedRSSM`, fp32 / tf32 / bf16 matrix products);
+- our MPPI (`refit="mppi"`) at 10,000 samples x H=12, one iteration, B=1;
+- our gradient planner (H=12, 8 restarts, 10 Adam steps), B=1;
+- with `--peers`, and when they are installed: torchrl's `CEMPlanner` at PlaNet's settings and
+  pytorch_mppi's `MPPI` at 10,000 samples x 12, driven over the same model
+  (`benchmarks/peers.py`; never dependencies of latentplan).
+
+Times are medians over `--repeats` decisions after `--warmup` decisions (a capture happens in
+the first warm-up call). On CUDA they are measured with CUDA events around the whole `plan`
+call (Python included: that is the decision's latency); on the CPU with `time.perf_counter`.
+`--accuracy` compares each reduced-precision plan with the fp32 plan of the same seed: the
+return of the chosen first action (estimated by rolling out both plans' sequences 256 times
+under the fp32 model) and the distance between the first actions.
+
+Prints a table and writes the rows to `--json` (default benchmarks/results/plan_speed.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 import latentplan as lp
-from latentplan.config import demo_config
+from latentplan.worldmodels import FusedRSSM, LatentState
 
-PLANET = lp.CEMConfig()  # H=12, I=10, J=1000, K=100
-
-
-def _cases():
-    demo = demo_config()
-    return [
-        ("PlaNet CEM, PlaNet RSSM", lp.RSSMConfig(), PLANET, 1),
-        ("demo CEM, demo RSSM", demo.model, demo.planner, 1),
-        ("demo CEM, demo RSSM, B=16", demo.model, demo.planner, 16),
-    ]
+PLANET = lp.CEMConfig(horizon=12, iterations=10, candidates=1000, elites=100)
+MPPI_10K = lp.CEMConfig(horizon=12, iterations=1, candidates=10_000, elites=100, refit="mppi", temperature=1.0)
+GRADIENT = lp.GradientConfig(horizon=12, iterations=10, restarts=8, init="zeros")
 
 
-def measure(model_cfg: lp.RSSMConfig, cem_cfg: lp.CEMConfig, batch: int, device: str,
-            *, action_dim: int, repeats: int, warmup: int) -> list[float]:
-    """Wall-clock ms of `repeats` CEM decisions for `batch` beliefs on `device`."""
-    import dataclasses
+def device_name(device: str) -> str:
+    """A readable name of `device` (the GPU's model, or the CPU with its thread count)."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(model_cfg, obs_shape=(5,), action_dim=action_dim)
-    model = lp.RSSMWorldModel(cfg).to(device).eval()
-    cem = lp.CEM(cem_cfg)
-    state = model.initial(batch)
-    gen = torch.Generator(device=device).manual_seed(0)
-    times = []
-    for i in range(warmup + repeats):
+
+def time_ms(fn: Callable[[], object], device: str, *, repeats: int, warmup: int) -> list[float]:
+    """Milliseconds of each of `repeats` calls of `fn` after `warmup` calls; CUDA events on CUDA."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
         if device.startswith("cuda"):
+            torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            cem.plan(lp.Objective(model), state, generator=gen)
+            fn()
             end.record()
             torch.cuda.synchronize()
-            ms = start.elapsed_time(end)
+            out.append(start.elapsed_time(end))
         else:
             t0 = time.perf_counter()
-            cem.plan(lp.Objective(model), state, generator=gen)
-            ms = (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            times.append(ms)
-    return times
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def make_model(action_dim: int, device: str, seed: int = 0) -> lp.RSSMWorldModel:
+    """PlaNet's RSSM with vector observations, freshly initialised from `seed`, in eval mode."""
+    torch.manual_seed(seed)
+    cfg = dataclasses.replace(lp.RSSMConfig(), obs_shape=(5,), action_dim=action_dim)
+    return lp.RSSMWorldModel(cfg).to(device).eval()
+
+
+def beliefs(model: lp.RSSMWorldModel, batch: int, seed: int = 1) -> LatentState:
+    """`[batch]` random beliefs (the cost does not depend on them)."""
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    return LatentState(torch.randn(batch, c.deter, generator=g), torch.randn(batch, c.stoch, generator=g)).to(model.device)
+
+
+MODES = {
+    # label: (compile mode, fused-model precision or None)
+    "eager": ("eager", None),
+    "static": ("static", None),
+    "cuda_graph": ("cuda_graph", None),
+    "torch_compile": ("torch_compile", None),
+    "fused eager": ("eager", "fp32"),
+    "fused cuda_graph": ("cuda_graph", "fp32"),
+    "fused cuda_graph tf32": ("cuda_graph", "tf32"),
+    "fused cuda_graph bf16": ("cuda_graph", "bf16"),
+    "fused static bf16": ("static", "bf16"),
+}
+
+
+def _planner_model(model: lp.RSSMWorldModel, precision: str | None):
+    return model if precision is None else FusedRSSM(model, precision=precision)
+
+
+def run_ours(model, device, args, rows) -> None:
+    """Time our CEM (every mode, every B), MPPI 10k x 12 and the gradient planner."""
+    name = device_name(device)
+    cuda = device.startswith("cuda")
+    modes = [m for m in args.modes if cuda or MODES[m][0] != "cuda_graph"]
+    jobs = []
+    for b in args.batches:
+        for label in modes:
+            jobs.append(("CEM (PlaNet)", PLANET, label, b))
+    for label in [m for m in modes if MODES[m][0] in ("eager", "cuda_graph") and MODES[m][1] in (None, "fp32")]:
+        jobs.append(("MPPI 10k x 12", MPPI_10K, label, 1))
+        jobs.append(("gradient (R8, 10 steps)", GRADIENT, label, 1))
+    for planner_name, cfg, label, b in jobs:
+        mode, precision = MODES[label]
+        pm = _planner_model(model, precision)
+        state = beliefs(model, b)
+        if isinstance(cfg, lp.GradientConfig):
+            planner = lp.GradientPlanner(dataclasses.replace(cfg, compile=mode))
+            evals = cfg.model_evals
+        else:
+            planner = lp.CEM(dataclasses.replace(cfg, compile=mode))
+            evals = cfg.model_evals
+        gen = torch.Generator(device=device).manual_seed(0)
+        objective = lp.Objective(pm)  # built once: a new Objective per call would also reuse the capture
+
+        def decide() -> None:
+            planner.plan(objective, state, generator=gen)
+
+        t0 = time.perf_counter()
+        times = time_ms(decide, device, repeats=args.repeats, warmup=args.warmup)
+        med = statistics.median(times)
+        row = {
+            "device": name, "planner": planner_name, "mode": label, "batch": b, "model_evals_per_env": evals,
+            "ms_median": med, "ms_per_env_decision": med / b, "ms_all": times,
+            "wall_s": time.perf_counter() - t0,
+        }
+        rows.append(row)
+        _print_row(row)
+
+
+def run_peers(model, device, args, rows) -> None:
+    """Time torchrl's CEMPlanner and pytorch_mppi's MPPI over the same model, when installed."""
+    try:
+        import peers  # benchmarks/peers.py, next to this script
+    except ImportError:
+        print("(benchmarks/peers.py not found: peers skipped)")
+        return
+    name = device_name(device)
+    state = beliefs(model, 1)
+    made = [
+        ("torchrl CEMPlanner (PlaNet)", PLANET.model_evals,
+         lambda: peers.torchrl_cem(model, horizon=12, iterations=10, candidates=1000, elites=100, device=device)),
+        ("pytorch_mppi MPPI 10k x 12", MPPI_10K.model_evals,
+         lambda: peers.pytorch_mppi(model, samples=10_000, horizon=12, device=device)),
+    ]
+    for label, evals, make in made:
+        try:
+            peer = make()
+        except Exception as e:  # a peer's API drift must not stop our rows
+            print(f"({label}: {type(e).__name__}: {e})")
+            continue
+        if peer is None:
+            print(f"({label}: not installed, skipped)")
+            continue
+        decide, version = peer
+        times = time_ms(lambda: decide(state), device, repeats=args.repeats, warmup=args.warmup)
+        med = statistics.median(times)
+        row = {"device": name, "planner": label, "mode": version, "batch": 1, "model_evals_per_env": evals,
+               "ms_median": med, "ms_per_env_decision": med, "ms_all": times}
+        rows.append(row)
+        _print_row(row)
+
+
+def run_accuracy(model, device, args) -> list[dict]:
+    """Reduced-precision plans against the fp32 plan of the same seed (see the module docstring)."""
+    name = device_name(device)
+    cuda = device.startswith("cuda")
+    precisions = ["fp32", "tf32", "bf16"] if cuda else ["fp32", "bf16"]
+    mode = "cuda_graph" if cuda else "eager"
+    cfg = dataclasses.replace(PLANET, compile="eager")
+    out = []
+    n_states = args.accuracy_states
+    state = beliefs(model, n_states, seed=7)
+    ref = lp.CEM(cfg).plan(lp.Objective(model), state, generator=torch.Generator(device=device).manual_seed(0))
+    judge = lp.Objective(model)
+
+    def mean_return(actions: torch.Tensor) -> torch.Tensor:
+        k = 256
+        g = torch.Generator(device=device).manual_seed(123)
+        with torch.no_grad():
+            r = judge.returns(state.expand(k), actions.repeat_interleave(k, dim=0), generator=g)
+        return r.reshape(n_states, k).mean(dim=1)
+
+    r_ref = mean_return(ref.actions)
+    for p in precisions:
+        planner = lp.CEM(dataclasses.replace(PLANET, compile=mode if p != "fp32" or cuda else "eager"))
+        plan = planner.plan(lp.Objective(FusedRSSM(model, precision=p)), state,
+                            generator=torch.Generator(device=device).manual_seed(0))
+        r = mean_return(plan.actions)
+        rel = ((r - r_ref).abs() / r_ref.abs().clamp_min(1e-6)).cpu()
+        row = {
+            "device": name, "precision": p, "mode": mode, "states": n_states,
+            "return_fp32_plan": r_ref.mean().item(), "return_plan": r.mean().item(),
+            "rel_return_diff_max": rel.max().item(), "rel_return_diff_median": rel.median().item(),
+            "first_action_diff_max": (plan.actions[:, 0] - ref.actions[:, 0]).abs().max().item(),
+        }
+        out.append(row)
+        print(f"{name:<34} fused {p:<5} ({mode:<10}) return {row['return_plan']:9.3f} vs fp32 eager "
+              f"{row['return_fp32_plan']:9.3f}; |Δreturn| max {row['rel_return_diff_max']:.2%}, median "
+              f"{row['rel_return_diff_median']:.2%}; |Δa0| max {row['first_action_diff_max']:.3f}")
+    return out
+
+
+def _print_row(row: dict) -> None:
+    print(f"{row['device']:<34} {row['planner']:<28} {row['mode']:<24} {row['batch']:>3} "
+          f"{row['ms_median']:>11.2f} {row['ms_per_env_decision']:>14.3f}", flush=True)
 
 
 def main() -> None:
-    """Parse flags, run every case on every device, print the table, write the JSON."""
+    """Parse flags, time every row on every device, print the table, write the JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--devices", nargs="*", default=None, help="default: cpu, plus cuda if available")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--action-dim", type=int, default=1, help="A (cartpole: 1; PlaNet's cheetah: 6)")
+    p.add_argument("--devices", nargs="*", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--batches", nargs="*", type=int, default=None, help="B values (default: 1 16 64 on CUDA, 1 on CPU)")
+    p.add_argument("--modes", nargs="*", default=None, choices=list(MODES),
+                   help="default on CUDA: eager, cuda_graph, torch_compile, the fused graph modes; on CPU: eager, static, fused eager")
+    p.add_argument("--repeats", type=int, default=None, help="default 30 on CUDA, 5 on CPU")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--action-dim", type=int, default=6, help="A (PlaNet's cheetah: 6; cartpole: 1)")
+    p.add_argument("--peers", action="store_true", help="also time torchrl's CEMPlanner and pytorch_mppi when installed")
+    p.add_argument("--accuracy", action="store_true", help="compare fused tf32/bf16 plans with fp32 plans")
+    p.add_argument("--accuracy-states", type=int, default=16)
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "plan_speed.json"))
     args = p.parse_args()
-    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    rows = []
-    header = f"{'device':<28} {'case':<28} {'B':>3} {'H·I·J':>8} {'ms/decision':>12} {'ms/env-decision':>16}"
-    print(header)
-    print("-" * len(header))
+    devices = args.devices or (["cuda"] if torch.cuda.is_available() else ["cpu"])
+    rows: list[dict] = []
+    accuracy: list[dict] = []
+    header = f"{'device':<34} {'planner':<28} {'mode':<24} {'B':>3} {'ms/decision':>11} {'ms/env-decision':>14}"
     for dev in devices:
-        name = torch.cuda.get_device_name(dev) if dev.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
-        for label, mcfg, ccfg, batch in _cases():
-            times = measure(mcfg, ccfg, batch, dev, action_dim=args.action_dim, repeats=args.repeats, warmup=args.warmup)
-            med = statistics.median(times)
-            rows.append({
-                "device": name, "case": label, "batch": batch, "model_evals_per_env": ccfg.model_evals,
-                "deter": mcfg.deter, "hidden": mcfg.hidden, "stoch": mcfg.stoch, "action_dim": args.action_dim,
-                "horizon": ccfg.horizon, "iterations": ccfg.iterations, "candidates": ccfg.candidates,
-                "elites": ccfg.elites, "ms_median": med, "ms_all": times, "ms_per_env_decision": med / batch,
-            })
-            print(f"{name:<28} {label:<28} {batch:>3} {ccfg.model_evals:>8} {med:>12.1f} {med / batch:>16.2f}")
+        cuda = dev.startswith("cuda")
+        run_args = argparse.Namespace(**vars(args))
+        run_args.batches = args.batches or ([1, 16, 64] if cuda else [1])
+        run_args.modes = args.modes or (
+            ["eager", "cuda_graph", "torch_compile", "fused cuda_graph", "fused cuda_graph tf32", "fused cuda_graph bf16"]
+            if cuda else ["eager", "static", "fused eager"]
+        )
+        run_args.repeats = args.repeats or (30 if cuda else 5)
+        model = make_model(args.action_dim, dev)
+        print(header)
+        print("-" * len(header))
+        run_ours(model, dev, run_args, rows)
+        if args.peers:
+            run_peers(model, dev, run_args, rows)
+        if args.accuracy:
+            accuracy += run_accuracy(model, dev, run_args)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    meta = {
+        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "action_dim": args.action_dim, "rssm": "PlaNet (deter 200, stoch 30, hidden 200)",
+        "cem": "H=12 I=10 J=1000 K=100", "mppi": "10,000 samples x H=12, 1 iteration",
+        "gradient": "H=12, 8 restarts, 10 Adam steps",
+    }
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "accuracy": accuracy}, indent=2))
     print(f"\nwrote {out}")
 
 

@@ -1,0 +1,298 @@
+"""Other libraries' planners driven over a latentplan world model, for `plan_speed.py` to time them in
+the same run (same model, same device, same budget) as our planners.
+
+    import peers                                  # benchmarks/ is on sys.path when run as a script
+    adapter = peers.torchrl_cem(model, horizon=12, iterations=10, candidates=1000, elites=100, device="cpu")
+    if adapter is not None:
+        decide, version = adapter
+        first_actions = decide(state)             # [B, A]
+
+Each adapter returns `(decide, version)` or None when the peer is not installed. `decide(state)`
+plans one decision, from a cold start, for each of the B beliefs of `state` and returns the first
+actions `[B, A]`; `version` names the peer's release (for the benchmark's table). The objective is
+the one of `lp.Objective(model)` with its defaults: the undiscounted sum over H imagined prior steps
+of `model.reward` of each step's next belief. Both peers draw their noise, and the model its latent
+samples, from torch's global generator: seed with `torch.manual_seed` for repeatable decisions.
+
+The peers are never dependencies of latentplan: they are imported inside the adapters only. A peer
+that is installed but cannot be imported (e.g. a wheel built for another torch) gives a
+`RuntimeWarning` naming the error, and None.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from latentplan.worldmodels.state import LatentState, WorldModel
+
+__all__ = ["Decide", "torchrl_cem", "pytorch_mppi"]
+
+Decide = Callable[[LatentState], Tensor]
+"""`decide(state [B]) -> first actions [B, A]`: one planning decision per belief."""
+
+
+def torchrl_cem(
+    model: WorldModel, *, horizon: int, iterations: int, candidates: int, elites: int, device: torch.device | str,
+) -> tuple[Decide, str] | None:
+    """TorchRL's `CEMPlanner` over `model`: the cross-entropy method of PlaNet run by another library.
+
+    Written against torchrl 0.14.1 with tensordict 0.14.3 (the versions it was tested with, on torch
+    2.13.0+cpu; torchrl 0.14.1 needs tensordict < 0.15). There, torchrl's compiled extension does
+    not load (an undefined torch symbol), but only its prioritized replay buffers use it: the
+    planner and the environments are pure Python.
+
+    The world model is wrapped as a `torchrl.envs.model_based.ModelBasedEnvBase` whose only
+    observation (and state) is the latent `"latent"` `[..., D + S]`, the concatenation
+    `[deter, stoch]`; a step runs `model.imagine_step` (a prior step that samples z) on the split
+    latent and returns `model.reward` of the next belief as `("next", "reward")` `[..., 1]`. It
+    never terminates; like torchrl's own `DreamerEnv` it says so (`any_done` is False and
+    `maybe_reset` is a no-op), so rollouts do not test `done` after every step.
+
+    TorchRL's CEM starts every call from mean 0 and std 1 (cold start), samples `candidates`
+    sequences clipped to `[model.action_low, model.action_high]`, runs `iterations` refits to the
+    `elites` best by return and returns the final mean's first action: the algorithm of
+    `lp.CEM(CEMConfig(horizon, iterations, candidates, elites))` with its defaults, except that
+    torchrl's elite std has Bessel's correction (ours divides by K).
+
+    Args:
+        model: any `WorldModel`; it must already live on `device` (torchrl would otherwise move it).
+        horizon: H, planning steps.
+        iterations: refits of the sampling distribution (torchrl's `optim_steps`).
+        candidates: J, sequences per iteration and belief (`num_candidates`).
+        elites: K, sequences the distribution is refitted to (`top_k`).
+        device: where the planner runs.
+
+    Returns:
+        `(decide, version)`, or None if torchrl (or tensordict) is not installed. `decide(state)`
+        takes `state [B]` and returns the first actions `[B, A]` of one cold-start CEM call. All
+        B beliefs are planned in one call (CEMPlanner plans over any TensorDict batch: every
+        iteration rolls out `[B, J]` candidates), under `torch.no_grad()`. What it measures:
+        torchrl's planner with its TensorDict rollout machinery (a TensorDict is cloned, stepped
+        and stacked for every imagined step) around the same model calls as our CEM.
+        `version` is e.g. `"torchrl 0.14.1 (tensordict 0.14.3)"`.
+
+    Raises:
+        ValueError: if `model` is not on `device`.
+    """
+    try:
+        import tensordict
+        import torchrl
+        from tensordict import TensorDict
+        from tensordict.nn import TensorDictModule
+        from torchrl.data import Bounded, Composite, Unbounded
+        from torchrl.envs.model_based import ModelBasedEnvBase
+        from torchrl.modules.planners import CEMPlanner
+    except ImportError as exc:
+        return _unavailable("torchrl", exc)
+
+    device = torch.device(device)
+    _check_device(model, device, "torchrl_cem")
+    deter_dim, latent_dim = _latent_dims(model)
+    low, high = model.action_low.to(device), model.action_high.to(device)
+
+    class LatentEnv(ModelBasedEnvBase):
+        """The world model as a batch-unlocked torchrl environment over `"latent"` `[..., D + S]`."""
+
+        def __init__(self) -> None:
+            step = TensorDictModule(
+                _LatentStep(model, deter_dim), in_keys=["latent", "action"], out_keys=["latent", "reward"]
+            )
+            super().__init__(step, device=device)
+            self.observation_spec = Composite(latent=Unbounded((latent_dim,), device=device))
+            self.state_spec = Composite(latent=Unbounded((latent_dim,), device=device))
+            self.action_spec = Bounded(low=low, high=high, shape=low.shape, device=device)
+            self.reward_spec = Unbounded((1,), device=device)
+
+        def _reset(self, tensordict=None, **kwargs):
+            # not used by the planner (it rolls out from the given beliefs): the prior belief
+            shape = tensordict.batch_size if tensordict is not None else self.batch_size
+            start = model.initial(1).features()[0].to(device).expand(*shape, latent_dim)
+            return TensorDict({"latent": start.clone()}, batch_size=shape, device=device)
+
+        def any_done(self, tensordict) -> bool:
+            return False
+
+        def maybe_reset(self, tensordict):
+            return tensordict
+
+    planner = CEMPlanner(
+        LatentEnv(), planning_horizon=horizon, optim_steps=iterations, num_candidates=candidates, top_k=elites,
+    )
+
+    def decide(state: LatentState) -> Tensor:
+        batch = TensorDict({"latent": state.features().to(device)}, batch_size=[state.batch], device=device)
+        with torch.no_grad():
+            return planner(batch).get("action")
+
+    return decide, f"torchrl {torchrl.__version__} (tensordict {tensordict.__version__})"
+
+
+def pytorch_mppi(
+    model: WorldModel, *, samples: int, horizon: int, device: torch.device | str,
+    lambda_: float = 1.0, noise_sigma: float = 1.0, batched: bool = False,
+) -> tuple[Decide, str] | None:
+    """`pytorch_mppi.MPPI` (the `pytorch-mppi` package) over `model`: one MPPI update per decision.
+
+    Written against pytorch-mppi 0.9.1 (with arm-pytorch-utilities 0.5.0), the version it was
+    tested with.
+
+    The controller's state is the latent `[deter, stoch]` `[K, D + S]`; `dynamics(latent, action)`
+    is `model.imagine_step` (a prior step that samples z) on the split latent, and
+    `running_cost(next_latent, action)` is `-model.reward(next belief)`, so the rollout cost is
+    minus the return of `lp.Objective(model)`. MPPI adds its own perturbation cost
+    `lambda_ * U^T Sigma^-1 eps` (Williams et al. 2017, Algorithm 2; zero at the cold start below,
+    where U = 0) and makes a single weighted
+    update of the nominal sequence U from `samples` rollouts; the first action of the updated U is
+    the decision. Sampled sequences are clipped to `[model.action_low, model.action_high]`, so the
+    decision (a convex combination of them) lies within the bounds.
+
+    Cold start: before every decision the nominal sequence is set to zeros `[H, A]` (the first
+    mean of our CEM) and `command` is called with `shift_nominal_trajectory=False`, so each
+    decision is one MPPI iteration from the same start, comparable to one cold-start planner call
+    (`MPPI.reset()` would instead draw a random nominal sequence, and `command`'s default shift
+    would carry the previous decision's plan over).
+
+    Args:
+        model: any `WorldModel` on `device`.
+        samples: K, sampled action sequences per belief (`num_samples`).
+        horizon: H, planning steps.
+        device: where the controller runs.
+        lambda_: MPPI's temperature λ.
+        noise_sigma: standard deviation of the action noise in every action dimension; the
+            controller's covariance (pytorch_mppi's `noise_sigma`) is `noise_sigma**2 * I`.
+        batched: False (default): one `MPPI` controller, called once per belief (B `command`
+            calls of K rollouts each). True: `MPPI_Batched` (in pytorch-mppi 0.9.1), one call with
+            `B * K` rollouts per model step, whose K noise sequences are shared by all B beliefs.
+            Its controller is built on the first call for each B (which also draws a random
+            nominal sequence, then replaced by zeros, from the global generator).
+
+    Returns:
+        `(decide, version)`, or None if pytorch_mppi is not installed. `decide(state)` takes
+        `state [B]` and returns the first actions `[B, A]`, computed under `torch.no_grad()`.
+        What it measures: B cold-start MPPI iterations of K * H model steps each, with
+        pytorch_mppi's own sampling and weighting. `version` is e.g. `"pytorch-mppi 0.9.1"`.
+
+    Raises:
+        ValueError: if `model` is not on `device`.
+        RuntimeError: `batched=True` with a pytorch-mppi that has no `MPPI_Batched`.
+    """
+    try:
+        import pytorch_mppi as pm
+    except ImportError as exc:
+        return _unavailable("pytorch-mppi", exc)
+
+    device = torch.device(device)
+    _check_device(model, device, "pytorch_mppi")
+    deter_dim, latent_dim = _latent_dims(model)
+    step = _LatentStep(model, deter_dim)
+    low, high = model.action_low.to(device), model.action_high.to(device)
+    a = low.shape[0]
+    cov = torch.eye(a, device=device) * float(noise_sigma) ** 2
+    version = f"pytorch-mppi {_dist_version('pytorch-mppi') or '(unknown version)'}"
+
+    def dynamics(latent: Tensor, action: Tensor) -> Tensor:
+        return step.transition(latent, action)
+
+    def running_cost(latent: Tensor, action: Tensor) -> Tensor:
+        return -step.reward(latent)
+
+    options = dict(num_samples=samples, horizon=horizon, device=device, lambda_=lambda_, u_min=low, u_max=high)
+    if not batched:
+        ctrl = pm.MPPI(
+            dynamics, running_cost, latent_dim, cov, U_init=torch.zeros(horizon, a, device=device), **options
+        )
+
+        def decide(state: LatentState) -> Tensor:
+            latents = state.features().to(device)
+            actions = []
+            with torch.no_grad():
+                for latent in latents:
+                    ctrl.U = torch.zeros(horizon, a, device=device)
+                    actions.append(ctrl.command(latent, shift_nominal_trajectory=False).reshape(a))
+            return torch.stack(actions)
+
+        return decide, version
+
+    if not hasattr(pm, "MPPI_Batched"):
+        raise RuntimeError(f"pytorch_mppi(batched=True): {version} has no MPPI_Batched (0.9.1 has it)")
+    controllers: dict[int, object] = {}  # MPPI_Batched fixes the number of beliefs at construction
+
+    def decide_batched(state: LatentState) -> Tensor:
+        b = state.batch
+        if b not in controllers:
+            controllers[b] = pm.MPPI_Batched(dynamics, running_cost, latent_dim, cov, num_envs=b, **options)
+        ctrl = controllers[b]
+        ctrl.U = torch.zeros(b, horizon, a, device=device)
+        with torch.no_grad():
+            return ctrl.command(state.features().to(device), shift_nominal_trajectory=False).reshape(b, a)
+
+    return decide_batched, version + " (MPPI_Batched)"
+
+
+class _LatentStep(nn.Module):
+    """The world model on the concatenated latent `[..., D + S]` (any leading dimensions).
+
+    `forward(latent, action [..., A]) -> (next latent [..., D + S], reward [..., 1])`: one prior
+    step (`imagine_step`, sampling z from torch's global generator) and the model's reward of the
+    next belief. `transition` and `reward` are the two halves.
+    """
+
+    def __init__(self, model: WorldModel, deter_dim: int) -> None:
+        super().__init__()
+        self.model = model
+        self.deter_dim = deter_dim
+
+    def _belief(self, latent: Tensor) -> LatentState:
+        flat = latent.reshape(-1, latent.shape[-1])
+        return LatentState(flat[:, : self.deter_dim], flat[:, self.deter_dim :])
+
+    def transition(self, latent: Tensor, action: Tensor) -> Tensor:
+        """`latent [..., D + S]`, `action [..., A]` -> next latent `[..., D + S]`."""
+        nxt = self.model.imagine_step(self._belief(latent), action.reshape(-1, action.shape[-1]))
+        return nxt.features().reshape(latent.shape)
+
+    def reward(self, latent: Tensor) -> Tensor:
+        """`latent [..., D + S]` -> `model.reward` `[...]`."""
+        return self.model.reward(self._belief(latent)).reshape(latent.shape[:-1])
+
+    def forward(self, latent: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        nxt = self.transition(latent, action)
+        return nxt, self.reward(nxt).unsqueeze(-1)
+
+
+def _latent_dims(model: WorldModel) -> tuple[int, int]:
+    """`(D, D + S)` of the model's beliefs."""
+    probe = model.initial(1)
+    return probe.deter.shape[1], probe.deter.shape[1] + probe.stoch.shape[1]
+
+
+def _check_device(model: WorldModel, device: torch.device, fn: str) -> None:
+    have = model.action_low.device
+    if (have.type, have.index or 0) != (device.type, device.index or 0):
+        raise ValueError(f"peers.{fn}: the model is on {have} but device is {device}; move the model first")
+
+
+def _dist_version(dist: str) -> str | None:
+    """The installed version of the distribution `dist` (a pip name), or None if it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _unavailable(dist: str, exc: ImportError) -> None:
+    """The adapters' None for a peer that cannot be imported; warns unless it is simply not installed."""
+    installed = _dist_version(dist)
+    if installed is not None:
+        warnings.warn(
+            f"benchmarks.peers: {dist} {installed} is installed but cannot be imported with torch "
+            f"{torch.__version__} ({type(exc).__name__}: {exc}); it is left out",
+            RuntimeWarning, stacklevel=3,
+        )
+    return None
