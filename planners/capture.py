@@ -92,7 +92,8 @@ class no_host_sync(TorchFunctionMode):
 
     Flags reading a tensor's value on the host (`.item()`, `bool()`, `int()`, `float()`,
     `.tolist()`, `.cpu()`, `.numpy()`, `torch.equal`/`allclose`), operations whose output shape
-    depends on values (`nonzero`, `masked_select`, `unique`, indexing with a boolean mask), and
+    depends on values (`nonzero`, `masked_select`, `unique`, indexing with a boolean mask),
+    indexed assignment of a Python value (`x[0] = 1.0` copies a CPU scalar to the device), and
     copies to the CPU (`.to("cpu")`). Works on any device (it intercepts the calls through
     `torch.overrides.TorchFunctionMode`), so a test on a CPU-only machine proves a loop would
     not stall a GPU; on CUDA, `torch.cuda.set_sync_debug_mode("error")` is the runtime check.
@@ -110,6 +111,12 @@ class no_host_sync(TorchFunctionMode):
             raise HostSyncError(f"host synchronisation inside a capture-ready loop: {name}")
         if name == "__getitem__" and len(args) > 1 and _has_bool_mask(args[1]):
             raise HostSyncError("host synchronisation inside a capture-ready loop: indexing with a boolean mask")
+        if name == "__setitem__" and len(args) > 2 and (_has_bool_mask(args[1]) or not isinstance(args[2], Tensor)):
+            # x[i] = 1.0 copies a CPU scalar to the device: a host sync on CUDA, an error in a capture
+            raise HostSyncError(
+                "host synchronisation inside a capture-ready loop: indexed assignment of a Python value "
+                "(or through a boolean mask); use torch.where / clamp / a device tensor"
+            )
         if name == "to" and args and isinstance(args[0], Tensor) and args[0].device.type != "cpu":
             target = kwargs.get("device", args[1] if len(args) > 1 else None)
             if isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu":
@@ -137,18 +144,30 @@ def _term_key(term: Any) -> Any:
     return ("callable", id(term))
 
 
-def _value_key(v: Any) -> Any:
+def _value_key(name: str, v: Any) -> Any:
     if isinstance(v, Tensor):
         return ("tensor", tuple(v.shape), v.dtype, v.device)
-    return ("value", type(v).__name__, repr(v))
+    if v is None or isinstance(v, (bool, int, float, complex, str)):
+        return ("value", type(v).__name__, v)
+    raise ValueError(
+        f"captured planning: context[{name!r}] is a {type(v).__name__}; a captured graph can only take "
+        "tensors (copied into static buffers each call) and plain numbers or strings (part of the "
+        "capture's key) as context values"
+    )
 
 
 def objective_key(objective: Objective) -> tuple:
     """What a captured search depends on besides its tensor inputs: the model and value objects,
     the reward terms' structure (user terms by identity, learned and scaled/summed terms by
     structure, so `0.5 * learned_reward()` built anew each call is the same key), the discount,
-    and the context's keys with tensor shapes or plain values."""
-    ctx = tuple(sorted((k, _value_key(v)) for k, v in objective.context.values.items()))
+    and the context's keys with tensor shapes or plain values (a plain number is part of the key:
+    one that changes every call recaptures every call; pass it as a 0-dim tensor instead).
+
+    Raises:
+        ValueError: a context value is neither a tensor nor a plain number/string (e.g. a list
+            of tensors), which a captured graph could not refresh.
+    """
+    ctx = tuple(sorted((k, _value_key(k, v)) for k, v in objective.context.values.items()))
     return (
         id(objective.model), tuple(_term_key(t) for t in objective.rewards), objective.discount,
         id(objective.value), ctx, objective.context.batch,
@@ -217,6 +236,8 @@ class CapturedSearch:
         self.refresh = refresh
         self.static = {k: v.detach().clone() for k, v in inputs.items()}
         self.graph: Any = None
+        self.counts: dict[str, int] = {}  # Python-side facts of the search (iterations, model_evals)
+        self.keepalive: tuple = ()  # objects the capture reads that its key names only by id()
         self._out: dict[str, Tensor] | None = None
         self._fn = fn
         if mode == "torch_compile":
@@ -225,24 +246,29 @@ class CapturedSearch:
             self._capture(fn, generator)
 
     def _capture(self, fn: Callable, generator: torch.Generator | None) -> None:
-        device = next(iter(self.static.values())).device
-        gen = generator if generator is not None else torch.cuda.default_generators[device.index or 0]
-        saved = gen.get_state()
-        if self.refresh is not None:
-            self.refresh()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn(self.static)
-        torch.cuda.current_stream(device).wait_stream(side)
-        gen.set_state(saved)
-        self.graph = torch.cuda.CUDAGraph()
-        if generator is not None:
-            self.graph.register_generator_state(generator)
-        with torch.cuda.graph(self.graph):
-            self._out = fn(self.static)
-        gen.set_state(saved)
+        self.device = device = next(iter(self.static.values())).device
+        with torch.cuda.device(device):  # the graph, its stream and the default generator of *this* GPU
+            gen = generator if generator is not None else torch.cuda.default_generators[torch.cuda.current_device()]
+            saved = gen.get_state()
+            try:
+                if self.refresh is not None:
+                    self.refresh()
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    for _ in range(2):  # lazy initialisations (cuBLAS/cuFFT plans, optimiser state) happen here
+                        fn(self.static)
+                torch.cuda.current_stream(device).wait_stream(side)
+                gen.set_state(saved)
+                self.graph = torch.cuda.CUDAGraph()
+                if generator is not None:
+                    self.graph.register_generator_state(generator)
+                # thread_local: a controller captures in its planning thread while the main thread
+                # keeps filtering observations
+                with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device), capture_error_mode="thread_local"):
+                    self._out = fn(self.static)
+            finally:
+                gen.set_state(saved)  # capturing consumes no randomness, even when it fails
 
     def __call__(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         for k, v in inputs.items():
@@ -250,7 +276,8 @@ class CapturedSearch:
         if self.refresh is not None:
             self.refresh()
         if self.graph is not None:
-            self.graph.replay()
+            with torch.cuda.device(self.device):
+                self.graph.replay()
             out = self._out
         else:
             out = self._fn(self.static)

@@ -72,15 +72,16 @@ def colored_noise(
     *lead, h, a = size
     n = 2 * h  # generate twice the horizon and keep the first half: no wrap-around correlation
     nf = n // 2 + 1
-    freqs = torch.fft.rfftfreq(n, device=device)
-    freqs[0] = 1.0 / n
+    # the zero frequency gets the lowest non-zero one's power (every other frequency is >= 1/n);
+    # built without indexed assignment, which would copy a CPU scalar to the device (a host sync
+    # on CUDA, and an error inside a graph capture)
+    freqs = torch.fft.rfftfreq(n, device=device).clamp_min(1.0 / n)
     scale = freqs ** (-beta / 2.0)
     # weight of each coefficient in the time-domain variance: 2 for the real-valued zero and
     # Nyquist coefficients (real part of variance 2 s^2, counted once), 4 for the others
     # (variance s^2 in each of the real and imaginary parts, mirrored at -f)
-    real_only = torch.zeros(nf, dtype=torch.bool, device=device)
-    real_only[0] = True
-    real_only[-1] = True  # n is even: the Nyquist coefficient is real
+    k = torch.arange(nf, device=device)
+    real_only = (k == 0) | (k == nf - 1)  # n is even: the Nyquist coefficient is real too
     weight = torch.where(real_only, 2.0, 4.0)
     std = torch.sqrt((weight * scale**2).sum()) / n
     re = torch.randn((*lead, a, nf), generator=generator, device=device)
@@ -390,6 +391,7 @@ class CEM:
             refresh = getattr(obj.model, "refresh", None)
             runner = CapturedSearch(search, inputs, mode, generator=generator, refresh=refresh)
             runner.counts = counts  # fixed by the settings: all iterations run
+            runner.keepalive = (self.proposal,)  # its id() is in the key: it must not be freed and reused
             return runner, static_obj
 
         runner, static_obj = self._cache.get(key, build)

@@ -115,9 +115,19 @@ def _callable_name(fn: object) -> str:
 
 
 # --------------------------------------------------------------------------- context
+def _recording() -> bool:
+    """True while a CUDA graph is being captured or `torch.compile` is tracing: then nothing may
+    be served from a Python-side cache, since a replay (or the compiled code) runs no Python and
+    must recompute it from the static buffers."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _versions(*tensors: Tensor) -> tuple[int, ...] | None:
-    """In-place modification counters of `tensors`; None if one cannot tell (inference tensors)."""
-    if any(t.is_inference() for t in tensors):
+    """In-place modification counters of `tensors`; None if one cannot tell (inference tensors),
+    or while a graph is recorded (`_recording`): None disables the caches that use them."""
+    if _recording() or any(t.is_inference() for t in tensors):
         return None
     return tuple(t._version for t in tensors)
 

@@ -293,3 +293,40 @@ def test_a_failed_auto_capture_falls_back_to_the_eager_loop_and_an_explicit_one_
     assert "boom" in cache.failed
     # later calls of that planner resolve "auto" to the eager loop without trying again
     assert resolve_compile("auto", torch.device("cuda"), planner="CEM", not_capturable=cache.failed) == "eager"
+
+
+def test_reward_caches_are_bypassed_while_a_graph_is_recorded(monkeypatch):
+    """A replay runs no Python: a per-environment context expanded (and cached) during warm-up
+    would be baked into the graph and never see the values `StaticObjective.load` copies in."""
+    model = _model()
+    obj = _objective(model, torch.tensor([0.5, -0.2, 0.0]))
+    ctx = obj.context
+    first = ctx.expand(12, torch.device("cpu"))["target"]
+    assert ctx.expand(12, torch.device("cpu"))["target"] is first  # cached outside a capture
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    during = ctx.expand(12, torch.device("cpu"))["target"]
+    assert during is not first and torch.equal(during, first)  # recomputed: the graph records the expansion
+    state = _state()
+    assert ctx.decode(state) is not None and ctx._decoded[2] is None  # no versions: never served from cache
+
+
+def test_no_host_sync_flags_indexed_assignment_of_python_values():
+    x = torch.zeros(4)
+    with pytest.raises(HostSyncError, match="indexed assignment"):
+        with no_host_sync():
+            x[0] = 1.0
+    with no_host_sync():
+        x[1:3] = torch.ones(2)  # a device tensor: no host round trip
+    assert x.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_captured_modes_refuse_context_values_they_cannot_refresh():
+    model = _model()
+    obj = lp.Objective(model, rewards=[lp.learned_reward()], context={"targets": [torch.zeros(1)]})
+    with pytest.raises(ValueError, match="context\\['targets'\\] is a list"):
+        objective_key(obj)
+    with pytest.raises(ValueError, match="is a list"):
+        lp.CEM(compile="static", horizon=3, iterations=2, candidates=10, elites=2).plan(obj, _state())
+    plan = lp.CEM(compile="eager", horizon=3, iterations=2, candidates=10, elites=2).plan(obj, _state())
+    assert plan.actions.shape == (3, 3, 2)
