@@ -11,7 +11,8 @@ with the pole up (cos > 0.9) the commanded target moves by KI * (target - x), ac
 steady offset of the learned model is cancelled from outside the planner. `--narrow W2` makes the
 cart term two-scale: half of the bump from the WIDTH Gaussian (guidance from afar), half from a
 W2-wide one (precision near the target). CEM: `--cem H I J K`
-(default 16 8 300 30). One episode per target (env and planner seed `--seed`); the numbers are
+(default 16 8 300 30), `--beta` its coloured-noise exponent (iCEM; default 0, white),
+`--warm` warm starts from the previous plan. One episode per target (env and planner seed `--seed`); the numbers are
 over the last 63 decisions (~500 env steps), from the true environment state.
 """
 
@@ -26,10 +27,12 @@ import latentplan as lp  # noqa: E402
 from rewards_cartpole import TAIL_DECISIONS, goal_reward  # noqa: E402
 
 
-def episode(model, env, target: float, width: float, ki: float, cem: lp.CEM, seed: int, narrow: float | None = None) -> dict:
+def episode(model, env, target: float, width: float, ki: float, cem: lp.CEM, seed: int, narrow: float | None = None,
+            warm_start: bool = False) -> dict:
     """One episode holding `target`; returns the tail statistics."""
     ctx = {"target_x": target, "width": width, **({"narrow": narrow} if narrow else {})}
-    agent = lp.Agent(model, cem, objective=lambda m: lp.Objective(m, rewards=[goal_reward], context=dict(ctx)))
+    agent = lp.Agent(model, cem, objective=lambda m: lp.Objective(m, rewards=[goal_reward], context=dict(ctx)),
+                     warm_start=warm_start)
     gen = torch.Generator().manual_seed(seed)
     obs, _ = env.reset(seed=seed)
     agent.reset()
@@ -59,6 +62,8 @@ def main() -> None:
                    help="two-scale cart term: half of the bump from a Gaussian of this width")
     p.add_argument("--targets", type=float, nargs="+", default=[0.5])
     p.add_argument("--cem", type=int, nargs=4, default=[16, 8, 300, 30], metavar=("H", "I", "J", "K"))
+    p.add_argument("--beta", type=float, default=0.0, help="iCEM coloured-noise exponent (smoother action sequences)")
+    p.add_argument("--warm", action="store_true", help="warm-start each decision from the previous plan, shifted")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -66,9 +71,9 @@ def main() -> None:
     env = lp.make_env(cfg.env, seed=args.seed)
     h, i, j, k = args.cem
     for t in args.targets:
-        s = episode(model, env, t, args.width, args.ki, lp.CEM(horizon=h, iterations=i, candidates=j, elites=k), args.seed,
-                    args.narrow)
-        print(f"width {args.width} narrow {args.narrow} ki {args.ki} CEM H{h} I{i} J{j} K{k} target {t:+.2f}: return {s['return']:.1f}, "
+        s = episode(model, env, t, args.width, args.ki, lp.CEM(horizon=h, iterations=i, candidates=j, elites=k, noise_beta=args.beta), args.seed,
+                    args.narrow, args.warm)
+        print(f"width {args.width} narrow {args.narrow} ki {args.ki} CEM H{h} I{i} J{j} K{k} beta {args.beta} warm {args.warm} target {t:+.2f}: return {s['return']:.1f}, "
               f"mean |x - t| {s['mean_abs_x_error']:.3f} (max {s['max_abs_x_error']:.3f}), within 0.1: "
               f"{s['frac_within_0.1']:.2f}, pole cos > 0.9: {s['frac_cos_gt_0.9']:.2f} (min {s['min_cos']:.2f}), "
               f"final command {s['final_command']:+.2f}", flush=True)
