@@ -35,7 +35,7 @@ from .objective import Objective
 from .rewards import BoundReward, LearnedReward, Reward, ScaledReward, SumReward, UserReward
 
 __all__ = [
-    "CompileMode", "CaptureCache", "CapturedSearch", "HostSyncError", "StaticObjective", "no_host_sync",
+    "CaptureMismatch", "CompileMode", "CaptureCache", "CapturedSearch", "HostSyncError", "check_first_replay", "StaticObjective", "no_host_sync",
     "objective_key", "resolve_compile",
 ]
 
@@ -77,6 +77,48 @@ def resolve_compile(mode: str, device: torch.device, *, planner: str, not_captur
 
 
 # ---------------------------------------------------------------------------------------- host syncs
+class CaptureMismatch(RuntimeError):
+    """A captured search's first replay did not reproduce the eager loop's plan (see
+    `check_first_replay`)."""
+
+
+def check_first_replay(
+    runner: "CapturedSearch", inputs: dict[str, Tensor], eager: Callable[[], dict[str, Tensor]],
+    generator: torch.Generator | None, device: torch.device, *, planner: str, atol: float = 1e-4,
+) -> dict[str, Tensor]:
+    """Run a new capture's first call and check it against the eager loop on the same inputs and
+    the same generator state; return the captured outputs.
+
+    A captured graph replays exactly the kernels of the eager call, so the plans must agree to
+    float tolerance; if they do not, something the capture depends on was not captured (a
+    Python-side cache, a value read on the host), and planning with the graph would be silently
+    wrong. The check costs one eager plan per capture. Afterwards the generator has advanced once,
+    as for one plan call.
+
+    Raises:
+        CaptureMismatch: naming the output that differs and by how much.
+    """
+    if device.type == "cuda":
+        gen = generator if generator is not None else torch.cuda.default_generators[device.index or torch.cuda.current_device()]
+    else:
+        gen = generator if generator is not None else torch.default_generator
+    saved = gen.get_state()
+    ref = eager()
+    gen.set_state(saved)
+    out = runner(inputs)
+    for k, v in ref.items():
+        got = out[k]
+        same = torch.isclose(got, v, atol=atol, rtol=atol) | (torch.isneginf(got) & torch.isneginf(v))
+        if not bool(same.all()):
+            diff = (got.float() - v.float()).abs().nan_to_num(posinf=float("inf")).max().item()
+            raise CaptureMismatch(
+                f"{planner}: the captured search ({runner.mode}) did not reproduce the eager plan on its "
+                f"first call: {k!r} differs by up to {diff:.3g}; plan with compile='eager' and report this"
+            )
+    runner.verified = True
+    return out
+
+
 class HostSyncError(RuntimeError):
     """An operation that makes the host wait for the device ran inside `no_host_sync()`."""
 
@@ -237,6 +279,7 @@ class CapturedSearch:
         self.static = {k: v.detach().clone() for k, v in inputs.items()}
         self.graph: Any = None
         self.counts: dict[str, int] = {}  # Python-side facts of the search (iterations, model_evals)
+        self.verified = False  # set by check_first_replay
         self.keepalive: tuple = ()  # objects the capture reads that its key names only by id()
         self._out: dict[str, Tensor] | None = None
         self._fn = fn

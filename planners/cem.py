@@ -15,7 +15,7 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState
 
 from .base import Plan, Policy
-from .capture import CaptureCache, CapturedSearch, StaticObjective, capture_key, resolve_compile
+from .capture import CaptureCache, CapturedSearch, StaticObjective, capture_key, check_first_replay, resolve_compile
 from .distill import policy_rollout
 from .gradient import _ascend, require_differentiable
 from .objective import Objective, rank_returns
@@ -396,7 +396,16 @@ class CEM:
 
         runner, static_obj = self._cache.get(key, build)
         static_obj.load(objective)
-        out = runner(inputs)
+        if runner.verified or mode == "torch_compile":  # compiled code may round differently
+            out = runner(inputs)
+        else:
+            low, high = objective.model.action_low.to(state.device), objective.model.action_high.to(state.device)
+
+            def eager() -> dict[str, Tensor]:
+                m, v, nf, _, _ = self._search(objective, state, mean, std, low, high, generator, None)
+                return {"mean": m, "value": v, "nonfinite": nf}
+
+            out = check_first_replay(runner, inputs, eager, generator, state.device, planner="CEM")
         if not runner.counts:  # torch.compile runs the Python of `search` only when tracing
             runner.counts.update(iterations=self.config.iterations, model_evals=self._evals_per_call(state.batch))
         return out["mean"], out["value"], out["nonfinite"], runner.counts["iterations"], runner.counts["model_evals"]

@@ -330,3 +330,21 @@ def test_captured_modes_refuse_context_values_they_cannot_refresh():
         lp.CEM(compile="static", horizon=3, iterations=2, candidates=10, elites=2).plan(obj, _state())
     plan = lp.CEM(compile="eager", horizon=3, iterations=2, candidates=10, elites=2).plan(obj, _state())
     assert plan.actions.shape == (3, 3, 2)
+
+
+def test_a_capture_that_does_not_reproduce_the_eager_plan_is_refused(monkeypatch):
+    from latentplan.planners.capture import CaptureMismatch, CapturedSearch
+
+    real_call = CapturedSearch.__call__
+
+    def drifting(self, inputs):  # a capture that missed something: its plan is off by 0.01
+        out = real_call(self, inputs)
+        return {k: v + 0.01 if v.is_floating_point() else v for k, v in out.items()}
+
+    monkeypatch.setattr(CapturedSearch, "__call__", drifting)
+    cem = lp.CEM(compile="static", horizon=3, iterations=2, candidates=10, elites=2)
+    with pytest.raises(CaptureMismatch, match="'mean' differs by up to 0.01"):
+        cem.plan(lp.Objective(_model()), _state(), generator=torch.Generator().manual_seed(0))
+    grad = lp.GradientPlanner(compile="static", horizon=3, iterations=2, restarts=2)
+    with pytest.raises(CaptureMismatch, match="GradientPlanner"):
+        grad.plan(lp.Objective(_model()), _state(), generator=torch.Generator().manual_seed(0))
