@@ -182,7 +182,30 @@ def run_peers(model, device, args, rows) -> None:
         _print_row(row)
 
 
-def run_accuracy(model, device, args) -> list[dict]:
+def real_beliefs(model, config, n: int, seed: int = 0) -> LatentState:
+    """`[n]` posterior beliefs of a trained model along one episode of its environment with random
+    actions (every 4th decision from the 8th on), so that the accuracy check plans from the kind
+    of belief the model meets."""
+    import numpy as np
+
+    env = lp.make_env(config.env, obs=config.obs, action_repeat=config.action_repeat, seed=seed)
+    agent = lp.Agent(model, lp.CEM(horizon=1, iterations=1, candidates=1, elites=1))
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    agent.reset()
+    kept = []
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    for t in range(8 + 4 * n):
+        belief = agent.observe(obs, generator=gen)
+        if t >= 8 and (t - 8) % 4 == 0:
+            kept.append(belief)
+        action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
+        agent.record_action(action)
+        obs, *_ = env.step(action)
+    return LatentState.cat(kept[:n])
+
+
+def run_accuracy(model, device, args, states: LatentState | None = None) -> list[dict]:
     """Reduced-precision plans against the fp32 plan of the same seed (see the module docstring)."""
     name = device_name(device)
     cuda = device.startswith("cuda")
@@ -190,8 +213,8 @@ def run_accuracy(model, device, args) -> list[dict]:
     mode = "cuda_graph" if cuda else "eager"
     cfg = dataclasses.replace(PLANET, compile="eager")
     out = []
-    n_states = args.accuracy_states
-    state = beliefs(model, n_states, seed=7)
+    state = states if states is not None else beliefs(model, args.accuracy_states, seed=7)
+    n_states = state.batch
     ref = lp.CEM(cfg).plan(lp.Objective(model), state, generator=torch.Generator(device=device).manual_seed(0))
     judge = lp.Objective(model)
 
@@ -240,6 +263,9 @@ def main() -> None:
     p.add_argument("--peers", action="store_true", help="also time torchrl's CEMPlanner and pytorch_mppi when installed")
     p.add_argument("--accuracy", action="store_true", help="compare fused tf32/bf16 plans with fp32 plans")
     p.add_argument("--accuracy-states", type=int, default=16)
+    p.add_argument("--checkpoint", default=None,
+                   help="a trained checkpoint for --accuracy (default: the random-weight PlaNet RSSM of the speed rows)")
+    p.add_argument("--skip-speed", action="store_true", help="only the --accuracy comparison")
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "plan_speed.json"))
     args = p.parse_args()
     devices = args.devices or (["cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -256,13 +282,20 @@ def main() -> None:
         )
         run_args.repeats = args.repeats or (30 if cuda else 5)
         model = make_model(args.action_dim, dev)
-        print(header)
-        print("-" * len(header))
-        run_ours(model, dev, run_args, rows)
-        if args.peers:
-            run_peers(model, dev, run_args, rows)
+        if not args.skip_speed:
+            print(header)
+            print("-" * len(header))
+            run_ours(model, dev, run_args, rows)
+            if args.peers:
+                run_peers(model, dev, run_args, rows)
         if args.accuracy:
-            accuracy += run_accuracy(model, dev, run_args)
+            states = None
+            if args.checkpoint:
+                model, config, _ = lp.load_checkpoint(args.checkpoint, device=dev)
+                states = real_beliefs(model, config, args.accuracy_states)
+            accuracy += run_accuracy(model, dev, run_args, states)
+            for row in accuracy:
+                row.setdefault("model", args.checkpoint or "random-weight PlaNet RSSM")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
