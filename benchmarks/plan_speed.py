@@ -227,7 +227,7 @@ def run_accuracy(model, device, args, states: LatentState | None = None) -> list
 
     r_ref = mean_return(ref.actions)
     for p in precisions:
-        planner = lp.CEM(dataclasses.replace(PLANET, compile=mode if p != "fp32" or cuda else "eager"))
+        planner = lp.CEM(dataclasses.replace(PLANET, compile=mode))
         plan = planner.plan(lp.Objective(FusedRSSM(model, precision=p)), state,
                             generator=torch.Generator(device=device).manual_seed(0))
         r = mean_return(plan.actions)

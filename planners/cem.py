@@ -406,16 +406,7 @@ class CEM:
                 return {"mean": m, "value": v, "nonfinite": nf}
 
             out = check_first_replay(runner, inputs, eager, generator, state.device, planner="CEM")
-        if not runner.counts:  # torch.compile runs the Python of `search` only when tracing
-            runner.counts.update(iterations=self.config.iterations, model_evals=self._evals_per_call(state.batch))
         return out["mean"], out["value"], out["nonfinite"], runner.counts["iterations"], runner.counts["model_evals"]
-
-    def _evals_per_call(self, b: int) -> int:
-        c = self.config
-        evals = b * c.model_evals
-        if self.proposal is not None:
-            evals += b * (c.horizon - 1) * c.policy_candidates
-        return evals
 
     def _search(
         self,

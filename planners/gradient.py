@@ -460,15 +460,11 @@ class GradientPlanner:
 
         if mode != "eager":
             try:
-                out = self._captured(mode, original, state, init.reshape(b * r, h, a), generator)
+                out = self._captured(mode, original, objective, state, init.reshape(b * r, h, a), generator)
             except Exception as e:
                 mode = self._cache.fall_back("GradientPlanner", c.compile, e)  # re-raises unless "auto"
         if mode == "eager":
-            out = _ascend(
-                objective, state.expand(r), init.reshape(b * r, h, a),
-                steps=c.iterations, lr=c.lr, optimizer_cls=self._optimizer, squash=c.squash,
-                low=low, high=high, grad_clip=c.grad_clip, generator=generator, deadline=deadline,
-            )
+            out = self._ascend(objective, state.expand(r), init.reshape(b * r, h, a), low, high, generator, deadline)
 
         ret = out.returns.reshape(b, r)
         value, idx = ret.max(dim=1)
@@ -489,10 +485,24 @@ class GradientPlanner:
         }
         return Plan(actions, value, info)
 
-    def _captured(
-        self, mode: str, objective: Objective, state: LatentState, init: Tensor, generator: torch.Generator | None
+    def _ascend(
+        self, objective: Objective, starts: LatentState, init: Tensor, low: Tensor, high: Tensor,
+        generator: torch.Generator | None, deadline: float | None, *, capturable: bool = False,
     ) -> _Ascent:
-        """`_ascend` (all steps, no deadline) as a `CapturedSearch` over static buffers."""
+        """`_ascend` with this planner's settings, from `init [B * R, H, A]`."""
+        c = self.config
+        return _ascend(
+            objective, starts, init, steps=c.iterations, lr=c.lr, optimizer_cls=self._optimizer, squash=c.squash,
+            low=low, high=high, grad_clip=c.grad_clip, generator=generator, deadline=deadline, capturable=capturable,
+        )
+
+    def _captured(
+        self, mode: str, objective: Objective, eager_objective: Objective, state: LatentState, init: Tensor,
+        generator: torch.Generator | None,
+    ) -> _Ascent:
+        """`_ascend` (all steps, no deadline) as a `CapturedSearch` over static buffers; `objective`
+        is the caller's (its context is loaded into the capture), `eager_objective` the one the eager
+        loop would use (with `use_mean`, its prior-mean view), for the first-replay check."""
         c = self.config
         inputs = {"deter": state.deter, "stoch": state.stoch, "init": init}
         key = capture_key(mode, objective, generator, inputs)
@@ -507,11 +517,7 @@ class GradientPlanner:
 
             def search(x: dict[str, Tensor]) -> dict[str, Tensor]:
                 starts = LatentState(x["deter"], x["stoch"]).expand(c.restarts)
-                out = _ascend(
-                    obj, starts, x["init"], steps=c.iterations, lr=c.lr, optimizer_cls=self._optimizer,
-                    squash=c.squash, low=low, high=high, grad_clip=c.grad_clip, generator=generator,
-                    deadline=None, capturable=mode == "cuda_graph",
-                )
+                out = self._ascend(obj, starts, x["init"], low, high, generator, None, capturable=mode == "cuda_graph")
                 return {
                     "actions": out.actions, "returns": out.returns, "nonfinite": out.nonfinite,
                     "nonfinite_grads": out.nonfinite_grads, "grad_first": out.grad_first,
@@ -526,14 +532,11 @@ class GradientPlanner:
         if runner.verified or mode == "torch_compile":  # compiled code may round differently
             o = runner(inputs)
         else:
-            obj = _mean_objective(objective, state) if c.use_mean else objective
-            low, high = obj.model.action_low.to(state.device), obj.model.action_high.to(state.device)
+            low = eager_objective.model.action_low.to(state.device)
+            high = eager_objective.model.action_high.to(state.device)
 
             def eager() -> dict[str, Tensor]:
-                e = _ascend(
-                    obj, state.expand(c.restarts), init, steps=c.iterations, lr=c.lr, optimizer_cls=self._optimizer,
-                    squash=c.squash, low=low, high=high, grad_clip=c.grad_clip, generator=generator, deadline=None,
-                )
+                e = self._ascend(eager_objective, state.expand(c.restarts), init, low, high, generator, None)
                 return {"actions": e.actions, "returns": e.returns}
 
             o = check_first_replay(runner, inputs, eager, generator, state.device, planner="GradientPlanner", atol=1e-3)

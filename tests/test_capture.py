@@ -232,6 +232,8 @@ def test_torch_compile_mode_matches_eager():
     pe = lp.CEM(compile="eager", **base).plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(1))
     pc = lp.CEM(compile="torch_compile", **base).plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(pc.actions, pe.actions, atol=1e-4, rtol=1e-4)
+    # the counts come from the traced Python of the search (dynamo replays its side effects)
+    assert (pc.info["model_evals"], pc.info["iterations"]) == (pe.info["model_evals"], pe.info["iterations"])
 
 
 # ------------------------------------------------------------------------------------------ GPU only

@@ -203,17 +203,23 @@ def test_inline_mode_counts_a_late_plan_as_a_deadline_miss_and_uses_it():
     assert planner.deadlines[1] == pytest.approx(100.120 + 0.050 - 0.002 - 0.0001, abs=1e-9)
 
 
-def test_thread_mode_meets_every_deadline_through_the_fallback_while_the_planner_is_stuck():
-    """A planner that does not come back: act() answers each step with the fallback, in time."""
-    clock = FakeClock()
-    model = _point_model()
+def _stuck_planner() -> tuple["Scripted", threading.Event]:
+    """A planner whose first call blocks until the event is set (then plans 0.1, 0.2, 0.3, 0.4)
+    and whose later calls raise."""
     release = threading.Event()
 
     def stuck(state):
         release.wait(10.0)
         return _plan([0.1, 0.2, 0.3, 0.4])
 
-    planner = Scripted([stuck], then=RuntimeError("broken after the first call"))
+    return Scripted([stuck], then=RuntimeError("broken after the first call")), release
+
+
+def test_thread_mode_meets_every_deadline_through_the_fallback_while_the_planner_is_stuck():
+    """A planner that does not come back: act() answers each step with the fallback, in time."""
+    clock = FakeClock()
+    model = _point_model()
+    planner, release = _stuck_planner()
 
     class Policy:
         def act(self, state, *, generator=None, deterministic=False):
@@ -234,13 +240,7 @@ def test_thread_mode_meets_every_deadline_through_the_fallback_while_the_planner
 def test_thread_mode_uses_a_late_plan_by_time_once_it_arrives():
     clock = FakeClock()
     model = _point_model()
-    release = threading.Event()
-
-    def stuck(state):
-        release.wait(10.0)
-        return _plan([0.1, 0.2, 0.3, 0.4])
-
-    planner = Scripted([stuck], then=RuntimeError("broken"))
+    planner, release = _stuck_planner()
     # the fake clock stands still, so each act() waits budget - margin = 0.3 s of real time at most
     ctrl = MPCController(model, planner, ControllerConfig(budget_ms=300.0, mode="thread"), clock=clock)
     first = [float(ctrl.act(np.array([0.0], np.float32))[0]) for _ in range(2)]
