@@ -3,13 +3,22 @@
 Importing this module sets ``MUJOCO_GL=egl`` on Linux unless the variable is
 already set: dm_control picks its OpenGL backend once, at its first import, and
 EGL is the one that renders headless. dm_control itself is imported lazily.
+
+Import order with PyTorch's CUDA build: Mesa's EGL (llvmpipe) and triton each
+load their own LLVM, and importing triton after EGL is up kills the process
+with a segmentation fault. PyTorch imports triton lazily (``torch._dynamo``,
+which ``torch.optim.Adam`` pulls in), so before dm_control is first imported
+this module imports triton where it is installed (see `load_triton_first`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import sys
+import warnings
+
 import numpy as np
 
 if sys.platform.startswith("linux"):
@@ -51,7 +60,42 @@ _ALIASES: dict[str, tuple[dict[str, int], dict[str, tuple[str, int]]]] = {
 }
 
 
+def load_triton_first() -> bool:
+    """Import triton now, if it is installed, so that it loads its LLVM before Mesa's EGL does.
+
+    With PyTorch's CUDA build on a machine that renders with Mesa (``MUJOCO_GL=egl``, llvmpipe),
+    importing triton after dm_control has brought up EGL crashes the process (two LLVMs in one
+    process); importing it first is safe. Called before dm_control's first import; costs nothing
+    where triton is absent (PyTorch's CPU build) or already imported.
+
+    Returns:
+        True if triton is loaded in this process afterwards.
+
+    Warns:
+        RuntimeWarning: if dm_control was imported before triton (by the user's own code), since
+            a later ``import triton`` (e.g. by ``torch.optim.Adam``) may then crash the process.
+    """
+    if "triton" in sys.modules:
+        return True
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if "dm_control" in sys.modules and os.environ.get("MUJOCO_GL", "").lower() == "egl":
+        warnings.warn(
+            "dm_control was imported before triton with MUJOCO_GL=egl: importing triton now (as "
+            "torch.optim and torch.compile do) may crash the process; import latentplan, torch._dynamo "
+            "or triton before dm_control",
+            RuntimeWarning, stacklevel=3,
+        )
+        return False
+    try:
+        import triton  # noqa: F401  (loaded for its side effect: its LLVM comes first)
+    except Exception:  # a broken triton install: torch falls back without it as well
+        return False
+    return True
+
+
 def _suite():
+    load_triton_first()
     try:
         from dm_control import suite
     except Exception as err:  # a broken OpenGL backend already fails at import

@@ -19,8 +19,8 @@ USAGE = """usage: latentplan {train,demo,compare,control,distill} [--flags]
 
   train    PlaNet's training loop (every TrainConfig field is a flag: latentplan train --help);
            with --resume, the run folder's own config is the default and flags override it
-  demo     the embedded default: a CPU-sized run on dmc:cartpole-swingup from state
-           (about 10 minutes on 2 cores; accepts the same flags to override it)
+  demo     the embedded default: a CPU-sized run on dmc:cartpole-swingup from state, ending with a
+           5-episode evaluation (about 10 minutes on 2 cores; accepts the same flags to override it)
   compare  several planners on one checkpoint, same seeds and budgets: a table, JSON, CSV, a plot
   control  a planner as a real-time controller of a simulated robot (--checkpoint, --rate)
   distill  distil a planner into a policy network on a checkpoint (--checkpoint, --teacher)
@@ -39,6 +39,11 @@ def summary_table(s: TrainSummary) -> str:
     rows = [
         ("episodes", f"{s.episodes}"),
         ("env steps", f"{s.env_steps:,}"),
+    ]
+    if s.final_returns:
+        ci = "" if s.final_return_ci is None else f", 95 % CI [{s.final_return_ci[0]:.1f}, {s.final_return_ci[1]:.1f}]"
+        rows.append((f"final return ({len(s.final_returns)} episodes)", f"{s.final_return:.1f}{ci}"))
+    rows += [
         ("eval return (last)", f"{s.eval_return:.1f}"),
         ("eval return (best)", f"{s.best_eval_return:.1f}"),
         ("planning ms / action", f"{s.plan_ms:.1f}"),
@@ -77,6 +82,26 @@ def _stored_config(args: list[str], default_run_dir: str) -> TrainConfig | None:
     return dataclasses.replace(TrainConfig.from_dict(json.loads(path.read_text())), resume=True, overwrite=False)
 
 
+def _given(args: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def _free_demo_dir(config: TrainConfig, args: list[str]) -> TrainConfig:
+    """The demo never deletes an earlier run: without `--run-dir`, `--resume` or `--overwrite`, a taken
+    default folder (`runs/demo`) gives way to the next free `runs/demo-2`, `runs/demo-3`, ..."""
+    if _given(args, "--run-dir") or config.resume or config.overwrite:
+        return config
+    base = Path(config.run_dir)
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    if path != base:
+        print(f"latentplan demo: {base} holds an earlier run; writing to {path} "
+              f"(--run-dir {base} --overwrite replaces it)")
+    return dataclasses.replace(config, run_dir=str(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `latentplan` script. Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -95,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     if stored is not None:  # --resume: the run's own config, overridden by the flags given
         default = stored
     config = tyro.cli(TrainConfig, args=rest, default=default, prog=f"latentplan {cmd}")
-    _run(config)
+    if cmd == "demo":
+        config = _free_demo_dir(config, rest)
+    try:
+        _run(config)
+    except FileExistsError as e:  # a run folder that must not be touched
+        print(f"latentplan {cmd}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -36,6 +36,7 @@ from latentplan.planners.cem import CEM, CEMConfig
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.planners.objective import Objective
 
+from .statistics import bootstrap_ci
 from .control import ControllerConfig, MPCController
 
 __all__ = [
@@ -395,39 +396,6 @@ register_planner("cem_gd", cem_family(dict(gradient_steps=3), warm_start=False))
 register_planner("gradient", gradient_factory)
 register_planner("mcts", "latentplan.compare:mcts_factory")
 register_planner("policy", "latentplan.compare:policy_factory")
-
-
-# ----------------------------------------------------------------------------------- statistics
-def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 9999,
-                 seed: int = 0) -> tuple[float, float] | None:
-    """Bootstrap confidence interval of the mean of `values`, with `scipy.stats.bootstrap` (BCa).
-
-    Args:
-        values: one number per episode (`[N]`).
-        confidence: the confidence level.
-        n_resamples: bootstrap resamples.
-        seed: seed of the resampling (`numpy.random.default_rng`), so the interval is reproducible.
-
-    Returns:
-        `(low, high)`, or `None` with fewer than 2 values. Equal values give `(v, v)`; if BCa
-        is undefined for the data the percentile interval is returned.
-
-    Source: Efron 1987, "Better Bootstrap Confidence Intervals" (BCa); `scipy.stats.bootstrap`.
-    """
-    import scipy.stats
-
-    v = np.asarray(values, dtype=np.float64)
-    if v.size < 2:
-        return None
-    if np.all(v == v[0]):
-        return float(v[0]), float(v[0])
-    for method in ("BCa", "percentile"):
-        res = scipy.stats.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                                    method=method, rng=np.random.default_rng(seed))
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if math.isfinite(lo) and math.isfinite(hi):
-            return lo, hi
-    return None
 
 
 # ---------------------------------------------------------------------------------------- cells

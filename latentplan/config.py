@@ -38,6 +38,10 @@ class TrainConfig:
         eval_every: run evaluation episodes (no noise) after every this many collected
             episodes past the seed episodes; the last episode is always followed by one.
         eval_episodes: evaluation episodes per evaluation (their mean return is logged).
+        final_eval_episodes: after the last episode, evaluate the final model over this many
+            episodes with fixed seeds (its own generator, so training's randomness is untouched)
+            and report the mean return with a 95 % t-interval (`TrainSummary.final_return`,
+            `run_dir/final_eval.json`); 0 skips it.
         checkpoint_every: write a checkpoint after every this many episodes (1: a killed run
             loses at most the episode in flight).
         lr: Adam learning rate (PlaNet: 1e-3).
@@ -45,7 +49,8 @@ class TrainConfig:
         grad_clip: gradient-norm clip (PlaNet: 1000).
         run_dir: folder for checkpoint, episodes, metrics.jsonl and curve.png.
         resume: continue the run in `run_dir` from its last checkpoint.
-        overwrite: start afresh even if `run_dir` already holds a run (deletes it).
+        overwrite: start afresh even if `run_dir` already holds a run (deletes that run's files;
+            a non-empty folder that is not a latentplan run folder is never deleted).
         device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ...
         tensorboard: also log to TensorBoard in `run_dir/tb` (needs the `tensorboard` extra).
         progress: show a progress bar.
@@ -82,6 +87,7 @@ class TrainConfig:
     exploration_noise: float = 0.3
     eval_every: int = 10
     eval_episodes: int = 1
+    final_eval_episodes: int = 5
     checkpoint_every: int = 1
     lr: float = 1e-3
     adam_eps: float = 1e-4
@@ -114,6 +120,8 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.seed_episodes must be in [1, episodes={self.episodes}]; got {self.seed_episodes}"
             )
+        if self.final_eval_episodes < 0:
+            raise ValueError(f"TrainConfig.final_eval_episodes must be >= 0; got {self.final_eval_episodes}")
         if self.value_every < 0 or self.distill_every < 1:
             raise ValueError(
                 f"TrainConfig: value_every must be >= 0 and distill_every >= 1; got {self.value_every}, {self.distill_every}"
@@ -144,7 +152,7 @@ class TrainConfig:
 
 RESUMABLE_CHANGES = frozenset(
     {"episodes", "resume", "overwrite", "device", "tensorboard", "progress", "max_wall_minutes", "run_dir",
-     "checkpoint_every", "eval_every", "eval_episodes"}
+     "checkpoint_every", "eval_every", "eval_episodes", "final_eval_episodes"}
 )
 """Fields that may differ between a checkpoint's config and the config that resumes it."""
 
@@ -155,7 +163,10 @@ def demo_config(**overrides) -> TrainConfig:
     Differences from PlaNet's settings (all chosen so the demo ends within 15 minutes on two CPU
     cores): fewer episodes, fewer and smaller model updates, a smaller RSSM (128 units instead
     of 200) and a smaller CEM (H=12, I=5, J=100, K=10 instead of J=1000, I=10, K=100); see the
-    values below and docs/benchmarks.md for what they reach.
+    values below and docs/benchmarks.md for what they reach. The run ends with a 5-episode
+    evaluation of the final model (`final_eval_episodes`). `overwrite` stays False: a run
+    folder that holds a run is never deleted unless asked (`latentplan demo` writes to the next
+    free `runs/demo-N` when `runs/demo` is taken and no `--run-dir` is given).
     """
     base = TrainConfig(
         env="dmc:cartpole-swingup",
@@ -167,7 +178,6 @@ def demo_config(**overrides) -> TrainConfig:
         chunk_length=32,
         eval_every=5,
         run_dir="runs/demo",
-        overwrite=True,
         max_wall_minutes=13.5,
         model=RSSMConfig(deter=128, hidden=128, embed=128),
         planner=CEMConfig(horizon=12, iterations=5, candidates=100, elites=10),

@@ -6,6 +6,7 @@ Run folder layout (`TrainConfig.run_dir`):
 - `checkpoint.pt`: model, optimiser, RNG states and counters (written atomically);
 - `episodes/NNNNNN.npz`: the replay buffer, one file per episode;
 - `metrics.jsonl`: one JSON row per episode (losses, returns, planning ms per action, wall time);
+- `final_eval.json`: the final model's returns over `final_eval_episodes` fixed-seed episodes;
 - `curve.png`: the learning curve;
 - `tb/`: TensorBoard logs when enabled.
 """
@@ -35,11 +36,15 @@ from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
 
 from .agent import Agent, run_episode
 from .config import RESUMABLE_CHANGES, TrainConfig
+from .statistics import t_interval
 
 __all__ = ["Trainer", "TrainSummary", "load_checkpoint", "resolve_device", "CheckpointMismatch"]
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1
+#: what a run folder holds; `overwrite` deletes these and nothing else
+RUN_FILES = ("config.json", CHECKPOINT, "checkpoint.tmp", "episodes", "metrics.jsonl", "metrics.tmp",
+             "final_eval.json", "final_eval.json.tmp", "curve.png", "tb", "policy.pt")
 
 
 class CheckpointMismatch(ValueError):
@@ -72,9 +77,13 @@ class TrainSummary:
     Attributes:
         episodes: episodes collected, seed episodes included.
         env_steps: underlying environment steps (action repeat included).
-        eval_return: mean return of the last evaluation.
+        eval_return: mean return of the last evaluation (`eval_episodes` episodes).
         best_eval_return: the best evaluation return seen.
         plan_ms: mean planning milliseconds per action over the last evaluation.
+        final_returns: the final model's return in each of the `final_eval_episodes` fixed-seed
+            evaluation episodes (empty if that evaluation was skipped).
+        final_return: their mean (NaN if skipped).
+        final_return_ci: the 95 % Student t-interval of that mean (`None` with < 2 episodes).
         wall_s: wall time of the run in seconds, over all resumptions.
         run_dir: the run folder.
         stopped_early: true if `max_wall_minutes` cut collection short.
@@ -88,6 +97,9 @@ class TrainSummary:
     wall_s: float
     run_dir: str
     stopped_early: bool
+    final_returns: tuple[float, ...] = ()
+    final_return: float = float("nan")
+    final_return_ci: tuple[float, float] | None = None
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[RSSMWorldModel, TrainConfig, dict]:
@@ -145,12 +157,7 @@ class Trainer:
                 path = self.run_dir / stale
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if self.run_dir.exists() and any(self.run_dir.iterdir()) and not config.resume:
-            if not config.overwrite:
-                raise FileExistsError(
-                    f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite "
-                    "to start afresh (or choose another --run-dir)"
-                )
-            shutil.rmtree(self.run_dir)
+            self._clear_run_dir(config.overwrite)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         self.env = lp_envs.make(config.env, obs=config.obs, action_repeat=config.action_repeat, seed=config.seed)
@@ -203,6 +210,22 @@ class Trainer:
         else:
             (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         self.writer = self._tensorboard() if config.tensorboard else None
+
+    def _clear_run_dir(self, overwrite: bool) -> None:
+        """Delete the run held by a non-empty `run_dir` when `overwrite`; refuse otherwise, and
+        refuse always when the folder holds anything that is not a run's own file."""
+        entries = {p.name for p in self.run_dir.iterdir()}
+        foreign = sorted(entries - set(RUN_FILES))
+        if not overwrite or foreign:
+            why = (f"it holds files that are not a latentplan run's ({', '.join(foreign[:5])}), so it is never "
+                   "deleted" if foreign else "pass --overwrite to delete that run and start afresh")
+            raise FileExistsError(
+                f"{self.run_dir} is not empty: {why}; pass --resume to continue a run there, or choose "
+                "another --run-dir"
+            )
+        for name in entries:
+            path = self.run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def objective(self, model) -> Objective:
         """The planner's objective: the learned reward, bootstrapped with the critic when
@@ -355,6 +378,34 @@ class Trainer:
         self.last_eval = out
         return out
 
+    def final_evaluation(self) -> dict[str, Any]:
+        """Evaluate the current model over `final_eval_episodes` episodes without exploration noise.
+
+        The episodes' seeds are fixed (`seed * 1_000_003 + 20_000_000 + i`) and the planner samples
+        from its own generator seeded with `seed`, so the figure is reproducible and the training
+        generator (hence a later resumption) is untouched. Writes `run_dir/final_eval.json`.
+
+        Returns:
+            `{"returns": [...], "mean", "ci95": [low, high] | None, "plan_ms", "seeds": [...]}`.
+        """
+        c = self.config
+        seeds = [c.seed * 1_000_003 + 20_000_000 + i for i in range(c.final_eval_episodes)]
+        generator = torch.Generator(device=self.device).manual_seed(c.seed)
+        rets, ms = [], []
+        for seed in tqdm(seeds, disable=not c.progress or not seeds, desc="final evaluation", unit="ep"):
+            _, st = run_episode(self.env, self.agent, seed=seed, noise=0.0, generator=generator)
+            rets.append(float(st.ret))
+            ms.append(st.plan_ms)
+        ci = t_interval(rets)
+        out = {"returns": rets, "mean": float(np.mean(rets)) if rets else None,
+               "ci95": None if ci is None else list(ci), "plan_ms": float(np.mean(ms)) if ms else None,
+               "seeds": seeds, "episode": self.episode}
+        if seeds:
+            tmp = self.run_dir / "final_eval.json.tmp"
+            tmp.write_text(json.dumps(out, indent=2))
+            os.replace(tmp, self.run_dir / "final_eval.json")
+        return out
+
     def _log(self, row: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -403,9 +454,10 @@ class Trainer:
             row["wall_s"] = self.wall_offset + time.perf_counter() - self.t_start
             self._log(row)
             self.save_checkpoint()
+        final = self.final_evaluation()
         from .plots import plot_learning_curve
 
-        plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png", title=c.env)
+        plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png", title=c.env, final=final)
         if self.writer is not None:
             self.writer.close()
         return TrainSummary(
@@ -413,7 +465,9 @@ class Trainer:
             eval_return=self.last_eval.get("eval_return", float("nan")),
             best_eval_return=self.best_eval, plan_ms=self.last_eval.get("eval_plan_ms", float("nan")),
             wall_s=self.wall_offset + time.perf_counter() - self.t_start, run_dir=str(self.run_dir),
-            stopped_early=stopped_early,
+            stopped_early=stopped_early, final_returns=tuple(final["returns"]),
+            final_return=float(np.mean(final["returns"])) if final["returns"] else float("nan"),
+            final_return_ci=None if final["ci95"] is None else tuple(final["ci95"]),
         )
 
     def _last_row(self) -> dict:

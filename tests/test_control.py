@@ -411,22 +411,3 @@ def test_simulated_robot_checks_its_arguments():
         SimulatedRobot("gym:Pendulum-v1")
     with pytest.raises(ValueError, match="real_time_factor"):
         SimulatedRobot(real_time_factor=0.0)
-
-
-CHECKPOINT = __import__("pathlib").Path(__file__).resolve().parents[1] / "runs" / "cartpole_long.pt"
-
-
-@pytest.mark.skipif(not CHECKPOINT.exists(), reason="needs runs/cartpole_long.pt")
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_cli_runs_the_trained_model_on_the_simulated_robot(mode, tmp_path, capsys):
-    from latentplan.control import cli_main
-
-    out = tmp_path / "stats.json"
-    code = cli_main(["--checkpoint", str(CHECKPOINT), "--rate", "20", "--steps", "4", "--mode", mode,
-                     "--budget-evals", "240", "--json", str(out)])
-    assert code == 0
-    text = capsys.readouterr().out
-    assert "real-time factor 1.6" in text and "actions sent            4" in text
-    stats = __import__("json").loads(out.read_text())["stats"]
-    assert stats["steps"] == 4 and stats["invalid_actions"] == 0 and stats["controller"]["steps"] == 4
-    assert cli_main(["--checkpoint", str(CHECKPOINT), "--planner", "nope", "--steps", "1"]) == 2

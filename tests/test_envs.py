@@ -1,5 +1,7 @@
 """Tests for latentplan.envs: make() over dm_control / Gymnasium, and LinearQuadratic."""
 
+import os
+
 import gymnasium
 import numpy as np
 import pytest
@@ -359,3 +361,33 @@ def test_lq_validation():
         env.step([0.0, 0.0])
     with pytest.raises(ValueError, match="NaN"):
         env.step([np.nan])
+
+
+_DYNAMO_AFTER_DM_CONTROL = """
+import latentplan.envs as envs
+env = envs.make("dmc:cartpole-swingup", obs="{obs}", seed=0)
+obs, _ = env.reset(seed=0)
+import torch
+torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports torch._dynamo, which imports triton
+import torch._dynamo
+print("shape", tuple(obs.shape), "triton", "triton" in __import__("sys").modules)
+"""
+
+
+@pytest.mark.parametrize("obs, shape", [("state", "(5,)"), ("pixels", "(3, 64, 64)")])
+def test_an_optimizer_after_a_dm_control_env_does_not_crash(obs, shape):
+    """Regression (fresh machine, PyTorch's CUDA build): Mesa's EGL and triton each load an LLVM, and
+    importing triton after EGL is up segfaults. `envs.dmc` imports triton first where it is installed.
+
+    Run in a subprocess so that a crash fails this test instead of killing the suite. Where triton
+    is absent (the CPU build) the crash cannot happen; CI also runs this test in a venv with the
+    CUDA build, where removing `load_triton_first` from `envs.dmc._suite` makes it fail (exit -11).
+    """
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    proc = subprocess.run([sys.executable, "-c", _DYNAMO_AFTER_DM_CONTROL.format(obs=obs)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert f"shape {shape}" in proc.stdout

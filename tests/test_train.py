@@ -1,5 +1,6 @@
 """The training loop: checkpoints that round-trip bit-identically, resume after a kill, config errors, CLI."""
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from latentplan.cli import main
 
 TINY = dict(
     env="dmc:cartpole-swingup", episodes=4, seed_episodes=2, updates_per_episode=3, batch_size=4,
-    chunk_length=10, eval_every=1, progress=False, device="cpu",
+    chunk_length=10, eval_every=1, final_eval_episodes=3, progress=False, device="cpu",
     model=lp.RSSMConfig(deter=16, stoch=4, hidden=16, embed=16),
     planner=lp.CEMConfig(horizon=3, iterations=2, candidates=16, elites=4),
 )
@@ -134,8 +135,75 @@ def test_checkpoint_from_before_a_config_field_was_added_resumes(tmp_path, refer
 
 def test_existing_run_is_not_overwritten_by_accident(tmp_path, reference):
     ref_dir, _ = reference
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="--overwrite"):
         lp.Trainer(_config(ref_dir.parent, ref_dir.name))
+    # --overwrite deletes a run folder's own files only: a folder with anything else is never deleted
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (mine / "metrics.jsonl").write_text("")
+    with pytest.raises(FileExistsError, match="thesis.tex"):
+        lp.Trainer(_config(tmp_path, "mine", overwrite=True))
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    (mine / "thesis.tex").unlink()
+    (mine / "episodes").mkdir()
+    (mine / "episodes" / "000001.npz").write_bytes(b"old")
+    lp.Trainer(_config(tmp_path, "mine", overwrite=True))
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json"]  # the old episode is gone
+
+
+def test_final_evaluation_is_a_fixed_seed_multi_episode_figure(tmp_path, reference):
+    """The run ends with `final_eval_episodes` noise-free episodes from fixed seeds and their own
+    generator: the mean and its 95 % t-interval are reported and written to final_eval.json, and
+    evaluating the same checkpoint again gives the same returns."""
+    import numpy as np
+    import scipy.stats
+
+    from latentplan.statistics import t_interval
+
+    ref_dir, summary = reference
+    rets = np.array(summary.final_returns)
+    assert len(rets) == 3 and summary.final_return == pytest.approx(rets.mean())
+    lo, hi = scipy.stats.t.interval(0.95, 2, loc=rets.mean(), scale=scipy.stats.sem(rets))
+    assert summary.final_return_ci == pytest.approx((lo, hi))
+    assert t_interval(rets) == pytest.approx((lo, hi))
+    stored = json.loads((ref_dir / "final_eval.json").read_text())
+    assert stored["returns"] == list(summary.final_returns) and stored["episode"] == 4
+    # the same checkpoint evaluated afresh (a resumed run that collects nothing more): same returns
+    again = lp.Trainer(_config(ref_dir.parent, ref_dir.name, resume=True)).final_evaluation()
+    assert again["returns"] == list(summary.final_returns)
+    assert json.loads((ref_dir / "metrics.jsonl").read_text().splitlines()[-1])["episode"] == 4
+
+
+def test_t_interval_edge_cases():
+    from latentplan.statistics import t_interval
+
+    assert t_interval([3.0]) is None
+    assert t_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="finite"):
+        t_interval([1.0, float("nan")])
+    with pytest.raises(ValueError, match="confidence"):
+        t_interval([1.0, 2.0], confidence=95)
+
+
+def test_demo_never_deletes_an_earlier_run(tmp_path, monkeypatch):
+    """`latentplan demo` without --run-dir writes next to a taken runs/demo; with --run-dir it refuses."""
+    from latentplan.cli import _free_demo_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = lp.demo_config()
+    assert cfg.overwrite is False and _free_demo_dir(cfg, []).run_dir == "runs/demo"
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "config.json").write_text("{}")
+    assert _free_demo_dir(cfg, []).run_dir == "runs/demo-2"
+    (tmp_path / "runs" / "demo-2").mkdir()
+    assert _free_demo_dir(cfg, []).run_dir == "runs/demo-2"  # an empty folder is free
+    (tmp_path / "runs" / "demo-2" / "metrics.jsonl").write_text("")
+    assert _free_demo_dir(cfg, []).run_dir == "runs/demo-3"
+    assert _free_demo_dir(cfg, ["--run-dir", "runs/demo"]).run_dir == "runs/demo"
+    assert _free_demo_dir(dataclasses.replace(cfg, overwrite=True), []).run_dir == "runs/demo"
+    assert main(["demo", "--run-dir", "runs/demo"]) == 2  # refused before anything is written
+    assert (tmp_path / "runs" / "demo" / "config.json").read_text() == "{}"
 
 
 def test_load_checkpoint_errors(tmp_path):
@@ -174,6 +242,7 @@ def test_cli_train_runs_from_flags_and_prints_the_table(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "eval return (last)" in out and "env steps" in out and "2,000" in out
+    assert "final return (5 episodes)" in out and "95 % CI [" in out
     cfg = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert cfg["model"]["deter"] == 8 and cfg["planner"]["candidates"] == 8 and cfg["episodes"] == 2
 

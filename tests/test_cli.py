@@ -1,0 +1,53 @@
+"""The `latentplan` commands that read a trained model (`compare`, `control`, `distill`), run on a real
+RSSM checkpoint trained by the session fixture `trained_checkpoint` (tests/conftest.py)."""
+
+import json
+
+from latentplan.cli import main
+
+
+def test_compare_on_a_trained_checkpoint(trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--checkpoint", str(trained_checkpoint), "--planners", "cem", "mppi", "--episodes", "1",
+                 "--budget-evals", "240", "--max-decisions", "3", "--out", str(out), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| cem | 240 evals | 1 |" in text and "| mppi | 240 evals | 1 |" in text
+    assert {p.name for p in out.iterdir()} == {"cells.jsonl", "results.json", "results.csv", "return_vs_ms.png"}
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["planner"]: r for r in results["rows"]}
+    assert set(rows) == {"cem", "mppi"}
+    for row in rows.values():  # the equal budget was kept: 240 model evaluations per decision
+        assert row["episodes"] == 1 and row["model_evals_per_decision"] == 240
+    assert main(["compare", "--checkpoint", str(trained_checkpoint), "--planners", "nope", "--out", str(out)]) == 2
+
+
+def test_control_on_a_trained_checkpoint(trained_checkpoint, tmp_path, capsys):
+    for mode in ("sync", "async"):
+        stats_path = tmp_path / f"{mode}.json"
+        code = main(["control", "--checkpoint", str(trained_checkpoint), "--rate", "20", "--steps", "4", "--mode", mode,
+                     "--budget-evals", "240", "--json", str(stats_path)])
+        assert code == 0
+        text = capsys.readouterr().out
+        assert "real-time factor 1.6" in text and "actions sent            4" in text
+        stats = json.loads(stats_path.read_text())["stats"]
+        assert stats["mode"] == mode and stats["steps"] == 4 and stats["invalid_actions"] == 0
+        assert stats["controller"]["steps"] == 4 and stats["controller"]["model_evals_per_step"] == 240
+        assert stats["robot"]["actions_received"] == 4 and stats["robot"]["actions_rejected"] == 0
+    assert main(["control", "--checkpoint", str(trained_checkpoint), "--planner", "nope", "--steps", "1"]) == 2
+
+
+def test_distill_on_a_trained_checkpoint(trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "dst"
+    code = main(["distill", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--horizon", "3",
+                 "--iterations", "2", "--candidates", "16", "--elites", "4", "--replay-states", "40",
+                 "--fit-steps", "20", "--dagger-rounds", "1", "--dagger-episodes", "1", "--dagger-steps", "5",
+                 "--eval-episodes", "1", "--no-eval-teacher", "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "teacher cem (action target)" in text and "student return" in text
+    assert {p.name for p in out.iterdir()} == {"distiller.pt", "loss.png", "metrics.json", "policy.pt"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 20 + 5 and metrics["labels"] >= 40
+    assert len(metrics["student"]["returns"]) == 1
+    assert main(["distill", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
