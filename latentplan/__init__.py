@@ -2,38 +2,65 @@
 
 The public facade. Layers: `latentplan.envs` (environments), `latentplan.worldmodels` (RSSM,
 analytic models, replay), `latentplan.planners` (CEM with iCEM/MPPI/CEM+GD options, the gradient
-planner, MCTS, the learned value, policy distillation, reward terms, the planner protocol);
-the facade adds the training loop, the real-time controller (`MPCController`) and the comparison
-harness (`compare_planners`, the module `latentplan.compare`).
+planner, MCTS, the learned value, policy distillation, reward terms, the planner protocol); the
+facade adds the planner registry (`latentplan.registry`), the training loop, the real-time
+controller (`latentplan.control`), the comparison harness (`latentplan.compare`), checkpoints
+(`latentplan.io`) and the command line (`latentplan.cli`).
+
+Every name is imported lazily (PEP 562) on first use, so `import latentplan` is cheap and a
+layer loads only what it uses: `lp.CEM` imports the planners, not gymnasium or dm_control.
 """
 
-from latentplan.planners import (
-    CEM, MCTS, CEMConfig, DistillConfig, Distiller, GaussianPolicy, GradientConfig, GradientPlanner, MCTSConfig,
-    Objective, Plan, Planner, Policy, PolicyConfig, PolicyPlanner, Reward, ValueConfig, ValueFunction, ValueLearner,
-    check_reward, learned_reward, reward,
-)
-from latentplan.worldmodels import AnalyticModel, FusedRSSM, LatentState, ReplayBuffer, RSSMConfig, RSSMWorldModel, WorldModel
+from __future__ import annotations
 
-from .agent import Agent, EpisodeStats, run_episode
-from .compare import Budget, register_planner
-from .compare import compare as compare_planners  # `latentplan.compare` stays the module
-from .config import TrainConfig, demo_config
-from .control import (
-    ControllerConfig, ControllerStats, LoopStats, MPCController, Robot, SimulatedRobot, run_control_loop,
-)
-from .training import CheckpointMismatch, Trainer, TrainSummary, load_checkpoint
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Agent", "AnalyticModel", "Budget", "CEM", "CEMConfig", "CheckpointMismatch", "ControllerConfig",
-    "ControllerStats", "DistillConfig", "Distiller", "EpisodeStats", "FusedRSSM", "GaussianPolicy", "GradientConfig",
-    "GradientPlanner", "LatentState", "LoopStats", "MCTS", "MCTSConfig", "MPCController", "Objective", "Plan",
-    "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "Robot", "SimulatedRobot", "ValueConfig",
-    "ValueFunction", "ValueLearner", "check_reward", "compare_planners", "learned_reward", "register_planner", "reward",
-    "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "TrainConfig", "TrainSummary", "Trainer", "WorldModel",
-    "demo_config", "load_checkpoint", "make_env", "run_control_loop", "run_episode", "train",
-]
+# public name -> (module, attribute)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    **{name: ("latentplan.planners", name) for name in (
+        "CEM", "MCTS", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
+        "GradientPlanner", "MCTSConfig", "Objective", "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner",
+        "Reward", "ValueConfig", "ValueFunction", "ValueLearner", "check_reward", "learned_reward", "reward",
+    )},
+    **{name: ("latentplan.worldmodels", name) for name in (
+        "AnalyticModel", "FusedRSSM", "LatentState", "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "WorldModel",
+    )},
+    "Agent": ("latentplan.agent", "Agent"),
+    "EpisodeStats": ("latentplan.agent", "EpisodeStats"),
+    "run_episode": ("latentplan.agent", "run_episode"),
+    "Budget": ("latentplan.registry", "Budget"),
+    "make_planner": ("latentplan.registry", "make_planner"),
+    "register_planner": ("latentplan.registry", "register_planner"),
+    "compare_planners": ("latentplan.compare", "compare"),  # `latentplan.compare` stays the module
+    "TrainConfig": ("latentplan.config", "TrainConfig"),
+    "demo_config": ("latentplan.config", "demo_config"),
+    **{name: ("latentplan.control", name) for name in (
+        "ControllerConfig", "ControllerStats", "LoopStats", "MPCController", "Robot", "SimulatedRobot",
+        "run_control_loop",
+    )},
+    **{name: ("latentplan.training", name) for name in (
+        "CheckpointMismatch", "Trainer", "TrainSummary", "load_checkpoint",
+    )},
+}
+
+__all__ = sorted([*_EXPORTS, "make_env", "train"])
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562) and cache the name in this module."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'latentplan' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def make_env(name: str, **kwargs):
@@ -43,12 +70,15 @@ def make_env(name: str, **kwargs):
     return envs.make(name, **kwargs)
 
 
-def train(config: TrainConfig | None = None, **overrides) -> TrainSummary:
+def train(config=None, **overrides):
     """Run PlaNet's training loop with `config` (default `TrainConfig()`), fields overridden by keyword.
 
     Returns the `TrainSummary`; the run folder holds the checkpoint, metrics and curve.
     """
     import dataclasses
+
+    from latentplan.config import TrainConfig
+    from latentplan.training import Trainer
 
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     return Trainer(config).run()

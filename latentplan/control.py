@@ -34,7 +34,7 @@ from latentplan.worldmodels.state import LatentState, WorldModel
 
 __all__ = [
     "ControlConfig", "ControllerConfig", "ControllerStats", "LoopStats", "MPCController", "Robot",
-    "SimulatedRobot", "cli_main", "run_control_loop",
+    "SimulatedRobot", "run_control_loop",
 ]
 
 logger = logging.getLogger("latentplan.control")
@@ -1230,59 +1230,3 @@ class ControlConfig:
     warmup: bool = True
     threads: int = 1
     json: str | None = None
-
-
-def cli_main(args: list[str]) -> int:
-    """`latentplan control --checkpoint … --rate 20 [--mode async] [--planner cem] …`.
-
-    Runs one episode of the checkpoint's task on a `SimulatedRobot` in real time and prints the
-    loop's and the controller's statistics. Returns the exit code.
-    """
-    import json as _json
-
-    import tyro
-
-    from latentplan.envs.dmc import DEFAULT_DMC_ACTION_REPEAT, PLANET_ACTION_REPEAT
-    from latentplan.training import load_checkpoint
-
-    from .compare import Budget, PlannerNotAvailable, make_planner
-
-    cfg = tyro.cli(ControlConfig, args=args, prog="latentplan control")
-    torch.set_num_threads(cfg.threads)
-    try:
-        model, tcfg, _ = load_checkpoint(cfg.checkpoint)
-        if tcfg.obs != "state":
-            raise ValueError(f"latentplan control simulates state observations; this model observes {tcfg.obs!r}")
-        domain = tcfg.env[4:].partition("-")[0]
-        repeat = tcfg.action_repeat or PLANET_ACTION_REPEAT.get(domain, DEFAULT_DMC_ACTION_REPEAT)
-        probe = SimulatedRobot(tcfg.env, action_repeat=repeat, seed=cfg.seed)
-        rtf = cfg.real_time_factor or cfg.rate * repeat * probe.dt
-        robot = SimulatedRobot(tcfg.env, action_repeat=repeat, real_time_factor=rtf, seed=cfg.seed)
-        period_ms = 1e3 / cfg.rate
-        budget_ms = cfg.budget_ms if cfg.budget_ms is not None else (0.7 * period_ms if cfg.mode == "sync" else None)
-        build = make_planner(cfg.planner, model, Budget(evals=cfg.budget_evals, ms=budget_ms or period_ms))
-        policy = None
-        if cfg.fallback_policy:
-            from latentplan.planners.distill import GaussianPolicy
-
-            policy = GaussianPolicy.load(cfg.fallback_policy, device=model.action_low.device)
-        ctrl = MPCController(model, build.planner, ControllerConfig(
-            budget_ms=budget_ms, mode="thread", warm_start=build.warm_start, seed=cfg.seed,
-            margin_ms=min(1.0, (budget_ms or period_ms) / 10)), objective=build.objective, fallback_policy=policy)
-    except (ValueError, FileNotFoundError, PlannerNotAvailable) as err:
-        print(f"latentplan control: {err}", file=sys.stderr)
-        return 2
-    obs0 = robot.reset(cfg.seed)
-    print(f"{tcfg.env}: {cfg.rate:g} Hz ({period_ms:.1f} ms per tick), {repeat} physics steps of "
-          f"{robot.dt * 1e3:g} ms per decision, real-time factor {rtf:g}; mode {cfg.mode}; planner {build.description}")
-    if cfg.warmup:
-        print(f"warm-up plan: {ctrl.warmup(obs0):.1f} ms")
-    stats = run_control_loop(robot, ctrl, cfg.rate, cfg.steps, mode=cfg.mode)
-    ctrl.close()
-    print(stats.table())
-    if cfg.json:
-        from pathlib import Path
-
-        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(_json.dumps({"config": dataclasses.asdict(cfg), "stats": stats.as_dict()}, indent=1))
-    return 0

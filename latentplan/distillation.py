@@ -14,10 +14,8 @@ seeds, and write the policy, the learner's state, a loss curve and `metrics.json
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,22 +27,18 @@ from tqdm.auto import tqdm
 
 from latentplan import envs as lp_envs
 from latentplan.planners.base import Plan, Planner
-from latentplan.planners.cem import CEM, CEMConfig
 from latentplan.planners.distill import DistillConfig, Distiller, PolicyPlanner
-from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.planners.objective import Objective
 from latentplan.worldmodels.replay import Episode, ReplayBuffer
 from latentplan.worldmodels.state import LatentState
 
 from .agent import Agent, _accepts_generator, run_episode
+from .registry import Budget, PlannerSpec, make_planner
 
 __all__ = [
-    "DistillRunConfig", "DistillResult", "cli_main", "dagger_round", "evaluate_planner", "make_teacher", "plot_distillation",
+    "DistillRunConfig", "DistillResult", "dagger_round", "evaluate_planner", "make_teacher",
     "replay_beliefs", "run_distillation",
 ]
-
-TEACHERS = ("cem", "icem", "mppi", "gradient", "mcts")
-
 
 # --------------------------------------------------------------------------- beliefs from data
 
@@ -205,18 +199,15 @@ class DistillRunConfig:
 
     Attributes:
         checkpoint: a `checkpoint.pt` (or a run folder) written by `latentplan train`.
-        teacher: the planner distilled: `cem` (PlaNet's CEM), `icem` (coloured noise beta = 2,
-            30 % kept elites, population decay 1.25, the mean as a candidate), `mppi` (the CEM
-            loop with `refit="mppi"`), `gradient` (`GradientPlanner`), `mcts` (needs
-            `latentplan.planners.mcts`).
+        teacher: the planner distilled, as a registry spec (`latentplan.registry`): a name
+            (`cem`, `icem`, `mppi`, `cem_gd`, `gradient`, `mcts`, or one registered by the user)
+            with optional config overrides, e.g. `cem:iterations=10,candidates=300` or
+            `mcts:simulations=200`. Without `budget_evals`, each planner's registry defaults
+            (CEM: I = 5, J = 100, K = 10).
+        budget_evals: model evaluations per decision the teacher is scaled to (as in
+            `latentplan compare`); `None`: the spec's own size.
         out: output folder: `policy.pt`, `distiller.pt`, `loss.png`, `metrics.json`.
-        horizon: the teacher's H.
-        iterations: CEM-family iterations I.
-        candidates: CEM-family candidates J.
-        elites: CEM-family elites K.
-        restarts: gradient teacher: restarts R.
-        gradient_steps: gradient teacher: Adam steps per plan.
-        simulations: MCTS teacher: simulations per decision (if its config has that field).
+        horizon: the teacher's planning horizon H (every planner's, MCTS's tree depth included).
         target: `auto` (`visits` for MCTS, `action` otherwise), `action`, `plan` or `visits`.
         episodes_dir: the replay episodes (`NNNNNN.npz`); default: `<run folder>/episodes`, where
             the run folder is the checkpoint's folder, or `<file stem>/` beside a `.pt` file.
@@ -242,15 +233,10 @@ class DistillRunConfig:
     """
 
     checkpoint: str
-    teacher: Literal["cem", "icem", "mppi", "gradient", "mcts"] = "cem"
+    teacher: str = "cem"
+    budget_evals: int | None = None
     out: str = "runs/distill"
     horizon: int = 12
-    iterations: int = 5
-    candidates: int = 100
-    elites: int = 10
-    restarts: int = 8
-    gradient_steps: int = 50
-    simulations: int = 50
     target: Literal["auto", "action", "plan", "visits"] = "auto"
     episodes_dir: str | None = None
     replay_states: int = 3000
@@ -270,8 +256,9 @@ class DistillRunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
-        if self.teacher not in TEACHERS:
-            raise ValueError(f"DistillRunConfig.teacher must be one of {TEACHERS}; got {self.teacher!r}")
+        PlannerSpec.parse(self.teacher)  # a malformed spec fails here, an unknown name when it is built
+        if self.horizon < 1:
+            raise ValueError(f"DistillRunConfig.horizon must be >= 1; got {self.horizon}")
         for name in ("replay_states", "fit_steps", "dagger_rounds", "dagger_episodes", "dagger_steps", "eval_episodes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillRunConfig.{name} must be >= 0; got {getattr(self, name)}")
@@ -283,37 +270,18 @@ class DistillRunConfig:
         """The target in use: `target`, or for `auto` `visits` with MCTS and `action` otherwise."""
         if self.target != "auto":
             return self.target
-        return "visits" if self.teacher == "mcts" else "action"
+        return "visits" if PlannerSpec.parse(self.teacher).name == "mcts" else "action"
 
 
-def make_teacher(cfg: DistillRunConfig) -> Planner:
-    """The teacher planner named by `cfg.teacher`, at `cfg`'s settings.
+def make_teacher(cfg: DistillRunConfig, model: Any) -> Planner:
+    """The teacher planner `cfg.teacher` names, built by the registry at horizon `cfg.horizon`
+    (and scaled to `cfg.budget_evals` when set).
 
     Raises:
-        ValueError: for `mcts` when `latentplan.planners.mcts` is not installed, or an unknown name.
+        ValueError: an unknown name or a bad override (the registry's message).
     """
-    h = cfg.horizon
-    cem = dict(horizon=h, iterations=cfg.iterations, candidates=cfg.candidates, elites=cfg.elites)
-    if cfg.teacher == "cem":
-        return CEM(CEMConfig(**cem))
-    if cfg.teacher == "icem":
-        return CEM(CEMConfig(**cem, noise_beta=2.0, keep_elites=0.3, population_decay=1.25, include_mean=True))
-    if cfg.teacher == "mppi":
-        return CEM(CEMConfig(**cem, refit="mppi", temperature=1.0))
-    if cfg.teacher == "gradient":
-        return GradientPlanner(GradientConfig(horizon=h, iterations=cfg.gradient_steps, restarts=cfg.restarts))
-    if cfg.teacher == "mcts":
-        try:
-            mod = importlib.import_module("latentplan.planners.mcts")
-        except ImportError as e:
-            raise ValueError("teacher 'mcts' needs latentplan.planners.mcts, which is not available in this install") from e
-        conf_cls = getattr(mod, "MCTSConfig", None)
-        if conf_cls is None:
-            return mod.MCTS()
-        names = {f.name for f in dataclasses.fields(conf_cls)}
-        wanted = {"horizon": h, "simulations": cfg.simulations}
-        return mod.MCTS(conf_cls(**{k: v for k, v in wanted.items() if k in names}))
-    raise ValueError(f"unknown teacher {cfg.teacher!r}; choose one of {TEACHERS}")
+    budget = Budget(evals=cfg.budget_evals) if cfg.budget_evals is not None else None
+    return make_planner(cfg.teacher, model, budget, horizon=cfg.horizon).planner
 
 
 def _episodes_dir(cfg: DistillRunConfig) -> Path | None:
@@ -392,7 +360,7 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
        `eval_episodes` seeds.
     5. Write `out/policy.pt` (`GaussianPolicy.save`; `torch.load(..., weights_only=True)`),
        `out/distiller.pt` (`Distiller.state_dict()`, without the data set unless `save_data`),
-       `out/loss.png` (`plot_distillation`) and `out/metrics.json`.
+       `out/loss.png` (`latentplan.plots.plot_distillation`) and `out/metrics.json`.
 
     Args:
         cfg: `DistillRunConfig`.
@@ -413,7 +381,7 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
     device = resolve_device(cfg.device)
     model, train_cfg, _ = load_checkpoint(cfg.checkpoint, device=str(device))
     factory = objective_factory or (lambda m: Objective(m))
-    teacher = make_teacher(cfg)
+    teacher = make_teacher(cfg, model)
     target = cfg.resolved_target
     init_seed = cfg.seed if cfg.distill.init_seed is None else cfg.distill.init_seed
     dcfg = dataclasses.replace(cfg.distill, target=target, init_seed=init_seed)
@@ -502,89 +470,8 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
     metrics["labels"] = distiller.labels
     metrics["wall_s"] = time.perf_counter() - t_start
     metrics["loss_history"] = [l for _, l in distiller.history]
+    from .plots import plot_distillation
+
     plot_distillation(metrics, out / "loss.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return DistillResult(distiller, teacher, model, env, metrics, out)
-
-
-def plot_distillation(metrics: dict[str, Any], path: str | Path) -> Path:
-    """Plot the loss curve (per gradient step, with a moving average and the phase boundaries)
-    and, when there are DAgger rounds, the student's return per round next to the teacher's.
-
-    Args:
-        metrics: a `run_distillation` metrics dict (`loss_history`, `phases`, `rounds`, ...).
-        path: the PNG to write.
-
-    Returns:
-        The PNG's path.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    losses = np.asarray(metrics.get("loss_history", []), dtype=float)
-    rounds = metrics.get("rounds", [])
-    ncols = 2 if rounds else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.6), dpi=120, squeeze=False)
-    ax = axes[0, 0]
-    if losses.size:
-        steps = np.arange(1, losses.size + 1)
-        ax.plot(steps, losses, color="tab:gray", alpha=0.35, lw=0.8, label="loss per step")
-        w = max(1, min(100, losses.size // 20))
-        if w > 1:
-            smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
-            ax.plot(steps[w - 1:], smooth, color="tab:blue", lw=1.5, label=f"moving average ({w})")
-    for name, step in metrics.get("phases", []):
-        ax.axvline(step, color="tab:red", alpha=0.3, lw=0.8)
-    ax.set_xlabel("gradient step")
-    ax.set_ylabel(f"distillation loss ({metrics.get('target', '')})")
-    ax.set_title(f"distilling {metrics.get('teacher', '')}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if rounds:
-        ax = axes[0, 1]
-        ax.plot([r["round"] for r in rounds], [r["mean_return"] for r in rounds], "o-", label="student (DAgger episodes)")
-        if "student" in metrics:
-            ax.axhline(metrics["student"]["mean"], color="tab:blue", ls="--", lw=1, label="student (evaluation)")
-        if "teacher_eval" in metrics:
-            ax.axhline(metrics["teacher_eval"]["mean"], color="tab:green", ls="--", lw=1, label="teacher (evaluation)")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("DAgger round")
-        ax.set_ylabel("episode return")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def cli_main(args: list[str]) -> int:
-    """`latentplan distill --checkpoint PATH --teacher cem|icem|mppi|gradient|mcts [--flags]`.
-
-    Every `DistillRunConfig` field is a flag (`latentplan distill --help`), the learner's settings
-    under `--distill.*`. Prints a summary; returns the exit code (0 on success, 2 on a bad
-    setting or missing input).
-    """
-    import tyro
-
-    cfg = tyro.cli(DistillRunConfig, args=args, prog="latentplan distill")
-    try:
-        res = run_distillation(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"latentplan distill: {e}", file=sys.stderr)
-        return 2
-    m = res.metrics
-    print(f"\n  teacher {cfg.teacher} ({m['target']} target): {m['labels']} labels, {m['steps']} gradient steps, "
-          f"{m['wall_s'] / 60:.1f} min")
-    if "student" in m:
-        line = f"  student return {m['student']['mean']:.1f} ± {m['student']['std']:.1f} ({m['student']['plan_ms']:.2f} ms/decision)"
-        if "teacher_eval" in m:
-            t = m["teacher_eval"]
-            line += f"   teacher {t['mean']:.1f} ± {t['std']:.1f} ({t['plan_ms']:.1f} ms/decision); ratio {m['return_ratio']:.2f}"
-        print(line)
-    print(f"  policy: {res.out / 'policy.pt'}   loss curve: {res.out / 'loss.png'}   metrics: {res.out / 'metrics.json'}")
-    return 0

@@ -1,4 +1,4 @@
-"""The planner comparison harness: budgets, seeds, statistics, resume, outputs and the registry.
+"""The planner comparison harness: budgets, seeds, statistics, resume and outputs.
 
 The world is a point x' = x + u (reward -(x' - 0.8)^2, 6 decisions per episode) with a matching
 `AnalyticModel`, so every cell takes milliseconds and every number is reproducible.
@@ -14,7 +14,9 @@ import scipy.stats
 from gymnasium import spaces
 
 from latentplan import compare as cmp
-from latentplan.compare import Budget, PlannerNotAvailable, PlannerSpec, compare, make_planner
+from latentplan.compare import compare
+from latentplan.registry import Budget, PlannerBuild, PlannerSpec, make_planner, register_planner
+from latentplan.registry import cem_family
 from latentplan.statistics import bootstrap_ci
 from latentplan.worldmodels import AnalyticModel
 
@@ -106,13 +108,13 @@ class Counting:
 
 
 def _counting_factory(model, budget, horizon, overrides):
-    build = cmp.cem_family({}, warm_start=False)(model, budget, horizon, overrides)
-    return cmp.PlannerBuild(Counting(build.planner), build.warm_start, build.deadline_ms, build.expected_evals,
+    build = cem_family({}, warm_start=False)(model, budget, horizon, overrides)
+    return PlannerBuild(Counting(build.planner), build.warm_start, build.deadline_ms, build.expected_evals,
                             build.description)
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_cells(tmp_path):
-    cmp.register_planner("counting", _counting_factory, replace=True)
+    register_planner("counting", _counting_factory, replace=True)
     kw = dict(budgets=[Budget(evals=300)], horizon=3, env=point_env, progress=False)
     planners = ["counting", "counting:iterations=3"]
     full = compare(point_model(), planners, episodes=3, **kw)  # the reference, nothing written
@@ -162,55 +164,8 @@ def test_a_time_budget_is_a_deadline_on_a_large_configuration():
             return build.planner.plan(objective, state, warm_start=warm_start, generator=generator,
                                       deadline=deadline)
 
-    cell = cmp.run_cell(point_model(), cmp.PlannerBuild(Recorder(), False, 20.0, None, ""), PointEnv(0), 0)
+    cell = cmp.run_cell(point_model(), PlannerBuild(Recorder(), False, 20.0, None, ""), PointEnv(0), 0)
     assert cell["decisions"] == 6 and all(d is not None for d in seen)
     cell = cmp.run_cell(point_model(), make_planner("cem", point_model(), Budget(evals=120), horizon=3),
                         PointEnv(0), 0)
     assert cell["model_evals_per_decision"] == 120
-
-
-def test_registry_names_overrides_and_errors():
-    assert {"cem", "icem", "mppi", "gradient", "cem_gd", "mcts", "policy"} <= set(cmp.available_planners())
-    spec = PlannerSpec.parse("icem:noise_beta=3,keep_elites=0.2,refit=mppi")
-    assert spec.overrides == (("noise_beta", 3), ("keep_elites", 0.2), ("refit", "mppi")) and spec.label == spec.name + ":noise_beta=3,keep_elites=0.2,refit=mppi"
-    model = point_model()
-    with pytest.raises(ValueError, match="unknown planner 'nope'.*cem"):
-        make_planner("nope", model)
-    cmp.register_planner("missing", "latentplan.no_such_module:factory", replace=True)
-    with pytest.raises(PlannerNotAvailable, match="latentplan.no_such_module"):
-        make_planner("missing", model)
-    with pytest.raises(ValueError, match="candidates is set by the evaluation budget"):
-        make_planner("cem:candidates=10", model, Budget(evals=600))
-    with pytest.raises(ValueError, match="too small"):
-        make_planner("cem_gd", model, Budget(evals=10), horizon=4)
-    with pytest.raises(ValueError, match="no_such_field"):
-        make_planner("cem:no_such_field=1", model, Budget(evals=600))
-    with pytest.raises(ValueError, match="already registered"):
-        cmp.register_planner("cem", _counting_factory)
-    with pytest.raises(ValueError, match="field=value"):
-        PlannerSpec.parse("cem:iterations")
-    with pytest.raises(ValueError, match="Budget.evals"):
-        Budget(evals=0)
-    with pytest.raises(ValueError, match="policy.pt"):
-        make_planner("policy", model)
-
-
-def test_mcts_takes_a_trained_critic_by_path(tmp_path):
-    """`mcts:value=<path>` bootstraps the tree's leaves with the stored critic and its discount."""
-    import torch
-
-    from latentplan.planners.value import ValueConfig, ValueLearner
-
-    learner = ValueLearner(ValueConfig(hidden=(4,), discount=0.9), 1, seed=3)
-    path = tmp_path / "value.pt"
-    torch.save({"learner": learner.state_dict(), "config": dict(learner.config.__dict__), "feature_dim": 1}, path)
-    model = point_model()
-    build = cmp.mcts_factory(model, Budget(evals=80), 3, {"value": str(path)})
-    objective = build.objective(model)
-    state = model.from_observation(torch.tensor([[0.3], [-0.2]]))
-    assert objective.discount == 0.9
-    assert torch.equal(objective.value(state), learner.value(state))
-    assert build.planner.config.simulations == 10  # 80 evaluations / 8 children
-    torch.save({"something": 1}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="holds no critic"):
-        cmp.mcts_factory(model, Budget(evals=80), 3, {"value": str(tmp_path / "other.pt")})

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import latentplan as lp
-from latentplan.distillation import cli_main, dagger_round, replay_beliefs
+from latentplan.cli import main
+from latentplan.distillation import dagger_round, replay_beliefs
 from latentplan.envs.lqr import LinearQuadratic
 from latentplan.planners import CEM, CEMConfig, GradientConfig, GradientPlanner, Objective, Plan, Planner, Policy
 from latentplan.planners.distill import (
@@ -339,9 +340,9 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_cli_distill_writes_policy_curve_and_metrics(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli_main([
-        "--checkpoint", str(tiny_checkpoint / "checkpoint.pt"), "--teacher", "cem", "--out", str(out),
-        "--horizon", "3", "--iterations", "2", "--candidates", "16", "--elites", "4", "--replay-states", "30",
+    code = main([
+        "distill", "--checkpoint", str(tiny_checkpoint / "checkpoint.pt"), "--out", str(out),
+        "--horizon", "3", "--teacher", "cem:iterations=2,candidates=16,elites=4", "--replay-states", "30",
         "--fit-steps", "20", "--dagger-rounds", "1", "--dagger-episodes", "1", "--dagger-steps", "5",
         "--eval-episodes", "1", "--no-eval-teacher", "--no-progress", "--distill.batch-size", "16",
     ])
@@ -355,15 +356,12 @@ def test_cli_distill_writes_policy_curve_and_metrics(tiny_checkpoint, tmp_path, 
     assert (out / "loss.png").stat().st_size > 5000
     assert "student return" in capsys.readouterr().out
     # a missing checkpoint is a clean error, not a traceback
-    assert cli_main(["--checkpoint", str(tmp_path / "nope.pt"), "--no-progress"]) == 2
-    # MCTS (resolved lazily): its root visit distribution is the target
-    args = ["--checkpoint", str(tiny_checkpoint), "--teacher", "mcts", "--simulations", "8", "--replay-states", "6",
-            "--fit-steps", "3", "--dagger-rounds", "0", "--eval-episodes", "0", "--no-progress", "--out", str(tmp_path / "m")]
-    if importlib.util.find_spec("latentplan.planners.mcts") is None:
-        assert cli_main(args) == 2
-        assert "latentplan.planners.mcts" in capsys.readouterr().err
-    else:
-        assert cli_main(args) == 0
-        m = json.loads((tmp_path / "m" / "metrics.json").read_text())
-        assert m["target"] == "visits" and m["labels"] == 6 and m["steps"] == 3
-        assert "simulations=8" in m["teacher_repr"]
+    assert main(["distill", "--checkpoint", str(tmp_path / "nope.pt"), "--no-progress"]) == 2
+    # MCTS: its root visit distribution is the target, and the horizon is its tree's depth
+    args = ["distill", "--checkpoint", str(tiny_checkpoint), "--teacher", "mcts:simulations=8", "--horizon", "4",
+            "--replay-states", "6", "--fit-steps", "3", "--dagger-rounds", "0", "--eval-episodes", "0", "--no-progress",
+            "--out", str(tmp_path / "m")]
+    assert main(args) == 0
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert m["target"] == "visits" and m["labels"] == 6 and m["steps"] == 3
+    assert "simulations=8" in m["teacher_repr"] and "depth=4" in m["teacher_repr"]

@@ -188,7 +188,7 @@ def test_t_interval_edge_cases():
 
 def test_demo_never_deletes_an_earlier_run(tmp_path, monkeypatch):
     """`latentplan demo` without --run-dir writes next to a taken runs/demo; with --run-dir it refuses."""
-    from latentplan.cli import _free_demo_dir
+    from latentplan.cli.train import free_demo_dir as _free_demo_dir
 
     monkeypatch.chdir(tmp_path)
     cfg = lp.demo_config()
@@ -250,7 +250,8 @@ def test_cli_train_runs_from_flags_and_prints_the_table(tmp_path, capsys):
 def test_cli_usage_and_unknown_command(capsys):
     assert main([]) == 2
     assert main(["fly"]) == 2
-    assert "unknown command" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Unrecognized options: fly" in err and "train, demo, compare, control, distill" in err
 
 
 @pytest.mark.slow

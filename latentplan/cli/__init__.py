@@ -1,0 +1,119 @@
+"""The `latentplan` command: one tyro subcommand per job, each generated from its frozen config
+dataclass, so `latentplan <command> --help` lists every field with its documentation.
+
+    latentplan train    PlaNet's training loop (`TrainConfig`)
+    latentplan demo     the embedded default run (`demo_config()`), the README's main job
+    latentplan compare  planners on one checkpoint at equal budgets (`CompareConfig`)
+    latentplan control  a planner as a real-time controller of a simulated robot (`ControlConfig`)
+    latentplan distill  a planner distilled into a policy network (`DistillRunConfig`)
+
+Each command's runner lives in its own module of this package and is imported only when run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Union
+
+__all__ = ["COMMANDS", "Command", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand.
+
+    Attributes:
+        config: `"module:Class"` of the frozen config dataclass its flags are generated from.
+        runner: `"module:function"`, `function(config, args) -> exit code`.
+        default: `"module:function"` returning the default config, or `None` when the config has
+            required fields (then every default is the dataclass's own).
+        help: the one-line summary in `latentplan --help`.
+    """
+
+    config: str
+    runner: str
+    default: str | None
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("latentplan.config:TrainConfig", "latentplan.cli.train:run_train", "latentplan.config:TrainConfig",
+                     "PlaNet's training loop; with --resume the run folder's own config is the default"),
+    "demo": Command("latentplan.config:TrainConfig", "latentplan.cli.train:run_demo", "latentplan.config:demo_config",
+                    "the embedded default: a CPU-sized run on dmc:cartpole-swingup from state, ending with a "
+                    "5-episode evaluation (about 10 minutes on 2 cores)"),
+    "compare": Command("latentplan.compare:CompareConfig", "latentplan.cli.compare:run", None,
+                       "several planners on one checkpoint, the same seeds and budgets: a table, JSON, CSV, a plot"),
+    "control": Command("latentplan.control:ControlConfig", "latentplan.cli.control:run", None,
+                       "a planner as a real-time controller of a simulated robot"),
+    "distill": Command("latentplan.distillation:DistillRunConfig", "latentplan.cli.distill:run", None,
+                       "distil a planner into a policy network on a checkpoint"),
+}
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _stored_config(args: list[str], default: Any) -> Any:
+    """With `--resume`, the `config.json` of the run folder `--run-dir` names (if it exists), with
+    `resume` on: the run's own settings become the defaults the flags override."""
+    if "--resume" not in args:
+        return default
+    run_dir = default.run_dir
+    for i, a in enumerate(args):
+        if a == "--run-dir" and i + 1 < len(args):
+            run_dir = args[i + 1]
+        elif a.startswith("--run-dir="):
+            run_dir = a.split("=", 1)[1]
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return default
+    stored = type(default).from_dict(json.loads(path.read_text()))
+    return dataclasses.replace(stored, resume=True, overwrite=False)
+
+
+def _cli_type(name: str | None, args: list[str]) -> Any:
+    """The union of all subcommands; only the one being run builds its (possibly stored) default."""
+    import tyro
+
+    options = []
+    for cmd_name, cmd in COMMANDS.items():
+        default = None
+        if cmd.default is not None and cmd_name == name:
+            default = _stored_config(args, _load(cmd.default)())
+        elif cmd.default is not None:
+            default = _load(cmd.default)()
+        marker = tyro.conf.subcommand(cmd_name, default=default, description=cmd.help)
+        options.append(Annotated[_load(cmd.config), marker])
+    return Union[tuple(options)]  # noqa: UP007 (a runtime union of Annotated types)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `latentplan` script: parse the subcommand and its flags, run it.
+
+    Returns:
+        The exit code: 0 on success, 2 for bad flags, an unknown command or bad input (the
+        runners print the reason to stderr), 130 after an interruption.
+    """
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv and argv[0] in COMMANDS else None
+    try:
+        config = tyro.cli(_cli_type(name, argv[1:]), args=argv, prog="latentplan",
+                          description="Planning and model-predictive control over one learned latent dynamics model.")
+    except SystemExit as exit_:  # --help (0) or a parse error (2), already printed by tyro
+        return exit_.code if isinstance(exit_.code, int) else 2
+    runner: Callable[[Any, list[str]], int] = _load(COMMANDS[name].runner)
+    return int(runner(config, argv[1:]) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

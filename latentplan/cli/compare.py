@@ -1,0 +1,41 @@
+"""`latentplan compare`: several planners on one checkpoint at the same seeds and budgets."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from latentplan.compare import CompareConfig, compare
+from latentplan.registry import PlannerNotAvailable
+
+__all__ = ["run"]
+
+
+def run(cfg: CompareConfig, args: list[str] | None = None) -> int:
+    """Print the comparison table and write the results into `cfg.out`.
+
+    Returns:
+        The exit code: 0, 2 for bad input (unknown planner, missing checkpoint, ...), 130 after an
+        interruption (rerun the same command to resume from `cells.jsonl`).
+    """
+    torch.set_num_threads(cfg.threads)
+    try:
+        result = compare(cfg.checkpoint, cfg.planners, episodes=cfg.episodes, seed=cfg.seed, budgets=cfg.budgets(),
+                         horizon=cfg.horizon, out_dir=cfg.out, resume=cfg.resume, max_decisions=cfg.max_decisions,
+                         progress=cfg.progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished episodes are in {cfg.out}/cells.jsonl; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (ValueError, PlannerNotAvailable, FileNotFoundError) as err:
+        print(f"latentplan compare: {err}", file=sys.stderr)
+        return 2
+    print()
+    print(result.table())
+    for r in result.rows:
+        if r["evals_match"] is False:
+            print(f"note: {r['planner']} @ {r['budget']} measured {r['model_evals_per_decision']:.0f} model evaluations "
+                  f"per decision, expected {r['expected_evals']}")
+    print(f"\n  {cfg.out}/results.json  {cfg.out}/results.csv  {cfg.out}/return_vs_ms.png")
+    return 0

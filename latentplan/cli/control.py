@@ -1,0 +1,65 @@
+"""`latentplan control`: one episode of a checkpoint's task on a `SimulatedRobot` in real time."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from latentplan.control import ControlConfig, ControllerConfig, MPCController, SimulatedRobot, run_control_loop
+from latentplan.registry import Budget, PlannerNotAvailable, load_policy, make_planner
+
+__all__ = ["run"]
+
+
+def _controller(cfg: ControlConfig):
+    """The robot, the controller and the planner's build for `cfg` (raises ValueError / FileNotFoundError)."""
+    from latentplan.envs.dmc import DEFAULT_DMC_ACTION_REPEAT, PLANET_ACTION_REPEAT
+    from latentplan.training import load_checkpoint
+
+    model, tcfg, _ = load_checkpoint(cfg.checkpoint)
+    if tcfg.obs != "state":
+        raise ValueError(f"latentplan control simulates state observations; this model observes {tcfg.obs!r}")
+    domain = tcfg.env[4:].partition("-")[0]
+    repeat = tcfg.action_repeat or PLANET_ACTION_REPEAT.get(domain, DEFAULT_DMC_ACTION_REPEAT)
+    probe = SimulatedRobot(tcfg.env, action_repeat=repeat, seed=cfg.seed)
+    rtf = cfg.real_time_factor or cfg.rate * repeat * probe.dt
+    robot = SimulatedRobot(tcfg.env, action_repeat=repeat, real_time_factor=rtf, seed=cfg.seed)
+    period_ms = 1e3 / cfg.rate
+    budget_ms = cfg.budget_ms if cfg.budget_ms is not None else (0.7 * period_ms if cfg.mode == "sync" else None)
+    build = make_planner(cfg.planner, model, Budget(evals=cfg.budget_evals, ms=budget_ms or period_ms))
+    policy = load_policy(cfg.fallback_policy, model) if cfg.fallback_policy else None
+    ctrl = MPCController(model, build.planner, ControllerConfig(
+        budget_ms=budget_ms, mode="thread", warm_start=build.warm_start, seed=cfg.seed,
+        margin_ms=min(1.0, (budget_ms or period_ms) / 10)), objective=build.objective, fallback_policy=policy)
+    header = (f"{tcfg.env}: {cfg.rate:g} Hz ({period_ms:.1f} ms per tick), {repeat} physics steps of "
+              f"{robot.dt * 1e3:g} ms per decision, real-time factor {rtf:g}; mode {cfg.mode}; planner {build.description}")
+    return robot, ctrl, header
+
+
+def run(cfg: ControlConfig, args: list[str] | None = None) -> int:
+    """Run the loop, print the loop's and the controller's statistics, write them to `cfg.json`.
+
+    Returns:
+        The exit code: 0, or 2 for a bad setting, an unknown planner or a missing checkpoint.
+    """
+    torch.set_num_threads(cfg.threads)
+    try:
+        robot, ctrl, header = _controller(cfg)
+    except (ValueError, FileNotFoundError, PlannerNotAvailable) as err:
+        print(f"latentplan control: {err}", file=sys.stderr)
+        return 2
+    obs0 = robot.reset(cfg.seed)
+    print(header)
+    if cfg.warmup:
+        print(f"warm-up plan: {ctrl.warmup(obs0):.1f} ms")
+    stats = run_control_loop(robot, ctrl, cfg.rate, cfg.steps, mode=cfg.mode)
+    ctrl.close()
+    print(stats.table())
+    if cfg.json:
+        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.json).write_text(json.dumps({"config": dataclasses.asdict(cfg), "stats": stats.as_dict()}, indent=1))
+    return 0

@@ -1,0 +1,75 @@
+"""`latentplan train` and `latentplan demo`: run PlaNet's loop and print the final table."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from latentplan.config import TrainConfig
+from latentplan.training import Trainer, TrainSummary
+
+__all__ = ["run_demo", "run_train", "summary_table"]
+
+
+def summary_table(s: TrainSummary) -> str:
+    """The final table printed after a run: the final multi-episode figure first, then the last and
+    best single evaluations during training, planning time and wall time."""
+    rows = [
+        ("episodes", f"{s.episodes}"),
+        ("env steps", f"{s.env_steps:,}"),
+    ]
+    if s.final_returns:
+        ci = "" if s.final_return_ci is None else f", 95 % CI [{s.final_return_ci[0]:.1f}, {s.final_return_ci[1]:.1f}]"
+        rows.append((f"final return ({len(s.final_returns)} episodes)", f"{s.final_return:.1f}{ci}"))
+    rows += [
+        ("eval return (last)", f"{s.eval_return:.1f}"),
+        ("eval return (best)", f"{s.best_eval_return:.1f}"),
+        ("planning ms / action", f"{s.plan_ms:.1f}"),
+        ("wall time", f"{s.wall_s / 60:.1f} min"),
+        ("run folder", s.run_dir),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    bar = "  " + "-" * (width + 2 + max(len(v) for _, v in rows))
+    return "\n".join([bar, *lines, bar])
+
+
+def run_train(config: TrainConfig, args: list[str], *, command: str = "train") -> int:
+    """Train with `config`, print the final table; exit code 2 when the run folder must not be touched."""
+    try:
+        summary = Trainer(config).run()
+    except FileExistsError as e:
+        print(f"latentplan {command}: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(summary_table(summary))
+    if summary.stopped_early:
+        print(f"  (collection stopped at the {config.max_wall_minutes} min wall-time limit)")
+    print(f"  learning curve: {summary.run_dir}/curve.png   metrics: {summary.run_dir}/metrics.jsonl")
+    return 0
+
+
+def _given(args: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def free_demo_dir(config: TrainConfig, args: list[str]) -> TrainConfig:
+    """The demo never deletes an earlier run: without `--run-dir`, `--resume` or `--overwrite`, a taken
+    default folder (`runs/demo`) gives way to the next free `runs/demo-2`, `runs/demo-3`, ..."""
+    if _given(args, "--run-dir") or config.resume or config.overwrite:
+        return config
+    base = Path(config.run_dir)
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    if path != base:
+        print(f"latentplan demo: {base} holds an earlier run; writing to {path} "
+              f"(--run-dir {base} --overwrite replaces it)")
+    return dataclasses.replace(config, run_dir=str(path))
+
+
+def run_demo(config: TrainConfig, args: list[str]) -> int:
+    """`latentplan demo`: `run_train` in the next free demo folder."""
+    return run_train(free_demo_dir(config, args), args, command="demo")

@@ -1,0 +1,94 @@
+"""The planner registry: names, specs with overrides, presets, budgets, trained parts by path, and one
+resolution of a name for every command (the distillation teacher included)."""
+
+import pytest
+import torch
+
+from latentplan.distillation import DistillRunConfig, make_teacher
+from latentplan.registry import (
+    PRESETS, Budget, PlannerNotAvailable, PlannerSpec, available_planners, make_planner, mcts_factory,
+    register_planner,
+)
+from test_compare import _counting_factory, point_model
+
+
+def test_registry_names_overrides_and_errors():
+    assert {"cem", "icem", "mppi", "gradient", "cem_gd", "mcts", "policy"} <= set(available_planners())
+    spec = PlannerSpec.parse("icem:noise_beta=3,keep_elites=0.2,refit=mppi")
+    assert spec.overrides == (("noise_beta", 3), ("keep_elites", 0.2), ("refit", "mppi")) and spec.label == spec.name + ":noise_beta=3,keep_elites=0.2,refit=mppi"
+    model = point_model()
+    with pytest.raises(ValueError, match="unknown planner 'nope'.*cem"):
+        make_planner("nope", model)
+    register_planner("missing", "latentplan.no_such_module:factory", replace=True)
+    with pytest.raises(PlannerNotAvailable, match="latentplan.no_such_module"):
+        make_planner("missing", model)
+    with pytest.raises(ValueError, match="candidates is set by the evaluation budget"):
+        make_planner("cem:candidates=10", model, Budget(evals=600))
+    with pytest.raises(ValueError, match="too small"):
+        make_planner("cem_gd", model, Budget(evals=10), horizon=4)
+    with pytest.raises(ValueError, match="no_such_field"):
+        make_planner("cem:no_such_field=1", model, Budget(evals=600))
+    with pytest.raises(ValueError, match="already registered"):
+        register_planner("cem", _counting_factory)
+    with pytest.raises(ValueError, match="field=value"):
+        PlannerSpec.parse("cem:iterations")
+    with pytest.raises(ValueError, match="Budget.evals"):
+        Budget(evals=0)
+    with pytest.raises(ValueError, match="policy.pt"):
+        make_planner("policy", model)
+
+
+def test_mcts_takes_a_trained_critic_by_path(tmp_path):
+    """`mcts:value=<path>` bootstraps the tree's leaves with the stored critic and its discount."""
+    import torch
+
+    from latentplan.planners.value import ValueConfig, ValueLearner
+
+    learner = ValueLearner(ValueConfig(hidden=(4,), discount=0.9), 1, seed=3)
+    path = tmp_path / "value.pt"
+    torch.save({"learner": learner.state_dict(), "config": dict(learner.config.__dict__), "feature_dim": 1}, path)
+    model = point_model()
+    build = mcts_factory(model, Budget(evals=80), 3, {"value": str(path)})
+    objective = build.objective(model)
+    state = model.from_observation(torch.tensor([[0.3], [-0.2]]))
+    assert objective.discount == 0.9
+    assert torch.equal(objective.value(state), learner.value(state))
+    assert build.planner.config.simulations == 10  # 80 evaluations / 8 children
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="holds no critic"):
+        mcts_factory(model, Budget(evals=80), 3, {"value": str(tmp_path / "other.pt")})
+
+
+@pytest.mark.parametrize("teacher", ["cem", "icem", "mppi", "cem_gd", "gradient", "mcts"])
+def test_a_distillation_teacher_is_the_registry_planner_at_the_asked_horizon(teacher):
+    """One resolution of a name: `latentplan distill --teacher mcts --horizon 12` plans 12 steps deep
+    (it used to drop the horizon for MCTS and plan at depth 5)."""
+    model = point_model()
+    cfg = DistillRunConfig(checkpoint="unused.pt", teacher=teacher, horizon=7)
+    planner = make_teacher(cfg, model)
+    assert type(planner) is type(make_planner(teacher, model, horizon=7).planner)
+    assert repr(planner.config) == repr(make_planner(teacher, model, horizon=7).planner.config)
+    plan = planner.plan(planner_objective(model), model.from_observation(torch.zeros(1, 1)),
+                        generator=torch.Generator().manual_seed(0))
+    assert plan.actions.shape == (1, 7, 1)
+    if teacher in PRESETS:
+        preset, _ = PRESETS[teacher]
+        assert all(getattr(planner.config, k) == v for k, v in preset.items())
+
+
+def test_a_distillation_teacher_takes_overrides_and_a_budget():
+    model = point_model()
+    cfg = DistillRunConfig(checkpoint="unused.pt", teacher="cem:iterations=3,elites=4", horizon=5, budget_evals=600)
+    planner = make_teacher(cfg, model)
+    assert planner.config.iterations == 3 and planner.config.elites == 4 and planner.config.model_evals <= 600
+    assert planner.config.candidates == 600 // (3 * 5)
+    with pytest.raises(ValueError, match="field=value"):
+        DistillRunConfig(checkpoint="unused.pt", teacher="cem:iterations")
+    with pytest.raises(ValueError, match="unknown planner 'nope'"):
+        make_teacher(DistillRunConfig(checkpoint="unused.pt", teacher="nope"), model)
+
+
+def planner_objective(model):
+    from latentplan.planners.objective import Objective
+
+    return Objective(model)
