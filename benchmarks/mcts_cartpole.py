@@ -40,7 +40,7 @@ import scipy.stats
 import torch
 
 import latentplan as lp
-from latentplan.compare import load_value
+from latentplan.registry import load_critic as load_value
 from latentplan.planners.mcts import MCTS, MCTSConfig
 from latentplan.planners.value import ImaginedRollout, ValueConfig, ValueLearner, lambda_returns, posterior_beliefs
 from latentplan.worldmodels import ReplayBuffer

@@ -10,7 +10,8 @@ import sys
 
 import torch
 
-from latentplan.compare import Budget, compare
+from latentplan.compare import compare
+from latentplan.registry import Budget
 
 torch.set_num_threads(1)  # one thread: timings that compare across planners
 checkpoint = sys.argv[1] if len(sys.argv) > 1 else "runs/cartpole_long.pt"
