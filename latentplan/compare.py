@@ -27,6 +27,7 @@ import torch
 
 from .control import ControllerConfig, MPCController
 from .registry import Budget, PlannerBuild, PlannerSpec, make_planner
+from .io import append_jsonl, atomic_write_text, read_jsonl
 from .statistics import bootstrap_ci
 
 __all__ = ["CompareConfig", "CompareResult", "compare", "run_cell"]
@@ -141,9 +142,7 @@ class CompareResult:
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write `{"meta", "rows", "cells"}` to `path`."""
-        p = Path(path)
-        p.write_text(json.dumps({"meta": self.meta, "rows": self.rows, "cells": self.cells}, indent=1) + "\n")
-        return p
+        return atomic_write_text(path, json.dumps({"meta": self.meta, "rows": self.rows, "cells": self.cells}, indent=1) + "\n")
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write the rows (without the per-episode lists) to `path` as CSV."""
@@ -155,9 +154,7 @@ class CompareResult:
         w.writeheader()
         for r in self.rows:
             w.writerow(r)
-        p = Path(path)
-        p.write_text(buf.getvalue())
-        return p
+        return atomic_write_text(path, buf.getvalue())
 
     def plot(self, path: str | os.PathLike, *, title: str = "") -> Path:
         """Plot mean return (95 % CI error bars) against median ms per decision (log x) to a PNG
@@ -180,16 +177,8 @@ def _cell_key(meta: Mapping[str, Any], planner: str, budget: str, seed: int) -> 
 
 
 def _load_cells(path: Path) -> dict[str, dict]:
-    cells: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                c = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by an interruption
-                continue
-            if isinstance(c, dict) and "key" in c:
-                cells[c["key"]] = c
-    return cells
+    """The finished cells of `cells.jsonl` by key (a line cut short by an interruption is skipped)."""
+    return {c["key"]: c for c in (read_jsonl(path) if path.exists() else []) if "key" in c}
 
 
 def compare(
@@ -311,8 +300,7 @@ def compare(
                          "budget_ms": b.ms, "expected_evals": build.expected_evals, "description": build.description})
             cells.append(cell)
             if path is not None:
-                with path.open("a") as f:
-                    f.write(json.dumps(cell) + "\n")
+                append_jsonl(path, [cell])
             if bar is not None:
                 bar.update(1)
     finally:

@@ -33,6 +33,7 @@ from latentplan.worldmodels.replay import Episode, ReplayBuffer
 from latentplan.worldmodels.state import LatentState
 
 from .agent import Agent, _accepts_generator, run_episode
+from .io import atomic_write_text
 from .registry import Budget, PlannerSpec, make_planner
 
 __all__ = [
@@ -473,5 +474,5 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
     from .plots import plot_distillation
 
     plot_distillation(metrics, out / "loss.png")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
     return DistillResult(distiller, teacher, model, env, metrics, out)

@@ -8,7 +8,6 @@ pyplot's global state and the user's backend are never touched, so they are safe
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +31,9 @@ def plot_learning_curve(metrics: str | os.PathLike, out: str | os.PathLike, *, t
     Returns:
         The PNG's path.
     """
-    rows = [json.loads(l) for l in Path(metrics).read_text().splitlines() if l.strip()]
+    from .io import read_jsonl
+
+    rows = read_jsonl(metrics)
     train = [(r["env_steps"], r["train_return"]) for r in rows if "train_return" in r]
     evals = [(r["env_steps"], r["eval_return"]) for r in rows if "eval_return" in r]
     fig = Figure(figsize=(6, 3.6), dpi=120)  # object-oriented: pyplot's global state and backend untouched

@@ -34,6 +34,7 @@ from latentplan.planners.value import ValueLearner
 from latentplan.worldmodels.replay import ReplayBuffer
 from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
 
+from . import io
 from .agent import Agent, run_episode
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .statistics import t_interval
@@ -41,10 +42,8 @@ from .statistics import t_interval
 __all__ = ["Trainer", "TrainSummary", "load_checkpoint", "resolve_device", "CheckpointMismatch"]
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT_VERSION = 1
 #: what a run folder holds; `overwrite` deletes these and nothing else
-RUN_FILES = ("config.json", CHECKPOINT, "checkpoint.tmp", "episodes", "metrics.jsonl", "metrics.tmp",
-             "final_eval.json", "final_eval.json.tmp", "curve.png", "tb", "policy.pt")
+RUN_FILES = ("config.json", CHECKPOINT, "episodes", "metrics.jsonl", "final_eval.json", "curve.png", "tb", "policy.pt")
 
 
 class CheckpointMismatch(ValueError):
@@ -102,30 +101,50 @@ class TrainSummary:
     final_return_ci: tuple[float, float] | None = None
 
 
-def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[RSSMWorldModel, TrainConfig, dict]:
-    """Load a trained model from `checkpoint.pt` (or a run folder) with weights-only loading.
+def read_run_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> io.Envelope:
+    """The `run` envelope of a training checkpoint (`checkpoint.pt` or its run folder), weights-only.
 
-    Returns:
-        `(model, config, checkpoint)`: the model in eval mode on `device`, the run's `TrainConfig`,
-        and the raw checkpoint dict.
+    Its `config` holds `train` (`TrainConfig.to_dict()`) and `model` (`RSSMConfig.to_dict()`); its
+    `state` the model, optimiser, generator and counters. A checkpoint written before the envelope
+    (`{"format": 1, ...}`) is read too, as envelope version 0.
 
     Raises:
-        FileNotFoundError: if there is no checkpoint at `path`.
-        ValueError: if the file is not a latentplan checkpoint.
+        FileNotFoundError: no checkpoint at `path`.
+        latentplan.io.CheckpointError: the file is not a latentplan training checkpoint.
     """
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT
-    if not p.exists():
-        raise FileNotFoundError(f"no checkpoint at {p}")
-    ckpt = torch.load(p, map_location=device, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{p} is not a latentplan checkpoint (format {FORMAT_VERSION})")
-    config = TrainConfig.from_dict(json.loads(ckpt["config"]))
-    model = RSSMWorldModel(RSSMConfig.from_dict(json.loads(ckpt["model_config"]))).to(device)
-    model.load_state_dict(ckpt["model"])
+    try:
+        return io.load(p, "run", device=device)
+    except io.CheckpointError:
+        legacy = torch.load(p, map_location=device, weights_only=True)
+        if not (isinstance(legacy, dict) and legacy.get("format") == 1 and "model_config" in legacy):
+            raise
+    config = {"train": json.loads(legacy.pop("config")), "model": json.loads(legacy.pop("model_config"))}
+    state = {k: v for k, v in legacy.items() if k != "format"}
+    for key in ("buffer_rng", "last_eval"):
+        state[key] = json.loads(state[key])
+    return io.Envelope("run", 0, config, state, p)
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[RSSMWorldModel, TrainConfig, io.Envelope]:
+    """Load a trained model from `checkpoint.pt` (or a run folder) with weights-only loading.
+
+    Returns:
+        `(model, config, envelope)`: the model in eval mode on `device`, the run's `TrainConfig`,
+        and the checkpoint's envelope (`latentplan.io.Envelope`: its `state` has the counters).
+
+    Raises:
+        FileNotFoundError: if there is no checkpoint at `path`.
+        latentplan.io.CheckpointError (a ValueError): if the file is not a latentplan training checkpoint.
+    """
+    env = read_run_checkpoint(path, device=device)
+    config = TrainConfig.from_dict(env.config["train"])
+    model = RSSMWorldModel(RSSMConfig.from_dict(env.config["model"])).to(device)
+    model.load_state_dict(env.state["model"])
     model.eval()
-    return model, config, ckpt
+    return model, config, env
 
 
 class Trainer:
@@ -208,14 +227,15 @@ class Trainer:
         if config.resume and ckpt_path.exists():
             self._restore(ckpt_path)
         else:
-            (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            io.atomic_write_text(self.run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
         self.writer = self._tensorboard() if config.tensorboard else None
 
     def _clear_run_dir(self, overwrite: bool) -> None:
         """Delete the run held by a non-empty `run_dir` when `overwrite`; refuse otherwise, and
         refuse always when the folder holds anything that is not a run's own file."""
         entries = {p.name for p in self.run_dir.iterdir()}
-        foreign = sorted(entries - set(RUN_FILES))
+        temporary = {e for e in entries if e.startswith(".") and e.endswith(".tmp")}  # a write cut short
+        foreign = sorted(entries - set(RUN_FILES) - temporary)
         if not overwrite or foreign:
             why = (f"it holds files that are not a latentplan run's ({', '.join(foreign[:5])}), so it is never "
                    "deleted" if foreign else "pass --overwrite to delete that run and start afresh")
@@ -243,39 +263,36 @@ class Trainer:
             extra["distiller"] = self.distiller.state_dict()
         return {
             **extra,
-            "format": FORMAT_VERSION,
-            "config": json.dumps(self.config.to_dict()),
-            "model_config": json.dumps(self.model_config.to_dict()),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "buffer_rng": json.dumps(self.buffer.rng.bit_generator.state),
+            "buffer_rng": self.buffer.rng.bit_generator.state,
             "episode": self.episode,
             "env_steps": self.env_steps,
             "evaluations": self.evaluations,
             "wall_s": self.wall_offset + (time.perf_counter() - self.t_start),
             "best_eval": self.best_eval,
-            "last_eval": json.dumps(self.last_eval),
+            "last_eval": dict(self.last_eval),
         }
 
     def save_checkpoint(self) -> Path:
-        """Write `run_dir/checkpoint.pt` atomically and return its path."""
-        path = self.run_dir / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        torch.save(self._state(), tmp)
-        os.replace(tmp, path)
+        """Write `run_dir/checkpoint.pt` (a `run` envelope, `latentplan.io`) atomically and return its path."""
+        config = {"train": _plain(self.config.to_dict()), "model": _plain(self.model_config.to_dict())}
+        path = io.save(self.run_dir / CHECKPOINT, "run", config, self._state())
         if self.distiller is not None:  # the student on its own, for PolicyPlanner / latentplan compare
             self.distiller.policy.save(self.run_dir / "policy.pt")
         return path
 
     def _restore(self, path: Path) -> None:
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
-            raise CheckpointMismatch(f"{path} is not a latentplan checkpoint (format {FORMAT_VERSION})")
+        try:
+            envelope = read_run_checkpoint(path, device=self.device)
+        except io.CheckpointError as e:
+            raise CheckpointMismatch(f"cannot resume: {e}") from e
+        ckpt = envelope.state
         # fields added to the configs since the checkpoint was written take their defaults
         try:
-            stored = _plain(TrainConfig.from_dict(json.loads(ckpt["config"])).to_dict())
-            stored_model = _plain(RSSMConfig.from_dict(json.loads(ckpt["model_config"])).to_dict())
+            stored = _plain(TrainConfig.from_dict(envelope.config["train"]).to_dict())
+            stored_model = _plain(RSSMConfig.from_dict(envelope.config["model"]).to_dict())
         except (TypeError, KeyError, ValueError) as e:
             raise CheckpointMismatch(f"cannot resume {path}: its config does not fit this version ({e})") from e
         current = _plain(self.config.to_dict())
@@ -300,26 +317,17 @@ class Trainer:
         self.evaluations = int(ckpt["evaluations"])
         self.wall_offset = float(ckpt["wall_s"])
         self.best_eval = float(ckpt["best_eval"])
-        self.last_eval = json.loads(ckpt["last_eval"])
+        self.last_eval = dict(ckpt["last_eval"])
         self.buffer.load_directory(self.episode)
-        self.buffer.rng.bit_generator.state = json.loads(ckpt["buffer_rng"])
+        self.buffer.rng.bit_generator.state = ckpt["buffer_rng"]
         self._truncate_metrics(self.episode)
 
     def _truncate_metrics(self, episode: int) -> None:
+        """Drop the metrics rows of episodes after the checkpoint's (logged before a kill)."""
         path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by the kill
-                continue
-            if row.get("episode", 0) <= episode:
-                rows.append(line)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(r + "\n" for r in rows))
-        os.replace(tmp, path)
+        if path.exists():
+            rows = [r for r in io.read_jsonl(path) if r.get("episode", 0) <= episode]
+            io.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     @staticmethod
     def _tensorboard_class():
@@ -401,14 +409,11 @@ class Trainer:
                "ci95": None if ci is None else list(ci), "plan_ms": float(np.mean(ms)) if ms else None,
                "seeds": seeds, "episode": self.episode}
         if seeds:
-            tmp = self.run_dir / "final_eval.json.tmp"
-            tmp.write_text(json.dumps(out, indent=2))
-            os.replace(tmp, self.run_dir / "final_eval.json")
+            io.atomic_write_text(self.run_dir / "final_eval.json", json.dumps(out, indent=2))
         return out
 
     def _log(self, row: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        io.append_jsonl(self.run_dir / "metrics.jsonl", [row])
         if self.writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("episode",):
@@ -472,13 +477,5 @@ class Trainer:
 
     def _last_row(self) -> dict:
         path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return {}
-        lines = [l for l in path.read_text().splitlines() if l.strip()]
-        return json.loads(lines[-1]) if lines else {}
-
-
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The rows of `run_dir/metrics.jsonl`."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        rows = io.read_jsonl(path) if path.exists() else []
+        return rows[-1] if rows else {}

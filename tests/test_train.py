@@ -58,7 +58,7 @@ def test_run_writes_metrics_checkpoint_curve_and_episodes(reference):
 def test_checkpoint_round_trip_gives_bit_identical_plans(reference):
     run_dir, _ = reference
     model, config, ckpt = lp.load_checkpoint(run_dir)
-    assert config.model.deter == 16 and ckpt["episode"] == 4
+    assert config.model.deter == 16 and ckpt.kind == "run" and ckpt.state["episode"] == 4
     # a second model built and loaded independently plans exactly like the first
     model2, _, _ = lp.load_checkpoint(run_dir / "checkpoint.pt")
     obs = torch.tensor([[0.1, -0.9, 0.2, 0.0, 0.5]])
@@ -121,16 +121,37 @@ def test_checkpoint_from_before_a_config_field_was_added_resumes(tmp_path, refer
     shutil.copytree(ref_dir, tmp_path / "old")
     path = tmp_path / "old" / "checkpoint.pt"
     ckpt = torch.load(path, weights_only=True)
-    cfg = json.loads(ckpt["config"])
+    cfg = ckpt["config"]["train"]
     del cfg["probes"], cfg["planner"]["noise_beta"]  # as if written before these fields existed
-    ckpt["config"] = json.dumps(cfg)
     torch.save(ckpt, path)
     assert lp.Trainer(_config(tmp_path, "old", resume=True, episodes=6)).episode == 4
     cfg["planner"]["not_a_field"] = 1  # a field this version does not know: refused, with a clear error
-    ckpt["config"] = json.dumps(cfg)
     torch.save(ckpt, path)
     with pytest.raises(lp.CheckpointMismatch, match="does not fit this version"):
         lp.Trainer(_config(tmp_path, "old", resume=True, episodes=6))
+
+
+def test_a_checkpoint_from_before_the_envelope_still_loads_and_resumes(tmp_path, reference):
+    """Runs written by earlier releases (`{"format": 1, "config": json, ...}`) keep working."""
+    import shutil
+
+    ref_dir, summary = reference
+    shutil.copytree(ref_dir, tmp_path / "legacy")
+    path = tmp_path / "legacy" / "checkpoint.pt"
+    env = torch.load(path, weights_only=True)
+    state = dict(env["state"])
+    legacy = {**state, "format": 1, "config": json.dumps(env["config"]["train"]),
+              "model_config": json.dumps(env["config"]["model"]),
+              "buffer_rng": json.dumps(state["buffer_rng"]), "last_eval": json.dumps(state["last_eval"])}
+    torch.save(legacy, path)
+    model, config, envelope = lp.load_checkpoint(path)
+    assert envelope.version == 0 and envelope.state["episode"] == 4 and config.model.deter == 16
+    trainer = lp.Trainer(_config(tmp_path, "legacy", resume=True))
+    assert trainer.episode == 4 and trainer.last_eval == summary_last_eval(ref_dir)
+
+
+def summary_last_eval(run_dir):
+    return dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["state"]["last_eval"])
 
 
 def test_existing_run_is_not_overwritten_by_accident(tmp_path, reference):

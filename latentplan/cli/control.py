@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 from latentplan.control import ControlConfig, ControllerConfig, MPCController, SimulatedRobot, run_control_loop
+from latentplan.io import atomic_write_text
 from latentplan.registry import Budget, PlannerNotAvailable, load_policy, make_planner
 
 __all__ = ["run"]
@@ -60,6 +60,5 @@ def run(cfg: ControlConfig, args: list[str] | None = None) -> int:
     ctrl.close()
     print(stats.table())
     if cfg.json:
-        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(json.dumps({"config": dataclasses.asdict(cfg), "stats": stats.as_dict()}, indent=1))
+        atomic_write_text(cfg.json, json.dumps({"config": dataclasses.asdict(cfg), "stats": stats.as_dict()}, indent=1))
     return 0

@@ -1,0 +1,191 @@
+"""Files: one checkpoint envelope for every trained part, atomic writes, and JSON-lines logs.
+
+Every checkpoint latentplan writes is one envelope, a dict of plain tensors and Python values
+that `torch.load(path, weights_only=True)` reads without running code:
+
+    {"latentplan": VERSION, "kind": "run" | "model" | "critic" | "policy" | "distiller",
+     "config": {...}, "state": {...}}
+
+`kind` says what it holds, `config` how to rebuild it (plain JSON-able values), `state` its
+tensors and counters. `save` writes atomically (a temporary file in the same folder, fsync,
+rename), so a run killed mid-write leaves the previous file whole. `load` checks the kind and
+the version and says what it found instead. The typed helpers (`save_policy`, `load_critic`,
+...) build and read the envelopes of each part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+__all__ = [
+    "KINDS", "VERSION", "CheckpointError", "Envelope", "append_jsonl", "atomic_write", "atomic_write_text", "load",
+    "read_jsonl", "save",
+]
+
+VERSION = 1
+KINDS = ("run", "model", "critic", "policy", "distiller")
+
+
+class CheckpointError(ValueError):
+    """A file is not the latentplan checkpoint it was expected to be (another kind, another version,
+    not a latentplan file at all); the message names what was found."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A loaded checkpoint.
+
+    Attributes:
+        kind: what it holds (one of `KINDS`).
+        version: the envelope version it was written with.
+        config: how to rebuild it (plain values).
+        state: tensors (`state_dict`s) and counters.
+        path: the file it was read from.
+    """
+
+    kind: str
+    version: int
+    config: dict[str, Any]
+    state: dict[str, Any]
+    path: Path
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> Path:
+    """Write a file atomically: `write(file_object)` fills a temporary file in the same folder, which is
+    flushed, fsync'ed and renamed over `path`. Readers see the old file or the new one, never half.
+
+    Args:
+        path: the destination (its folder is created).
+        write: `callable(binary file object)`.
+
+    Returns:
+        `path` as a `Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write` of a UTF-8 text (JSON, CSV, ...)."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save(path: str | os.PathLike, kind: str, config: dict[str, Any], state: dict[str, Any]) -> Path:
+    """Write a checkpoint envelope atomically.
+
+    Args:
+        path: the `.pt` file.
+        kind: one of `KINDS`.
+        config: plain values that rebuild the object (dataclass fields via `asdict`, sizes, bounds).
+        state: tensors and counters (moved to the CPU by the caller or `torch.save`'s pickler).
+
+    Raises:
+        ValueError: for an unknown kind.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"latentplan.io.save: kind must be one of {KINDS}; got {kind!r}")
+    blob = {"latentplan": VERSION, "kind": kind, "config": config, "state": state}
+    return atomic_write(path, lambda f: torch.save(blob, f))
+
+
+def load(path: str | os.PathLike, kind: str | tuple[str, ...], *, device: str | torch.device = "cpu") -> Envelope:
+    """Read a checkpoint envelope with weights-only loading (no code runs), mapped to `device`.
+
+    Args:
+        path: the `.pt` file.
+        kind: the kind (or kinds) expected.
+        device: where tensors are loaded.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        CheckpointError: the file is not a latentplan checkpoint, or of another kind or a newer version.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    try:
+        blob = torch.load(p, map_location=device, weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or pickled code refused by weights_only
+        raise CheckpointError(f"{p} is not a readable latentplan checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(blob, dict) or "latentplan" not in blob:
+        raise CheckpointError(f"{p} is not a latentplan checkpoint (expected a {' or '.join(kinds)})")
+    if blob["latentplan"] > VERSION:
+        raise CheckpointError(f"{p} was written by a newer latentplan (checkpoint version {blob['latentplan']}, "
+                              f"this one reads up to {VERSION})")
+    if blob.get("kind") not in kinds:
+        raise CheckpointError(f"{p} holds a {blob.get('kind')!r} checkpoint, not a {' or '.join(kinds)}")
+    return Envelope(blob["kind"], int(blob["latentplan"]), dict(blob["config"]), dict(blob["state"]), p)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows (JSON objects) of a JSON-lines file, in order.
+
+    A line that is not a JSON object (cut short by a kill while it was written) is skipped with
+    a `RuntimeWarning` that counts them; nothing else is dropped.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+    """
+    rows, bad = [], []
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(i + 1)
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} line(s) that are not JSON objects (line {bad[0]}"
+                      f"{', ...' if len(bad) > 1 else ''}), as a write cut short by a kill leaves", RuntimeWarning,
+                      stacklevel=2)
+    return rows
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to a JSON-lines file (one `json.dumps` per line), flushed and fsync'ed.
+
+    A file whose last line was cut short by a kill gets a line break first, so the new rows are
+    never glued to the fragment (which `read_jsonl` then skips alone).
+    """
+    path = Path(path)
+    cut = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+    with open(path, "a") as f:
+        if cut:
+            f.write("\n")
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass as plain JSON-able values (tuples as lists), for an envelope's config."""
+    return json.loads(json.dumps(asdict(config)))
