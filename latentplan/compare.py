@@ -226,16 +226,47 @@ def compare(
     Raises:
         ValueError: unknown planner, bad override, a budget a planner cannot be scaled to,
             `episodes < 1`, no env.
-        PlannerNotAvailable: a planner's module is missing.
+        PlannerNotAvailable: a planner registered as `"module:function"` cannot be imported.
         KeyboardInterrupt: passed on after the finished cells are saved (rerun to resume).
     """
-    from latentplan import envs as _envs
-    from latentplan.training import load_checkpoint
-
     if episodes < 1:
         raise ValueError(f"compare: episodes must be >= 1; got {episodes}")
     if not budgets:
         raise ValueError("compare: give at least one budget")
+    model, make_env, checkpoint, env_name = _resolve(model, env)
+    specs = [PlannerSpec.parse(p) if isinstance(p, str) else p for p in planners]
+    if len({s.label for s in specs}) != len(specs):
+        raise ValueError(f"compare: planner labels must be unique; got {[s.label for s in specs]}")
+    meta = {"checkpoint": checkpoint, "env": env_name, "horizon": int(horizon), "episodes": int(episodes),
+            "seeds": [seed + i for i in range(episodes)], "max_decisions": max_decisions,
+            "budgets": [b.label for b in budgets], "planners": [s.label for s in specs],
+            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    builds = {(s.label, b.label): make_planner(s, model, b, horizon=horizon) for b in budgets for s in specs}
+    path = None if out_dir is None else Path(out_dir) / "cells.jsonl"
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            path.unlink(missing_ok=True)
+    done = _load_cells(path) if path is not None else {}
+    todo, cells = [], []
+    for sd in meta["seeds"]:  # seed by seed: an interrupted run already compares every planner
+        for b in budgets:
+            for s in specs:
+                key = _cell_key(meta, s.label, b.label, sd)
+                (cells.append(done[key]) if key in done else todo.append((key, s, b, sd)))
+    _run_cells(todo, cells, builds, model, make_env, path, max_decisions=max_decisions, progress=progress)
+    result = CompareResult.from_cells(cells, [(s.label, b.label) for s in specs for b in budgets], meta)
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def _resolve(model: Any, env: str | Callable[[int], Any] | None) -> tuple[Any, Callable[[int], Any], str | None, str]:
+    """`(model, seed -> env, checkpoint path or None, env name)`: a checkpoint path is loaded, and its
+    run config gives the env (name, observation mode, action repeat) unless `env` is given."""
+    from latentplan import envs as _envs
+    from latentplan.training import load_checkpoint
+
     checkpoint = None
     env_kwargs: dict[str, Any] = {}
     if isinstance(model, (str, os.PathLike)):
@@ -245,72 +276,38 @@ def compare(
         env_kwargs = {"obs": cfg.obs, "action_repeat": cfg.action_repeat}
     if env is None:
         raise ValueError("compare: pass env= (an env name or seed -> env) when model is not a checkpoint path")
-    env_name = env if isinstance(env, str) else getattr(env, "__name__", "custom")
-    make_env = (lambda s: _envs.make(env, seed=s, **env_kwargs)) if isinstance(env, str) else env
-    specs = [PlannerSpec.parse(p) if isinstance(p, str) else p for p in planners]
-    if len({s.label for s in specs}) != len(specs):
-        raise ValueError(f"compare: planner labels must be unique; got {[s.label for s in specs]}")
-    meta = {"checkpoint": checkpoint, "env": env_name, "horizon": int(horizon), "episodes": int(episodes),
-            "seeds": [seed + i for i in range(episodes)], "max_decisions": max_decisions,
-            "budgets": [b.label for b in budgets], "planners": [s.label for s in specs],
-            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    builds = {(s.label, b.label): (s, b, make_planner(s, model, b, horizon=horizon)) for b in budgets for s in specs}
+    if isinstance(env, str):
+        return model, (lambda s: _envs.make(env, seed=s, **env_kwargs)), checkpoint, env
+    return model, env, checkpoint, getattr(env, "__name__", "custom")
 
-    path = None
-    done: dict[str, dict] = {}
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        path = Path(out_dir) / "cells.jsonl"
-        if resume:
-            done = _load_cells(path)
-        elif path.exists():
-            path.unlink()
-    todo, cells = [], []
-    for i in range(episodes):
-        for b in budgets:
-            for s in specs:
-                key = _cell_key(meta, s.label, b.label, seed + i)
-                (cells.append(done[key]) if key in done else todo.append((key, s, b, seed + i)))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="compare", unit="episode", dynamic_ncols=True)
-        if cells:
-            bar.write(f"resuming: {len(cells)} finished episodes reused from {path}")
+def _run_cells(todo: list[tuple], cells: list[dict], builds: Mapping[tuple[str, str], PlannerBuild], model: Any,
+               make_env: Callable[[int], Any], path: Path | None, *, max_decisions: int | None, progress: bool) -> None:
+    """Run the unfinished cells `(key, spec, budget, seed)` in order, appending each to `cells` and, at once,
+    to `path` (so an interruption loses at most the episode in flight); progress bars per cell and decision."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="compare", unit="episode", dynamic_ncols=True, disable=not progress)
+    if cells and progress:
+        bar.write(f"resuming: {len(cells)} finished episodes reused from {path}")
     try:
         for key, s, b, sd in todo:
-            spec, budget, build = builds[(s.label, b.label)]
-            if bar is not None:
-                bar.set_postfix_str(f"{s.label} @ {b.label}, seed {sd}")
+            build = builds[(s.label, b.label)]
+            bar.set_postfix_str(f"{s.label} @ {b.label}, seed {sd}")
             env_ = make_env(sd)
-            inner = None
-            if bar is not None:
-                total = getattr(env_, "max_episode_steps", None)
-                total = min(total, max_decisions) if (total and max_decisions) else (total or max_decisions)
-                inner = tqdm(total=total, desc=f"  {s.label}, seed {sd}", unit="decision", leave=False,
-                             dynamic_ncols=True)
-            try:
-                cell = run_cell(model, build, env_, sd, max_decisions=max_decisions,
-                                on_step=None if inner is None else (lambda t: inner.update(1)))
-            finally:
-                if inner is not None:
-                    inner.close()
+            total = getattr(env_, "max_episode_steps", None)
+            total = min(total, max_decisions) if (total and max_decisions) else (total or max_decisions)
+            with tqdm(total=total, desc=f"  {s.label}, seed {sd}", unit="decision", leave=False, dynamic_ncols=True,
+                      disable=not progress) as inner:
+                cell = run_cell(model, build, env_, sd, max_decisions=max_decisions, on_step=lambda t: inner.update(1))
             cell.update({"key": key, "planner": s.label, "name": s.name, "budget": b.label, "budget_evals": b.evals,
                          "budget_ms": b.ms, "expected_evals": build.expected_evals, "description": build.description})
             cells.append(cell)
             if path is not None:
                 append_jsonl(path, [cell])
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
-    order = [(s.label, b.label) for s in specs for b in budgets]
-    result = CompareResult.from_cells(cells, order, meta)
-    if out_dir is not None:
-        result.save(out_dir)
-    return result
+        bar.close()
 
 
 @dataclass(frozen=True)
