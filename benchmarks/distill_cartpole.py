@@ -40,7 +40,8 @@ import torch
 
 import latentplan as lp
 from latentplan.distillation import DistillRunConfig, evaluate_planner, replay_beliefs, run_distillation
-from latentplan.planners.distill import DistillConfig, GaussianPolicy, PolicyPlanner
+from latentplan.planners.distill import DistillConfig
+from latentplan.planners.policy import GaussianPolicy, PolicyPlanner
 from latentplan.worldmodels.replay import ReplayBuffer
 
 H, I, J, K = 12, 5, 100, 10

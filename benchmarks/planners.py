@@ -78,7 +78,7 @@ def main() -> None:
     rows = []
     table = cells()
     if args.policy is not None:
-        from latentplan.planners.distill import GaussianPolicy, PolicyPlanner
+        from latentplan.planners.policy import GaussianPolicy, PolicyPlanner
 
         table.append(("Policy", "1 pass", PolicyPlanner(GaussianPolicy.load(args.policy)), False))
     for name, budget, planner, warm in table:

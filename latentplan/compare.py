@@ -367,16 +367,16 @@ def load_value(path: str, model: Any) -> tuple[Any, float]:
 
 
 def policy_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
-    """Registry factory of a distilled policy acting alone (`latentplan.planners.distill.PolicyPlanner`).
+    """Registry factory of a distilled policy acting alone (`latentplan.planners.policy.PolicyPlanner`).
 
     Needs the override `checkpoint=<policy.pt>` (written by `latentplan distill`); other
     overrides go to `PolicyPlanner` (`horizon`, `deterministic`, `evaluate`). Its cost is one
     forward pass per decision whatever the budget (0 model evaluations with `horizon=1`).
     """
     try:
-        from latentplan.planners.distill import GaussianPolicy, PolicyPlanner
+        from latentplan.planners.policy import GaussianPolicy, PolicyPlanner
     except ImportError as err:
-        raise PlannerNotAvailable(f"planner 'policy' needs latentplan.planners.distill ({err})") from err
+        raise PlannerNotAvailable(f"planner 'policy' needs latentplan.planners.policy ({err})") from err
     opts = dict(overrides)
     path = opts.pop("checkpoint", None)
     if path is None:

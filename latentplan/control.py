@@ -1263,7 +1263,7 @@ def cli_main(args: list[str]) -> int:
         build = make_planner(cfg.planner, model, Budget(evals=cfg.budget_evals, ms=budget_ms or period_ms))
         policy = None
         if cfg.fallback_policy:
-            from latentplan.planners.distill import GaussianPolicy
+            from latentplan.planners.policy import GaussianPolicy
 
             policy = GaussianPolicy.load(cfg.fallback_policy, device=model.action_low.device)
         ctrl = MPCController(model, build.planner, ControllerConfig(

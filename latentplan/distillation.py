@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from latentplan import envs as lp_envs
 from latentplan.planners.base import Plan, Planner
 from latentplan.planners.cem import CEM, CEMConfig
-from latentplan.planners.distill import DistillConfig, Distiller, PolicyPlanner
+from latentplan.planners.distill import DistillConfig, Distiller
+from latentplan.planners.policy import PolicyPlanner
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.planners.objective import Objective
 from latentplan.worldmodels.replay import Episode, ReplayBuffer

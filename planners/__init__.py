@@ -4,10 +4,11 @@ reward terms and the learned value."""
 
 from .base import Plan, Planner, Policy
 from .cem import CEM, CEMConfig, colored_noise
-from .distill import DistillConfig, Distiller, GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
+from .distill import DistillConfig, Distiller
 from .gradient import GradientConfig, GradientPlanner, require_differentiable
 from .mcts import MCTS, MCTSConfig
 from .objective import Objective, RewardTerm, rank_returns
+from .policy import GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
 from .rewards import BoundReward, Reward, RewardContext, RewardReport, check_reward, learned_reward, reward
 from .value import ImaginedRollout, ValueConfig, ValueFunction, ValueLearner, lambda_returns, posterior_beliefs
 

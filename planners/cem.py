@@ -16,9 +16,9 @@ from latentplan.worldmodels.state import LatentState
 
 from .base import Plan, Policy
 from .capture import CaptureCache, CapturedSearch, StaticObjective, capture_key, check_first_replay, resolve_compile
-from .distill import policy_rollout
 from .gradient import _ascend, require_differentiable
 from .objective import Objective, rank_returns
+from .policy import policy_rollout
 
 __all__ = ["CEMConfig", "CEM", "colored_noise"]
 
