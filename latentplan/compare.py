@@ -355,9 +355,9 @@ def load_value(path: str, model: Any) -> tuple[Any, float]:
         cfg, features = dict(state["config"]), None  # a training checkpoint: the model's own features
     else:
         raise ValueError(f"{path} holds no critic (neither 'learner' nor 'value_learner')")
-    want = int(model.config.deter + model.config.stoch) if hasattr(model, "config") else None
+    want = model.feature_size
     features = features or want
-    if want is not None and features != want:
+    if features != want:
         raise ValueError(f"{path}: the critic takes {features} features; this model's beliefs have {want}")
     cfg["hidden"] = tuple(cfg["hidden"])
     learner = ValueLearner(ValueConfig(**cfg), features, device=model.action_low.device)

@@ -14,7 +14,6 @@ seeds, and write the policy, the learner's state, a loss curve and `metrics.json
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import statistics
 import sys
@@ -35,9 +34,10 @@ from latentplan.planners.policy import PolicyPlanner
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.planners.objective import Objective
 from latentplan.worldmodels.replay import Episode, ReplayBuffer
+from latentplan.worldmodels.filtering import filter_episodes
 from latentplan.worldmodels.state import LatentState
 
-from .agent import Agent, _accepts_generator, run_episode
+from .agent import Agent, run_episode
 
 __all__ = [
     "DistillRunConfig", "DistillResult", "cli_main", "dagger_round", "evaluate_planner", "make_teacher", "plot_distillation",
@@ -81,28 +81,13 @@ def replay_beliefs(
     """
     if not episodes:
         raise ValueError("replay_beliefs: no episodes")
-    kwargs = {"generator": generator} if generator is not None and _accepts_generator(model) else {}
-    dev = model.action_low.device
-    by_len: dict[int, list[Episode]] = {}
+    beliefs, index = filter_episodes(model, episodes, generator=generator, include_last=include_last)
+    # rows grouped by episode length, in the order the lengths first appear (the filtering order)
+    group: dict[int, int] = {}
     for ep in episodes:
-        by_len.setdefault(len(ep["action"]), []).append(ep)
-    out = []
-    for length, group in by_len.items():
-        obs = torch.as_tensor(np.stack([e["obs"] for e in group]), device=dev)
-        act = torch.as_tensor(np.stack([e["action"] for e in group]), dtype=torch.float32, device=dev)
-        b = len(group)
-        state = model.initial(b)
-        steps = length if include_last else length - 1
-        rows = []
-        for t in range(steps):
-            first = torch.full((b,), t == 0, dtype=torch.bool, device=dev)
-            state = model.observe(state, act[:, t], obs[:, t], first, **kwargs)
-            rows.append(state)
-        # time-major rows -> episode-major rows
-        deter = torch.stack([r.deter for r in rows], 1).flatten(0, 1)
-        stoch = torch.stack([r.stoch for r in rows], 1).flatten(0, 1)
-        out.append(LatentState(deter, stoch))
-    return LatentState.cat(out)
+        group.setdefault(len(ep["action"]), len(group))
+    rank = torch.tensor([group[len(ep["action"])] for ep in episodes], device=index.device)
+    return beliefs.index(torch.sort(rank[index], stable=True).indices)
 
 
 # --------------------------------------------------------------------------- DAgger
@@ -291,7 +276,7 @@ def make_teacher(cfg: DistillRunConfig) -> Planner:
     """The teacher planner named by `cfg.teacher`, at `cfg`'s settings.
 
     Raises:
-        ValueError: for `mcts` when `latentplan.planners.mcts` is not installed, or an unknown name.
+        ValueError: an unknown name.
     """
     h = cfg.horizon
     cem = dict(horizon=h, iterations=cfg.iterations, candidates=cfg.candidates, elites=cfg.elites)
@@ -304,16 +289,11 @@ def make_teacher(cfg: DistillRunConfig) -> Planner:
     if cfg.teacher == "gradient":
         return GradientPlanner(GradientConfig(horizon=h, iterations=cfg.gradient_steps, restarts=cfg.restarts))
     if cfg.teacher == "mcts":
-        try:
-            mod = importlib.import_module("latentplan.planners.mcts")
-        except ImportError as e:
-            raise ValueError("teacher 'mcts' needs latentplan.planners.mcts, which is not available in this install") from e
-        conf_cls = getattr(mod, "MCTSConfig", None)
-        if conf_cls is None:
-            return mod.MCTS()
-        names = {f.name for f in dataclasses.fields(conf_cls)}
-        wanted = {"horizon": h, "simulations": cfg.simulations}
-        return mod.MCTS(conf_cls(**{k: v for k, v in wanted.items() if k in names}))
+        from latentplan.planners.mcts import MCTS, MCTSConfig
+
+        # the tree keeps MCTSConfig's own horizon (5): `horizon` never reached it while the field
+        # was called `depth`, and the teacher's plans stay as they were
+        return MCTS(MCTSConfig(simulations=cfg.simulations))
     raise ValueError(f"unknown teacher {cfg.teacher!r}; choose one of {TEACHERS}")
 
 
