@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
 import importlib
 import io
 import json
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from latentplan.planners.base import Planner
+from latentplan.planners.ascent import AscentConfig
 from latentplan.planners.cem import CEM, CEMConfig
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.planners.objective import Objective
@@ -267,6 +269,9 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool) -> PlannerFactory
 
     def factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
         base = {**_CEM_DEFAULT, **preset, "horizon": horizon, **overrides}
+        for key in [k for k in base if k.startswith("gradient.")]:  # "gradient.lr=0.05": a field of CEM+GD's ascent
+            name = key.split(".", 1)[1]
+            base["gradient"] = dataclasses.replace(base.get("gradient") or AscentConfig(), **{name: base.pop(key)})
         if budget.evals is not None:
             if "candidates" in overrides:
                 raise ValueError("candidates is set by the evaluation budget; override iterations or elites instead")
@@ -306,7 +311,7 @@ def gradient_factory(model: Any, budget: Budget, horizon: int, overrides: dict) 
 def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
     """Registry factory of `latentplan.planners.mcts.MCTS` (Sampled MuZero-style tree search).
 
-    The tree's depth (the plan's horizon) is `horizon` unless overridden. Evaluation budget: simulations =
+    The tree's depth, `MCTSConfig.horizon` (the plan's horizon), is `horizon` unless overridden. Evaluation budget: simulations =
     evals // children (each simulation expands K children). Time budget: 100,000 simulations,
     stopped by the deadline. The objective is the learned reward; the override
     `value=<path>` bootstraps the leaves with a trained critic (`load_value`: a training
@@ -317,7 +322,7 @@ def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
         from latentplan.planners.mcts import MCTS, MCTSConfig
     except ImportError as err:
         raise PlannerNotAvailable(f"planner 'mcts' needs latentplan.planners.mcts ({err})") from err
-    base = {"depth": horizon, **overrides}
+    base = {"horizon": horizon, **overrides}
     objective = None
     value_path = base.pop("value", None)
     if value_path is not None:
@@ -325,7 +330,7 @@ def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
         objective = lambda m: Objective(m, value=critic, discount=discount)  # noqa: E731
     if budget.evals is not None:
         if "simulations" in overrides:
-            raise ValueError("simulations is set by the evaluation budget; override children or depth instead")
+            raise ValueError("simulations is set by the evaluation budget; override children or horizon instead")
         children = int(base.get("children", MCTSConfig().children))
         base["simulations"] = max(1, int(budget.evals) // children)
     elif budget.ms is not None and "simulations" not in overrides:
@@ -392,7 +397,7 @@ _ICEM = dict(noise_beta=2.0, keep_elites=0.3, population_decay=1.25, include_mea
 register_planner("cem", cem_family({}, warm_start=False))
 register_planner("icem", cem_family(_ICEM, warm_start=True))
 register_planner("mppi", cem_family(dict(refit="mppi", temperature=1.0), warm_start=False))
-register_planner("cem_gd", cem_family(dict(gradient_steps=3), warm_start=False))
+register_planner("cem_gd", cem_family(dict(gradient=AscentConfig(iterations=3)), warm_start=False))
 register_planner("gradient", gradient_factory)
 register_planner("mcts", "latentplan.compare:mcts_factory")
 register_planner("policy", "latentplan.compare:policy_factory")

@@ -17,7 +17,6 @@ H the horizon, K sampled actions of an MCTS root.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Sequence
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState
 
+from ._validate import check_choice, check_min, check_positive, check_range
 from .base import Plan, Planner
 from .objective import Objective
 from .policy import GaussianPolicy, PolicyConfig, gaussian_log_density
@@ -183,9 +183,8 @@ class DistillConfig:
             `Plan.info["root_policy"]` `[B, K]`).
         loss: for `"action"`/`"plan"` targets, `"nll"` (Gaussian log-likelihood of the
             squashed policy, the default) or `"mse"` (squared error of the deterministic action,
-            std by likelihood); see `action_loss`. On cartpole-swingup with the same 4,000 CEM
-            labels and 3,000 steps, the NLL student returned 703 ± 76 and the MSE one 630 ± 54
-            over 20 episodes (teacher 712 ± 76), plausibly because the squared error of a tanh
+            std by likelihood); see `action_loss`. The NLL student did better on cartpole-swingup
+            (docs/planners.md, Distillation), plausibly because the squared error of a tanh
             output has vanishing gradients where CEM's labels sit at the bounds.
         plan_decay: weight `decay**t` of the plan's step t (target `"plan"`), in (0, 1].
         lr: Adam learning rate.
@@ -194,17 +193,16 @@ class DistillConfig:
         steps_per_update: gradient steps per `update` call.
         labels_per_update: beliefs relabelled per `update` call, drawn uniformly without
             replacement from the ones given (all of them if fewer, or if 0).
-        label_batch: beliefs per call of the teacher's `plan` (bounds its memory; the
-            RSSM with CEM J=100 labels fastest per belief at about 16-64 on a CPU core).
+        label_batch: beliefs per call of the teacher's `plan` (bounds its memory; larger
+            batches amortise the teacher's per-call overhead).
         capacity: labelled samples kept; the oldest are dropped first (DAgger's aggregated
             data set, bounded). Inside a training loop whose model keeps changing, keep it
             small: old features drift from what the current model produces.
         grad_clip: gradient-norm clip per step (`None`: none).
         init_seed: seed of the policy's initial weights, drawn inside `torch.random.fork_rng`
             so the global generator is left as it was; `None` draws them from the global
-            generator. (With `loss="mse"` the fit depends on it more: on the LQ test system one
-            of five initialisations stalled with a saturated tanh at 63 % gain error, while
-            `"nll"` stayed within 2.3 % for all six tried.)
+            generator. (With `loss="mse"` the fit depends on it more: on the LQ test system an
+            initialisation can stall with a saturated tanh, which `"nll"` avoids.)
 
     Raises:
         ValueError: naming the field that is out of range.
@@ -225,22 +223,14 @@ class DistillConfig:
     init_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.target not in ("action", "plan", "visits"):
-            raise ValueError(f"DistillConfig.target must be 'action', 'plan' or 'visits'; got {self.target!r}")
-        if self.loss not in ("mse", "nll"):
-            raise ValueError(f"DistillConfig.loss must be 'mse' or 'nll'; got {self.loss!r}")
-        if not 0.0 < self.plan_decay <= 1.0:
-            raise ValueError(f"DistillConfig.plan_decay must be in (0, 1]; got {self.plan_decay}")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
-            raise ValueError(f"DistillConfig: lr must be > 0 and weight_decay >= 0; got {self.lr}, {self.weight_decay}")
-        for name in ("batch_size", "label_batch", "capacity"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DistillConfig.{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("steps_per_update", "labels_per_update"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DistillConfig.{name} must be >= 0; got {getattr(self, name)}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"DistillConfig.grad_clip must be > 0 or None; got {self.grad_clip}")
+        check_choice(self, "target", ("action", "plan", "visits"))
+        check_choice(self, "loss", ("mse", "nll"))
+        check_range(self, "plan_decay", 0.0, 1.0, low_open=True)
+        check_positive(self, "lr")
+        check_min(self, 0.0, "weight_decay")
+        check_min(self, 1, "batch_size", "label_batch", "capacity")
+        check_min(self, 0, "steps_per_update", "labels_per_update")
+        check_positive(self, "grad_clip", optional=True)
 
     def to_dict(self) -> dict:
         """Plain-Python form (for checkpoints)."""

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState
 
+from ._validate import check_min
 from .base import Plan, Policy
 from .objective import Objective
 
@@ -65,8 +66,7 @@ class PolicyConfig:
     max_log_std: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.hidden < 1 or self.layers < 1:
-            raise ValueError(f"PolicyConfig: hidden and layers must be >= 1; got {self.hidden}, {self.layers}")
+        check_min(self, 1, "hidden", "layers")
         if not self.min_log_std < self.max_log_std:
             raise ValueError(
                 f"PolicyConfig: min_log_std ({self.min_log_std}) must be < max_log_std ({self.max_log_std})"
