@@ -40,7 +40,8 @@ import torch
 
 import latentplan as lp
 from latentplan.distillation import DistillRunConfig, evaluate_planner, replay_beliefs, run_distillation
-from latentplan.planners.distill import DistillConfig, GaussianPolicy, PolicyPlanner
+from latentplan.planners.distill import DistillConfig
+from latentplan.planners.policy import GaussianPolicy, PolicyPlanner
 from latentplan.worldmodels.replay import ReplayBuffer
 
 H, I, J, K = 12, 5, 100, 10
@@ -198,9 +199,9 @@ def main() -> None:
         learner.load_state_dict(ckpt["learner"])
         learner.value.eval()
         vfactory = lambda m: lp.Objective(m, discount=0.99, value=learner.value)  # noqa: E731
-        mcfg = lp.MCTSConfig(simulations=188, children=8, depth=5)
+        mcfg = lp.MCTSConfig(simulations=188, children=8, horizon=5)
         mrows = []
-        for name, planner in (("MCTS+V (Gaussian)", lp.MCTS(mcfg)), ("MCTS+V (policy)", lp.MCTS(mcfg, policy=policy))):
+        for name, planner in (("MCTS+V (Gaussian)", lp.MCTS(mcfg)), ("MCTS+V (policy)", lp.MCTS(mcfg, proposal=policy))):
             r = evaluate_planner(env, model, planner, vfactory, seeds, warm_start=True)
             mrows.append({"planner": name, **{key: r[key] for key in ("mean", "std", "returns", "model_evals", "plan_ms")}})
             print(f"  {name:18s}: return {r['mean']:.1f} ± {r['std']:.1f}  {r['model_evals']:.0f} evals  {r['plan_ms']:.0f} ms", flush=True)

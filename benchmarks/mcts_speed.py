@@ -106,15 +106,14 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.checkpoint)
-    feat = model.config.deter + model.config.stoch
-    value = ValueFunction(feat)
+    value = ValueFunction(model.feature_size)
     value.eval()
     objective = lp.Objective(model, discount=0.99, value=value)
-    planner = MCTS(MCTSConfig(simulations=args.simulations, children=args.children, depth=args.depth))
+    planner = MCTS(MCTSConfig(simulations=args.simulations, children=args.children, horizon=args.depth))
     originals = {name: getattr(mcts_module, name) for name in KERNELS}
     rows = []
     print(f"MCTS on the CPU, torch threads {torch.get_num_threads()}, K = {args.children}, depth {args.depth}, "
-          f"{args.simulations} simulations per call, numba: {mcts_module.HAVE_NUMBA}")
+          f"{args.simulations} simulations per call")
     print(f"{'B':>3} {'tree':>10} {'sims/s':>9} {'ms/call':>9} {'model evals/s':>14}")
     for b in (1, 16):
         g = torch.Generator().manual_seed(b)
@@ -122,8 +121,6 @@ def main() -> None:
         state = model.observe(model.initial(b), torch.zeros(b, model.action_dim), obs, torch.ones(b, dtype=torch.bool))
         for impl in ("numba", "python"):
             if impl == "python":
-                if not mcts_module.HAVE_NUMBA:
-                    continue
                 for name, fn in originals.items():
                     setattr(mcts_module, name, fn.py_func)
             try:
@@ -132,7 +129,7 @@ def main() -> None:
             finally:
                 for name, fn in originals.items():
                     setattr(mcts_module, name, fn)
-            row = {"B": b, "tree": impl if mcts_module.HAVE_NUMBA else "python (no numba)",
+            row = {"B": b, "tree": impl,
                    "sims_per_s": args.simulations / dt, "ms_per_call": dt * 1e3, "model_evals_per_s": evals / dt}
             rows.append(row)
             print(f"{b:>3} {row['tree']:>10} {row['sims_per_s']:>9.0f} {row['ms_per_call']:>9.1f} {row['model_evals_per_s']:>14.0f}")
@@ -146,7 +143,7 @@ def main() -> None:
           + f" (x up to {args.depth} levels per simulation, plus the backup)")
     out = {"rows": rows, "torch_level_us": {str(b): us for b, us in level.items()}, "simulations": args.simulations,
            "depth": args.depth, "children": args.children, "torch_threads": torch.get_num_threads(),
-           "numba": mcts_module.HAVE_NUMBA, "platform": platform.platform(), "processor": platform.processor(),
+           "platform": platform.platform(), "processor": platform.processor(),
            "checkpoint": args.checkpoint if os.path.exists(args.checkpoint) else None}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import latentplan as lp
+from latentplan.planners import AscentConfig
 
 H = 12
 
@@ -48,12 +49,12 @@ def cells() -> list[tuple[str, str, object, bool]]:
         ("iCEM", "6k", lp.CEM(horizon=H, iterations=5, candidates=144, elites=10, **icem), True),
         ("MPPI", "6k", lp.CEM(horizon=H, iterations=5, candidates=100, elites=10, refit="mppi", temperature=1.0), False),
         ("Gradient", "6k", lp.GradientPlanner(lp.GradientConfig(horizon=H, iterations=50, restarts=10)), True),
-        ("CEM+GD", "6k", lp.CEM(horizon=H, iterations=5, candidates=60, elites=10, gradient_steps=3), False),
+        ("CEM+GD", "6k", lp.CEM(horizon=H, iterations=5, candidates=60, elites=10, gradient=AscentConfig(iterations=3)), False),
         ("CEM", "1.5k", lp.CEM(horizon=H, iterations=5, candidates=25, elites=5), False),
         ("iCEM", "1.5k", lp.CEM(horizon=H, iterations=5, candidates=25, elites=10, **icem), True),
         ("MPPI", "1.5k", lp.CEM(horizon=H, iterations=5, candidates=25, elites=5, refit="mppi", temperature=1.0), False),
         ("Gradient", "1.5k", lp.GradientPlanner(lp.GradientConfig(horizon=H, iterations=24, restarts=5)), True),
-        ("CEM+GD", "1.5k", lp.CEM(horizon=H, iterations=5, candidates=15, elites=5, gradient_steps=1), False),
+        ("CEM+GD", "1.5k", lp.CEM(horizon=H, iterations=5, candidates=15, elites=5, gradient=AscentConfig(iterations=1)), False),
         # the iCEM claim's own budget: 3x fewer than 6,000 (run with --only iCEM@2k CEM@2k)
         ("CEM", "2k", lp.CEM(horizon=H, iterations=5, candidates=33, elites=5), False),
         ("iCEM", "2k", lp.CEM(horizon=H, iterations=5, candidates=45, elites=5, **icem), True),
@@ -78,7 +79,7 @@ def main() -> None:
     rows = []
     table = cells()
     if args.policy is not None:
-        from latentplan.planners.distill import GaussianPolicy, PolicyPlanner
+        from latentplan.planners.policy import GaussianPolicy, PolicyPlanner
 
         table.append(("Policy", "1 pass", PolicyPlanner(GaussianPolicy.load(args.policy)), False))
     for name, budget, planner, warm in table:

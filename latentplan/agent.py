@@ -49,7 +49,6 @@ class Agent:
         self.planner = planner
         self.make_objective = objective or (lambda m: Objective(m))
         self.warm_start = warm_start
-        self._observe_takes_generator = _accepts_generator(model)
         self.reset()
 
     @property
@@ -69,8 +68,7 @@ class Agent:
         """Fold one observation into the belief (posterior step) and return the belief `[1]`."""
         o = torch.as_tensor(np.asarray(obs), device=self.device)[None]
         is_first = torch.tensor([self.is_first], device=self.device)
-        kwargs = {"generator": generator} if generator is not None and self._observe_takes_generator else {}
-        self.belief = self.model.observe(self.belief, self.last_action, o, is_first, **kwargs)
+        self.belief = self.model.observe(self.belief, self.last_action, o, is_first, generator=generator)
         self.is_first = False
         return self.belief
 
@@ -103,15 +101,6 @@ class Agent:
     def record_action(self, action: np.ndarray | Tensor) -> None:
         """Tell the agent which action was actually executed (e.g. a random one), `[A]`."""
         self.last_action = torch.as_tensor(np.asarray(action), dtype=torch.float32, device=self.device).reshape(1, -1)
-
-
-def _accepts_generator(model) -> bool:
-    import inspect
-
-    try:
-        return "generator" in inspect.signature(model.observe).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 @dataclass(frozen=True)

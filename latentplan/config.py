@@ -142,7 +142,11 @@ class TrainConfig:
         """Inverse of `to_dict`."""
         d = dict(d)
         d["model"] = RSSMConfig.from_dict(d["model"])
-        d["planner"] = CEMConfig(**d["planner"])
+        planner = dict(d["planner"])
+        steps, lr = planner.pop("gradient_steps", 0), planner.pop("gradient_lr", 0.01)  # before CEMConfig.gradient
+        if steps:
+            planner["gradient"] = {"iterations": steps, "lr": lr}
+        d["planner"] = CEMConfig(**planner)
         if "value" in d:
             d["value"] = ValueConfig(**{**d["value"], "hidden": tuple(d["value"].get("hidden", (200, 200)))})
         if "distillation" in d:

@@ -14,7 +14,6 @@ planner runs in its own thread and the actuator thread reads the newest plan at 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import queue
@@ -239,13 +238,6 @@ def _numpy(x: np.ndarray | Tensor) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 # ----------------------------------------------------------------------------------- controller
 class MPCController:
     """A model-predictive controller for one robot with a latency budget and a safe fallback.
@@ -324,8 +316,6 @@ class MPCController:
         self.action_high = model.action_high.detach().to(self.device, torch.float32).reshape(-1)
         self.action_dim = int(self.action_low.numel())
         self.safe_action = torch.zeros(self.action_dim, device=self.device).clamp(self.action_low, self.action_high)
-        self._observe_kwargs = {"generator": True} if _accepts(model.observe, "generator") else {}
-        self._predict_mean = _accepts(model.imagine_step, "sample")
         self._gen_plan = torch.Generator(device=self.device).manual_seed(config.seed)
         self._gen_filter = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self._worker: _Worker | None = None
@@ -423,9 +413,8 @@ class MPCController:
 
     @torch.no_grad()
     def _predict(self, belief: LatentState, action: Tensor) -> LatentState:
-        """Open-loop prior step (the prior mean where the model offers `sample=False`)."""
-        kw: dict[str, Any] = {"sample": False} if self._predict_mean else {"generator": self._gen_filter}
-        return self.model.imagine_step(belief, action, **kw)
+        """Open-loop prior step with the prior mean (`sample=False`)."""
+        return self.model.imagine_step(belief, action, sample=False)
 
     @torch.no_grad()
     def _filter(self, obs: np.ndarray | Tensor | None, action: Tensor | None = None) -> LatentState:
@@ -441,9 +430,8 @@ class MPCController:
                 reason = "observation contains NaN/inf"
             else:
                 is_first = torch.tensor([first], device=self.device)
-                kw = {"generator": self._gen_filter} if self._observe_kwargs else {}
                 try:
-                    self.belief = self.model.observe(self.belief, action, o, is_first, **kw)
+                    self.belief = self.model.observe(self.belief, action, o, is_first, generator=self._gen_filter)
                 except Exception as err:  # a filter failure must not stop the robot
                     reason = f"{type(err).__name__} in observe: {err}"
         if reason is not None:
@@ -582,9 +570,9 @@ class MPCController:
             o = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs, device=self.device)
             if o.is_floating_point():
                 o = o.to(torch.float32)
-            kw = {"generator": torch.Generator(device=self.device).manual_seed(0)} if self._observe_kwargs else {}
             belief = self.model.observe(self.model.initial(1), torch.zeros(1, self.action_dim, device=self.device),
-                                        o[None], torch.tensor([True], device=self.device), **kw)
+                                        o[None], torch.tensor([True], device=self.device),
+                                        generator=torch.Generator(device=self.device).manual_seed(0))
             t0 = self.clock()
             plan = self.planner.plan(self.make_objective(self.model), belief,
                                      generator=torch.Generator(device=self.device).manual_seed(0))

@@ -27,12 +27,14 @@ from tqdm.auto import tqdm
 
 from latentplan import envs as lp_envs
 from latentplan.planners.base import Plan, Planner
-from latentplan.planners.distill import DistillConfig, Distiller, PolicyPlanner
+from latentplan.planners.distill import DistillConfig, Distiller
+from latentplan.planners.policy import PolicyPlanner
 from latentplan.planners.objective import Objective
 from latentplan.worldmodels.replay import Episode, ReplayBuffer
+from latentplan.worldmodels.filtering import filter_episodes
 from latentplan.worldmodels.state import LatentState
 
-from .agent import Agent, _accepts_generator, run_episode
+from .agent import Agent, run_episode
 from .io import atomic_write_text
 from .registry import Budget, PlannerSpec, make_planner
 
@@ -75,28 +77,13 @@ def replay_beliefs(
     """
     if not episodes:
         raise ValueError("replay_beliefs: no episodes")
-    kwargs = {"generator": generator} if generator is not None and _accepts_generator(model) else {}
-    dev = model.action_low.device
-    by_len: dict[int, list[Episode]] = {}
+    beliefs, index = filter_episodes(model, episodes, generator=generator, include_last=include_last)
+    # rows grouped by episode length, in the order the lengths first appear (the filtering order)
+    group: dict[int, int] = {}
     for ep in episodes:
-        by_len.setdefault(len(ep["action"]), []).append(ep)
-    out = []
-    for length, group in by_len.items():
-        obs = torch.as_tensor(np.stack([e["obs"] for e in group]), device=dev)
-        act = torch.as_tensor(np.stack([e["action"] for e in group]), dtype=torch.float32, device=dev)
-        b = len(group)
-        state = model.initial(b)
-        steps = length if include_last else length - 1
-        rows = []
-        for t in range(steps):
-            first = torch.full((b,), t == 0, dtype=torch.bool, device=dev)
-            state = model.observe(state, act[:, t], obs[:, t], first, **kwargs)
-            rows.append(state)
-        # time-major rows -> episode-major rows
-        deter = torch.stack([r.deter for r in rows], 1).flatten(0, 1)
-        stoch = torch.stack([r.stoch for r in rows], 1).flatten(0, 1)
-        out.append(LatentState(deter, stoch))
-    return LatentState.cat(out)
+        group.setdefault(len(ep["action"]), len(group))
+    rank = torch.tensor([group[len(ep["action"])] for ep in episodes], device=index.device)
+    return beliefs.index(torch.sort(rank[index], stable=True).indices)
 
 
 # --------------------------------------------------------------------------- DAgger

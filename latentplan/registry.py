@@ -15,6 +15,7 @@ the CEM loop with the MPPI refit), `cem_gd` (Bharadhwaj et al. 2020), `gradient`
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from latentplan.planners.ascent import AscentConfig
 from latentplan.planners.base import Planner
 from latentplan.planners.cem import CEM, CEMConfig
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
@@ -255,6 +257,9 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool) -> PlannerFactory
 
     def factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
         base = {**_CEM_DEFAULT, **preset, "horizon": horizon, **overrides}
+        for key in [k for k in base if k.startswith("gradient.")]:  # "gradient.lr=0.05": a field of CEM+GD's ascent
+            name = key.split(".", 1)[1]
+            base["gradient"] = dataclasses.replace(base.get("gradient") or AscentConfig(), **{name: base.pop(key)})
         if budget.evals is not None:
             if "candidates" in overrides:
                 raise ValueError("candidates is set by the evaluation budget; override iterations or elites instead")
@@ -294,7 +299,7 @@ def gradient_factory(model: Any, budget: Budget, horizon: int, overrides: dict) 
 def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
     """Registry factory of `latentplan.planners.mcts.MCTS` (Sampled MuZero-style tree search).
 
-    The tree's depth (the plan's horizon) is `horizon` unless overridden. Evaluation budget: simulations =
+    The tree's depth, `MCTSConfig.horizon` (the plan's horizon), is `horizon` unless overridden. Evaluation budget: simulations =
     evals // children (each simulation expands K children). Time budget: 100,000 simulations,
     stopped by the deadline. The objective is the learned reward; the override
     `value=<path>` bootstraps the leaves with a trained critic (`load_critic`: a training
@@ -303,7 +308,7 @@ def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
     """
     from latentplan.planners.mcts import MCTS, MCTSConfig
 
-    base = {"depth": horizon, **overrides}
+    base = {"horizon": horizon, **overrides}
     objective = None
     value_path = base.pop("value", None)
     if value_path is not None:
@@ -311,7 +316,7 @@ def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
         objective = lambda m: Objective(m, value=critic, discount=discount)  # noqa: E731
     if budget.evals is not None:
         if "simulations" in overrides:
-            raise ValueError("simulations is set by the evaluation budget; override children or depth instead")
+            raise ValueError("simulations is set by the evaluation budget; override children or horizon instead")
         children = int(base.get("children", MCTSConfig().children))
         base["simulations"] = max(1, int(budget.evals) // children)
     elif budget.ms is not None and "simulations" not in overrides:
@@ -341,9 +346,9 @@ def load_critic(path: str, model: Any) -> tuple[Any, float]:
         cfg, features = dict(state["config"]), None  # a training checkpoint: the model's own features
     else:
         raise ValueError(f"{path} holds no critic (neither 'learner' nor 'value_learner')")
-    want = int(model.config.deter + model.config.stoch) if hasattr(model, "config") else None
+    want = model.feature_size
     features = features or want
-    if want is not None and features != want:
+    if features != want:
         raise ValueError(f"{path}: the critic takes {features} features; this model's beliefs have {want}")
     cfg["hidden"] = tuple(cfg["hidden"])
     learner = ValueLearner(ValueConfig(**cfg), features, device=model.action_low.device)
@@ -360,19 +365,19 @@ def load_policy(path: str, model: Any) -> Any:
         FileNotFoundError: no file at `path`.
         ValueError: the file is not a latentplan policy.
     """
-    from latentplan.planners.distill import GaussianPolicy
+    from latentplan.planners.policy import GaussianPolicy
 
     return GaussianPolicy.load(str(path), device=model.action_low.device)
 
 
 def policy_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
-    """Registry factory of a distilled policy acting alone (`latentplan.planners.distill.PolicyPlanner`).
+    """Registry factory of a distilled policy acting alone (`latentplan.planners.policy.PolicyPlanner`).
 
     Needs the override `checkpoint=<policy.pt>` (written by `latentplan distill`); other
     overrides go to `PolicyPlanner` (`horizon`, `deterministic`, `evaluate`). Its cost is one
     forward pass per decision whatever the budget (0 model evaluations with `horizon=1`).
     """
-    from latentplan.planners.distill import PolicyPlanner
+    from latentplan.planners.policy import PolicyPlanner
 
     opts = dict(overrides)
     path = opts.pop("checkpoint", None)
@@ -388,7 +393,7 @@ PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
     "cem": ({}, False),  # PlaNet (Hafner et al. 2019)
     "icem": (dict(noise_beta=2.0, keep_elites=0.3, population_decay=1.25, include_mean=True), True),  # Pinneri et al. 2020
     "mppi": (dict(refit="mppi", temperature=1.0), False),  # Williams et al. 2017
-    "cem_gd": (dict(gradient_steps=3), False),  # Bharadhwaj et al. 2020
+    "cem_gd": (dict(gradient=AscentConfig(iterations=3)), False),  # Bharadhwaj et al. 2020
 }
 for _name, (_preset, _warm) in PRESETS.items():
     register_planner(_name, cem_family(_preset, warm_start=_warm))

@@ -201,7 +201,7 @@ class Trainer:
         self._probe_params = list(probe.parameters()) if probe is not None else []
         self._world_params = [p for n, p in self.model.named_parameters() if not n.startswith("probe_head.")]
         self.planner = CEM(config.planner)
-        features = self.model_config.deter + self.model_config.stoch
+        features = self.model.feature_size
         self.value_learner = (
             ValueLearner(config.value, features, device=self.device, seed=config.seed) if config.value_every else None
         )

@@ -2,19 +2,21 @@
 MPPI and CEM+GD options), the gradient planner, sampled MCTS, a distilled policy; their objective,
 reward terms and the learned value."""
 
+from .ascent import AscentConfig, ascend, require_differentiable
 from .base import Plan, Planner, Policy
 from .cem import CEM, CEMConfig, colored_noise
-from .distill import DistillConfig, Distiller, GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
-from .gradient import GradientConfig, GradientPlanner, require_differentiable
+from .distill import DistillConfig, Distiller
+from .gradient import GradientConfig, GradientPlanner
 from .mcts import MCTS, MCTSConfig
 from .objective import Objective, RewardTerm, rank_returns
+from .policy import GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
 from .rewards import BoundReward, Reward, RewardContext, RewardReport, check_reward, learned_reward, reward
 from .value import ImaginedRollout, ValueConfig, ValueFunction, ValueLearner, lambda_returns, posterior_beliefs
 
 __all__ = [
-    "BoundReward", "CEM", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
+    "AscentConfig", "BoundReward", "CEM", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
     "GradientPlanner", "ImaginedRollout", "MCTS", "MCTSConfig", "Objective", "Plan", "Planner", "Policy",
     "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm", "ValueConfig",
-    "ValueFunction", "ValueLearner", "check_reward", "colored_noise", "lambda_returns", "learned_reward",
+    "ValueFunction", "ValueLearner", "ascend", "check_reward", "colored_noise", "lambda_returns", "learned_reward",
     "policy_rollout", "posterior_beliefs", "rank_returns", "require_differentiable", "reward",
 ]

@@ -1,8 +1,8 @@
 """Capture-ready planning: run a planner's static-shape search in a CUDA graph or through torch.compile.
 
 Planning over a learned model on a GPU is launch-bound: a CEM decision at PlaNet's settings is
-120,000 small RSSM steps whose arithmetic takes about a millisecond but whose thousands of kernel
-launches, issued one by one from Python, take tens. A CUDA graph records the launches of one
+120,000 small RSSM steps whose arithmetic is small beside the cost of their thousands of kernel
+launches, issued one by one from Python (docs/gpu.md has the measurements). A CUDA graph records the launches of one
 whole plan call once and replays them with a single launch (NVIDIA, "CUDA Graphs", CUDA C++
 Programming Guide; PyTorch's `torch.cuda.graph`). That is possible because the planners' search
 loops are *capture-ready*: static shapes for given settings, no host synchronisation inside (no
@@ -12,6 +12,8 @@ randomness drawn from one `torch.Generator`.
 The pieces here are shared by the planners' `compile=` option:
 
 - `resolve_compile`: which mode a planner runs in ("auto" picks the fastest correct one);
+- `run_captured`: a planner's search through the cache, built, verified and replayed (what
+  both `CEM` and `GradientPlanner` call for a captured mode);
 - `CaptureCache` / `CapturedSearch`: keep one captured (or compiled) search per objective
   structure, batch size and generator, copy fresh inputs into its static buffers, replay;
 - `StaticObjective`: a copy of an `Objective` whose context tensors live in static buffers, so
@@ -36,7 +38,7 @@ from .rewards import BoundReward, LearnedReward, Reward, ScaledReward, SumReward
 
 __all__ = [
     "CaptureMismatch", "CompileMode", "CaptureCache", "CapturedSearch", "HostSyncError", "check_first_replay", "StaticObjective", "no_host_sync",
-    "objective_key", "resolve_compile",
+    "objective_key", "resolve_compile", "run_captured",
 ]
 
 CompileMode = Literal["auto", "eager", "static", "cuda_graph", "torch_compile"]
@@ -382,3 +384,60 @@ def capture_key(mode: str, objective: Objective, generator: torch.Generator | No
     input shapes/dtypes/devices, and planner-specific `extra`."""
     shapes = tuple(sorted((k, tuple(v.shape), v.dtype, v.device) for k, v in inputs.items()))
     return (mode, objective_key(objective), id(generator), shapes, torch.is_grad_enabled(), *extra)
+
+
+SearchBuilder = Callable[[Objective, dict[str, int]], Callable[[dict[str, Tensor]], dict[str, Tensor]]]
+
+
+def run_captured(
+    cache: CaptureCache, mode: str, objective: Objective, inputs: dict[str, Tensor], build_search: SearchBuilder,
+    eager: Callable[[], dict[str, Tensor]], *, generator: torch.Generator | None, planner: str,
+    key_extra: tuple = (), keepalive: tuple = (), atol: float = 1e-4,
+) -> tuple[dict[str, Tensor], CapturedSearch]:
+    """Run one planner search in a captured mode: look the capture up in `cache` (building it on a
+    miss), load the objective's context into it, and replay it; a new capture's first call is
+    checked against the eager loop (`check_first_replay`).
+
+    Args:
+        cache: the planner's `CaptureCache`.
+        mode: `"static"`, `"cuda_graph"` or `"torch_compile"` (from `resolve_compile`).
+        objective: the caller's objective (its structure is part of the key; its context
+            tensors are copied into the capture's static ones before every call).
+        inputs: the search's tensor inputs (beliefs `[B, ...]`, sampling distributions or start
+            sequences); shapes, dtypes and devices are part of the key.
+        build_search: `build_search(static_objective, counts) -> search`, where
+            `search(static_inputs) -> dict[str, Tensor]` is the capture-ready search over the
+            static objective; it may record Python-side facts (iterations, model_evals) in
+            `counts`, which the runner keeps as `runner.counts`.
+        eager: the eager loop's outputs on the caller's inputs, for the first-replay check (the
+            keys it returns are the ones compared).
+        generator: the search's randomness (`None`: the device's default generator).
+        planner: the planner's name, for messages.
+        key_extra: planner-specific parts of the cache key (e.g. a proposal's `id()`).
+        keepalive: objects the key names only by `id()`, kept alive with the capture.
+        atol: tolerance of the first-replay check.
+
+    Returns:
+        `(outputs, runner)`: the search's outputs (fresh copies) and its `CapturedSearch`.
+
+    Raises:
+        CaptureMismatch: a new capture did not reproduce the eager plan.
+        ValueError: from `objective_key` on a context value a capture cannot refresh.
+    """
+    device = next(iter(inputs.values())).device
+    key = capture_key(mode, objective, generator, inputs, *key_extra)
+
+    def build() -> tuple[CapturedSearch, StaticObjective]:
+        static_obj = StaticObjective(objective, device)
+        counts: dict[str, int] = {}
+        search = build_search(static_obj.objective, counts)
+        runner = CapturedSearch(search, inputs, mode, generator=generator, refresh=static_obj.objective.model.refresh)
+        runner.counts = counts
+        runner.keepalive = keepalive
+        return runner, static_obj
+
+    runner, static_obj = cache.get(key, build)
+    static_obj.load(objective)
+    if runner.verified or mode == "torch_compile":  # compiled code may round differently
+        return runner(inputs), runner
+    return check_first_replay(runner, inputs, eager, generator, device, planner=planner, atol=atol), runner

@@ -4,6 +4,7 @@ refit (Williams et al. 2017) and the CEM+GD hybrid (Bharadhwaj et al. 2020)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -14,11 +15,12 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
+from ._validate import check_choice, check_min, check_positive, check_range
+from .ascent import AscentConfig, ascend, require_differentiable
 from .base import Plan, Policy
-from .capture import CaptureCache, CapturedSearch, StaticObjective, capture_key, check_first_replay, resolve_compile
-from .distill import policy_rollout
-from .gradient import _ascend, require_differentiable
+from .capture import CaptureCache, resolve_compile, run_captured
 from .objective import Objective, rank_returns
+from .policy import policy_rollout
 
 __all__ = ["CEMConfig", "CEM", "colored_noise"]
 
@@ -53,7 +55,7 @@ def colored_noise(
     made twice as long as needed and cropped: an inverse FFT of length H is periodic, which
     correlates the first and the last action (correlation 0.71 for β = 2, H = 12) although they
     are the furthest apart in time; on the linear-quadratic test system that made iCEM stall
-    1.2-1.6 % above the optimum, against 0.3-0.8 % with the cropped series. The periodic series
+    further above the optimum than the cropped series does. The periodic series
     is stationary, so every kept step still has exactly unit variance.
 
     Raises:
@@ -104,7 +106,7 @@ class CEMConfig:
             `population_decay > 1` this is the first iteration's count.
         elites: K, best sequences the distribution is refitted to (PlaNet: 100). With
             `refit="mppi"`, K still sets the population floor 2K, the elites kept by
-            `keep_elites` and the sequences refined by `gradient_steps`.
+            `keep_elites` and the sequences refined by `gradient`.
         init_std: standard deviation of the first sampling distribution, per action
             dimension, in action units (PlaNet: 1 with mean 0).
         min_std: floor of the refitted standard deviation (0 lets it collapse, as PlaNet does).
@@ -136,10 +138,11 @@ class CEMConfig:
         return_best: return the best sequence evaluated in any iteration (iCEM) instead of the
             final mean; `value` is then that sequence's return. With a stochastic model this
             is the maximum of noisy estimates and so optimistic.
-        gradient_steps: CEM+GD: in each iteration the K best candidates get this many Adam
-            steps on their returns (through the model, projected onto the bounds) before the
-            refit; each refined candidate keeps the best version seen. 0 (default) is plain CEM.
-        gradient_lr: Adam's learning rate for `gradient_steps`, in action units.
+        gradient: CEM+GD: an `AscentConfig`; in each iteration the K best candidates get
+            `gradient.iterations` optimizer steps on their returns (through the model; by
+            default Adam with `lr=0.01` in action units, projected onto the bounds) before the
+            refit, and each refined candidate keeps the best version seen. `None` (default) is
+            plain CEM. A dict is read as `AscentConfig(**dict)` (configs from JSON).
         policy_fraction: with a `proposal` policy given to `CEM`, the fraction of each
             iteration's J fresh candidates that are rolled out by the policy through the model
             instead of drawn from the Gaussian, as TD-MPC2 does (Hansen et al. 2024: 24 of 512):
@@ -152,7 +155,7 @@ class CEMConfig:
             `"torch_compile"`, the search through `torch.compile`; `"static"`, the capture-ready
             search without capture (what a graph records; for tests); `"auto"` (default),
             `"cuda_graph"` on a CUDA device when the settings allow it (not with
-            `gradient_steps`, whose optimiser is not captured), else `"eager"`. On the CPU,
+            `gradient`, whose optimiser is not captured), else `"eager"`. On the CPU,
             `"auto"` is the eager loop, unchanged.
 
     Raises:
@@ -175,44 +178,31 @@ class CEMConfig:
     refit: Literal["topk", "mppi"] = "topk"
     temperature: float = 1.0
     return_best: bool = False
-    gradient_steps: int = 0
-    gradient_lr: float = 0.01
+    gradient: AscentConfig | None = None
     policy_fraction: float = 0.0
     compile: Literal["auto", "eager", "static", "cuda_graph", "torch_compile"] = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("horizon", "iterations", "candidates", "elites"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CEMConfig.{name} must be >= 1; got {getattr(self, name)}")
+        check_min(self, 1, "horizon", "iterations", "candidates", "elites")
         if self.elites > self.candidates:
             raise ValueError(
                 f"CEMConfig.elites ({self.elites}) cannot exceed candidates ({self.candidates})"
             )
-        if self.init_std <= 0 or self.min_std < 0 or self.warm_start_std <= 0:
-            raise ValueError("CEMConfig: init_std and warm_start_std must be > 0 and min_std >= 0")
+        check_positive(self, "init_std", "warm_start_std")
+        check_min(self, 0.0, "min_std")
         if not math.isfinite(self.noise_beta):
             raise ValueError(f"CEMConfig.noise_beta must be finite; got {self.noise_beta}")
-        if not 0.0 <= self.keep_elites <= 1.0:
-            raise ValueError(f"CEMConfig.keep_elites must be in [0, 1]; got {self.keep_elites}")
-        if not (self.population_decay >= 1.0 and math.isfinite(self.population_decay)):
-            raise ValueError(f"CEMConfig.population_decay must be >= 1; got {self.population_decay}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"CEMConfig.momentum must be in [0, 1); got {self.momentum}")
-        if self.refit not in ("topk", "mppi"):
-            raise ValueError(f"CEMConfig.refit must be 'topk' or 'mppi'; got {self.refit!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"CEMConfig.temperature must be > 0; got {self.temperature}")
-        if self.gradient_steps < 0:
-            raise ValueError(f"CEMConfig.gradient_steps must be >= 0; got {self.gradient_steps}")
-        if not self.gradient_lr > 0:
-            raise ValueError(f"CEMConfig.gradient_lr must be > 0; got {self.gradient_lr}")
-        if not 0.0 <= self.policy_fraction <= 1.0:
-            raise ValueError(f"CEMConfig.policy_fraction must be in [0, 1]; got {self.policy_fraction}")
-        if self.compile not in ("auto", "eager", "static", "cuda_graph", "torch_compile"):
-            raise ValueError(
-                "CEMConfig.compile must be 'auto', 'eager', 'static', 'cuda_graph' or 'torch_compile'; "
-                f"got {self.compile!r}"
-            )
+        check_range(self, "keep_elites", 0.0, 1.0)
+        check_range(self, "population_decay", 1.0, math.inf, high_open=True)
+        check_range(self, "momentum", 0.0, 1.0, high_open=True)
+        check_choice(self, "refit", ("topk", "mppi"))
+        check_positive(self, "temperature")
+        if isinstance(self.gradient, dict):
+            object.__setattr__(self, "gradient", AscentConfig(**self.gradient))
+        if self.gradient is not None and not isinstance(self.gradient, AscentConfig):
+            raise ValueError(f"CEMConfig.gradient must be an AscentConfig or None; got {self.gradient!r}")
+        check_range(self, "policy_fraction", 0.0, 1.0)
+        check_choice(self, "compile", ("auto", "eager", "static", "cuda_graph", "torch_compile"))
 
     def population(self, i: int) -> int:
         """J_i, the fresh candidates sampled in iteration `i` (0-based), per environment."""
@@ -239,13 +229,13 @@ class CEMConfig:
     @property
     def model_evals(self) -> int:
         """Imagined transitions (forward) per decision and environment when all iterations run:
-        sum_i H * rows(i), plus H * K * (gradient_steps + 1) per iteration for CEM+GD.
+        sum_i H * rows(i), plus H * K * (gradient.iterations + 1) per iteration for CEM+GD.
         PlaNet's settings give H * I * J. With a proposal policy, rolling it out adds
         (H - 1) * `policy_candidates` (the policy's candidates replace Gaussian ones, so the
         rows stay the same)."""
         total = sum(self.horizon * self.rows(i) for i in range(self.iterations))
-        if self.gradient_steps:
-            total += self.iterations * self.horizon * self.elites * (self.gradient_steps + 1)
+        if self.gradient is not None:
+            total += self.iterations * self.horizon * self.elites * (self.gradient.iterations + 1)
         return total
 
 
@@ -266,7 +256,7 @@ class CEM:
       distilled `GaussianPolicy`) and `policy_fraction > 0`, that fraction of the fresh
       candidates of every iteration are sequences made by rolling the policy through the model
       (`policy_rollout`; the first is its mode), so CEM starts next to what the policy would do.
-    - CEM+GD (Bharadhwaj et al. 2020): `gradient_steps`, `gradient_lr`. The paper refines the
+    - CEM+GD (Bharadhwaj et al. 2020): `gradient=AscentConfig(iterations=..., lr=...)`. The paper refines the
       sampled sequences by gradient descent; here only the K best of each iteration are refined
       (as CEM-GD, Huang et al. 2021, does with its top sequences), which keeps the cost at
       `K` instead of `J` backward passes per step.
@@ -288,8 +278,8 @@ class CEM:
 
     Raises:
         ValueError: (here) if a `proposal` is given with `policy_fraction == 0`, or is not a
-            `Policy`; (from `plan`) if `warm_start.actions` is not `[B, H, A]`, or (with
-            `gradient_steps > 0`) if a reward term is marked `differentiable = False` (the
+            `Policy`; (from `plan`) if `warm_start.actions` is not `[B, H, A]`, or (with a
+            `gradient` config) if a reward term is marked `differentiable = False` (the
             message names it).
 
     Source: Hafner et al. 2019 (PlaNet), "Learning Latent Dynamics for Planning from Pixels";
@@ -301,10 +291,7 @@ class CEM:
     """
 
     def __init__(self, config: CEMConfig | None = None, *, proposal: Policy | None = None, **overrides) -> None:
-        if config is None:
-            config = CEMConfig(**overrides)
-        elif overrides:
-            config = CEMConfig(**{**config.__dict__, **overrides})
+        config = dataclasses.replace(config or CEMConfig(), **overrides)
         if proposal is not None:
             if not callable(getattr(proposal, "act", None)):
                 raise ValueError(f"CEM: proposal must be a Policy with act(state, generator=, deterministic=); got {type(proposal).__name__}")
@@ -330,8 +317,8 @@ class CEM:
         """Plan for every belief in `state` (`[B]` rows); see the class docstring."""
         t0 = time.perf_counter()
         c = self.config
-        if c.gradient_steps > 0:
-            require_differentiable(objective, "CEM (gradient_steps > 0)")
+        if c.gradient is not None:
+            require_differentiable(objective, "CEM (gradient refinement)")
         model = objective.model
         b, h, a = state.batch, c.horizon, objective.action_dim
         dev = state.device
@@ -346,7 +333,7 @@ class CEM:
         else:
             mean = torch.zeros(b, h, a, device=dev)
             std = torch.full((b, h, a), c.init_std, device=dev)
-        not_capturable = "gradient_steps > 0 (CEM+GD's optimiser is not captured)" if c.gradient_steps else None
+        not_capturable = "gradient (CEM+GD's optimiser is not captured)" if c.gradient is not None else None
         mode = resolve_compile(c.compile, dev, planner="CEM", not_capturable=not_capturable or self._cache.failed)
         if mode != "eager":
             try:
@@ -370,14 +357,10 @@ class CEM:
         self, mode: str, objective: Objective, state: LatentState, mean: Tensor, std: Tensor,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor, Tensor, int, int]:
-        """Run `_search` (without a deadline) as a `CapturedSearch` over static buffers."""
+        """Run `_search` (without a deadline) as a captured search over static buffers."""
         inputs = {"deter": state.deter, "stoch": state.stoch, "mean": mean, "std": std}
-        key = capture_key(mode, objective, generator, inputs, id(self.proposal))
-        counts: dict[str, int] = {}
 
-        def build() -> tuple[CapturedSearch, StaticObjective]:
-            static_obj = StaticObjective(objective, state.device)
-            obj = static_obj.objective
+        def build_search(obj: Objective, counts: dict[str, int]):
             low = obj.model.action_low.to(state.device).clone()
             high = obj.model.action_high.to(state.device).clone()
 
@@ -385,27 +368,19 @@ class CEM:
                 m, v, nf, iters, evals = self._search(
                     obj, LatentState(x["deter"], x["stoch"]), x["mean"], x["std"], low, high, generator, None
                 )
-                counts.update(iterations=iters, model_evals=evals)
+                counts.update(iterations=iters, model_evals=evals)  # fixed by the settings: all iterations run
                 return {"mean": m, "value": v, "nonfinite": nf}
 
-            refresh = getattr(obj.model, "refresh", None)
-            runner = CapturedSearch(search, inputs, mode, generator=generator, refresh=refresh)
-            runner.counts = counts  # fixed by the settings: all iterations run
-            runner.keepalive = (self.proposal,)  # its id() is in the key: it must not be freed and reused
-            return runner, static_obj
+            return search
 
-        runner, static_obj = self._cache.get(key, build)
-        static_obj.load(objective)
-        if runner.verified or mode == "torch_compile":  # compiled code may round differently
-            out = runner(inputs)
-        else:
+        def eager() -> dict[str, Tensor]:
             low, high = objective.model.action_low.to(state.device), objective.model.action_high.to(state.device)
+            m, v, nf, _, _ = self._search(objective, state, mean, std, low, high, generator, None)
+            return {"mean": m, "value": v, "nonfinite": nf}
 
-            def eager() -> dict[str, Tensor]:
-                m, v, nf, _, _ = self._search(objective, state, mean, std, low, high, generator, None)
-                return {"mean": m, "value": v, "nonfinite": nf}
-
-            out = check_first_replay(runner, inputs, eager, generator, state.device, planner="CEM")
+        # the proposal's id() is in the key: it must not be freed and its id reused
+        out, runner = run_captured(self._cache, mode, objective, inputs, build_search, eager, generator=generator,
+                                   planner="CEM", key_extra=(id(self.proposal),), keepalive=(self.proposal,))
         return out["mean"], out["value"], out["nonfinite"], runner.counts["iterations"], runner.counts["model_evals"]
 
     def _search(
@@ -432,7 +407,7 @@ class CEM:
         a = mean.shape[-1]
         dev = state.device
         starts: dict[int, LatentState] = {}
-        elite_starts = state.expand(k) if c.gradient_steps else None
+        elite_starts = state.expand(k) if c.gradient is not None else None
         n_keep = c.kept_elites
         kept: Tensor | None = None
         nonfinite = torch.zeros((), dtype=torch.long, device=dev)
@@ -464,7 +439,7 @@ class CEM:
             model_evals += b * rows * h
             ret, nf = rank_returns(ret.reshape(b, rows))
             nonfinite = nonfinite + nf
-            if c.gradient_steps:
+            if c.gradient is not None:
                 cand, ret, evals, nf = self._refine(objective, elite_starts, cand, ret, low, high, generator)
                 model_evals += evals
                 nonfinite = nonfinite + nf
@@ -527,17 +502,16 @@ class CEM:
         high: Tensor,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor, int, Tensor]:
-        """CEM+GD: Adam steps on the K best of `cand [B, rows, H, A]` (returns `ret [B, rows]`),
+        """CEM+GD: gradient ascent on the K best of `cand [B, rows, H, A]` (returns `ret [B, rows]`),
         written back in place of them with the best return seen for each."""
         c = self.config
         b, _, h, a = cand.shape
         k = c.elites
         _, idx = ret.topk(k, dim=1)
         gidx = idx[:, :, None, None].expand(b, k, h, a)
-        out = _ascend(
-            objective, elite_starts, cand.gather(1, gidx).reshape(b * k, h, a),
-            steps=c.gradient_steps, lr=c.gradient_lr, optimizer_cls=torch.optim.Adam, squash="clip",
-            low=low, high=high, grad_clip=None, generator=generator, deadline=None,
+        out = ascend(
+            objective, elite_starts, cand.gather(1, gidx).reshape(b * k, h, a), **vars(c.gradient),
+            low=low, high=high, generator=generator,
         )
         cand = cand.scatter(1, gidx, out.actions.reshape(b, k, h, a))
         ret = ret.scatter(1, idx, out.returns.reshape(b, k))

@@ -6,22 +6,19 @@ learned model, with continuous actions handled by sampling K actions per node as
 MuZero (Hubert et al. 2021, "Learning and Planning in Complex Action Spaces", ICML), and a
 discrete mode where every node's children are a given action set.
 
-Implementation choice (measured by `benchmarks/mcts_speed.py` on the trained cartpole RSSM with a
-critic, K = 8, depth 5, one CPU thread): the tree's bookkeeping is numpy arrays `[B, nodes]`
-walked by small numba-compiled kernels (selection; expansion + backup; the final path), and the
-model runs in torch, once per simulation for the K children of every environment's leaf
-(`B * K` rows in one batched call). Measured: 1,323 simulations/s for B = 1 and 364 for B = 16
-(5,800 environment-simulations/s), against 1,405 and 390 for the model and value calls alone,
-so the tree costs about 6 %. The same kernels as plain Python: 1,285 and 214 simulations/s. One
-level of a pUCT selection written as batched torch ops over `[B, K]` costs about 170 µs, and a
-simulation needs up to `depth` of them plus the backup: by these numbers a torch tree would more than halve the
-throughput at B = 1. Without numba installed the kernels run as plain Python (correct, slower
-for large B). On a GPU the model and the stored beliefs stay on the device and only the `[B, K]`
-rewards and values travel to the host, once per simulation.
+Implementation: the tree's bookkeeping is numpy arrays `[B, nodes]` walked by small
+numba-compiled kernels (selection; expansion + backup; the final path), and the model runs in
+torch, once per simulation for the K children of every environment's leaf (`B * K` rows in one
+batched call). A pUCT selection written as batched torch ops costs one small kernel launch per
+tree level and operation, which would dominate the model's cost at small B; the kernels keep the
+tree's share of a simulation small (`benchmarks/mcts_speed.py` measures it; docs/benchmarks.md).
+On a GPU the model and the stored beliefs stay on the device and only the `[B, K]` rewards and
+values travel to the host, once per simulation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -29,28 +26,16 @@ from typing import Literal
 
 import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
+from ._validate import check_choice, check_min, check_positive
 from .base import Plan, Policy
 from .objective import Objective
 
 __all__ = ["MCTS", "MCTSConfig"]
-
-try:  # numba is optional: the kernels below are plain Python and numpy when it is missing
-    from numba import njit as _njit
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only without numba
-    HAVE_NUMBA = False
-
-    def _njit(*args, **kwargs):
-        def wrap(fn):
-            return fn
-
-        return wrap
-
 
 @dataclass(frozen=True)
 class MCTSConfig:
@@ -61,13 +46,13 @@ class MCTSConfig:
             model evaluations). At least one always runs, even past a deadline.
         children: K, actions sampled at every expanded node (Sampled MuZero's K). Ignored in
             the discrete mode, where K is the size of the action set.
-        depth: the deepest tree level, in model steps from the root (the root is level 0);
+        horizon: H, the deepest tree level, in model steps from the root (the root is level 0);
             nodes at this depth are leaves whose value is the objective's bootstrap. Also the
-            horizon H of the returned `Plan`.
+            horizon of the returned `Plan`.
         c1: pUCT exploration constant c1 (MuZero: 1.25).
         c2: pUCT exploration constant c2 (MuZero: 19652): the bonus grows as
             `c1 + log((N + c2 + 1) / c2)` with the parent's visits N.
-        proposal_std: without a policy, the standard deviation, in action units, of the
+        proposal_std: without a proposal policy, the standard deviation, in action units, of the
             Gaussian proposal around the warm start's action at the node's depth (or zero).
         include_mean: make child 0 of every node the proposal's mean: the warm-start action at
             that depth (zero without one), or the policy's deterministic action. The other
@@ -80,14 +65,14 @@ class MCTSConfig:
             only as the visits concentrate on it, and is less optimistic under noisy values.
 
     Raises:
-        ValueError: on `simulations`, `children` or `depth` below 1, a non-positive (or
+        ValueError: on `simulations`, `children` or `horizon` below 1, a non-positive (or
             non-finite) `c1`, `c2` or `proposal_std`, or an unknown `backup` (the message names
             the field).
     """
 
     simulations: int = 100
     children: int = 8
-    depth: int = 5
+    horizon: int = 5
     c1: float = 1.25
     c2: float = 19652.0
     proposal_std: float = 1.0
@@ -95,20 +80,14 @@ class MCTSConfig:
     backup: Literal["mean", "max"] = "mean"
 
     def __post_init__(self) -> None:
-        if self.backup not in ("mean", "max"):
-            raise ValueError(f"MCTSConfig.backup must be 'mean' or 'max'; got {self.backup!r}")
-        for name in ("simulations", "children", "depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"MCTSConfig.{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("c1", "c2", "proposal_std"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"MCTSConfig.{name} must be a positive number; got {v}")
+        check_choice(self, "backup", ("mean", "max"))
+        check_min(self, 1, "simulations", "children", "horizon")
+        check_positive(self, "c1", "c2", "proposal_std")
 
     @property
     def model_evals(self) -> int:
         """Imagined transitions per decision and environment when all simulations expand a node:
-        `simulations * children` (fewer when some simulations end at a leaf of depth `depth`)."""
+        `simulations * children` (fewer when some simulations end at a leaf of depth `horizon`)."""
         return self.simulations * self.children
 
 
@@ -129,7 +108,7 @@ class MCTSConfig:
 # such edges rank last and no NaN can arise.
 
 
-@_njit(cache=True)
+@njit(cache=True)
 def _descend(first_child, n_children, visits, node_value, reward, prior, qmin, qmax, discount, c1, c2,
              leaves, depths):
     """pUCT descent (MuZero, Appendix B) from the root of every environment to a node without
@@ -161,7 +140,7 @@ def _descend(first_child, n_children, visits, node_value, reward, prior, qmin, q
         depths[b] = d
 
 
-@_njit(cache=True)
+@njit(cache=True)
 def _widen(qmin, qmax, b, q):
     if math.isfinite(q):
         if q < qmin[b]:
@@ -170,7 +149,7 @@ def _widen(qmin, qmax, b, q):
             qmax[b] = q
 
 
-@_njit(cache=True)
+@njit(cache=True)
 def _best_child(first_child, n_children, node_value, reward, discount, b, node):
     g = -np.inf
     fc = first_child[b, node]
@@ -181,7 +160,7 @@ def _best_child(first_child, n_children, node_value, reward, discount, b, node):
     return g
 
 
-@_njit(cache=True)
+@njit(cache=True)
 def _expand_backup(leaves, expand, start, child_reward, child_value, child_prior, first_child, parent,
                    visits, value_sum, node_value, reward, v0, prior, qmin, qmax, discount, use_max):
     """Attach the K evaluated children `[B, K]` to the leaves that `expand`, then back up.
@@ -237,7 +216,7 @@ def _expand_backup(leaves, expand, start, child_reward, child_value, child_prior
     return bad
 
 
-@_njit(cache=True)
+@njit(cache=True)
 def _principal_path(first_child, n_children, visits, node_value, reward, discount, horizon, nodes):
     """The most visited path from the root: at every level the child with the most visits
     (ties: the higher Q; edges with a non-finite Q rank last); -1 past the expanded part."""
@@ -289,7 +268,7 @@ class MCTS:
 
     Proposals (the children of a node):
 
-    - `policy` given (any `Policy`, e.g. a distilled one): K samples of `policy.act` at the node
+    - `proposal` given (any `Policy`, e.g. a distilled one): K samples of `proposal.act` at the node
       (child 0 its deterministic action when `include_mean`).
     - discrete `actions [M, A]` given: all M actions at every node (K = M).
     - otherwise a Gaussian with std `proposal_std` around the warm start's action at the node's
@@ -306,9 +285,9 @@ class MCTS:
 
     `plan(objective, state [B], warm_start=None, generator=None, deadline=None) -> Plan`:
 
-    - `actions [B, H, A]` with H = `depth`: the root's most visited child's action first (ties:
+    - `actions [B, H, A]` with H = `horizon`: the root's most visited child's action first (ties:
       the higher Q), then the most visited path below it; past the expanded part of that path,
-      the Gaussian proposal's mean (the warm start's action or zero; with a policy or an action
+      the Gaussian proposal's mean (the warm start's action or zero; with a proposal policy or an action
       set, zero clipped into the bounds).
     - `value [B]`: the root value, Q of the chosen root action.
     - `info`: `root_actions [B, K, A]`, `root_visits [B, K]` (int64 counts), `root_policy
@@ -322,14 +301,14 @@ class MCTS:
 
     Args:
         config: `MCTSConfig`; keyword `overrides` replace fields.
-        policy: optional `Policy` proposal.
+        proposal: optional `Policy` whose samples are a node's children.
         actions: optional `[M, A]` discrete action set (M >= 1), used instead of sampling.
 
     Raises:
-        ValueError: `actions` not 2-D or containing NaN/inf, both `policy` and `actions` given
+        ValueError: `actions` not 2-D or containing NaN/inf, both `proposal` and `actions` given
             (here); at plan time: `actions` of the wrong dimension or outside the model's
-            bounds, a warm start that is not `[B, H', A]`, a policy returning a wrong shape.
-        TypeError: `policy` without an `act` method.
+            bounds, a warm start that is not `[B, H', A]`, a proposal returning a wrong shape.
+        TypeError: `proposal` without an `act` method.
 
     Source: Schrittwieser et al. 2020 (MuZero), Appendix B; Hubert et al. 2021 (Sampled
     MuZero); Silver et al. 2017 (AlphaGo Zero) for pUCT with priors.
@@ -339,30 +318,26 @@ class MCTS:
         self,
         config: MCTSConfig | None = None,
         *,
-        policy: Policy | None = None,
+        proposal: Policy | None = None,
         actions: Tensor | None = None,
         **overrides,
     ) -> None:
-        if config is None:
-            config = MCTSConfig(**overrides)
-        elif overrides:
-            config = MCTSConfig(**{**config.__dict__, **overrides})
-        self.config = config
-        if policy is not None and not callable(getattr(policy, "act", None)):
-            raise TypeError(f"MCTS: policy must have an act(state, *, generator, deterministic) method; got {policy!r}")
-        if policy is not None and actions is not None:
-            raise ValueError("MCTS: give either a policy or a discrete action set, not both")
+        self.config = dataclasses.replace(config or MCTSConfig(), **overrides)
+        if proposal is not None and not callable(getattr(proposal, "act", None)):
+            raise TypeError(f"MCTS: proposal must have an act(state, *, generator, deterministic) method; got {proposal!r}")
+        if proposal is not None and actions is not None:
+            raise ValueError("MCTS: give either a proposal policy or a discrete action set, not both")
         if actions is not None:
             actions = torch.as_tensor(actions, dtype=torch.float32)
             if actions.dim() != 2 or actions.shape[0] < 1:
                 raise ValueError(f"MCTS: actions must be [M, A] with M >= 1; got {tuple(actions.shape)}")
             if not torch.isfinite(actions).all():
                 raise ValueError("MCTS: actions contain NaN or inf")
-        self.policy = policy
+        self.proposal = proposal
         self.actions = actions
 
     def __repr__(self) -> str:
-        mode = "policy" if self.policy is not None else ("discrete" if self.actions is not None else "gaussian")
+        mode = "policy" if self.proposal is not None else ("discrete" if self.actions is not None else "gaussian")
         return f"MCTS({self.config}, proposal={mode})"
 
     @property
@@ -381,15 +356,15 @@ class MCTS:
         a = low.shape[0]
         if self.actions is not None:
             out = self.actions.to(dev)[None].expand(n, k, a)
-        elif self.policy is not None:
-            sampled = self.policy.act(leaf.expand(k), generator=generator, deterministic=False)
+        elif self.proposal is not None:
+            sampled = self.proposal.act(leaf.expand(k), generator=generator, deterministic=False)
             if not isinstance(sampled, Tensor) or sampled.shape != (n * k, a):
-                raise ValueError(f"MCTS: policy.act must return [N={n * k}, A={a}]; got {getattr(sampled, 'shape', sampled)}")
+                raise ValueError(f"MCTS: proposal.act must return [N={n * k}, A={a}]; got {getattr(sampled, 'shape', sampled)}")
             out = sampled.reshape(n, k, a)
             if c.include_mean:
-                mode = self.policy.act(leaf, generator=generator, deterministic=True)
+                mode = self.proposal.act(leaf, generator=generator, deterministic=True)
                 if not isinstance(mode, Tensor) or mode.shape != (n, a):
-                    raise ValueError(f"MCTS: policy.act must return [N={n}, A={a}]; got {getattr(mode, 'shape', mode)}")
+                    raise ValueError(f"MCTS: proposal.act must return [N={n}, A={a}]; got {getattr(mode, 'shape', mode)}")
                 out = torch.cat([mode[:, None], out[:, 1:]], dim=1)
         else:
             if warm is not None:
@@ -419,7 +394,7 @@ class MCTS:
         t0 = time.perf_counter()
         c = self.config
         model = objective.model
-        b, a, k, h = state.batch, objective.action_dim, self.children, c.depth
+        b, a, k, h = state.batch, objective.action_dim, self.children, c.horizon
         dev = state.device
         low = model.action_low.to(dev)
         high = model.action_high.to(dev)
@@ -500,7 +475,7 @@ class MCTS:
                                   "nonfinite": nonfinite, "max_depth": levels}, t0=t0)
 
     def _result(self, state, warm, first_child, visits, node_value, reward, acts, gamma, low, high, *, info, t0) -> Plan:
-        b, k, h, dev = state.batch, self.children, self.config.depth, state.device
+        b, k, h, dev = state.batch, self.children, self.config.horizon, state.device
         a = acts.shape[2]
         nodes = np.zeros((b, h), dtype=np.int64)
         _principal_path(first_child, k, visits, node_value, reward, gamma, h, nodes)
@@ -519,7 +494,7 @@ class MCTS:
         bi = torch.arange(b, device=dev)[:, None].expand(b, h)
         path = acts[bi, nodes_t.clamp_min(0)]
         pad = torch.zeros(b, h, a, device=dev)
-        if warm is not None and self.actions is None and self.policy is None:
+        if warm is not None and self.actions is None and self.proposal is None:
             m = min(h, warm.shape[1])
             pad[:, :m] = warm[:, :m]
         pad = torch.maximum(torch.minimum(pad, high), low)

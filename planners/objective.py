@@ -77,7 +77,7 @@ class Objective:
     as `-inf` (`rank_returns`) and count in `Plan.info["nonfinite"]`.
 
     Source: the return of PlaNet's planner (Hafner et al. 2019, Sec. 3); the bootstrap as in
-    MuZero / TD-MPC; user reward terms: DESIGN.md, "Rewards from Python".
+    MuZero / TD-MPC; user reward terms: docs/rewards.md.
     """
 
     def __init__(
@@ -162,10 +162,10 @@ class Objective:
             `[N]` sum_{t<H} gamma^t r_t + gamma^H V(s_H). Non-finite entries are left as they are;
             planners rank them with `rank_returns`.
 
-        A model with `rollout(state, actions, generator=) -> (visited [N*H], final [N])` (the
-        RSSM, `FusedRSSM`) is rolled out by it and the reward terms see all `N * H` visited
-        beliefs in one call; other models are stepped with `step` H times. Both give the same
-        returns (up to float summation order).
+        The model's `rollout(state, actions, generator=) -> (visited [N*H], final [N])` gives
+        all H steps at once (`WorldModelBase` loops `imagine_step`; the RSSM's fused view does
+        better), and the reward terms see all `N * H` visited beliefs in one call. The result
+        equals H calls of `step` up to float summation order.
 
         Raises:
             ValueError: if `actions` is not `[N, H, A]` for this state and model.
@@ -176,23 +176,18 @@ class Objective:
                 f"Objective.returns: actions must be [N={n}, H, A={self.action_dim}]; got {tuple(actions.shape)}"
             )
         h = actions.shape[1]
-        rollout = getattr(self.model, "rollout", None)
-        if callable(rollout) and h > 0:
+        if h > 0:
             # one batched reward call over all N * H visited beliefs (row n * H + t) instead of H
             # small ones: a `[B, ...]` context expands to these rows correctly, since the rows of
             # environment b are still one contiguous block
-            visited, state = rollout(state, actions, generator=generator)
+            visited, state = self.model.rollout(state, actions, generator=generator)
             r = self._reward(visited, actions.reshape(n * h, -1)).reshape(n, h)
             weights = self.discount ** torch.arange(h, device=actions.device, dtype=r.dtype)
             total = (r * weights).sum(dim=1)
             scale = self.discount**h
-        else:
+        else:  # no step: only the value of the start
             total = torch.zeros(n, device=actions.device)
             scale = 1.0
-            for t in range(h):
-                state, r = self.step(state, actions[:, t], generator=generator)
-                total = total + scale * r
-                scale *= self.discount
         if self.value is not None:
             total = total + scale * self.bootstrap(state)
         return total

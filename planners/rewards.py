@@ -32,7 +32,7 @@ physical quantities from the latent (`RSSMConfig.probe_dim`, targets from the en
 pixel model's `decode` serves `obs["cart_x"]` etc. too, and `inputs="decoded"` terms work there
 without running the image decoder.
 
-Sources: the design card (DESIGN.md, "Rewards from Python"); the conformance checker follows
+Sources: docs/rewards.md; the conformance checker follows
 Gymnasium's `gymnasium.utils.env_checker.check_env`.
 """
 

@@ -14,7 +14,6 @@ then bootstrap at their horizon with it.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -23,8 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from latentplan.worldmodels.filtering import filter_episodes
 from latentplan.worldmodels.state import LatentState, WorldModel
 
+from ._validate import check_min, check_positive, check_range
 from .base import Planner, Policy
 from .objective import Objective
 
@@ -77,23 +78,13 @@ class ValueConfig:
     replan_every: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.discount <= 1.0:
-            raise ValueError(f"ValueConfig.discount must be in (0, 1]; got {self.discount}")
-        if not 0.0 <= self.td_lambda <= 1.0:
-            raise ValueError(f"ValueConfig.td_lambda must be in [0, 1]; got {self.td_lambda}")
-        for name in ("horizon", "batch", "target_period"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ValueConfig.{name} must be >= 1; got {getattr(self, name)}")
-        if self.replan_every < 0:
-            raise ValueError(f"ValueConfig.replan_every must be >= 0; got {self.replan_every}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"ValueConfig.tau must be in (0, 1]; got {self.tau}")
-        for name in ("lr", "adam_eps", "grad_clip", "norm_rate"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"ValueConfig.{name} must be > 0; got {v}")
-        if self.norm_rate > 1.0:
-            raise ValueError(f"ValueConfig.norm_rate must be in (0, 1]; got {self.norm_rate}")
+        check_range(self, "discount", 0.0, 1.0, low_open=True)
+        check_range(self, "td_lambda", 0.0, 1.0)
+        check_min(self, 1, "horizon", "batch", "target_period")
+        check_min(self, 0, "replan_every")
+        check_range(self, "tau", 0.0, 1.0, low_open=True)
+        check_positive(self, "lr", "adam_eps", "grad_clip")
+        check_range(self, "norm_rate", 0.0, 1.0, low_open=True)
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"ValueConfig.hidden must be a non-empty tuple of positive sizes; got {self.hidden}")
 
@@ -444,7 +435,6 @@ class ValueLearner:
         self._stats_ready = bool(state["stats_ready"])
 
 
-@torch.no_grad()
 def posterior_beliefs(
     model: WorldModel,
     episodes: Iterable[Mapping[str, np.ndarray]] | Any,
@@ -452,55 +442,14 @@ def posterior_beliefs(
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> tuple[LatentState, Tensor]:
-    """Filter stored episodes through the model: the posterior belief at every step.
-
-    Args:
-        model: the world model (its `observe` is run along each episode from `initial`).
-        episodes: a `ReplayBuffer` (its `.episodes`) or a sequence of episode dicts with
-            `obs [T+1, ...]`, `action [T+1, A]`, `is_first [T+1]` (the replay format).
-        generator: randomness of the posterior samples (models whose `observe` takes one).
-        max_batch: episodes filtered together (episodes of equal length are batched).
+    """The posterior belief at every step of stored episodes, the start states a critic learns
+    from: `latentplan.worldmodels.filter_episodes(model, episodes, generator=, max_batch=)`, with
+    every belief kept (also the one after the final observation).
 
     Returns:
-        `(beliefs, episode_index)`: `beliefs` `[R]` with the rows of each episode contiguous
-        and in time order (R = sum over episodes of T + 1, episode order kept), and
-        `episode_index` `[R]` int64, the episode each row comes from.
+        `(beliefs [R], episode_index [R])`, rows of each episode contiguous, in episode order.
 
     Raises:
         ValueError: an episode lacks `obs`, `action` or `is_first`.
     """
-    eps = list(getattr(episodes, "episodes", episodes))
-    for i, e in enumerate(eps):
-        missing = [k for k in ("obs", "action", "is_first") if k not in e]
-        if missing:
-            raise ValueError(f"posterior_beliefs: episode {i} lacks {missing}")
-    dev = model.action_low.device
-    try:
-        takes_gen = "generator" in inspect.signature(model.observe).parameters
-    except (TypeError, ValueError):
-        takes_gen = False
-    kwargs = {"generator": generator} if (generator is not None and takes_gen) else {}
-    out: list[LatentState | None] = [None] * len(eps)
-    by_len: dict[int, list[int]] = {}
-    for i, e in enumerate(eps):
-        by_len.setdefault(len(e["action"]), []).append(i)
-    for length, idxs in by_len.items():
-        for s in range(0, len(idxs), max_batch):
-            group = idxs[s : s + max_batch]
-            obs = torch.as_tensor(np.stack([np.asarray(eps[i]["obs"]) for i in group]), device=dev)
-            act = torch.as_tensor(np.stack([np.asarray(eps[i]["action"]) for i in group]), dtype=torch.float32, device=dev)
-            first = torch.as_tensor(np.stack([np.asarray(eps[i]["is_first"]) for i in group]), device=dev)
-            state = model.initial(len(group))
-            deters, stochs = [], []
-            for t in range(length):
-                state = model.observe(state, act[:, t], obs[:, t], first[:, t], **kwargs)
-                deters.append(state.deter)
-                stochs.append(state.stoch)
-            deter = torch.stack(deters, 1)  # [G, T + 1, D]
-            stoch = torch.stack(stochs, 1)
-            for j, i in enumerate(group):
-                out[i] = LatentState(deter[j], stoch[j])
-    beliefs = LatentState.cat([o for o in out if o is not None]) if eps else model.initial(0)
-    index = torch.cat([torch.full((len(eps[i]["action"]),), i, dtype=torch.int64) for i in range(len(eps))]) if eps \
-        else torch.zeros(0, dtype=torch.int64)
-    return beliefs, index.to(dev)
+    return filter_episodes(model, episodes, generator=generator, max_batch=max_batch)

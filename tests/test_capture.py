@@ -107,7 +107,7 @@ def test_cem_search_has_no_host_sync():
 
 
 def test_gradient_ascent_has_no_host_sync():
-    from latentplan.planners.gradient import _ascend
+    from latentplan.planners.ascent import ascend
 
     model = _model()
     state = _state().expand(2)
@@ -115,9 +115,8 @@ def test_gradient_ascent_has_no_host_sync():
     # SGD: torch's Adam reads its step count on the host unless built with capturable=True,
     # which PyTorch allows on CUDA only (what compile="cuda_graph" does)
     with no_host_sync():
-        out = _ascend(_objective(model, 0.2), state, init, steps=3, lr=0.1, optimizer_cls=torch.optim.SGD,
-                      squash="tanh", low=model.action_low, high=model.action_high, grad_clip=1.0,
-                      generator=torch.Generator().manual_seed(0), deadline=None)
+        out = ascend(_objective(model, 0.2), state, init, iterations=3, lr=0.1, optimizer="sgd", squash="tanh",
+                     grad_clip=1.0, low=model.action_low, high=model.action_high, generator=torch.Generator().manual_seed(0))
     assert out.actions.shape == (6, 5, 2) and out.steps == 3
 
 
@@ -147,8 +146,8 @@ def test_compile_modes_resolve_and_refuse_clearly():
     assert resolve_compile("auto", torch.device("cuda"), planner="CEM", not_capturable="why") == "eager"
     with pytest.raises(ValueError, match="needs the beliefs on a CUDA device"):
         resolve_compile("cuda_graph", cpu, planner="CEM")
-    with pytest.raises(ValueError, match="gradient_steps"):
-        lp.CEM(compile="static", horizon=3, iterations=2, candidates=10, elites=2, gradient_steps=1).plan(
+    with pytest.raises(ValueError, match="cannot be used with these settings: gradient"):
+        lp.CEM(compile="static", horizon=3, iterations=2, candidates=10, elites=2, gradient={"iterations": 1}).plan(
             lp.Objective(_model()), _state())
     with pytest.raises(ValueError, match="CEMConfig.compile"):
         lp.CEMConfig(compile="graph")

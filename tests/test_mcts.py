@@ -28,7 +28,7 @@ def _bandit(targets):
 def test_discrete_bandit_picks_the_best_arm_per_environment_with_exact_values():
     targets = [0.4, -0.9, 0.1]
     model, state = _bandit(targets)
-    plan = MCTS(MCTSConfig(simulations=10, depth=1), actions=ARMS).plan(Objective(model), state)
+    plan = MCTS(MCTSConfig(simulations=10, horizon=1), actions=ARMS).plan(Objective(model), state)
     assert isinstance(plan, Plan) and plan.actions.shape == (3, 1, 1)
     arms = ARMS[:, 0].numpy()
     for b, t in enumerate(targets):
@@ -47,7 +47,7 @@ def test_discrete_bandit_picks_the_best_arm_per_environment_with_exact_values():
 
 def test_sampled_bandit_chooses_the_best_of_its_samples():
     model, state = _bandit([0.3, -0.6])
-    mcts = MCTS(MCTSConfig(simulations=30, children=8, depth=1, proposal_std=1.0))
+    mcts = MCTS(MCTSConfig(simulations=30, children=8, horizon=1, proposal_std=1.0))
     plan = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(0))
     acts = plan.info["root_actions"][:, :, 0]  # [B, K]
     assert acts.shape == (2, 8)
@@ -92,7 +92,7 @@ def test_chain_optimal_first_action_and_root_value(backup):
     model = _chain()
     acts = torch.tensor([[-1.0], [0.0], [1.0]])
     obj = Objective(model, discount=gamma)
-    plan = MCTS(MCTSConfig(simulations=300, depth=3, backup=backup), actions=acts).plan(obj, model.initial(1))
+    plan = MCTS(MCTSConfig(simulations=300, horizon=3, backup=backup), actions=acts).plan(obj, model.initial(1))
     assert plan.first_action.item() == a_star
     assert plan.actions[0, :, 0].tolist() == [1.0, 1.0, 1.0]
     if backup == "max":  # the Bellman backup is exact once the optimal path is in the tree
@@ -100,7 +100,7 @@ def test_chain_optimal_first_action_and_root_value(backup):
     # the averaged root value converges to the true value as simulations grow
     errors = []
     for s in (300, 1000, 3000):
-        p = MCTS(MCTSConfig(simulations=s, depth=3, backup=backup), actions=acts).plan(obj, model.initial(1))
+        p = MCTS(MCTSConfig(simulations=s, horizon=3, backup=backup), actions=acts).plan(obj, model.initial(1))
         errors.append(abs(p.value.item() - v_star))
     assert errors[2] <= errors[1] <= errors[0]
     assert errors[2] < 0.05 * v_star
@@ -121,7 +121,7 @@ def test_value_at_the_leaves_makes_a_one_step_search_optimal():
 
     model = _chain()
     obj = Objective(model, discount=gamma, value=value)
-    plan = MCTS(MCTSConfig(simulations=4, depth=1), actions=torch.tensor([[-1.0], [0.0], [1.0]])).plan(obj, model.initial(1))
+    plan = MCTS(MCTSConfig(simulations=4, horizon=1), actions=torch.tensor([[-1.0], [0.0], [1.0]])).plan(obj, model.initial(1))
     assert plan.first_action.item() == 1.0
     assert plan.value.item() == pytest.approx(table[(0, 0)], abs=1e-5)
     assert plan.info["model_evals"] == 3
@@ -155,7 +155,7 @@ def test_discretised_lq_matches_exhaustive_search():
     # the Bellman ("max") backup is exact after 100 simulations; the average ("mean") approaches
     # the optimum slowly (7 % above it after 1000 here, 3.5 % after 10,000)
     for backup, sims, tol in (("max", 100, 1e-4), ("mean", 1000, 0.08)):
-        plan = MCTS(MCTSConfig(simulations=sims, depth=3, backup=backup), actions=acts).plan(obj, state)
+        plan = MCTS(MCTSConfig(simulations=sims, horizon=3, backup=backup), actions=acts).plan(obj, state)
         for b, x0 in enumerate(x0s):
             ret, seq = exhaustive(x0)
             assert plan.first_action[b, 0].item() == pytest.approx(seq[0]), backup
@@ -164,7 +164,7 @@ def test_discretised_lq_matches_exhaustive_search():
 
 def test_batched_search_equals_separate_searches():
     model, state = _bandit([0.4, -0.9, 0.1])
-    mcts = MCTS(MCTSConfig(simulations=20, depth=2), actions=ARMS)
+    mcts = MCTS(MCTSConfig(simulations=20, horizon=2), actions=ARMS)
     joint = mcts.plan(Objective(model), state)
     for b in range(3):
         alone = mcts.plan(Objective(model), state.index(b))
@@ -187,7 +187,7 @@ class _StandInPolicy:
 def test_policy_proposal_and_bounds():
     model = AnalyticModel(lambda x, u: x + u, lambda x: -(x[:, 0] ** 2), 1, [-1.0], [1.0])
     state = model.from_observation(torch.tensor([[0.0], [3.0]]))
-    mcts = MCTS(MCTSConfig(simulations=10, children=6, depth=2), policy=_StandInPolicy())
+    mcts = MCTS(MCTSConfig(simulations=10, children=6, horizon=2), proposal=_StandInPolicy())
     assert "policy" in repr(mcts)
     plan = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(0))
     roots = plan.info["root_actions"][:, :, 0]
@@ -199,7 +199,7 @@ def test_policy_proposal_and_bounds():
 
 def test_warm_start_centres_the_proposal_and_is_checked():
     model, state = _bandit([0.5])
-    mcts = MCTS(MCTSConfig(simulations=5, children=4, depth=2, proposal_std=0.01))
+    mcts = MCTS(MCTSConfig(simulations=5, children=4, horizon=2, proposal_std=0.01))
     warm = Plan(torch.tensor([[[0.5], [-0.3]]]), torch.zeros(1))
     plan = mcts.plan(Objective(model), state, warm_start=warm, generator=torch.Generator().manual_seed(0))
     assert plan.info["root_actions"][0, 0, 0].item() == 0.5
@@ -215,7 +215,7 @@ def test_nonfinite_returns_rank_last_and_are_counted():
         return torch.where(x[:, 1] > 0, torch.full_like(r, float("nan")), r)
 
     model = AnalyticModel(lambda x, u: torch.cat([x[:, :1], u], 1), reward, 2, [-1.0], [1.0])
-    plan = MCTS(MCTSConfig(simulations=20, depth=2), actions=ARMS).plan(Objective(model), model.initial(1))
+    plan = MCTS(MCTSConfig(simulations=20, horizon=2), actions=ARMS).plan(Objective(model), model.initial(1))
     assert plan.info["nonfinite"] > 0
     assert plan.first_action.item() == 0.0  # the best finite arm
     assert (plan.actions <= 0).all()
@@ -225,7 +225,7 @@ def test_nonfinite_returns_rank_last_and_are_counted():
 
 def test_anytime_deadline_runs_one_simulation_and_counts_evals():
     model, state = _bandit([0.4, -0.9])
-    mcts = MCTS(MCTSConfig(simulations=50, children=8, depth=3))
+    mcts = MCTS(MCTSConfig(simulations=50, children=8, horizon=3))
     plan = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(0), deadline=time.perf_counter())
     assert plan.info["simulations"] == 1 and plan.info["model_evals"] == 2 * 8
     # no child visited yet: the distillation target is one-hot on the chosen (best-Q) action
@@ -235,14 +235,14 @@ def test_anytime_deadline_runs_one_simulation_and_counts_evals():
     # a simulation that ends at a leaf of the depth limit expands nothing and costs nothing
     assert full.info["simulations"] == 50 and full.info["model_evals"] < 2 * 8 * 50
     assert full.info["model_evals"] % 8 == 0
-    deep = MCTS(MCTSConfig(simulations=50, children=8, depth=60))
+    deep = MCTS(MCTSConfig(simulations=50, children=8, horizon=60))
     assert deep.plan(Objective(model), state, generator=torch.Generator().manual_seed(0)).info["model_evals"] == 2 * 8 * 50
     assert deep.config.model_evals == 400
 
 
 def test_reproducible_from_a_seed_and_a_planner():
     model, state = _bandit([0.4])
-    mcts = MCTS(simulations=20, children=4, depth=2)
+    mcts = MCTS(simulations=20, children=4, horizon=2)
     assert isinstance(mcts, Planner)
     p1 = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(3))
     p2 = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(3))
@@ -261,9 +261,9 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match=r"\[M, A\]"):
         MCTS(actions=torch.zeros(3))
     with pytest.raises(ValueError, match="either"):
-        MCTS(policy=_StandInPolicy(), actions=ARMS)
+        MCTS(proposal=_StandInPolicy(), actions=ARMS)
     with pytest.raises(TypeError, match="act"):
-        MCTS(policy=object())
+        MCTS(proposal=object())
     model, state = _bandit([0.0])
     with pytest.raises(ValueError, match="outside"):
         MCTS(actions=torch.tensor([[2.0]])).plan(Objective(model), state)

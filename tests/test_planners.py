@@ -5,6 +5,7 @@ the arrival state and -u'Ru, terminal value -x'(P - Q)x with P from the discrete
 Riccati equation, so the best horizon-12 cost from x0 is exactly x0'(P - Q)x0.
 """
 
+import dataclasses
 import math
 import time
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentplan.planners import CEM, CEMConfig, Objective, Plan, rank_returns
+from latentplan.planners import CEM, AscentConfig, CEMConfig, Objective, Plan, rank_returns
 from latentplan.planners.cem import colored_noise
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.worldmodels import AnalyticModel
@@ -88,7 +89,7 @@ def test_white_noise_is_plain_randn_and_default_cem_is_bit_identical_to_planet()
     explicit = CEMConfig(
         horizon=12, iterations=4, candidates=200, elites=20, min_std=0.05, noise_beta=0.0, keep_elites=0.0,
         include_mean=False, population_decay=1.0, momentum=0.0, refit="topk", temperature=1.0,
-        return_best=False, gradient_steps=0,
+        return_best=False, gradient=None,
     )
     ref_mean, ref_value = _planet_cem_reference(base, obj, state, _gen(11))
     for cfg in (base, explicit):
@@ -195,7 +196,7 @@ def test_cem_gd_hybrid_reaches_lq_optimum_where_plain_cem_with_its_samples_does_
     samples and seed stays above 1.01 for at least one x0; model_evals counts both parts."""
     mats, model, state, obj = _lq_setup()
     small = dict(horizon=12, iterations=4, candidates=100, elites=10)
-    hybrid = CEM(CEMConfig(**small, gradient_steps=10, gradient_lr=0.05)).plan(obj, state, generator=_gen(0))
+    hybrid = CEM(CEMConfig(**small, gradient=AscentConfig(iterations=10, lr=0.05))).plan(obj, state, generator=_gen(0))
     plain = CEM(CEMConfig(**small)).plan(obj, state, generator=_gen(0))
     assert max(_excess(mats, hybrid)) < 0.01, _excess(mats, hybrid)
     assert max(_excess(mats, plain)) > 0.01
@@ -309,7 +310,7 @@ def test_gradient_norm_diagnostics_are_exact_and_flag_vanishing_and_exploding():
 
 def test_non_differentiable_reward_term_is_refused_by_gradient_planners_only():
     """Exact behaviour: a term with `differentiable = False` makes GradientPlanner.plan and CEM with
-    gradient_steps > 0 raise ValueError naming the term (function `__name__`, or an object's
+    a gradient config raise ValueError naming the term (function `__name__`, or an object's
     `name`); plain CEM plans with it."""
     model = AnalyticModel(lambda x, u: u, lambda x: -(x**2).sum(-1), 1, [-1.0], [1.0])
 
@@ -329,8 +330,9 @@ def test_non_differentiable_reward_term_is_refused_by_gradient_planners_only():
         obj = Objective(model, rewards=[lambda s, a: model.reward(s), term])
         with pytest.raises(ValueError, match=f"GradientPlanner.*{label}"):
             GradientPlanner(GradientConfig(horizon=2, iterations=1)).plan(obj, model.initial(1))
-        with pytest.raises(ValueError, match=f"gradient_steps.*{label}"):
-            CEM(CEMConfig(horizon=2, iterations=1, candidates=8, elites=2, gradient_steps=1)).plan(obj, model.initial(1))
+        with pytest.raises(ValueError, match=f"CEM \\(gradient refinement\\).*{label}"):
+            CEM(CEMConfig(horizon=2, iterations=1, candidates=8, elites=2, gradient=AscentConfig(iterations=1))).plan(
+                obj, model.initial(1))
         plan = CEM(CEMConfig(horizon=2, iterations=1, candidates=8, elites=2)).plan(obj, model.initial(1), generator=_gen(0))
         assert plan.actions.shape == (1, 2, 1)
 
@@ -397,7 +399,8 @@ def test_deadline_in_the_past_runs_exactly_one_iteration_or_step():
                      population_decay=1.25, include_mean=True)
     plan = CEM(icem).plan(obj, state, generator=_gen(0), deadline=past)
     assert plan.info["iterations"] == 1 and plan.info["model_evals"] == 3 * 12 * 101
-    gd = CEMConfig(horizon=12, iterations=5, candidates=100, elites=10, gradient_steps=3, gradient_lr=0.05, refit="mppi")
+    gd = CEMConfig(horizon=12, iterations=5, candidates=100, elites=10, gradient=AscentConfig(iterations=3, lr=0.05),
+                   refit="mppi")
     plan = CEM(gd).plan(obj, state, generator=_gen(0), deadline=past)
     assert plan.info["iterations"] == 1 and plan.info["model_evals"] == 3 * 12 * (100 + 10 * 4)
     plan = GradientPlanner(GradientConfig(horizon=12, iterations=50, restarts=2)).plan(
@@ -430,11 +433,24 @@ def test_bad_options_raise_naming_the_field():
     for kwargs, field in [
         (dict(keep_elites=1.5), "keep_elites"), (dict(population_decay=0.5), "population_decay"),
         (dict(momentum=1.0), "momentum"), (dict(refit="softmax"), "refit"), (dict(temperature=0.0), "temperature"),
-        (dict(gradient_steps=-1), "gradient_steps"), (dict(gradient_lr=0.0), "gradient_lr"),
-        (dict(noise_beta=float("inf")), "noise_beta"),
+        (dict(noise_beta=float("inf")), "noise_beta"), (dict(init_std=0.0), r"CEMConfig\.init_std must be a positive"),
+        (dict(gradient={"iterations": 0}), r"AscentConfig\.iterations must be >= 1; got 0"),
+        (dict(gradient={"lr": 0.0}), r"AscentConfig\.lr"), (dict(gradient=3), "CEMConfig.gradient"),
     ]:
         with pytest.raises(ValueError, match=field):
             CEMConfig(**kwargs)
+    # a dict is read as an AscentConfig (configs from JSON); dataclasses.replace works on both levels
+    cfg = CEMConfig(gradient={"iterations": 4, "lr": 0.02})
+    assert cfg.gradient == AscentConfig(iterations=4, lr=0.02)
+    assert dataclasses.replace(cfg, gradient=dataclasses.replace(cfg.gradient, lr=0.5)).gradient.lr == 0.5
+    assert dataclasses.replace(cfg, gradient=None).model_evals == CEMConfig().model_evals
+    assert cfg.model_evals == CEMConfig().model_evals + 10 * 12 * 100 * 5
+    for kwargs, field in [
+        (dict(optimizer="nope"), "AscentConfig.optimizer"), (dict(squash="sigmoid"), "AscentConfig.squash"),
+        (dict(grad_clip=-1.0), r"AscentConfig\.grad_clip must be a positive number or None; got -1.0"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            AscentConfig(**kwargs)
     for kwargs, field in [
         (dict(restarts=0), "restarts"), (dict(lr=-1.0), "lr"), (dict(squash="sigmoid"), "squash"),
         (dict(init="ones"), "init"), (dict(grad_clip=0.0), "grad_clip"), (dict(optimizer="nope"), "optimizer"),

@@ -132,7 +132,8 @@ def test_reward_term_of_wrong_shape_names_the_function():
         return torch.zeros(a.shape[0], 1)
 
     obj = Objective(model, rewards=[column_reward])
-    with pytest.raises(ValueError, match=r"column_reward.*\[N=10\].*\(10, 1\)"):
+    # the terms see all 10 candidates x 2 steps of the model's rollout in one call
+    with pytest.raises(ValueError, match=r"column_reward.*\[N=20\].*\(20, 1\)"):
         CEM(CEMConfig(horizon=2, iterations=1, candidates=10, elites=2)).plan(obj, model.initial(1))
 
 

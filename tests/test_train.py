@@ -348,7 +348,7 @@ def test_custom_reward_example_runs_on_a_checkpoint(reference, monkeypatch, caps
 def test_value_learning_and_distillation_in_the_loop_resume_identically(tmp_path, monkeypatch):
     """`value_every`/`plan_with_value` and `distill="cem"`: the critic and the student train beside
     the model, are logged, checkpointed, and a resumed run reproduces the uninterrupted one."""
-    from latentplan.planners.distill import GaussianPolicy, PolicyPlanner
+    from latentplan.planners.policy import GaussianPolicy, PolicyPlanner
 
     extra = dict(
         episodes=4, value_every=2, plan_with_value=True, value=lp.ValueConfig(batch=4, horizon=3, hidden=(8,)),

@@ -291,3 +291,63 @@ def test_fit_probes_trains_only_the_probe_heads():
         m.fit_probes(feats[:, :10], targets)
     with pytest.raises(ValueError, match="NaN"):
         m.fit_probes(feats, targets * float("nan"))
+
+
+# --------------------------------------------------------------------------- the protocol's base class
+
+
+def test_every_model_conforms_and_the_base_rollout_is_imagine_step_repeated():
+    from latentplan.worldmodels import AnalyticModel, FusedRSSM, WorldModel
+
+    m = _model(obs_dim=4, action_dim=2, deter=6, stoch=3, hidden=8, embed=8)
+    analytic = AnalyticModel(lambda x, u: x + u, lambda x: -x.sum(-1), 2, [-1.0, -1.0], [1.0, 1.0])
+    fused = FusedRSSM(m)
+    for model, f in ((m, 9), (analytic, 2), (fused, 9)):
+        assert isinstance(model, WorldModel) and model.feature_size == f
+        assert model.initial(3).features().shape == (3, f)
+    assert not m.refresh() and not analytic.refresh()  # nothing derived to rebuild
+    # the default rollout draws the same numbers in the same order as H imagine_steps
+    state = m.initial(2)
+    actions = torch.randn(2, 4, 2, generator=torch.Generator().manual_seed(0))
+    visited, final = m.rollout(state, actions, generator=torch.Generator().manual_seed(1))
+    g, s, rows = torch.Generator().manual_seed(1), state, []
+    for t in range(4):
+        s = m.imagine_step(s, actions[:, t], generator=g)
+        rows.append(s.deter)
+    assert torch.equal(final.deter, s.deter) and torch.equal(final.stoch, s.stoch)
+    assert torch.equal(visited.deter.reshape(2, 4, -1), torch.stack(rows, 1))
+    # sample=False is the prior mean: independent of the generator
+    a = m.rollout(state, actions, generator=torch.Generator().manual_seed(1), sample=False)[1]
+    b = m.rollout(state, actions, generator=torch.Generator().manual_seed(2), sample=False)[1]
+    assert torch.equal(a.stoch, b.stoch)
+    # the analytic model's rollout is its dynamics applied H times
+    x0 = analytic.from_observation(torch.tensor([[0.5, -0.5]]))
+    visited, final = analytic.rollout(x0, torch.full((1, 3, 2), 0.25))
+    torch.testing.assert_close(visited.deter, torch.tensor([[0.75, -0.25], [1.0, 0.0], [1.25, 0.25]]))
+
+
+def test_filter_episodes_keeps_episode_order_and_the_draws_of_each_group():
+    from latentplan.distillation import replay_beliefs
+    from latentplan.worldmodels import filter_episodes
+
+    m = _model(obs_dim=3, action_dim=1, deter=6, stoch=3, hidden=8, embed=8)
+    eps = [_episode(5, seed=0), _episode(3, seed=1), _episode(5, seed=2)]
+    beliefs, index = filter_episodes(m, eps, generator=torch.Generator().manual_seed(0))
+    assert beliefs.batch == 6 + 4 + 6 and index.tolist() == [0] * 6 + [1] * 4 + [2] * 6
+    # episode 1 alone, with the generator state it had after the length-6 group (6 draws of [2, 3])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        torch.randn(2, 3, generator=g)
+    alone, _ = filter_episodes(m, [eps[1]], generator=g)
+    torch.testing.assert_close(alone.deter, beliefs.deter[6:10])
+    torch.testing.assert_close(alone.stoch, beliefs.stoch[6:10])
+    # without the last belief each episode gives T rows
+    short, short_index = filter_episodes(m, eps, include_last=False, generator=torch.Generator().manual_seed(0))
+    assert short.batch == 5 + 3 + 5 and short_index.tolist() == [0] * 5 + [1] * 3 + [2] * 5
+    # replay_beliefs keeps its order: grouped by episode length, as the filtering runs
+    grouped = replay_beliefs(m, eps, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(grouped.deter[:5], short.deter[:5])
+    torch.testing.assert_close(grouped.deter[5:10], short.deter[8:13])
+    torch.testing.assert_close(grouped.deter[10:], short.deter[5:8])
+    with pytest.raises(ValueError, match=r"filter_episodes: episode 0 lacks \['is_first'\]"):
+        filter_episodes(m, [{"obs": np.zeros((2, 3)), "action": np.zeros((2, 1))}])

@@ -1,13 +1,16 @@
-"""World models behind one protocol: PlaNet's RSSM, analytic models, and the replay buffer."""
+"""World models behind one protocol: PlaNet's RSSM, analytic models, the replay buffer, and
+filtering stored episodes into beliefs."""
 
 from .analytic import AnalyticModel
 from .fused import FusedRSSM
 from .networks import MLP, ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
 from .replay import Episode, ReplayBuffer
 from .rssm import ELBOTerms, RSSMConfig, RSSMWorldModel
-from .state import LatentState, WorldModel
+from .filtering import filter_episodes
+from .state import LatentState, WorldModel, WorldModelBase
 
 __all__ = [
     "AnalyticModel", "ConvDecoder", "ConvEncoder", "ELBOTerms", "Episode", "FusedRSSM", "LatentState", "MLP",
-    "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "WorldModel", "postprocess_image", "preprocess_image",
+    "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "WorldModel", "WorldModelBase", "filter_episodes",
+    "postprocess_image", "preprocess_image",
 ]

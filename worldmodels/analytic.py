@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .state import LatentState
+from .state import LatentState, WorldModelBase
 
 __all__ = ["AnalyticModel"]
 
@@ -20,7 +20,7 @@ def _as_tensor(x) -> Tensor:
     return torch.tensor(np.array(x, dtype=np.float32))  # a copy: read-only numpy arrays are fine
 
 
-class AnalyticModel(nn.Module):
+class AnalyticModel(nn.Module, WorldModelBase):
     """A deterministic `WorldModel` over a known state x: `deter` holds x `[B, n]`, `stoch` is empty.
 
     Args:
@@ -101,6 +101,11 @@ class AnalyticModel(nn.Module):
         return action_cost
 
     @property
+    def feature_size(self) -> int:
+        """F = n: the belief is the state itself (`stoch` is empty)."""
+        return self.state_dim
+
+    @property
     def device(self) -> torch.device:
         """Device of the model's buffers."""
         return self.action_low.device
@@ -114,16 +119,22 @@ class AnalyticModel(nn.Module):
         obs = obs.to(self.device, torch.float32)
         return LatentState(obs, obs.new_zeros(obs.shape[0], 0))
 
-    def observe(self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor) -> LatentState:
-        """Full observability: the new belief is `obs [B, n]`."""
+    def observe(
+        self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor,
+        *, generator: torch.Generator | None = None, sample: bool = True,
+    ) -> LatentState:
+        """Full observability: the new belief is `obs [B, n]` (`generator` and `sample` are unused)."""
         if obs.dim() != 2 or obs.shape != (state.batch, self.state_dim):
             raise ValueError(f"AnalyticModel.observe: obs must be [B={state.batch}, n={self.state_dim}]; got {tuple(obs.shape)}")
         if not torch.isfinite(obs).all():
             raise ValueError("AnalyticModel.observe: observation contains NaN or inf")
         return self.from_observation(obs)
 
-    def imagine_step(self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None) -> LatentState:
-        """Deterministic step x' = dynamics(x, u); `generator` is unused."""
+    def imagine_step(
+        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
+    ) -> LatentState:
+        """Deterministic step x' = dynamics(x, u) for `state [B]`, `action [B, A]`; `generator` and
+        `sample` are unused (the mean is the sample)."""
         return LatentState(self._dynamics(state.deter, action), state.stoch)
 
     def reward(self, state: LatentState) -> Tensor:

@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .rssm import RSSMWorldModel
-from .state import LatentState
+from .state import LatentState, WorldModelBase
 
 __all__ = ["FusedRSSM", "Precision"]
 
 Precision = Literal["fp32", "tf32", "bf16"]
 
 
-class FusedRSSM:
+class FusedRSSM(WorldModelBase):
     """The prior (imagination) step of an `RSSMWorldModel` with fused weights; a `WorldModel`.
 
     Same function as `model.imagine_step` / `model.rollout`, computed differently:
@@ -78,6 +78,11 @@ class FusedRSSM:
         if name in ("model", "_w", "_key", "precision"):
             raise AttributeError(name)
         return getattr(self.model, name)
+
+    @property
+    def feature_size(self) -> int:
+        """F = D + S of the wrapped model."""
+        return self.model.feature_size
 
     # ------------------------------------------------------------------ fused weights
     def _params(self) -> list[Tensor]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .networks import MLP, ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
-from .state import LatentState
+from .state import LatentState, WorldModelBase
 
 __all__ = ["RSSMConfig", "RSSMWorldModel", "ELBOTerms"]
 
@@ -190,10 +190,11 @@ class _ImageDecoding(Mapping):
         return len(self._items) + ("image" not in self._items)
 
 
-class RSSMWorldModel(nn.Module):
+class RSSMWorldModel(nn.Module, WorldModelBase):
     """PlaNet's RSSM with its encoder, observation decoder and reward head; a `WorldModel`.
 
     Shapes: B is the batch of beliefs, A the action dimension, D = `deter`, S = `stoch`.
+    `rollout` (H prior steps with the visited beliefs stacked) is `WorldModelBase`'s.
     Observations are `[B, D_obs]` float vectors or `[B, 3, 64, 64]` uint8 images.
 
     Args:
@@ -231,6 +232,11 @@ class RSSMWorldModel(nn.Module):
         self.probe_head = MLP(c.deter + c.stoch, c.probe_dim, c.hidden, layers=2) if c.probe_dim else None
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def feature_size(self) -> int:
+        """F = D + S, the size of `LatentState.features()`."""
+        return self.config.deter + self.config.stoch
+
     @property
     def device(self) -> torch.device:
         """Device of the parameters."""
@@ -327,35 +333,6 @@ class RSSMWorldModel(nn.Module):
         """
         deter, mean, std = self._transition(state, action)
         return LatentState(deter, self._sample(mean, std, generator) if sample else mean)
-
-    def rollout(
-        self, state: LatentState, actions: Tensor, *, generator: torch.Generator | None = None,
-        sample: bool = True,
-    ) -> tuple[LatentState, LatentState]:
-        """Open-loop prior rollout of `H` steps, for `Objective.returns`.
-
-        Exactly `imagine_step` applied H times (the same random numbers drawn in the same order
-        from `generator`), with the visited beliefs stacked so that rewards can be computed for
-        all H steps in one batched call instead of H small ones.
-
-        Args:
-            state: `[N]` start beliefs.
-            actions: `[N, H, A]` action sequences.
-            generator: randomness of the stochastic states.
-            sample: False: prior means instead of samples (as `imagine_step`).
-
-        Returns:
-            `(visited, final)`: `visited` has `N * H` rows, row `n * H + t` the belief after
-            step t of sequence n (rows of one sequence adjacent); `final` is `[N]`, the belief
-            after the last step.
-        """
-        deters, stochs = [], []
-        for t in range(actions.shape[1]):
-            state = self.imagine_step(state, actions[:, t], generator=generator, sample=sample)
-            deters.append(state.deter)
-            stochs.append(state.stoch)
-        visited = LatentState(torch.stack(deters, 1).flatten(0, 1), torch.stack(stochs, 1).flatten(0, 1))
-        return visited, state
 
     def reward(self, state: LatentState) -> Tensor:
         """Predicted reward of arriving in `state`: `[B]`."""

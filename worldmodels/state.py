@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["LatentState", "WorldModel"]
+__all__ = ["LatentState", "WorldModel", "WorldModelBase"]
 
 
 @dataclass(frozen=True)
@@ -96,33 +96,100 @@ class LatentState:
 class WorldModel(Protocol):
     """What a planner needs from a dynamics model (learned or analytic).
 
-    Shapes: B is the batch of beliefs, A the action dimension.
+    Shapes: B is the batch of beliefs, A the action dimension, H the horizon, F = D + S the
+    size of `LatentState.features()`.
 
     - `initial(batch)` -> the belief before any observation, `[B]` rows.
-    - `observe(state, action, obs, is_first)` -> posterior (filtering) step: the belief after
-      taking `action [B, A]` from `state` and then seeing `obs [B, ...]`; rows where
-      `is_first [B]` is true are reset to `initial` first (the action is ignored there).
-    - `imagine_step(state, action, generator=None)` -> prior (open-loop) step, sampling the
-      stochastic state with `generator`.
+    - `observe(state, action, obs, is_first, *, generator=None, sample=True)` -> posterior
+      (filtering) step: the belief after taking `action [B, A]` from `state` and then seeing
+      `obs [B, ...]`; rows where `is_first [B]` is true are reset to `initial` first (the action
+      is ignored there). The stochastic state is sampled with `generator`, or with
+      `sample=False` is the posterior mean.
+    - `imagine_step(state, action, *, generator=None, sample=True)` -> prior (open-loop) step,
+      sampling the stochastic state with `generator` (reparameterised, so gradients reach the
+      action), or the prior mean with `sample=False`.
+    - `rollout(state, actions [B, H, A], *, generator=None, sample=True)` -> `(visited, final)`:
+      `imagine_step` H times; `visited` has `B * H` rows (row `b * H + t` after step t),
+      `final` is `[B]`.
     - `reward(state)` -> `[B]` predicted reward of arriving in `state`.
     - `decode(state)` -> named observation quantities, each `[B, ...]`.
-    - `action_dim`, `action_low`, `action_high` (`[A]` tensors).
+    - `refresh()` -> bool: rebuild anything derived from the parameters (e.g. fused weights);
+      captured planners call it before each replay.
+    - `action_dim`, `action_low`, `action_high` (`[A]` tensors), `feature_size` (F).
+
+    `WorldModelBase` gives `rollout`, `refresh` and `feature_size` defaults.
     """
 
     action_dim: int
     action_low: Tensor
     action_high: Tensor
 
+    @property
+    def feature_size(self) -> int: ...
+
     def initial(self, batch: int) -> LatentState: ...
 
     def observe(
-        self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor
+        self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor,
+        *, generator: torch.Generator | None = None, sample: bool = True,
     ) -> LatentState: ...
 
     def imagine_step(
-        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None
+        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
     ) -> LatentState: ...
+
+    def rollout(
+        self, state: LatentState, actions: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
+    ) -> tuple[LatentState, LatentState]: ...
 
     def reward(self, state: LatentState) -> Tensor: ...
 
-    def decode(self, state: LatentState) -> dict[str, Tensor]: ...
+    def decode(self, state: LatentState) -> Mapping[str, Tensor]: ...
+
+    def refresh(self) -> bool: ...
+
+
+class WorldModelBase:
+    """Defaults for the `WorldModel` protocol; a model subclasses it (beside `nn.Module`) and
+    implements `initial`, `observe`, `imagine_step`, `reward`, `decode` and the action bounds.
+
+    - `feature_size`: F, read off `initial(1).features()` (subclasses that know it override it);
+    - `rollout`: `imagine_step` H times with the visited beliefs stacked, so that a planner's
+      rewards for all H steps are one batched call (models with a faster rollout override it;
+      it must draw the same random numbers in the same order);
+    - `refresh`: nothing to rebuild (returns False).
+    """
+
+    @property
+    def feature_size(self) -> int:
+        """F = D + S, the size of `LatentState.features()` of this model's beliefs."""
+        return int(self.initial(1).features().shape[1])
+
+    def rollout(
+        self, state: LatentState, actions: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
+    ) -> tuple[LatentState, LatentState]:
+        """Open-loop prior rollout of H steps: `imagine_step` applied H times, the same random
+        numbers drawn in the same order from `generator`.
+
+        Args:
+            state: `[N]` start beliefs.
+            actions: `[N, H, A]` action sequences.
+            generator: randomness of the stochastic states.
+            sample: False: prior means instead of samples (as `imagine_step`).
+
+        Returns:
+            `(visited, final)`: `visited` has `N * H` rows, row `n * H + t` the belief after
+            step t of sequence n (rows of one sequence adjacent); `final` is `[N]`, the belief
+            after the last step.
+        """
+        deters, stochs = [], []
+        for t in range(actions.shape[1]):
+            state = self.imagine_step(state, actions[:, t], generator=generator, sample=sample)
+            deters.append(state.deter)
+            stochs.append(state.stoch)
+        visited = LatentState(torch.stack(deters, 1).flatten(0, 1), torch.stack(stochs, 1).flatten(0, 1))
+        return visited, state
+
+    def refresh(self) -> bool:
+        """Rebuild what is derived from the parameters; the base model has nothing to rebuild."""
+        return False

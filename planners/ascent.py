@@ -1,0 +1,306 @@
+"""Gradient ascent on action sequences through a differentiable world model: the inner loop shared
+by the gradient planner (`GradientPlanner`) and CEM's CEM+GD option (`CEMConfig.gradient`).
+
+The imagined return is backpropagated into the actions (shooting through the model, as the
+gradient-based planner of Hafner et al. 2019, PlaNet, Sec. 5, and the inner loop of the CEM+GD
+hybrid of Bharadhwaj, Xie & Shkurti 2020). Stochastic latents are differentiated with the
+reparameterisation trick (Kingma & Welling 2014): the model's noise comes from `generator`, so
+each step follows the gradient of one sampled rollout per sequence.
+
+Shapes: N sequences optimised side by side (independent rows), H the horizon, A action dimensions.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from latentplan.worldmodels.state import LatentState
+
+from ._validate import check_choice, check_min, check_positive
+from .objective import Objective, rank_returns
+
+__all__ = ["Ascent", "AscentConfig", "ascend", "optimizer_class", "require_differentiable"]
+
+_EXCLUDED_OPTIMIZERS = frozenset({"lbfgs", "sparseadam"})
+_TANH_EDGE = 1e-4
+
+
+def _usable_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
+    """`torch.optim` classes by lower-case name, without the closure/sparse ones."""
+    found = {}
+    for attr in dir(torch.optim):
+        cls = getattr(torch.optim, attr)
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer:
+            if attr.lower() not in _EXCLUDED_OPTIMIZERS:
+                found[attr.lower()] = cls
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def optimizer_class(name: str, owner: str = "optimizer") -> type[torch.optim.Optimizer]:
+    """The `torch.optim` class called `name` (case-insensitive), e.g. `"adam"` -> `torch.optim.Adam`.
+
+    Args:
+        name: the class name.
+        owner: who asks, for the message (e.g. `"GradientConfig.optimizer"`).
+
+    Raises:
+        ValueError: `name` is not a `torch.optim` optimizer, or is LBFGS / SparseAdam (they need
+            a closure / sparse gradients); the message lists the usable names.
+    """
+    usable = _usable_optimizers()
+    if name.lower() in usable:
+        return usable[name.lower()]
+    known = sorted(cls.__name__ for cls in usable.values())
+    raise ValueError(
+        f"{owner}: {name!r} is not a usable torch.optim class; choose one of {known} "
+        "(LBFGS and SparseAdam are not supported: they need a closure / sparse gradients)"
+    )
+
+
+def _term_name(term: object) -> str:
+    return (
+        getattr(term, "name", None)
+        or getattr(term, "__name__", None)
+        or getattr(term, "__qualname__", None)
+        or type(term).__name__
+    )
+
+
+def require_differentiable(objective: Objective, planner: str) -> None:
+    """Refuse an objective that has a term marked non-differentiable.
+
+    A reward term (an entry of `objective.rewards`) or the terminal value function declares itself
+    non-differentiable with an attribute `differentiable = False`; gradient ascent through it
+    would silently follow a zero or meaningless gradient, so gradient planners refuse it.
+
+    Args:
+        objective: the `Objective` about to be maximised by gradient steps.
+        planner: the caller's name, used in the message (e.g. `"GradientPlanner"`).
+
+    Raises:
+        ValueError: naming the first offending term (its `name`, else `__name__`) and, for a
+            composite term that lists its parts with `leaves()`, the offending parts.
+    """
+    terms = list(objective.rewards)
+    if objective.value is not None:
+        terms.append(objective.value)
+    for term in terms:
+        if getattr(term, "differentiable", True) is False:
+            # a composite term (e.g. `a + 0.5 * b`) may expose its parts through `leaves()`
+            # (directly or on the `term` it wraps): name the parts that are to blame, too
+            inner = getattr(term, "term", term)
+            leaves = getattr(inner, "leaves", None)
+            parts = []
+            if callable(leaves):
+                parts = [_term_name(leaf) for leaf in leaves() if getattr(leaf, "differentiable", True) is False]
+            culprit = f" (non-differentiable part: {', '.join(map(repr, parts))})" if parts and parts != [_term_name(term)] else ""
+            raise ValueError(
+                f"{planner}: reward term {_term_name(term)!r} is marked differentiable=False{culprit}; "
+                "gradient-based planning needs a differentiable objective (use CEM without "
+                "gradient refinement, or drop the term)"
+            )
+
+
+@dataclass(frozen=True)
+class AscentConfig:
+    """Settings of one gradient ascent (`ascend`); CEM+GD's `CEMConfig.gradient`. The fields are
+    named as `GradientConfig`'s, whose `ascent` property gives its own.
+
+    Attributes:
+        iterations: optimizer steps (each one forward and one backward pass over the sequences).
+        lr: learning rate, in units of the optimised variable (action units for `squash="clip"`,
+            pre-tanh units for `squash="tanh"`).
+        optimizer: name of a `torch.optim` class, case-insensitive (`"adam"`, `"sgd"`,
+            `"rmsprop"`, ...; not LBFGS or SparseAdam). Built with `lr` only.
+        squash: how actions stay in bounds. `"clip"`: optimise the actions and project them onto
+            `[low, high]` after every step; `"tanh"`: optimise an unbounded u and use
+            `action = low + (high - low) * (tanh(u) + 1) / 2`.
+        grad_clip: if set, each sequence's gradient (over all `H * A` entries) is rescaled to at
+            most this norm before the step; `None`: no clipping.
+
+    Raises:
+        ValueError: on `iterations < 1`, a non-positive `lr` or `grad_clip`, an unknown `squash`,
+            or an optimizer name that is not a usable `torch.optim` class (naming the field).
+    """
+
+    iterations: int = 10
+    lr: float = 0.01
+    optimizer: str = "adam"
+    squash: Literal["tanh", "clip"] = "clip"
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        check_min(self, 1, "iterations")
+        check_positive(self, "lr")
+        check_positive(self, "grad_clip", optional=True)
+        check_choice(self, "squash", ("tanh", "clip"))
+        optimizer_class(self.optimizer, "AscentConfig.optimizer")
+
+
+@dataclass
+class Ascent:
+    """What `ascend` found: the best sequence seen per row and diagnostics (tensors: no host sync).
+
+    Attributes:
+        actions: `[N, H, A]` the best sequence seen per row.
+        returns: `[N]` its return (non-finite returns rank as `-inf`).
+        steps: optimizer steps taken.
+        model_evals: imagined transitions in forward passes, `N * H * (steps + 1)`.
+        nonfinite: non-finite returns seen, 0-dim long.
+        nonfinite_grads: (row, step) pairs whose gradient was non-finite and dropped, 0-dim long.
+        grad_first: mean over rows of |dJ/da_0| at the first step, 0-dim.
+        grad_last: mean over rows of |dJ/da_{H-1}| at the first step, 0-dim.
+        grad_end: mean over rows of |dJ/da_{0:H}| at the last step, 0-dim.
+    """
+
+    actions: Tensor
+    returns: Tensor
+    steps: int
+    model_evals: int
+    nonfinite: Tensor
+    nonfinite_grads: Tensor
+    grad_first: Tensor
+    grad_last: Tensor
+    grad_end: Tensor
+
+
+def project(actions: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Actions `[..., A]` projected onto the box `[low, high]` (`[A]` bounds)."""
+    return torch.minimum(torch.maximum(actions, low), high)
+
+
+def _to_unbounded(actions: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Inverse of `_squash`: actions in [low, high] -> unbounded u (edges pulled in by 1e-4)."""
+    span = high - low
+    y = torch.where(span > 0, 2 * (actions - low) / span.clamp_min(1e-12) - 1, torch.zeros_like(actions))
+    return torch.atanh(y.clamp(-1 + _TANH_EDGE, 1 - _TANH_EDGE))
+
+
+def _squash(u: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """u -> low + (high - low) * (tanh(u) + 1) / 2, clamped against rounding past the bounds."""
+    a = low + (high - low) * (torch.tanh(u) + 1) / 2
+    return torch.minimum(torch.maximum(a, low), high)
+
+
+def ascend(
+    objective: Objective,
+    state: LatentState,
+    actions: Tensor,
+    *,
+    iterations: int,
+    lr: float,
+    optimizer: str = "adam",
+    squash: str = "clip",
+    grad_clip: float | None = None,
+    low: Tensor | None = None,
+    high: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    deadline: float | None = None,
+    capturable: bool = False,
+) -> Ascent:
+    """Gradient ascent on `actions [N, H, A]` from the beliefs `state [N]`; rows are independent.
+
+    Every step evaluates the current sequences (forward, `objective.returns`), keeps the best
+    seen per row, and takes one optimizer step on -sum(returns) (rows with a non-finite return or
+    gradient get a zero gradient that step). A last forward pass evaluates the final sequences.
+    Gradients are taken with `torch.autograd.grad` w.r.t. the action variables only, so no
+    `.grad` of the model's parameters is ever touched, and it works inside `torch.no_grad()`.
+
+    Args:
+        objective: what is maximised (its model must be differentiable in the actions; see
+            `require_differentiable`).
+        state: `[N]` start beliefs, one per sequence.
+        actions: `[N, H, A]` start sequences (projected into the bounds first).
+        iterations, lr, optimizer, squash, grad_clip: as the fields of `AscentConfig`
+            (`ascend(..., **vars(config))`).
+        low, high: `[A]` action bounds on the actions' device (default: the model's).
+        generator: randomness of the model's reparameterised samples.
+        deadline: absolute `time.perf_counter()` time after which no further step starts (at
+            least one step runs). `None` (capture-ready): all `iterations` steps run.
+        capturable: build the optimizer with `capturable=True` where it has that option, for
+            a CUDA graph capture.
+
+    Returns:
+        An `Ascent`: the best sequence per row, its return and diagnostics.
+
+    Raises:
+        ValueError: an unknown `optimizer` name; from `objective.returns` on actions that are
+            not `[N, H, A]`.
+
+    Source: gradient-based planning through a learned model as in Hafner et al. 2019 (PlaNet)
+    and Bharadhwaj, Xie & Shkurti 2020 (CEM+GD); reparameterised gradients: Kingma & Welling 2014.
+    """
+    n, h, _ = actions.shape
+    dev = actions.device
+    if low is None:
+        low = objective.model.action_low.to(dev)
+    if high is None:
+        high = objective.model.action_high.to(dev)
+    optimizer_cls = optimizer_class(optimizer)
+    zero = torch.zeros((), device=dev)
+    grad_first = grad_last = grad_end = zero
+    nonfinite = torch.zeros((), dtype=torch.long, device=dev)
+    bad_grads = torch.zeros((), dtype=torch.long, device=dev)
+    start = project(actions.detach(), low, high)
+    best_act = start.clone()
+    best_ret = torch.full((n,), float("-inf"), device=dev)
+    tanh = squash == "tanh"
+    done = 0
+    with torch.enable_grad():
+        var = (_to_unbounded(start, low, high) if tanh else start).clone().requires_grad_(True)
+        opt = optimizer_cls([var], lr=lr)
+        if capturable and "capturable" in opt.defaults:  # the optimizers that keep their step on the device
+            for group in opt.param_groups:
+                group["capturable"] = True
+        for step in range(iterations):
+            current = _squash(var, low, high) if tanh else var
+            ret = objective.returns(state, current, generator=generator)
+            ranked, nf = rank_returns(ret.detach())
+            nonfinite = nonfinite + nf
+            better = ranked > best_ret
+            best_ret = torch.where(better, ranked, best_ret)
+            best_act = torch.where(better[:, None, None], current.detach(), best_act)
+            finite = torch.isfinite(ret.detach())
+            loss = -torch.where(finite, ret, torch.zeros_like(ret)).sum()
+            if loss.requires_grad:
+                wrt = [var, current] if tanh else [var]
+                grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+                g_var = grads[0] if grads[0] is not None else torch.zeros_like(var)
+                g_act = grads[-1] if grads[-1] is not None else torch.zeros_like(var)
+            else:  # the objective does not depend on the actions at all
+                g_var = g_act = torch.zeros_like(var)
+            if step == 0:
+                grad_first = g_act[:, 0].norm(dim=-1).mean()
+                grad_last = g_act[:, -1].norm(dim=-1).mean()
+            grad_end = g_act.flatten(1).norm(dim=1).mean()
+            ok = torch.isfinite(g_var).flatten(1).all(dim=1) & finite
+            bad_grads = bad_grads + (~ok).sum()
+            g_var = torch.where(ok[:, None, None], g_var, torch.zeros_like(g_var))
+            if grad_clip is not None:
+                norm = g_var.flatten(1).norm(dim=1)
+                g_var = g_var * (grad_clip / norm.clamp_min(1e-12)).clamp(max=1.0)[:, None, None]
+            var.grad = g_var
+            opt.step()
+            if not tanh:
+                with torch.no_grad():
+                    var.copy_(project(var, low, high))
+            done += 1
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+    with torch.no_grad():
+        final = _squash(var, low, high) if tanh else var.detach()
+        ranked, nf = rank_returns(objective.returns(state, final, generator=generator))
+        nonfinite = nonfinite + nf
+        better = ranked > best_ret
+        best_ret = torch.where(better, ranked, best_ret)
+        best_act = torch.where(better[:, None, None], final, best_act)
+    return Ascent(
+        best_act, best_ret, done, n * h * (done + 1), nonfinite, bad_grads, grad_first, grad_last, grad_end
+    )
