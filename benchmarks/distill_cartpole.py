@@ -119,7 +119,7 @@ def main() -> None:
     else:
         model, train_cfg, _ = lp.load_checkpoint(args.checkpoint)
         env = lp.make_env(train_cfg.env, obs=train_cfg.obs, action_repeat=train_cfg.action_repeat, seed=0)
-        policy = GaussianPolicy.load(args.policy)
+        policy = lp.io.load_policy(args.policy)
         student = evaluate_planner(env, model, PolicyPlanner(policy), factory, seeds)
         teacher_eval = evaluate_planner(env, model, teacher, factory, seeds)
     ratio = student["mean"] / teacher_eval["mean"]
@@ -190,14 +190,7 @@ def main() -> None:
 
     # 6. MCTS's proposal
     if args.mcts:
-        from latentplan.planners.value import ValueConfig, ValueLearner
-
-        ckpt = torch.load(args.mcts)
-        vcfg = dict(ckpt["config"])
-        vcfg["hidden"] = tuple(vcfg["hidden"])
-        learner = ValueLearner(ValueConfig(**vcfg), ckpt["feature_dim"])
-        learner.load_state_dict(ckpt["learner"])
-        learner.value.eval()
+        learner = lp.io.load_critic(args.mcts)
         vfactory = lambda m: lp.Objective(m, discount=0.99, value=learner.value)  # noqa: E731
         mcfg = lp.MCTSConfig(simulations=188, children=8, horizon=5)
         mrows = []

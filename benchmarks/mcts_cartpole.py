@@ -114,8 +114,7 @@ def stage_value(args, model) -> dict:
             print(f"value update {u}: loss {info['value_loss']:.4f} V {info['value_mean']:.1f} "
                   f"target {info['target_mean']:.1f}±{info['target_std']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
             log.append({"update": u, **info})
-    torch.save({"learner": learner.state_dict(), "feature_dim": rollout.features.shape[-1], "log": log,
-                "config": dict(config.__dict__), "updates": args.updates}, args.value)
+    lp.io.save_critic(learner, args.value)  # the training log is in the stage's JSON
     return {"log": log}
 
 

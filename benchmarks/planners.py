@@ -81,7 +81,7 @@ def main() -> None:
     if args.policy is not None:
         from latentplan.planners.policy import GaussianPolicy, PolicyPlanner
 
-        table.append(("Policy", "1 pass", PolicyPlanner(GaussianPolicy.load(args.policy)), False))
+        table.append(("Policy", "1 pass", PolicyPlanner(lp.io.load_policy(args.policy)), False))
     for name, budget, planner, warm in table:
         if args.only is None and budget == "2k":
             continue

@@ -46,11 +46,19 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     )},
 }
 
+#: submodules reachable as attributes before they are imported (`lp.io.load_policy`, `lp.registry`)
+_SUBMODULES = frozenset({
+    "cli", "compare", "config", "control", "distillation", "envs", "io", "planners", "plots", "registry",
+    "statistics", "training", "worldmodels",
+})
+
 __all__ = sorted([*_EXPORTS, "make_env", "train"])
 
 
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first use (PEP 562) and cache the name in this module."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"latentplan.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'latentplan' has no attribute {name!r}")
     module, attr = _EXPORTS[name]

@@ -35,7 +35,7 @@ from latentplan.worldmodels.filtering import filter_episodes
 from latentplan.worldmodels.state import LatentState
 
 from .agent import Agent, run_episode
-from .io import atomic_write_text
+from .io import atomic_write_text, save_distiller, save_policy
 from .registry import Budget, PlannerSpec, make_planner
 
 __all__ = [
@@ -346,8 +346,8 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
        act (beta = 1), as DAgger's first iteration does.
     4. Evaluate the student (`PolicyPlanner`) and, with `eval_teacher`, the teacher on the same
        `eval_episodes` seeds.
-    5. Write `out/policy.pt` (`GaussianPolicy.save`; `torch.load(..., weights_only=True)`),
-       `out/distiller.pt` (`Distiller.state_dict()`, without the data set unless `save_data`),
+    5. Write `out/policy.pt` (`latentplan.io.save_policy`), `out/distiller.pt`
+       (`latentplan.io.save_distiller`, without the data set unless `save_data`),
        `out/loss.png` (`latentplan.plots.plot_distillation`) and `out/metrics.json`.
 
     Args:
@@ -448,11 +448,8 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
             metrics["return_ratio"] = metrics["student"]["mean"] / metrics["teacher_eval"]["mean"]
 
     # 5. files
-    distiller.policy.save(out / "policy.pt")
-    state = distiller.state_dict()
-    if not cfg.save_data:
-        state["data"] = {}
-    torch.save(state, out / "distiller.pt")
+    save_policy(distiller.policy, out / "policy.pt")
+    save_distiller(distiller, out / "distiller.pt", with_data=cfg.save_data)
     metrics["phases"] = phase_steps
     metrics["steps"] = distiller.steps
     metrics["labels"] = distiller.labels

@@ -27,7 +27,8 @@ import torch
 
 __all__ = [
     "KINDS", "VERSION", "CheckpointError", "Envelope", "append_jsonl", "atomic_write", "atomic_write_text", "load",
-    "read_jsonl", "save",
+    "load_critic", "load_distiller", "load_model", "load_policy", "read_jsonl", "save", "save_critic",
+    "save_distiller", "save_model", "save_policy",
 ]
 
 VERSION = 1
@@ -189,3 +190,135 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Non
 def config_dict(config: Any) -> dict[str, Any]:
     """A frozen config dataclass as plain JSON-able values (tuples as lists), for an envelope's config."""
     return json.loads(json.dumps(asdict(config)))
+
+
+# ----------------------------------------------------------------------------- the parts' envelopes
+def save_model(model: Any, path: str | os.PathLike) -> Path:
+    """Write an `RSSMWorldModel` alone (its `RSSMConfig` and weights) as a `model` envelope."""
+    return save(path, "model", config_dict(model.config), _cpu(model.state_dict()))
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Any:
+    """An `RSSMWorldModel` in eval mode from a `model` envelope or a training checkpoint (`run`).
+
+    Raises:
+        FileNotFoundError / CheckpointError: as `load`.
+    """
+    from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
+
+    env = load(path, ("model", "run"), device=device)
+    config, state = (env.config, env.state) if env.kind == "model" else (env.config["model"], env.state["model"])
+    model = RSSMWorldModel(RSSMConfig.from_dict(config)).to(device)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def save_policy(policy: Any, path: str | os.PathLike) -> Path:
+    """Write a `GaussianPolicy` (sizes, action bounds, `PolicyConfig`, weights) as a `policy` envelope."""
+    config = {"feature_dim": policy.feature_dim, "action_dim": policy.action_dim,
+              "low": policy.action_low.cpu().tolist(), "high": policy.action_high.cpu().tolist(),
+              "policy": config_dict(policy.config)}
+    return save(path, "policy", config, _cpu(policy.state_dict()))
+
+
+def load_policy(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Any:
+    """A `GaussianPolicy` in eval mode on `device` from a `policy` envelope (or a policy file written
+    before the envelope, `{"format": "latentplan-policy-1", ...}`).
+
+    Raises:
+        FileNotFoundError / CheckpointError: as `load`.
+    """
+    from latentplan.planners.policy import GaussianPolicy, PolicyConfig
+
+    try:
+        env = load(path, "policy", device=device)
+        config, state = env.config, env.state
+    except CheckpointError:
+        legacy = torch.load(path, map_location=device, weights_only=True)
+        if not (isinstance(legacy, dict) and legacy.get("format") == "latentplan-policy-1"):
+            raise
+        config = {**legacy, "policy": legacy["config"]}
+        state = legacy["state_dict"]
+    policy = GaussianPolicy(config["feature_dim"], config["action_dim"], config["low"], config["high"],
+                            PolicyConfig(**config["policy"]))
+    policy.load_state_dict(state)
+    return policy.to(device).eval()
+
+
+def save_critic(learner: Any, path: str | os.PathLike) -> Path:
+    """Write a `ValueLearner` (its `ValueConfig`, feature size, critic, target, optimiser) as a `critic` envelope."""
+    config = {"value": config_dict(learner.config), "feature_dim": int(learner.value.feature_dim)}
+    return save(path, "critic", config, learner.state_dict())
+
+
+def load_critic(path: str | os.PathLike, *, feature_dim: int | None = None,
+                device: str | torch.device = "cpu") -> Any:
+    """A `ValueLearner` from a `critic` envelope, or the critic inside a training checkpoint made with
+    `value_every > 0` (a `run` envelope, or one written before the envelope).
+
+    Args:
+        path: the file.
+        feature_dim: the beliefs' feature size `D + S` the critic must take (checked when given;
+            needed for a training checkpoint, whose critic takes its model's features).
+        device: where the critic lives.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        CheckpointError: the file holds no critic, or one for another feature size.
+    """
+    from latentplan.planners.value import ValueConfig, ValueLearner
+
+    p = Path(path)
+    try:
+        env = load(p, ("critic", "run"), device=device)
+        config, state = env.config, env.state
+    except CheckpointError:
+        config, state = {}, torch.load(p, map_location=device, weights_only=True)  # a pre-envelope run checkpoint
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise
+    if "value_learner" in state:  # a training checkpoint: its model's features
+        state = state["value_learner"]
+        config = {"value": dict(state["config"]), "feature_dim": feature_dim}
+    if "value" not in config or config.get("feature_dim") is None:
+        raise CheckpointError(f"{p} holds no critic (a critic file, or a training checkpoint with value_every > 0)")
+    if feature_dim is not None and config["feature_dim"] != feature_dim:
+        raise CheckpointError(f"{p}: the critic takes {config['feature_dim']} features; the model's beliefs have "
+                              f"{feature_dim}")
+    value_config = ValueConfig(**{**config["value"], "hidden": tuple(config["value"]["hidden"])})
+    learner = ValueLearner(value_config, int(config["feature_dim"]), device=device)
+    learner.load_state_dict(state)
+    learner.value.eval()
+    return learner
+
+
+def save_distiller(distiller: Any, path: str | os.PathLike, *, with_data: bool = True) -> Path:
+    """Write a `Distiller` (student, optimiser, counters, and the labelled data set unless
+    `with_data=False`) as a `distiller` envelope; its config rebuilds an empty one to load into."""
+    policy = distiller.policy
+    state = distiller.state_dict()
+    if not with_data:
+        state["data"] = {}
+    config = {"distill": config_dict(distiller.config), "feature_dim": policy.feature_dim,
+              "action_dim": policy.action_dim, "low": policy.action_low.cpu().tolist(),
+              "high": policy.action_high.cpu().tolist()}
+    return save(path, "distiller", config, state)
+
+
+def load_distiller(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Any:
+    """A `Distiller` from a `distiller` envelope (to continue distilling, or to read its data set).
+
+    Raises:
+        FileNotFoundError / CheckpointError: as `load`.
+    """
+    from latentplan.planners.distill import DistillConfig, Distiller
+
+    env = load(path, "distiller", device=device)
+    c = env.config
+    distiller = Distiller(DistillConfig.from_dict(c["distill"]), c["feature_dim"], c["action_dim"], c["low"], c["high"],
+                          device)
+    distiller.load_state_dict(env.state)
+    return distiller
+
+
+def _cpu(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}

@@ -327,47 +327,33 @@ def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
 
 
 def load_critic(path: str, model: Any) -> tuple[Any, float]:
-    """A trained critic for `model` from `path`, and its discount.
+    """A trained critic for `model` from `path`, and its discount (`latentplan.io.load_critic`).
 
-    `path` is a training checkpoint written with `TrainConfig.value_every > 0` (key
-    `value_learner`) or a file with `learner`, `config` and `feature_dim` (as
-    `benchmarks/mcts_cartpole.py` writes). Loaded with `weights_only=True`.
+    `path` is a critic file (`latentplan.io.save_critic`) or a training checkpoint written with
+    `TrainConfig.value_every > 0`. Loaded with `weights_only=True`.
 
     Raises:
-        ValueError: the file holds no critic, or its feature size is not the model's D + S.
+        FileNotFoundError: no file at `path`.
+        latentplan.io.CheckpointError (a ValueError): the file holds no critic, or its feature size is
+            not the model's D + S.
     """
-    from latentplan.planners.value import ValueConfig, ValueLearner
+    from latentplan.io import load_critic as _load
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "learner" in ckpt:
-        state, cfg, features = ckpt["learner"], dict(ckpt["config"]), int(ckpt["feature_dim"])
-    elif "value_learner" in ckpt:
-        state = ckpt["value_learner"]
-        cfg, features = dict(state["config"]), None  # a training checkpoint: the model's own features
-    else:
-        raise ValueError(f"{path} holds no critic (neither 'learner' nor 'value_learner')")
-    want = model.feature_size
-    features = features or want
-    if features != want:
-        raise ValueError(f"{path}: the critic takes {features} features; this model's beliefs have {want}")
-    cfg["hidden"] = tuple(cfg["hidden"])
-    learner = ValueLearner(ValueConfig(**cfg), features, device=model.action_low.device)
-    learner.load_state_dict(state)
-    learner.value.eval()
+    learner = _load(path, feature_dim=model.feature_size, device=model.action_low.device)
     return learner.value, learner.config.discount
 
 
 def load_policy(path: str, model: Any) -> Any:
     """A distilled `GaussianPolicy` from `path` (written by `latentplan distill` or the training loop's
-    `--distill`), in eval mode on the model's device.
+    `--distill`), in eval mode on the model's device (`latentplan.io.load_policy`).
 
     Raises:
         FileNotFoundError: no file at `path`.
-        ValueError: the file is not a latentplan policy.
+        latentplan.io.CheckpointError (a ValueError): the file is not a latentplan policy.
     """
-    from latentplan.planners.policy import GaussianPolicy
+    from latentplan.io import load_policy as _load
 
-    return GaussianPolicy.load(str(path), device=model.action_low.device)
+    return _load(path, device=model.action_low.device)
 
 
 def policy_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:

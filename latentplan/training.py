@@ -280,7 +280,7 @@ class Trainer:
         config = {"train": _plain(self.config.to_dict()), "model": _plain(self.model_config.to_dict())}
         path = io.save(self.run_dir / CHECKPOINT, "run", config, self._state())
         if self.distiller is not None:  # the student on its own, for PolicyPlanner / latentplan compare
-            self.distiller.policy.save(self.run_dir / "policy.pt")
+            io.save_policy(self.distiller.policy, self.run_dir / "policy.pt")
         return path
 
     def _restore(self, path: Path) -> None:

@@ -2,7 +2,7 @@
 
 The network is the tanh-squashed Gaussian policy of SAC (Haarnoja et al. 2018) and TD-MPC2
 (Hansen, Su & Wang 2024), which also use it as a proposal for their planners. Here:
-`GaussianPolicy` (with its file format, `save`/`load`), `policy_rollout` (rolling any `Policy`
+`GaussianPolicy` (saved and loaded by `latentplan.io.save_policy` / `load_policy`), `policy_rollout` (rolling any `Policy`
 through a model; `CEM` and `GradientPlanner` use it for their proposals) and `PolicyPlanner` (a
 `Planner` that acts with a policy in one forward pass). Training a policy from a planner's
 labels is `planners.distill`.
@@ -14,10 +14,8 @@ H the horizon, K actions per belief.
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -34,7 +32,6 @@ __all__ = ["GaussianPolicy", "PolicyConfig", "PolicyPlanner", "gaussian_log_dens
 
 _EDGE = 1e-6  # actions at a bound are pulled in by this much (in [-1, 1] units) before atanh
 _LOG2 = math.log(2.0)
-_FORMAT = "latentplan-policy-1"
 
 
 # --------------------------------------------------------------------------- the policy network
@@ -235,41 +232,6 @@ class GaussianPolicy(nn.Module):
     def half_range(self) -> Tensor:
         """`[A]` half the width of the action box, (high - low) / 2 (action units)."""
         return self._half
-
-    # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the policy (weights, sizes, bounds, config) to `path`; `torch.load(path,
-        weights_only=True)` reads it, `GaussianPolicy.load(path)` rebuilds the policy."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "format": _FORMAT, "feature_dim": self.feature_dim, "action_dim": self.action_dim,
-                "low": self.action_low.cpu().tolist(), "high": self.action_high.cpu().tolist(),
-                "config": asdict(self.config),
-                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-            },
-            p,
-        )
-        return p
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> "GaussianPolicy":
-        """Read a policy written by `save` (weights-only loading), in eval mode on `device`.
-
-        Raises:
-            FileNotFoundError: if `path` does not exist.
-            ValueError: if the file is not a latentplan policy.
-        """
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"no policy file at {p}")
-        blob = torch.load(p, map_location=device, weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise ValueError(f"{p} is not a latentplan policy file (format {_FORMAT})")
-        policy = cls(blob["feature_dim"], blob["action_dim"], blob["low"], blob["high"], PolicyConfig(**blob["config"]))
-        policy.load_state_dict(blob["state_dict"])
-        return policy.to(device).eval()
 
 
 def _logit(p: float) -> float:

@@ -174,7 +174,7 @@ def test_cli_distill_writes_policy_curve_and_metrics(tiny_checkpoint, tmp_path, 
     assert m["rounds"][0]["labels"] == 20 and m["labels"] == 50 and m["steps"] == 25
     assert len(m["loss_history"]) == 25 and 0.0 <= m["student"]["mean"] <= 1000.0
     blob = torch.load(out / "policy.pt", weights_only=True)
-    assert blob["feature_dim"] == 20 and blob["action_dim"] == 1
+    assert blob["kind"] == "policy" and blob["config"]["feature_dim"] == 20 and blob["config"]["action_dim"] == 1
     assert (out / "loss.png").stat().st_size > 5000
     assert "student return" in capsys.readouterr().out
     # a missing checkpoint is a clean error, not a traceback

@@ -6,6 +6,11 @@ import pytest
 import torch
 
 from latentplan import io
+from latentplan.planners.distill import DistillConfig, Distiller
+from latentplan.planners.policy import GaussianPolicy, PolicyConfig
+from latentplan.planners.value import ValueConfig, ValueLearner
+from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
+from latentplan.worldmodels.state import LatentState
 
 
 def test_an_envelope_round_trips_and_names_what_it_holds(tmp_path):
@@ -58,3 +63,62 @@ def test_jsonl_rows_survive_a_line_cut_short(tmp_path):
     with pytest.warns(RuntimeWarning, match="skipped 1 line"):
         rows = io.read_jsonl(path)
     assert rows == [{"episode": 1}, {"episode": 2}, {"episode": 3}]  # only the fragment is lost
+
+
+def test_a_policy_round_trips_and_other_files_are_refused(tmp_path):
+    """The same sizes, bounds, config and actions after `save_policy` / `load_policy`."""
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([1.0, 3.0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        policy = GaussianPolicy(5, 2, low, high, PolicyConfig(hidden=8, layers=1, layer_norm=True))
+    path = io.save_policy(policy, tmp_path / "sub" / "policy.pt")
+    loaded = io.load_policy(path)
+    assert not loaded.training and loaded.config == policy.config
+    torch.testing.assert_close(loaded.action_low, low)
+    torch.testing.assert_close(loaded.action_high, high)
+    s = LatentState(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(6, 2))
+    torch.testing.assert_close(loaded.act(s, deterministic=True), policy.act(s, deterministic=True))
+    # a policy file from before the envelope still loads
+    legacy = {"format": "latentplan-policy-1", "feature_dim": 5, "action_dim": 2, "low": low.tolist(),
+              "high": high.tolist(), "config": {"hidden": 8, "layers": 1, "layer_norm": True},
+              "state_dict": policy.state_dict()}
+    torch.save({**legacy, "config": {**PolicyConfig(hidden=8, layers=1, layer_norm=True).__dict__}},
+               tmp_path / "old.pt")
+    torch.testing.assert_close(io.load_policy(tmp_path / "old.pt").act(s, deterministic=True),
+                               policy.act(s, deterministic=True))
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(io.CheckpointError, match="not a latentplan checkpoint"):
+        io.load_policy(tmp_path / "other.pt")
+    io.save_critic(ValueLearner(ValueConfig(hidden=(4,)), 5), tmp_path / "critic.pt")
+    with pytest.raises(io.CheckpointError, match="holds a 'critic' checkpoint, not a policy"):
+        io.load_policy(tmp_path / "critic.pt")
+
+
+def test_a_critic_round_trips_and_is_checked_against_the_features(tmp_path):
+    learner = ValueLearner(ValueConfig(hidden=(4, 4), discount=0.9), 3, seed=2)
+    learner.updates = 7
+    path = io.save_critic(learner, tmp_path / "critic.pt")
+    back = io.load_critic(path, feature_dim=3)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    assert back.config == learner.config and back.updates == 7
+    torch.testing.assert_close(back.value(x), learner.value(x))
+    with pytest.raises(io.CheckpointError, match="takes 3 features; the model's beliefs have 4"):
+        io.load_critic(path, feature_dim=4)
+    io.save(tmp_path / "run.pt", "run", {}, {"model": {}})
+    with pytest.raises(io.CheckpointError, match="holds no critic"):
+        io.load_critic(tmp_path / "run.pt", feature_dim=3)
+
+
+def test_a_distiller_and_a_model_round_trip(tmp_path):
+    distiller = Distiller(DistillConfig(init_seed=0), 4, 1, [-1.0], [1.0])
+    distiller.steps, distiller.labels = 5, 9
+    io.save_distiller(distiller, tmp_path / "d.pt", with_data=False)
+    back = io.load_distiller(tmp_path / "d.pt")
+    assert (back.steps, back.labels) == (5, 9) and back.config == distiller.config
+    for k, v in distiller.policy.state_dict().items():
+        assert torch.equal(back.policy.state_dict()[k], v)
+    model = RSSMWorldModel(RSSMConfig(obs_shape=(3,), action_dim=1, deter=8, stoch=2, hidden=8, embed=8))
+    io.save_model(model, tmp_path / "m.pt")
+    again = io.load_model(tmp_path / "m.pt")
+    assert not again.training and again.config == model.config
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())

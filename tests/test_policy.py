@@ -69,28 +69,6 @@ def test_policy_rejects_bad_sizes_and_bounds():
 
 
 
-def test_policy_file_round_trips_through_weights_only_loading(tmp_path):
-    """`save` then `load`: the same sizes, bounds, config and actions; other files are refused."""
-    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([1.0, 3.0])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        policy = GaussianPolicy(5, 2, low, high, PolicyConfig(hidden=8, layers=1, layer_norm=True))
-    path = policy.save(tmp_path / "sub" / "policy.pt")
-    blob = torch.load(path, weights_only=True)
-    assert blob["format"] == "latentplan-policy-1" and blob["feature_dim"] == 5 and blob["action_dim"] == 2
-    loaded = GaussianPolicy.load(path)
-    assert not loaded.training and loaded.config == policy.config
-    torch.testing.assert_close(loaded.action_low, low)
-    torch.testing.assert_close(loaded.action_high, high)
-    s = LatentState(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(6, 2))
-    torch.testing.assert_close(loaded.act(s, deterministic=True), policy.act(s, deterministic=True))
-    torch.save({"format": "something-else"}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a latentplan policy"):
-        GaussianPolicy.load(tmp_path / "other.pt")
-    with pytest.raises(FileNotFoundError):
-        GaussianPolicy.load(tmp_path / "missing.pt")
-
-
 # --------------------------------------------------------------------------- the planner and proposals
 
 

@@ -4,6 +4,7 @@ resolution of a name for every command (the distillation teacher included)."""
 import pytest
 import torch
 
+from latentplan import io as lp_io
 from latentplan.distillation import DistillRunConfig, make_teacher
 from latentplan.registry import (
     PRESETS, Budget, PlannerNotAvailable, PlannerSpec, available_planners, make_planner, mcts_factory,
@@ -46,7 +47,7 @@ def test_mcts_takes_a_trained_critic_by_path(tmp_path):
 
     learner = ValueLearner(ValueConfig(hidden=(4,), discount=0.9), 1, seed=3)
     path = tmp_path / "value.pt"
-    torch.save({"learner": learner.state_dict(), "config": dict(learner.config.__dict__), "feature_dim": 1}, path)
+    lp_io.save_critic(learner, path)
     model = point_model()
     build = mcts_factory(model, Budget(evals=80), 3, {"value": str(path)})
     objective = build.objective(model)
@@ -55,7 +56,7 @@ def test_mcts_takes_a_trained_critic_by_path(tmp_path):
     assert torch.equal(objective.value(state), learner.value(state))
     assert build.planner.config.simulations == 10  # 80 evaluations / 8 children
     torch.save({"something": 1}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="holds no critic"):
+    with pytest.raises(ValueError, match="not a latentplan checkpoint"):
         mcts_factory(model, Budget(evals=80), 3, {"value": str(tmp_path / "other.pt")})
 
 

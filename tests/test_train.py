@@ -348,7 +348,7 @@ def test_custom_reward_example_runs_on_a_checkpoint(reference, monkeypatch, caps
 def test_value_learning_and_distillation_in_the_loop_resume_identically(tmp_path, monkeypatch):
     """`value_every`/`plan_with_value` and `distill="cem"`: the critic and the student train beside
     the model, are logged, checkpointed, and a resumed run reproduces the uninterrupted one."""
-    from latentplan.planners.policy import GaussianPolicy, PolicyPlanner
+    from latentplan.planners.policy import PolicyPlanner
 
     extra = dict(
         episodes=4, value_every=2, plan_with_value=True, value=lp.ValueConfig(batch=4, horizon=3, hidden=(8,)),
@@ -362,7 +362,7 @@ def test_value_learning_and_distillation_in_the_loop_resume_identically(tmp_path
     assert all(k in rows[2] for k in ("value_loss", "value_mean", "distill_loss"))
     # 6 model updates (3 before each of episodes 3 and 4): a critic update every 2nd, 2 distiller steps each
     assert full.value_learner.updates == 3 and full.distiller.steps == 12
-    policy = GaussianPolicy.load(tmp_path / "full" / "policy.pt")
+    policy = lp.io.load_policy(tmp_path / "full" / "policy.pt")
     s = full.model.initial(2)
     plan = PolicyPlanner(policy).plan(lp.Objective(full.model), s)
     assert plan.actions.shape == (2, 1, 1) and plan.actions.abs().max() <= 1
