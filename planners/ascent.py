@@ -23,6 +23,7 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState
 
 from ._validate import check_choice, check_min, check_positive
+from .base import callable_name
 from .objective import Objective, rank_returns
 
 __all__ = ["Ascent", "AscentConfig", "ascend", "optimizer_class", "require_differentiable"]
@@ -64,13 +65,6 @@ def optimizer_class(name: str, owner: str = "optimizer") -> type[torch.optim.Opt
     )
 
 
-def _term_name(term: object) -> str:
-    return (
-        getattr(term, "name", None)
-        or getattr(term, "__name__", None)
-        or getattr(term, "__qualname__", None)
-        or type(term).__name__
-    )
 
 
 def require_differentiable(objective: Objective, planner: str) -> None:
@@ -99,10 +93,10 @@ def require_differentiable(objective: Objective, planner: str) -> None:
             leaves = getattr(inner, "leaves", None)
             parts = []
             if callable(leaves):
-                parts = [_term_name(leaf) for leaf in leaves() if getattr(leaf, "differentiable", True) is False]
-            culprit = f" (non-differentiable part: {', '.join(map(repr, parts))})" if parts and parts != [_term_name(term)] else ""
+                parts = [callable_name(leaf) for leaf in leaves() if getattr(leaf, "differentiable", True) is False]
+            culprit = f" (non-differentiable part: {', '.join(map(repr, parts))})" if parts and parts != [callable_name(term)] else ""
             raise ValueError(
-                f"{planner}: reward term {_term_name(term)!r} is marked differentiable=False{culprit}; "
+                f"{planner}: reward term {callable_name(term)!r} is marked differentiable=False{culprit}; "
                 "gradient-based planning needs a differentiable objective (use CEM without "
                 "gradient refinement, or drop the term)"
             )

@@ -13,7 +13,7 @@ from latentplan.worldmodels.state import LatentState
 if TYPE_CHECKING:
     from .objective import Objective
 
-__all__ = ["Plan", "Planner", "Policy"]
+__all__ = ["Plan", "Planner", "Policy", "callable_name"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,14 @@ class Policy(Protocol):
         generator: torch.Generator | None = None,
         deterministic: bool = False,
     ) -> Tensor: ...
+
+
+def callable_name(fn: object) -> str:
+    """The name a reward term, planner or function is reported by in messages: its `name` attribute
+    (reward terms), else its `__qualname__` / `__name__`, else its type's name."""
+    return (
+        getattr(fn, "name", None)
+        or getattr(fn, "__qualname__", None)
+        or getattr(fn, "__name__", None)
+        or type(fn).__name__
+    )

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState, WorldModel
 
+from .base import callable_name
 from .rewards import BoundReward, Reward, RewardContext, check_reward_output, learned_reward
 
 __all__ = ["Objective", "RewardTerm", "rank_returns"]
@@ -105,7 +106,7 @@ class Objective:
         self.value = value
 
     def __repr__(self) -> str:
-        names = [getattr(t, "name", None) or _name(t) for t in self.rewards]
+        names = [callable_name(t) for t in self.rewards]
         return (
             f"Objective(rewards={names}, discount={self.discount}, value={self.value is not None}, "
             f"context={list(self.context.values)}, batch={self.context.batch})"
@@ -128,7 +129,7 @@ class Objective:
         for term in self.rewards:
             r = term(next_state, action)
             if not isinstance(term, BoundReward):  # bound terms check each user function's output
-                r = check_reward_output(r, _name(term), n, action.device)
+                r = check_reward_output(r, callable_name(term), n, action.device)
             total = r if total is None else total + r
         return torch.zeros(n, device=action.device) if total is None else total
 
@@ -193,5 +194,3 @@ class Objective:
         return total
 
 
-def _name(fn: object) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)

@@ -51,6 +51,8 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState, WorldModel
 
+from .base import callable_name
+
 __all__ = [
     "BoundReward", "Reward", "RewardContext", "RewardReport", "check_reward", "check_reward_output",
     "learned_reward", "reward",
@@ -105,13 +107,6 @@ def check_reward_output(value: object, name: str, n: int, device: torch.device) 
     )
 
 
-def _callable_name(fn: object) -> str:
-    return (
-        getattr(fn, "name", None)
-        or getattr(fn, "__qualname__", None)
-        or getattr(fn, "__name__", None)
-        or type(fn).__name__
-    )
 
 
 # --------------------------------------------------------------------------- context
@@ -690,7 +685,7 @@ def check_reward(
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"check_reward: batch must be a positive int; got {batch!r}")
-    name = _callable_name(term)
+    name = callable_name(term)
     differentiable = bool(getattr(term, "differentiable", True))
     uses_decode = isinstance(term, Reward) and any(getattr(l, "inputs", None) == "decoded" for l in term.leaves())
     RewardContext(model, context, batch=batch).bind(term)  # context and model errors raise here, as is
