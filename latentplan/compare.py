@@ -25,9 +25,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from latentplan.planners.validate import check_int
+
 from .control import ControllerConfig, MPCController
-from .registry import Budget, PlannerBuild, PlannerSpec, make_planner
 from .io import append_jsonl, atomic_write_text, read_jsonl
+from .registry import Budget, PlannerBuild, PlannerSpec, make_planner
 from .statistics import bootstrap_ci
 
 __all__ = ["CompareConfig", "CompareResult", "compare", "run_cell"]
@@ -344,6 +346,13 @@ class CompareConfig:
     max_decisions: int | None = None
     threads: int = 1
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_int(self, "episodes", "horizon", "threads", minimum=1)
+        check_int(self, "max_decisions", minimum=1, optional=True)
+        for spec in self.planners:
+            PlannerSpec.parse(spec)  # a malformed spec fails here, an unknown name when it is built
+        self.budgets()  # each budget is checked by `Budget`
 
     def budgets(self) -> list[Budget]:
         """The budgets to run: every `budget_evals`, then every `budget_ms` (default 6000 evals)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from latentplan.planners.cem import CEMConfig
 from latentplan.planners.distill import DistillConfig
+from latentplan.planners.validate import check_choice, check_int, check_positive, check_range
 from latentplan.planners.value import ValueConfig
 from latentplan.worldmodels.rssm import RSSMConfig
 
@@ -109,29 +111,19 @@ class TrainConfig:
     distillation: DistillConfig = field(default_factory=lambda: DistillConfig(labels_per_update=32, steps_per_update=10))
 
     def __post_init__(self) -> None:
-        if self.obs not in ("state", "pixels"):
-            raise ValueError(f"TrainConfig.obs must be 'state' or 'pixels'; got {self.obs!r}")
-        positive = ("episodes", "updates_per_episode", "batch_size", "chunk_length", "eval_every",
-                    "eval_episodes", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
-        if self.seed_episodes < 1 or self.seed_episodes > self.episodes:
-            raise ValueError(
-                f"TrainConfig.seed_episodes must be in [1, episodes={self.episodes}]; got {self.seed_episodes}"
-            )
-        if self.final_eval_episodes < 0:
-            raise ValueError(f"TrainConfig.final_eval_episodes must be >= 0; got {self.final_eval_episodes}")
-        if self.value_every < 0 or self.distill_every < 1:
-            raise ValueError(
-                f"TrainConfig: value_every must be >= 0 and distill_every >= 1; got {self.value_every}, {self.distill_every}"
-            )
+        check_choice(self, "obs", ("state", "pixels"))
+        check_choice(self, "distill", ("none", "cem"))
+        check_int(self, "episodes", "updates_per_episode", "batch_size", "chunk_length", "eval_every",
+                  "eval_episodes", "checkpoint_every", "distill_every", minimum=1)
+        check_int(self, "final_eval_episodes", "value_every", minimum=0)
+        check_int(self, "seed")
+        check_int(self, "action_repeat", minimum=1, optional=True)
+        check_range(self, "seed_episodes", 1, self.episodes)
+        check_positive(self, "lr", "adam_eps", "grad_clip")
+        check_positive(self, "max_wall_minutes", optional=True)
+        check_range(self, "exploration_noise", 0.0, math.inf, high_open=True)
         if self.plan_with_value and self.value_every == 0:
             raise ValueError("TrainConfig.plan_with_value needs a critic: set value_every > 0")
-        if self.distill not in ("none", "cem"):
-            raise ValueError(f"TrainConfig.distill must be 'none' or 'cem'; got {self.distill!r}")
-        if self.exploration_noise < 0:
-            raise ValueError(f"TrainConfig.exploration_noise must be >= 0; got {self.exploration_noise}")
 
     def to_dict(self) -> dict:
         """Plain-Python form (for checkpoints and `config.json`)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from latentplan.planners.base import Plan, Planner
 from latentplan.planners.distill import DistillConfig, Distiller
 from latentplan.planners.policy import PolicyPlanner
 from latentplan.planners.objective import Objective
+from latentplan.planners.validate import check_choice, check_int, check_range
 from latentplan.worldmodels.replay import Episode, ReplayBuffer
 from latentplan.worldmodels.filtering import filter_episodes
 from latentplan.worldmodels.state import LatentState
@@ -245,13 +247,13 @@ class DistillRunConfig:
 
     def __post_init__(self) -> None:
         PlannerSpec.parse(self.teacher)  # a malformed spec fails here, an unknown name when it is built
-        if self.horizon < 1:
-            raise ValueError(f"DistillRunConfig.horizon must be >= 1; got {self.horizon}")
-        for name in ("replay_states", "fit_steps", "dagger_rounds", "dagger_episodes", "dagger_steps", "eval_episodes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DistillRunConfig.{name} must be >= 0; got {getattr(self, name)}")
-        if not 0.0 <= self.dagger_beta <= 1.0:
-            raise ValueError(f"DistillRunConfig.dagger_beta must be in [0, 1]; got {self.dagger_beta}")
+        check_int(self, "horizon", minimum=1)
+        check_int(self, "budget_evals", minimum=1, optional=True)
+        check_int(self, "replay_states", "fit_steps", "dagger_rounds", "dagger_episodes", "dagger_steps",
+                  "eval_episodes", minimum=0)
+        check_range(self, "dagger_beta", 0.0, 1.0)
+        check_range(self, "dagger_noise", 0.0, math.inf, high_open=True)
+        check_choice(self, "target", ("auto", "action", "plan", "visits"))
 
     @property
     def resolved_target(self) -> str:

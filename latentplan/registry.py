@@ -28,6 +28,7 @@ from latentplan.planners.base import Planner
 from latentplan.planners.cem import CEM, CEMConfig
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.planners.objective import Objective
+from latentplan.planners.validate import check_int, check_positive
 
 __all__ = [
     "Budget", "PlannerBuild", "PlannerNotAvailable", "PlannerSpec", "PRESETS", "available_planners", "load_critic",
@@ -58,10 +59,8 @@ class Budget:
     ms: float | None = None
 
     def __post_init__(self) -> None:
-        if self.evals is not None and (isinstance(self.evals, bool) or int(self.evals) != self.evals or self.evals < 1):
-            raise ValueError(f"Budget.evals must be an int >= 1 or None; got {self.evals!r}")
-        if self.ms is not None and not (math.isfinite(self.ms) and self.ms > 0):
-            raise ValueError(f"Budget.ms must be a positive number or None; got {self.ms!r}")
+        check_int(self, "evals", minimum=1, optional=True)
+        check_positive(self, "ms", optional=True)
 
     @property
     def label(self) -> str:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from ._validate import check_choice, check_min, check_positive
+from .validate import check_choice, check_min, check_positive
 from .base import callable_name
 from .objective import Objective, rank_returns
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from ._validate import check_choice, check_min, check_positive, check_range
+from .validate import check_choice, check_min, check_positive, check_range
 from .ascent import AscentConfig, ascend, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState
 
-from ._validate import check_choice, check_min, check_positive, check_range
+from .validate import check_choice, check_min, check_positive, check_range
 from .base import Plan, Planner
 from .objective import Objective
 from .policy import GaussianPolicy, PolicyConfig, gaussian_log_density

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from ._validate import check_choice, check_min, check_positive
+from .validate import check_choice, check_min, check_positive
 from .ascent import Ascent, AscentConfig, ascend, optimizer_class, project, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured

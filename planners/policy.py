@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState
 
-from ._validate import check_min
+from .validate import check_min
 from .base import Plan, Policy
 from .objective import Objective
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from latentplan.worldmodels.filtering import filter_episodes
 from latentplan.worldmodels.state import LatentState, WorldModel
 
-from ._validate import check_min, check_positive, check_range
+from .validate import check_min, check_positive, check_range
 from .base import Planner, Policy
 from .objective import Objective
 

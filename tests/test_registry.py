@@ -93,3 +93,25 @@ def planner_objective(model):
     from latentplan.planners.objective import Objective
 
     return Objective(model)
+
+
+def test_the_facade_configs_share_the_validators():
+    """One message shape for every config: `<Class>.<field> must be ...; got ...`, wrong types included."""
+    import latentplan as lp
+    from latentplan.compare import CompareConfig
+
+    cases = [
+        (lambda: lp.TrainConfig(batch_size=2.5), "TrainConfig.batch_size must be an int >= 1; got 2.5"),
+        (lambda: lp.TrainConfig(grad_clip=float("nan")), "TrainConfig.grad_clip must be a positive number; got nan"),
+        (lambda: lp.TrainConfig(exploration_noise=-0.1), r"TrainConfig.exploration_noise must be in \[0, inf\)"),
+        (lambda: lp.TrainConfig(episodes=3, seed_episodes=5), r"TrainConfig.seed_episodes must be in \[1, 3\]"),
+        (lambda: lp.TrainConfig(obs="rgb"), "TrainConfig.obs must be one of 'state', 'pixels'; got 'rgb'"),
+        (lambda: Budget(evals=True), "Budget.evals must be an int >= 1 or None; got True"),
+        (lambda: Budget(ms=float("inf")), "Budget.ms must be a positive number or None; got inf"),
+        (lambda: DistillRunConfig(checkpoint="c", dagger_beta=1.5), r"DistillRunConfig.dagger_beta must be in \[0, 1\]"),
+        (lambda: CompareConfig(checkpoint="c", episodes=0), "CompareConfig.episodes must be an int >= 1; got 0"),
+        (lambda: CompareConfig(checkpoint="c", planners=("cem:iterations",)), "field=value"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError, match=message):
+            make()

@@ -1,12 +1,12 @@
-"""Checks that the planners' configs run in `__post_init__`: one message shape for all of them,
-`ValueError("<Class>.<field> must be ...; got <value>")`."""
+"""Checks that the configs run in `__post_init__` (the planners' and the facade's alike): one message
+shape for all of them, `ValueError("<Class>.<field> must be ...; got <value>")`."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Iterable
 
-__all__ = ["check_choice", "check_min", "check_positive", "check_range"]
+__all__ = ["check_choice", "check_int", "check_min", "check_positive", "check_range"]
 
 
 def _fail(config: Any, name: str, rule: str) -> None:
@@ -22,6 +22,21 @@ def check_min(config: Any, minimum: float, *names: str) -> None:
     for name in names:
         if not getattr(config, name) >= minimum:
             _fail(config, name, f">= {minimum}")
+
+
+def check_int(config: Any, *names: str, minimum: int | None = None, optional: bool = False) -> None:
+    """Each field `names` of `config` is an `int` (not a bool, not a float such as 2.5), at least
+    `minimum` when given (or, with `optional`, `None`).
+
+    Raises:
+        ValueError: naming the class and the first field that is not.
+    """
+    for name in names:
+        v = getattr(config, name)
+        if optional and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+            _fail(config, name, ("an int" if minimum is None else f"an int >= {minimum}") + (" or None" if optional else ""))
 
 
 def check_positive(config: Any, *names: str, optional: bool = False) -> None:
