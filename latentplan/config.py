@@ -49,6 +49,9 @@ class TrainConfig:
         lr: Adam learning rate (PlaNet: 1e-3).
         adam_eps: Adam epsilon (PlaNet: 1e-4).
         grad_clip: gradient-norm clip (PlaNet: 1000).
+        max_nonfinite_updates: a model update whose loss or gradient is NaN or infinite is skipped
+            (the weights stay as they were) and counted (`skipped_updates` in metrics.jsonl); this
+            many in a row stop the run with `NonFiniteTraining`, keeping the last good checkpoint.
         run_dir: folder for checkpoint, episodes, metrics.jsonl and curve.png.
         resume: continue the run in `run_dir` from its last checkpoint.
         overwrite: start afresh even if `run_dir` already holds a run (deletes that run's files;
@@ -94,6 +97,7 @@ class TrainConfig:
     lr: float = 1e-3
     adam_eps: float = 1e-4
     grad_clip: float = 1000.0
+    max_nonfinite_updates: int = 10
     run_dir: str = "runs/latentplan"
     resume: bool = False
     overwrite: bool = False
@@ -114,7 +118,7 @@ class TrainConfig:
         check_choice(self, "obs", ("state", "pixels"))
         check_choice(self, "distill", ("none", "cem"))
         check_int(self, "episodes", "updates_per_episode", "batch_size", "chunk_length", "eval_every",
-                  "eval_episodes", "checkpoint_every", "distill_every", minimum=1)
+                  "eval_episodes", "checkpoint_every", "distill_every", "max_nonfinite_updates", minimum=1)
         check_int(self, "final_eval_episodes", "value_every", minimum=0)
         check_int(self, "seed")
         check_int(self, "action_repeat", minimum=1, optional=True)
@@ -148,7 +152,7 @@ class TrainConfig:
 
 RESUMABLE_CHANGES = frozenset(
     {"episodes", "resume", "overwrite", "device", "tensorboard", "progress", "max_wall_minutes", "run_dir",
-     "checkpoint_every", "eval_every", "eval_episodes", "final_eval_episodes"}
+     "checkpoint_every", "eval_every", "eval_episodes", "final_eval_episodes", "max_nonfinite_updates"}
 )
 """Fields that may differ between a checkpoint's config and the config that resumes it."""
 
@@ -174,7 +178,7 @@ def demo_config(**overrides) -> TrainConfig:
         chunk_length=32,
         eval_every=5,
         run_dir="runs/demo",
-        max_wall_minutes=13.5,
+        max_wall_minutes=13.0,
         model=RSSMConfig(deter=128, hidden=128, embed=128),
         planner=CEMConfig(horizon=12, iterations=5, candidates=100, elites=10),
     )

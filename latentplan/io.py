@@ -27,7 +27,8 @@ import torch
 
 __all__ = [
     "KINDS", "VERSION", "CheckpointError", "Envelope", "append_jsonl", "atomic_write", "atomic_write_text", "load",
-    "load_critic", "load_distiller", "load_model", "load_policy", "read_jsonl", "save", "save_critic",
+    "load_critic", "load_distiller", "load_model", "load_policy", "read_jsonl", "RunFolderLocked", "RunLock", "save",
+    "save_critic",
     "save_distiller", "save_model", "save_policy",
 ]
 
@@ -322,3 +323,60 @@ def load_distiller(path: str | os.PathLike, *, device: str | torch.device = "cpu
 
 def _cpu(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------- run-folder locks
+class RunFolderLocked(RuntimeError):
+    """Another process holds the run folder's lock (it is training or resuming there); the message
+    names it (pid, host, start time)."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of a training or a resume: `run_dir/.lock`,
+    held with `fcntl.flock` (released by the kernel if the process dies, so a killed run never
+    leaves a stale lock), holding the holder's pid, host and start time for the error message.
+
+    Args:
+        run_dir: the folder (created if missing).
+
+    Raises:
+        RunFolderLocked: if another process (or another `RunLock` in this one) holds it.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        import datetime
+        import fcntl
+        import socket
+
+        self.path = Path(run_dir) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise RunFolderLocked(f"{self.path.parent} is in use by {holder}; wait for it to finish, or choose "
+                                  "another --run-dir") from None
+        self._file.seek(0)
+        self._file.truncate()
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}")
+        self._file.flush()
+
+    @property
+    def held(self) -> bool:
+        """Whether this object still holds the lock."""
+        return not self._file.closed
+
+    def release(self) -> None:
+        """Release the lock (idempotent); the lock file stays, empty of meaning once unlocked."""
+        if not self._file.closed:
+            self._file.close()  # closing the descriptor releases the flock
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

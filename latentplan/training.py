@@ -35,19 +35,29 @@ from latentplan.worldmodels.replay import ReplayBuffer
 from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
 
 from . import io
+from .io import RunLock
 from .agent import Agent, run_episode
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .statistics import t_interval
 
-__all__ = ["Trainer", "TrainSummary", "load_checkpoint", "resolve_device", "CheckpointMismatch"]
+__all__ = [
+    "CheckpointMismatch", "NonFiniteTraining", "Trainer", "TrainSummary", "load_checkpoint", "read_run_checkpoint",
+    "resolve_device",
+]
 
 CHECKPOINT = "checkpoint.pt"
+LOCK = ".lock"
 #: what a run folder holds; `overwrite` deletes these and nothing else
 RUN_FILES = ("config.json", CHECKPOINT, "episodes", "metrics.jsonl", "final_eval.json", "curve.png", "tb", "policy.pt")
 
 
 class CheckpointMismatch(ValueError):
     """A checkpoint was written by a run whose configuration differs from the one resuming it."""
+
+
+class NonFiniteTraining(RuntimeError):
+    """Training diverged: `max_nonfinite_updates` updates in a row had a non-finite loss or gradient,
+    or the weights became non-finite. The last checkpoint (all finite) is kept."""
 
 
 def _plain(d: dict) -> dict:
@@ -117,8 +127,11 @@ def read_run_checkpoint(path: str | os.PathLike, *, device: str | torch.device =
         p = p / CHECKPOINT
     try:
         return io.load(p, "run", device=device)
-    except io.CheckpointError:
-        legacy = torch.load(p, map_location=device, weights_only=True)
+    except io.CheckpointError as err:
+        try:
+            legacy = torch.load(p, map_location=device, weights_only=True)
+        except Exception:  # not readable at all: the envelope's error says why
+            raise err from None
         if not (isinstance(legacy, dict) and legacy.get("format") == 1 and "model_config" in legacy):
             raise
     config = {"train": json.loads(legacy.pop("config")), "model": json.loads(legacy.pop("model_config"))}
@@ -170,14 +183,22 @@ class Trainer:
         ckpt_path = self.run_dir / CHECKPOINT
         if config.tensorboard:
             self._tensorboard_class()  # fail before touching the run folder
-        if config.resume and not ckpt_path.exists() and self.run_dir.exists():
-            # nothing to resume from (killed before its first checkpoint): start afresh
-            for stale in ("metrics.jsonl", "episodes"):
-                path = self.run_dir / stale
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not config.resume:
-            self._clear_run_dir(config.overwrite)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(self.run_dir)  # before anything is read or written there
+        try:
+            if config.resume and not ckpt_path.exists():
+                # nothing to resume from (killed before its first checkpoint): start afresh
+                for stale in ("metrics.jsonl", "episodes"):
+                    path = self.run_dir / stale
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            if any(p.name != LOCK for p in self.run_dir.iterdir()) and not config.resume:
+                self._clear_run_dir(config.overwrite)
+            self._setup(config, ckpt_path)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _setup(self, config: TrainConfig, ckpt_path: Path) -> None:
+        """Build the env, model, optimiser, planner, learners and buffer; restore a checkpoint to resume."""
 
         self.env = lp_envs.make(config.env, obs=config.obs, action_repeat=config.action_repeat, seed=config.seed)
         obs_shape = tuple(self.env.observation_space.shape)
@@ -216,6 +237,8 @@ class Trainer:
             )
         self.agent = Agent(self.model, self.planner, objective=self.objective)
         self.updates = 0
+        self.nonfinite_updates = 0  # skipped for a non-finite loss or gradient, over this session
+        self.nonfinite_in_a_row = 0
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.buffer = ReplayBuffer(self.run_dir / "episodes", seed=config.seed)
         self.episode = 0
@@ -233,7 +256,7 @@ class Trainer:
     def _clear_run_dir(self, overwrite: bool) -> None:
         """Delete the run held by a non-empty `run_dir` when `overwrite`; refuse otherwise, and
         refuse always when the folder holds anything that is not a run's own file."""
-        entries = {p.name for p in self.run_dir.iterdir()}
+        entries = {p.name for p in self.run_dir.iterdir()} - {LOCK}
         temporary = {e for e in entries if e.startswith(".") and e.endswith(".tmp")}  # a write cut short
         foreign = sorted(entries - set(RUN_FILES) - temporary)
         if not overwrite or foreign:
@@ -276,7 +299,16 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """Write `run_dir/checkpoint.pt` (a `run` envelope, `latentplan.io`) atomically and return its path."""
+        """Write `run_dir/checkpoint.pt` (a `run` envelope, `latentplan.io`) atomically and return its path.
+
+        Raises:
+            NonFiniteTraining: if a weight is NaN or infinite: the good checkpoint on disk is kept.
+        """
+        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteTraining(f"the model's weights became non-finite ({', '.join(bad[:3])}"
+                                    f"{', ...' if len(bad) > 3 else ''}) at episode {self.episode}; the last good "
+                                    f"checkpoint {self.run_dir / CHECKPOINT} is kept")
         config = {"train": _plain(self.config.to_dict()), "model": _plain(self.model_config.to_dict())}
         path = io.save(self.run_dir / CHECKPOINT, "run", config, self._state())
         if self.distiller is not None:  # the student on its own, for PolicyPlanner / latentplan compare
@@ -354,12 +386,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self._world_params, c.grad_clip)
-        if self._probe_params:
-            torch.nn.utils.clip_grad_norm_(self._probe_params, c.grad_clip)
-        self.optimizer.step()
+        probe_norm = torch.nn.utils.clip_grad_norm_(self._probe_params, c.grad_clip) if self._probe_params else grad_norm
         self.model.eval()
         self.updates += 1
         out = {**terms.scalars(), "grad_norm": float(grad_norm)}
+        if not (torch.isfinite(terms.loss) and torch.isfinite(grad_norm) and torch.isfinite(probe_norm)):
+            return self._skip_update(out)  # the weights stay as they were
+        self.optimizer.step()
+        self.nonfinite_in_a_row = 0
         if self.value_learner is not None and self.updates % c.value_every == 0:
             # the behaviour is the agent's own planner with the agent's own objective
             info = self.value_learner.update(self.model, terms.posterior, self.planner,
@@ -370,6 +404,20 @@ class Trainer:
             info = self.distiller.update(self.model, terms.posterior, self.planner, self.objective, generator=self.generator)
             out["distill_loss"] = info["loss"]
         return out
+
+    def _skip_update(self, out: dict[str, float]) -> dict[str, float]:
+        """Count an update skipped for a non-finite loss or gradient; stop after too many in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_updates += 1
+        self.nonfinite_in_a_row += 1
+        if self.nonfinite_in_a_row >= self.config.max_nonfinite_updates:
+            raise NonFiniteTraining(
+                f"{self.nonfinite_in_a_row} model updates in a row had a non-finite loss or gradient (loss "
+                f"{out.get('loss')}, gradient norm {out.get('grad_norm')}; lr {self.config.lr}, grad_clip "
+                f"{self.config.grad_clip}); stopped at episode {self.episode}, keeping the last good checkpoint "
+                f"{self.run_dir / CHECKPOINT}"
+            )
+        return {**out, "skipped": 1.0}
 
     def evaluate(self) -> dict[str, float]:
         """Run `eval_episodes` episodes without exploration noise; returns mean return and ms/action."""
@@ -421,7 +469,32 @@ class Trainer:
 
     def run(self) -> TrainSummary:
         """Train until `episodes` episodes are collected (or `max_wall_minutes` passes); evaluate at
-        the end; write `curve.png`. Returns the `TrainSummary`."""
+        the end; write `curve.png`. Returns the `TrainSummary`. The run folder's lock is released
+        when it returns or raises.
+
+        Raises:
+            NonFiniteTraining: the run diverged (see `TrainConfig.max_nonfinite_updates`); the last
+                good checkpoint is kept and `--resume` continues from it.
+        """
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the run folder's lock (and the TensorBoard writer); idempotent."""
+        self._lock.release()
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _run(self) -> TrainSummary:
         c = self.config
         self.t_start = time.perf_counter()
         deadline = None if c.max_wall_minutes is None else c.max_wall_minutes * 60 - self.wall_offset
@@ -437,8 +510,10 @@ class Trainer:
                 episode, st = run_episode(self.env, None, seed=seed, generator=self.generator)
             else:
                 losses = [self.update() for _ in range(c.updates_per_episode)]
-                keys = dict.fromkeys(k for l in losses for k in l)  # value/distill keys: only some updates
+                keys = dict.fromkeys(k for l in losses for k in l if k != "skipped")  # value/distill: some updates
                 row.update({k: float(np.mean([l[k] for l in losses if k in l])) for k in keys})
+                if any("skipped" in l for l in losses):
+                    row["skipped_updates"] = sum("skipped" in l for l in losses)
                 episode, st = run_episode(self.env, self.agent, seed=seed, noise=c.exploration_noise, generator=self.generator)
             self.buffer.add(episode)
             self.episode += 1
@@ -463,8 +538,6 @@ class Trainer:
         from .plots import plot_learning_curve
 
         plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png", title=c.env, final=final)
-        if self.writer is not None:
-            self.writer.close()
         return TrainSummary(
             episodes=self.episode, env_steps=self.env_steps,
             eval_return=self.last_eval.get("eval_return", float("nan")),

@@ -109,8 +109,8 @@ def test_resume_with_another_config_is_refused(tmp_path, reference):
     with pytest.raises(lp.CheckpointMismatch, match=r"seed: checkpoint 0 vs now 5"):
         lp.Trainer(_config(tmp_path, "copy", resume=True, seed=5))
     # a longer run is a legal change: it continues from episode 4
-    longer = lp.Trainer(_config(tmp_path, "copy", resume=True, episodes=6))
-    assert longer.episode == 4 and len(longer.buffer) == 4
+    with lp.Trainer(_config(tmp_path, "copy", resume=True, episodes=6)) as longer:
+        assert longer.episode == 4 and len(longer.buffer) == 4
 
 
 def test_checkpoint_from_before_a_config_field_was_added_resumes(tmp_path, reference):
@@ -124,7 +124,8 @@ def test_checkpoint_from_before_a_config_field_was_added_resumes(tmp_path, refer
     cfg = ckpt["config"]["train"]
     del cfg["probes"], cfg["planner"]["noise_beta"]  # as if written before these fields existed
     torch.save(ckpt, path)
-    assert lp.Trainer(_config(tmp_path, "old", resume=True, episodes=6)).episode == 4
+    with lp.Trainer(_config(tmp_path, "old", resume=True, episodes=6)) as trainer:
+        assert trainer.episode == 4
     cfg["planner"]["not_a_field"] = 1  # a field this version does not know: refused, with a clear error
     torch.save(ckpt, path)
     with pytest.raises(lp.CheckpointMismatch, match="does not fit this version"):
@@ -146,8 +147,8 @@ def test_a_checkpoint_from_before_the_envelope_still_loads_and_resumes(tmp_path,
     torch.save(legacy, path)
     model, config, envelope = lp.load_checkpoint(path)
     assert envelope.version == 0 and envelope.state["episode"] == 4 and config.model.deter == 16
-    trainer = lp.Trainer(_config(tmp_path, "legacy", resume=True))
-    assert trainer.episode == 4 and trainer.last_eval == summary_last_eval(ref_dir)
+    with lp.Trainer(_config(tmp_path, "legacy", resume=True)) as trainer:
+        assert trainer.episode == 4 and trainer.last_eval == summary_last_eval(ref_dir)
 
 
 def summary_last_eval(run_dir):
@@ -164,13 +165,13 @@ def test_existing_run_is_not_overwritten_by_accident(tmp_path, reference):
     (mine / "thesis.tex").write_text("years of work")
     (mine / "metrics.jsonl").write_text("")
     with pytest.raises(FileExistsError, match="thesis.tex"):
-        lp.Trainer(_config(tmp_path, "mine", overwrite=True))
+        lp.Trainer(_config(tmp_path, "mine", overwrite=True)).close()
     assert (mine / "thesis.tex").read_text() == "years of work"
     (mine / "thesis.tex").unlink()
     (mine / "episodes").mkdir()
     (mine / "episodes" / "000001.npz").write_bytes(b"old")
-    lp.Trainer(_config(tmp_path, "mine", overwrite=True))
-    assert sorted(p.name for p in mine.iterdir()) == ["config.json"]  # the old episode is gone
+    lp.Trainer(_config(tmp_path, "mine", overwrite=True)).close()
+    assert sorted(p.name for p in mine.iterdir()) == [".lock", "config.json"]  # the old episode is gone
 
 
 def test_final_evaluation_is_a_fixed_seed_multi_episode_figure(tmp_path, reference):
@@ -191,7 +192,8 @@ def test_final_evaluation_is_a_fixed_seed_multi_episode_figure(tmp_path, referen
     stored = json.loads((ref_dir / "final_eval.json").read_text())
     assert stored["returns"] == list(summary.final_returns) and stored["episode"] == 4
     # the same checkpoint evaluated afresh (a resumed run that collects nothing more): same returns
-    again = lp.Trainer(_config(ref_dir.parent, ref_dir.name, resume=True)).final_evaluation()
+    with lp.Trainer(_config(ref_dir.parent, ref_dir.name, resume=True)) as trainer:
+        again = trainer.final_evaluation()
     assert again["returns"] == list(summary.final_returns)
     assert json.loads((ref_dir / "metrics.jsonl").read_text().splitlines()[-1])["episode"] == 4
 

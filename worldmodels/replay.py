@@ -5,6 +5,7 @@ a killed run resumes with its data."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -74,14 +75,25 @@ class ReplayBuffer:
         return out
 
     def add(self, episode: Episode) -> None:
-        """Store one episode (validated) and write it to `directory` if one is set."""
+        """Store one episode (validated) and write it to `directory` if one is set.
+
+        The file is written atomically: to a temporary file of this process's own (so two writers
+        never share one), fsync'ed, then renamed to `NNNNNN.npz`.
+        """
         episode = self.validate(episode)
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{len(self.episodes):06d}.npz"
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, **episode)
-            os.replace(tmp, path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=self.directory)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez_compressed(f, **episode)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         self.episodes.append(episode)
 
     def load_directory(self, count: int | None = None) -> None:

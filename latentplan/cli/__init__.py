@@ -62,8 +62,8 @@ def _load(ref: str) -> Any:
 
 
 def _stored_config(args: list[str], default: Any) -> Any:
-    """With `--resume`, the `config.json` of the run folder `--run-dir` names (if it exists), with
-    `resume` on: the run's own settings become the defaults the flags override."""
+    """With `--resume`, the run's own config (its `config.json`, or its checkpoint's when that file is
+    missing or cut short), with `resume` on: the run's settings become the defaults the flags override."""
     if "--resume" not in args:
         return default
     run_dir = default.run_dir
@@ -73,10 +73,16 @@ def _stored_config(args: list[str], default: Any) -> Any:
         elif a.startswith("--run-dir="):
             run_dir = a.split("=", 1)[1]
     path = Path(run_dir) / "config.json"
-    if not path.exists():
-        return default
-    stored = type(default).from_dict(json.loads(path.read_text()))
-    return dataclasses.replace(stored, resume=True, overwrite=False)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):  # missing, or cut short by a kill: the checkpoint has the config
+        from latentplan.training import read_run_checkpoint
+
+        try:
+            stored = read_run_checkpoint(run_dir).config["train"]
+        except (OSError, ValueError):
+            return default  # nothing to resume from: the Trainer starts afresh or says why not
+    return dataclasses.replace(type(default).from_dict(stored), resume=True, overwrite=False)
 
 
 def _cli_type(name: str | None, args: list[str]) -> Any:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from latentplan.config import TrainConfig
-from latentplan.training import Trainer, TrainSummary
+from latentplan.io import CheckpointError, RunFolderLocked
+from latentplan.training import CheckpointMismatch, NonFiniteTraining, Trainer, TrainSummary
 
 __all__ = ["run_demo", "run_train", "summary_table"]
 
@@ -36,10 +37,15 @@ def summary_table(s: TrainSummary) -> str:
 
 
 def run_train(config: TrainConfig, args: list[str], *, command: str = "train") -> int:
-    """Train with `config`, print the final table; exit code 2 when the run folder must not be touched."""
+    """Train with `config` and print the final table.
+
+    Returns:
+        0, or 2 with a one-line message when the run folder must not be touched (it holds a run,
+        or another process trains there), the checkpoint does not fit, or the run diverged.
+    """
     try:
         summary = Trainer(config).run()
-    except FileExistsError as e:
+    except (FileExistsError, RunFolderLocked, CheckpointError, CheckpointMismatch, NonFiniteTraining) as e:
         print(f"latentplan {command}: {e}", file=sys.stderr)
         return 2
     print()
