@@ -14,10 +14,10 @@ from latentplan.planners import (
 )
 from latentplan.worldmodels import AnalyticModel, FusedRSSM, LatentState, ReplayBuffer, RSSMConfig, RSSMWorldModel, WorldModel
 
-from .agent import Agent, EpisodeStats, run_episode
 from .compare import Budget, register_planner
 from .compare import compare as compare_planners  # `latentplan.compare` stays the module
 from .config import TrainConfig, demo_config
+from .evaluation import Agent, EpisodeStats, run_episode
 from .control import (
     ControllerConfig, ControllerStats, LoopStats, MPCController, Robot, SimulatedRobot, run_control_loop,
 )

@@ -36,7 +36,7 @@ from latentplan.planners.objective import Objective
 from latentplan.worldmodels.replay import Episode, ReplayBuffer
 from latentplan.worldmodels.state import LatentState
 
-from .agent import Agent, _accepts_generator, run_episode
+from .evaluation import Agent, run_episode
 
 __all__ = [
     "DistillRunConfig", "DistillResult", "cli_main", "dagger_round", "evaluate_planner", "make_teacher", "plot_distillation",
@@ -80,7 +80,7 @@ def replay_beliefs(
     """
     if not episodes:
         raise ValueError("replay_beliefs: no episodes")
-    kwargs = {"generator": generator} if generator is not None and _accepts_generator(model) else {}
+    kwargs = {"generator": generator} if generator is not None else {}
     dev = model.action_low.device
     by_len: dict[int, list[Episode]] = {}
     for ep in episodes:

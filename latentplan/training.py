@@ -34,8 +34,8 @@ from latentplan.planners.value import ValueLearner
 from latentplan.worldmodels.replay import ReplayBuffer
 from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
 
-from .agent import Agent, run_episode
 from .config import RESUMABLE_CHANGES, TrainConfig
+from .evaluation import Agent, run_episode
 from .statistics import t_interval
 
 __all__ = ["Trainer", "TrainSummary", "load_checkpoint", "resolve_device", "CheckpointMismatch"]
