@@ -35,10 +35,10 @@ def episode(model, env, target: float, width: float, ki: float, cem: lp.CEM, see
                      warm_start=warm_start)
     gen = torch.Generator().manual_seed(seed)
     obs, _ = env.reset(seed=seed)
-    agent.reset()
+    agent.reset(generator=gen)
     xs, cos, ret, integral, done = [], [], 0.0, 0.0, False
     while not done:
-        obs, r, term, trunc, _ = env.step(agent.act(obs, generator=gen))
+        obs, r, term, trunc, _ = env.step(agent.act(obs))
         ret, done = ret + float(r), term or trunc
         xs.append(float(obs[0]))
         cos.append(float(obs[1]))

@@ -94,12 +94,12 @@ def measure(model, env, cfg, seed: int) -> dict:
     agent = lp.Agent(model, lp.CEM(cfg.planner))
     gen = torch.Generator().manual_seed(seed)
     obs, info = env.reset(seed=10_000 + seed)
-    agent.reset()
+    agent.reset(generator=gen)
     est, true, r_env, r_probe = [], [], [], []
     bound = RewardContext(model, {}).bind(swingup_reward)
     done, last = False, None
     while not done:
-        action = agent.act(obs, generator=gen)  # filters obs into agent.belief, then plans
+        action = agent.act(obs)  # filters obs into agent.belief, then plans
         with torch.no_grad():
             est.append(model.probe(agent.belief)[0].numpy())
             if last is not None:  # reward of arriving here, from the probes, vs the env's

@@ -192,15 +192,15 @@ def real_beliefs(model, config, n: int, seed: int = 0) -> LatentState:
     agent = lp.Agent(model, lp.CEM(horizon=1, iterations=1, candidates=1, elites=1))
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
-    agent.reset()
-    kept = []
     gen = torch.Generator(device=model.device).manual_seed(seed)
+    agent.reset(generator=gen)
+    kept = []
     for t in range(8 + 4 * n):
-        belief = agent.observe(obs, generator=gen)
+        belief = agent.filter(obs)
         if t >= 8 and (t - 8) % 4 == 0:
             kept.append(belief)
         action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
-        agent.record_action(action)
+        agent.record(action)
         obs, *_ = env.step(action)
     return LatentState.cat(kept[:n])
 

@@ -28,9 +28,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("latentplan.worldmodels", name) for name in (
         "AnalyticModel", "FusedRSSM", "LatentState", "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "WorldModel",
     )},
-    "Agent": ("latentplan.agent", "Agent"),
-    "EpisodeStats": ("latentplan.agent", "EpisodeStats"),
-    "run_episode": ("latentplan.agent", "run_episode"),
+    "Agent": ("latentplan.evaluation", "Agent"),
+    "EpisodeStats": ("latentplan.evaluation", "EpisodeStats"),
+    "run_episode": ("latentplan.evaluation", "run_episode"),
     "Budget": ("latentplan.registry", "Budget"),
     "make_planner": ("latentplan.registry", "make_planner"),
     "register_planner": ("latentplan.registry", "register_planner"),
@@ -38,8 +38,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "TrainConfig": ("latentplan.config", "TrainConfig"),
     "demo_config": ("latentplan.config", "demo_config"),
     **{name: ("latentplan.control", name) for name in (
-        "ControllerConfig", "ControllerStats", "LoopStats", "MPCController", "Robot", "SimulatedRobot",
-        "run_control_loop",
+        "AsyncLoop", "ControllerConfig", "ControllerStats", "LoopStats", "MPCController", "Robot", "SimulatedRobot",
+        "SyncLoop", "run_control_loop",
     )},
     **{name: ("latentplan.training", name) for name in (
         "CheckpointMismatch", "Trainer", "TrainSummary", "load_checkpoint",
@@ -48,8 +48,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 
 #: submodules reachable as attributes before they are imported (`lp.io.load_policy`, `lp.registry`)
 _SUBMODULES = frozenset({
-    "cli", "compare", "config", "control", "distillation", "envs", "io", "planners", "plots", "registry",
-    "statistics", "training", "worldmodels",
+    "cli", "compare", "config", "control", "distillation", "envs", "evaluation", "io", "planners", "plots",
+    "registry", "statistics", "training", "worldmodels",
 })
 
 __all__ = sorted([*_EXPORTS, "make_env", "train"])

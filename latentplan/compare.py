@@ -28,6 +28,7 @@ import torch
 from latentplan.planners.validate import check_int
 
 from .control import ControllerConfig, MPCController
+from .evaluation import run_episode
 from .io import append_jsonl, atomic_write_text, read_jsonl
 from .registry import Budget, PlannerBuild, PlannerSpec, make_planner
 from .statistics import bootstrap_ci
@@ -40,7 +41,8 @@ def run_cell(model: Any, build: PlannerBuild, env: Any, seed: int, *, max_decisi
              on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """One evaluation episode of one planner: env seed and planner seed `seed`.
 
-    The planner runs inside an `MPCController` in inline mode (`budget_ms=build.deadline_ms`):
+    The episode is `latentplan.evaluation.run_episode` with the planner inside an
+    `MPCController` in inline mode (`budget_ms=build.deadline_ms`):
     the belief is filtered, the plan warm-started if `build.warm_start`, and a time budget is
     the planner's deadline (minus one iteration's estimated time, so it ends near the budget).
 
@@ -54,17 +56,8 @@ def run_cell(model: Any, build: PlannerBuild, env: Any, seed: int, *, max_decisi
         budget_ms=build.deadline_ms, mode="inline", warm_start=build.warm_start, seed=seed, margin_ms=margin,
     ), objective=build.objective)
     t0 = time.perf_counter()
-    obs, _ = env.reset(seed=seed)
-    ret, t = 0.0, 0
-    while True:
-        action = ctrl.act(obs)
-        obs, reward, terminated, truncated, _ = env.step(action)
-        ret += float(reward)
-        t += 1
-        if on_step is not None:
-            on_step(t)
-        if terminated or truncated or (max_decisions is not None and t >= max_decisions):
-            break
+    _, ep = run_episode(env, ctrl, seed=seed, max_decisions=max_decisions, on_step=on_step)
+    ret, t = ep.ret, ep.decisions
     st = ctrl.stats()
     ctrl.close()
     return {

@@ -36,7 +36,7 @@ from latentplan.worldmodels.replay import Episode, ReplayBuffer
 from latentplan.worldmodels.filtering import filter_episodes
 from latentplan.worldmodels.state import LatentState
 
-from .agent import Agent, run_episode
+from .evaluation import Agent, run_episode
 from .io import atomic_write_text, save_distiller, save_policy
 from .registry import Budget, PlannerSpec, make_planner
 

@@ -36,8 +36,8 @@ from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
 
 from . import io
 from .io import RunLock
-from .agent import Agent, run_episode
 from .config import RESUMABLE_CHANGES, TrainConfig
+from .evaluation import Agent, run_episode
 from .statistics import t_interval
 
 __all__ = [

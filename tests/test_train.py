@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import latentplan as lp
-from latentplan import agent as agent_mod
 from latentplan import training as train_mod
 from latentplan.cli import main
 

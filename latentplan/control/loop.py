@@ -1,0 +1,313 @@
+"""The fixed-rate control loop: `run_control_loop` with a synchronous and an asynchronous mode,
+both written on `MPCController`'s public step API, sharing one tick bookkeeping (`Ticks`).
+
+Source: the fixed-rate receding-horizon loop of MPC; the asynchronous planner with a
+time-indexed plan follows MuJoCo MPC (Howell et al. 2022, "Predictive Sampling: Real-time
+Behaviour Synthesis with MuJoCo").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
+from typing import Any, Callable, Literal
+
+import numpy as np
+from torch import Tensor
+
+from .controller import Clock, MPCController
+from .robot import Robot
+from .stats import LoopStats, percentiles
+
+__all__ = ["AsyncLoop", "SyncLoop", "Ticks", "run_control_loop"]
+
+logger = logging.getLogger("latentplan.control")
+
+# The interpreter's thread switch interval while a control loop runs (Python's default is 5 ms:
+# a thread waking at its deadline could wait that long for the planner thread to yield the GIL).
+_SWITCH_INTERVAL_S = 5e-4
+
+
+class Ticks:
+    """The tick clock and the per-tick bookkeeping of both loops: tick `m` is due at
+    `t0 + m * period` (t0: the first `wait()`); every action goes through `send`, which checks
+    it, sends it, and counts the send delay, overruns and invalid actions.
+
+    Args:
+        robot: the `Robot`.
+        controller: the `MPCController` (its bounds and safe action).
+        period: seconds per tick.
+        limit: ticks to run at most.
+        clock, sleep: time source (s) and how to wait.
+        on_step: called with the number of actions sent after every tick.
+    """
+
+    def __init__(self, robot: Robot, controller: MPCController, period: float, limit: int, clock: Clock,
+                 sleep: Callable[[float], None], on_step: Callable[[int], None] | None) -> None:
+        self.robot, self.period, self.limit = robot, period, limit
+        self.clock, self.sleep, self.on_step = clock, sleep, on_step
+        self.low = controller.action_low.cpu().numpy().astype(np.float32)
+        self.high = controller.action_high.cpu().numpy().astype(np.float32)
+        self.safe = controller.safe_action.cpu().numpy().astype(np.float32)
+        self.t0: float | None = None
+        self.sent = self.overruns = self.invalid = 0
+        self.delays_ms: list[float] = []
+        self._tick = 0.0
+
+    @property
+    def running(self) -> bool:
+        """Whether another tick is due: fewer than `limit` sent and the robot not `done`."""
+        return self.sent < self.limit and not getattr(self.robot, "done", False)
+
+    def wait(self) -> float:
+        """Sleep until the next tick is due and return its due time (the first tick is now)."""
+        if self.t0 is None:
+            self.t0 = self.clock()
+        self._tick = self.t0 + self.sent * self.period
+        dt = self._tick - self.clock()
+        if dt > 0:
+            self.sleep(dt)
+        return self._tick
+
+    def send(self, action: Any) -> float:
+        """Send `action` if it is a finite `[A]` array inside the bounds, else the safe action
+        (counted invalid); count the tick, call `on_step`, and skip the ticks already past.
+        Returns the clock time after sending."""
+        a = np.asarray(action, dtype=np.float32).reshape(-1) if action is not None else None
+        bad = (a is None or a.shape != self.low.shape or not np.all(np.isfinite(a))
+               or np.any(a < self.low) or np.any(a > self.high))
+        self.robot.send_action(self.safe if bad else a)
+        now = self.clock()
+        self.invalid += int(bad)
+        self.delays_ms.append((now - self._tick) * 1e3)
+        self.overruns += int(now > self._tick + self.period)
+        self.sent += 1
+        if self.on_step is not None:
+            self.on_step(self.sent)
+        if now > self.t0 + self.sent * self.period:  # late: skip to the next tick still ahead
+            self.t0 += (math.ceil((now - self.t0) / self.period) - self.sent) * self.period
+        return now
+
+
+class SyncLoop:
+    """Each tick: read the observation, `controller.act(obs)` within its budget, send the action.
+
+    A `ValueError` from the controller (a malformed observation) is logged and the safe action
+    sent (counted invalid).
+    """
+
+    def __init__(self, robot: Robot, controller: MPCController, ticks: Ticks) -> None:
+        self.robot, self.controller, self.ticks = robot, controller, ticks
+
+    def run(self) -> None:
+        """Run the ticks; raises nothing of the controller's (see the class)."""
+        while self.ticks.running:
+            self.ticks.wait()
+            obs = self.robot.read_observation()
+            try:
+                action = self.controller.act(obs)
+            except ValueError as err:  # a malformed observation: hold a safe action and go on
+                logger.warning("run_control_loop: %s", err)
+                action = None
+            self.ticks.send(action)
+
+
+class AsyncLoop:
+    """Planning on the controller's planner thread (`controller.submit`, one
+    `ThreadPoolExecutor(max_workers=1)`) while this thread sends at the fixed rate.
+
+    At tick `m` this thread sends the newest plan's action for time `m` (a plan made for tick
+    `k`: its action `m - k`) and reads the observation. A planner job then catches the belief
+    up with every observation read since the last job (`controller.filter(obs, action)`),
+    predicts the belief at tick `m + 1` with the action just sent (`controller.predict`), and
+    plans for tick `m + 1` with that tick as the deadline (capped at `budget_ms` after the
+    observation). A job starts as soon as the previous one ends and an observation is waiting.
+    A plan not ready by its tick is a deadline miss, answered by the fallback policy's action
+    for the predicted belief (when the controller has one), else by the newest plan indexed by
+    time, else the safe action. Tick 0 is planned in this thread within half a period, as no
+    earlier plan exists; after the last tick nothing is read or planned.
+
+    Raises (from `run`): whatever a planner job raised outside the controller's own guards.
+    """
+
+    def __init__(self, robot: Robot, controller: MPCController, ticks: Ticks) -> None:
+        self.robot, self.controller, self.ticks = robot, controller, ticks
+        self._lock = threading.RLock()  # a callback of a job already done runs in the submitting thread
+        self._waiting: list[tuple[int, np.ndarray | None, np.ndarray, float, float]] = []
+        self._job: Future | None = None
+        self._stopped = False
+        self._errors: list[BaseException] = []
+        self._sent_before: np.ndarray | None = None  # the action before the next observation to filter
+        self.policy_actions: dict[int, Tensor] = {}  # tick -> the fallback policy's action for it
+
+    # ------------------------------------------------------------ planner side (one job at a time)
+    def _catch_up(self, items: list[tuple[int, np.ndarray | None, np.ndarray, float, float]]) -> None:
+        """Filter the waiting observations, predict the next tick's belief and plan for it."""
+        c = self.controller
+        for _, obs, sent, _, _ in items:
+            if obs is not None:
+                try:
+                    c.filter(obs, action=self._sent_before)
+                except ValueError as err:  # a wrongly shaped observation: count it, predict instead
+                    logger.warning("run_control_loop: %s", err)
+                    c.filter(None, action=self._sent_before)
+            self._sent_before = sent
+        tick, _, _, t_obs, due = items[-1]
+        belief = c.predict(self._sent_before)  # the belief at tick + 1
+        if c.fallback_policy is not None:
+            self.policy_actions[tick + 1] = c.fallback(tick + 1, belief)
+        budget = c.config.budget_ms
+        deadline = due if budget is None else min(due, t_obs + budget / 1e3)
+        c.plan(belief, step=tick + 1, deadline=deadline, observed_at=t_obs)
+
+    def _start(self) -> None:
+        """Submit a job for the waiting observations (the lock is held)."""
+        items, self._waiting = self._waiting, []
+        self._job = self.controller.submit(self._catch_up, items)
+        self._job.add_done_callback(self._done)
+
+    def _done(self, job: Future) -> None:
+        if not job.cancelled() and job.exception() is not None:
+            self._errors.append(job.exception())
+        with self._lock:
+            if self._waiting and not self._stopped:
+                self._start()
+
+    def _push(self, item: tuple) -> None:
+        with self._lock:
+            self._waiting.append(item)
+            if self._job is None or self._job.done():
+                self._start()
+
+    # ------------------------------------------------------------ actuator side
+    def _tick0(self, t_tick0: float) -> np.ndarray:
+        """Tick 0 (due at `t_tick0`): filter, plan within half a period, record."""
+        c, t = self.controller, self.ticks
+        try:
+            c.filter(self.robot.read_observation())
+            plan = c.plan(step=0, deadline=t_tick0 + t.period / 2)
+        except ValueError as err:  # a malformed first observation
+            logger.warning("run_control_loop: %s", err)
+            plan = None
+        action, outcome = (c.fallback(0), "failed") if plan is None else (plan.actions[0, 0], "planned")
+        return c.record(action, outcome=outcome, latency_ms=(t.clock() - t_tick0) * 1e3)
+
+    def _action(self, m: int) -> np.ndarray:
+        """The action of tick `m` from the newest plan or the fallback, recorded."""
+        c = self.controller
+        latest = c.latest
+        policy = self.policy_actions.pop(m, None)
+        if latest is not None and latest[1] == m:
+            return c.record(c.action_at(m, latest), outcome="planned")
+        action = policy if policy is not None else c.action_at(m, latest)
+        return c.record(c.safe_action if action is None else action, outcome="missed")
+
+    def run(self) -> None:
+        """Run the ticks (see the class)."""
+        t = self.ticks
+        try:
+            tick = t.wait()
+            a = self._tick0(tick)
+            t_sent = t.send(a)
+            if t.running:
+                self._push((0, None, a, t_sent, tick + t.period))
+            while t.running:
+                tick = t.wait()
+                a = self._action(t.sent)
+                t_sent = t.send(a)
+                if not t.running:  # no plan for a tick that will not come
+                    break
+                obs = self.robot.read_observation()
+                self._push((t.sent - 1, obs, a, t_sent, tick + t.period))
+        finally:
+            with self._lock:
+                self._stopped = True
+                job = self._job
+            if job is not None:
+                wait_for([job], timeout=max(5.0, 10 * t.period))
+        if self._errors:
+            raise self._errors[0]
+
+
+def run_control_loop(
+    robot: Robot,
+    controller: MPCController,
+    rate_hz: float | None = None,
+    steps: int | None = None,
+    *,
+    mode: Literal["sync", "async"] = "sync",
+    clock: Clock | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    on_step: Callable[[int], None] | None = None,
+) -> LoopStats:
+    """Run `controller` on `robot` at a fixed rate for `steps` ticks (or until `robot.done`).
+
+    The controller is reset (a new episode) and its statistics zeroed first. Tick `m` is due at
+    `t0 + m / rate_hz`; a tick that ends after later ticks were due skips them.
+
+    - `mode="sync"` (`SyncLoop`): at each tick read the observation, `controller.act(obs)`
+      (within the controller's budget), send the action. The action goes out one decision
+      latency after the observation; give the controller a `budget_ms` below the period.
+    - `mode="async"` (`AsyncLoop`): planning runs in a background thread while actions go out
+      at the fixed rate from the newest plan indexed by time, as MuJoCo MPC does. The
+      controller's `mode` is not used here.
+
+    Every action sent is checked (finite, `[A]`, inside the controller's bounds); an invalid one
+    is replaced by the safe action and counted in `invalid_actions`. While the loop runs, the
+    interpreter's thread switch interval (`sys.setswitchinterval`) is lowered to 0.5 ms, so a
+    thread waiting for a deadline is not held up for Python's default 5 ms by the planner.
+
+    Args:
+        robot: a `Robot`.
+        controller: an `MPCController` for the robot's model.
+        rate_hz: ticks per second (Hz); default `1 / robot.period`.
+        steps: ticks to run; default until `robot.done` (then the robot must have `done`).
+        mode: `"sync"` or `"async"`.
+        clock: time source in seconds; default the controller's clock.
+        sleep: how to wait (`time.sleep`; a fake clock's sleep in tests).
+        on_step: called with the number of actions sent after every tick (progress bars).
+
+    Returns:
+        `LoopStats` (with the controller's statistics and `robot.stats()`).
+
+    Raises:
+        ValueError: on a non-positive rate, an unknown mode, or `steps=None` for a robot
+            without `done`.
+
+    Source: the fixed-rate receding-horizon loop of MPC; the asynchronous planner with a
+    time-indexed plan follows MuJoCo MPC (Howell et al. 2022).
+    """
+    if rate_hz is None:
+        rate_hz = 1.0 / float(robot.period)
+    if not (math.isfinite(rate_hz) and rate_hz > 0):
+        raise ValueError(f"run_control_loop: rate_hz must be > 0; got {rate_hz}")
+    if mode not in ("sync", "async"):
+        raise ValueError(f"run_control_loop: mode must be 'sync' or 'async'; got {mode!r}")
+    if steps is None and not hasattr(robot, "done"):
+        raise ValueError("run_control_loop: steps=None needs a robot with a `done` attribute")
+    clock = clock or controller.clock
+    period = 1.0 / rate_hz
+    controller.reset()
+    controller.reset_stats()
+    ticks = Ticks(robot, controller, period, sys.maxsize if steps is None else int(steps), clock, sleep, on_step)
+    loop = SyncLoop(robot, controller, ticks) if mode == "sync" else AsyncLoop(robot, controller, ticks)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, _SWITCH_INTERVAL_S))  # waiting threads get the GIL back sooner
+    t_start = clock()
+    try:
+        loop.run()
+    finally:
+        sys.setswitchinterval(switch)
+    wall = clock() - t_start
+    p50, p95, p99, mx, _ = percentiles(ticks.delays_ms)
+    return LoopStats(
+        mode=mode, rate_hz=float(rate_hz), period_ms=period * 1e3, steps=ticks.sent, wall_s=wall,
+        overruns=ticks.overruns, invalid_actions=ticks.invalid, send_delay_ms_p50=p50, send_delay_ms_p95=p95,
+        send_delay_ms_p99=p99, send_delay_ms_max=mx, controller=controller.stats(),
+        robot=dict(robot.stats()) if callable(getattr(robot, "stats", None)) else {},
+    )
