@@ -365,44 +365,60 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
         ValueError: if `replay_states > 0` but no replay episodes are found, or the teacher
             cannot be built.
     """
-    from .training import load_checkpoint, resolve_device
+    run = _DistillRun(cfg, objective_factory or (lambda m: Objective(m)))
+    if cfg.replay_states > 0:
+        run.label_replay()
+        run.fit(cfg.fit_steps, "fit")
+    run.dagger_rounds()
+    run.evaluate()
+    return run.write()
 
-    t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    model, train_cfg, _ = load_checkpoint(cfg.checkpoint, device=str(device))
-    factory = objective_factory or (lambda m: Objective(m))
-    teacher = make_teacher(cfg, model)
-    target = cfg.resolved_target
-    init_seed = cfg.seed if cfg.distill.init_seed is None else cfg.distill.init_seed
-    dcfg = dataclasses.replace(cfg.distill, target=target, init_seed=init_seed)
-    feature_dim = model.initial(1).features().shape[1]
-    distiller = Distiller(dcfg, feature_dim, model.action_dim, model.action_low, model.action_high, device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    env = lp_envs.make(train_cfg.env, obs=train_cfg.obs, action_repeat=train_cfg.action_repeat, seed=cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {
-        "checkpoint": cfg.checkpoint, "env": train_cfg.env, "teacher": cfg.teacher, "teacher_repr": repr(teacher),
-        "target": target, "config": dataclasses.asdict(cfg), "rounds": [],
-    }
-    phase_steps: list[tuple[str, int]] = []
 
-    def fit(steps: int, desc: str) -> None:
+class _DistillRun:
+    """The state of one `run_distillation`: model, teacher, distiller, env, generator and metrics,
+    with one method per stage of the run."""
+
+    def __init__(self, cfg: DistillRunConfig, factory: Callable[[Any], Objective]) -> None:
+        from .training import load_checkpoint, resolve_device
+
+        self.t_start = time.perf_counter()
+        self.cfg, self.factory = cfg, factory
+        device = resolve_device(cfg.device)
+        self.model, train_cfg, _ = load_checkpoint(cfg.checkpoint, device=str(device))
+        self.teacher = make_teacher(cfg, self.model)
+        init_seed = cfg.seed if cfg.distill.init_seed is None else cfg.distill.init_seed
+        dcfg = dataclasses.replace(cfg.distill, target=cfg.resolved_target, init_seed=init_seed)
+        m = self.model
+        self.distiller = Distiller(dcfg, m.feature_size, m.action_dim, m.action_low, m.action_high, device)
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.env = lp_envs.make(train_cfg.env, obs=train_cfg.obs, action_repeat=train_cfg.action_repeat, seed=cfg.seed)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.metrics: dict[str, Any] = {
+            "checkpoint": cfg.checkpoint, "env": train_cfg.env, "teacher": cfg.teacher,
+            "teacher_repr": repr(self.teacher), "target": cfg.resolved_target, "config": dataclasses.asdict(cfg),
+            "rounds": [],
+        }
+        self.phase_steps: list[tuple[str, int]] = []
+
+    def fit(self, steps: int, desc: str) -> None:
+        """`steps` gradient steps on the labels so far, with a progress bar."""
         if steps == 0:
             return
-        bar = tqdm(total=steps, desc=desc, disable=not cfg.progress, unit="step", leave=False)
+        bar = tqdm(total=steps, desc=desc, disable=not self.cfg.progress, unit="step", leave=False)
 
         def tick(loss: float) -> None:
             bar.update(1)
             if bar.n % 50 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}")
 
-        distiller.train(steps, generator=gen, progress=tick)
+        self.distiller.train(steps, generator=self.gen, progress=tick)
         bar.close()
-        phase_steps.append((desc, distiller.steps))
+        self.phase_steps.append((desc, self.distiller.steps))
 
-    # 2. replay beliefs
-    if cfg.replay_states > 0:
+    def label_replay(self) -> None:
+        """Label `replay_states` beliefs drawn uniformly from the run's replay episodes."""
+        cfg = self.cfg
         ep_dir = _episodes_dir(cfg)
         if ep_dir is None or not any(ep_dir.glob("[0-9]" * 6 + ".npz")):
             raise ValueError(
@@ -411,54 +427,60 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
             )
         buf = ReplayBuffer(ep_dir)
         buf.load_directory()
-        beliefs = replay_beliefs(model, buf.episodes, generator=gen)
+        beliefs = replay_beliefs(self.model, buf.episodes, generator=self.gen)
         available = beliefs.batch
         n = min(cfg.replay_states, beliefs.batch)
-        idx = torch.randperm(beliefs.batch, generator=gen, device=gen.device)[:n].to(beliefs.device)
+        idx = torch.randperm(beliefs.batch, generator=self.gen, device=self.gen.device)[:n].to(beliefs.device)
         beliefs = beliefs.index(idx)
         bar = tqdm(total=n, desc=f"{cfg.teacher} labels", disable=not cfg.progress, unit="belief")
         t0 = time.perf_counter()
-        info = distiller.relabel(model, beliefs, teacher, factory, generator=gen, progress=bar.update)
+        info = self.distiller.relabel(self.model, beliefs, self.teacher, self.factory, generator=self.gen,
+                                      progress=bar.update)
         bar.close()
-        metrics["replay"] = {"episodes": len(buf), "beliefs_available": available,
-                             "labels": int(info["labels"]), "teacher_ms_per_label": info["teacher_ms"],
-                             "teacher_model_evals_per_label": info["model_evals"], "label_s": time.perf_counter() - t0}
-        fit(cfg.fit_steps, "fit")
+        self.metrics["replay"] = {
+            "episodes": len(buf), "beliefs_available": available, "labels": int(info["labels"]),
+            "teacher_ms_per_label": info["teacher_ms"], "teacher_model_evals_per_label": info["model_evals"],
+            "label_s": time.perf_counter() - t0,
+        }
 
-    # 3. DAgger rounds
-    rounds = tqdm(range(cfg.dagger_rounds), desc="DAgger rounds", disable=not cfg.progress, unit="round")
-    for r in rounds:
-        beta = 1.0 if (r == 0 and len(distiller) == 0) else cfg.dagger_beta
-        seeds = [cfg.seed * 1000 + 100 + r * cfg.dagger_episodes + i for i in range(cfg.dagger_episodes)]
-        t0 = time.perf_counter()
-        res = dagger_round(env, model, distiller, teacher, factory, seeds=seeds, beta=beta,
-                           noise=cfg.dagger_noise, generator=gen)
-        fit(cfg.dagger_steps, f"round {r + 1}")
-        res.update({"round": r + 1, "beta": beta, "seeds": seeds, "wall_s": time.perf_counter() - t0,
-                    "dataset": len(distiller)})
-        metrics["rounds"].append(res)
-        rounds.set_postfix(student_return=f"{res['mean_return']:.0f}", dataset=len(distiller))
+    def dagger_rounds(self) -> None:
+        """`dagger_rounds` rounds of `dagger_round`, each followed by `dagger_steps` gradient steps."""
+        cfg = self.cfg
+        rounds = tqdm(range(cfg.dagger_rounds), desc="DAgger rounds", disable=not cfg.progress, unit="round")
+        for r in rounds:
+            beta = 1.0 if (r == 0 and len(self.distiller) == 0) else cfg.dagger_beta
+            seeds = [cfg.seed * 1000 + 100 + r * cfg.dagger_episodes + i for i in range(cfg.dagger_episodes)]
+            t0 = time.perf_counter()
+            res = dagger_round(self.env, self.model, self.distiller, self.teacher, self.factory, seeds=seeds,
+                               beta=beta, noise=cfg.dagger_noise, generator=self.gen)
+            self.fit(cfg.dagger_steps, f"round {r + 1}")
+            res.update({"round": r + 1, "beta": beta, "seeds": seeds, "wall_s": time.perf_counter() - t0,
+                        "dataset": len(self.distiller)})
+            self.metrics["rounds"].append(res)
+            rounds.set_postfix(student_return=f"{res['mean_return']:.0f}", dataset=len(self.distiller))
 
-    # 4. evaluation on the same seeds
-    seeds = [cfg.eval_seed + i for i in range(cfg.eval_episodes)]
-    if seeds:
-        metrics["student"] = evaluate_planner(env, model, PolicyPlanner(distiller.policy), factory, seeds,
-                                       progress=cfg.progress, desc="student eval")
+    def evaluate(self) -> None:
+        """The student and, with `eval_teacher`, the teacher on the same `eval_episodes` seeds."""
+        cfg, m = self.cfg, self.metrics
+        seeds = [cfg.eval_seed + i for i in range(cfg.eval_episodes)]
+        if not seeds:
+            return
+        m["student"] = evaluate_planner(self.env, self.model, PolicyPlanner(self.distiller.policy), self.factory,
+                                        seeds, progress=cfg.progress, desc="student eval")
         if cfg.eval_teacher:
-            metrics["teacher_eval"] = evaluate_planner(env, model, teacher, factory, seeds, progress=cfg.progress,
-                                                desc="teacher eval")
-            metrics["return_ratio"] = metrics["student"]["mean"] / metrics["teacher_eval"]["mean"]
+            m["teacher_eval"] = evaluate_planner(self.env, self.model, self.teacher, self.factory, seeds,
+                                                 progress=cfg.progress, desc="teacher eval")
+            m["return_ratio"] = m["student"]["mean"] / m["teacher_eval"]["mean"]
 
-    # 5. files
-    save_policy(distiller.policy, out / "policy.pt")
-    save_distiller(distiller, out / "distiller.pt", with_data=cfg.save_data)
-    metrics["phases"] = phase_steps
-    metrics["steps"] = distiller.steps
-    metrics["labels"] = distiller.labels
-    metrics["wall_s"] = time.perf_counter() - t_start
-    metrics["loss_history"] = [l for _, l in distiller.history]
-    from .plots import plot_distillation
+    def write(self) -> DistillResult:
+        """`policy.pt`, `distiller.pt`, `loss.png` and `metrics.json` into `cfg.out`."""
+        from .plots import plot_distillation
 
-    plot_distillation(metrics, out / "loss.png")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
-    return DistillResult(distiller, teacher, model, env, metrics, out)
+        d, m, out = self.distiller, self.metrics, self.out
+        save_policy(d.policy, out / "policy.pt")
+        save_distiller(d, out / "distiller.pt", with_data=self.cfg.save_data)
+        m.update({"phases": self.phase_steps, "steps": d.steps, "labels": d.labels,
+                  "wall_s": time.perf_counter() - self.t_start, "loss_history": [l for _, l in d.history]})
+        plot_distillation(m, out / "loss.png")
+        atomic_write_text(out / "metrics.json", json.dumps(m, indent=2, default=float) + "\n")
+        return DistillResult(d, self.teacher, self.model, self.env, m, out)
