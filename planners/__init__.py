@@ -7,7 +7,6 @@ from .base import Plan, Planner, Policy
 from .cem import CEM, CEMConfig, colored_noise
 from .distill import DistillConfig, Distiller
 from .gradient import GradientConfig, GradientPlanner
-from .mcts import MCTS, MCTSConfig
 from .objective import Objective, RewardTerm, rank_returns
 from .policy import GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
 from .rewards import BoundReward, Reward, RewardContext, RewardReport, check_reward, learned_reward, reward
@@ -20,3 +19,13 @@ __all__ = [
     "ValueFunction", "ValueLearner", "ascend", "check_reward", "colored_noise", "lambda_returns", "learned_reward",
     "policy_rollout", "posterior_beliefs", "rank_returns", "require_differentiable", "reward",
 ]
+
+
+def __getattr__(name: str):
+    """`MCTS` and `MCTSConfig` load on first use (PEP 562): the tree search brings numba, which
+    every other planner does without."""
+    if name in ("MCTS", "MCTSConfig"):
+        from . import mcts
+
+        return getattr(mcts, name)
+    raise AttributeError(f"module 'latentplan.planners' has no attribute {name!r}")
