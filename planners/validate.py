@@ -13,6 +13,14 @@ def _fail(config: Any, name: str, rule: str) -> None:
     raise ValueError(f"{type(config).__name__}.{name} must be {rule}; got {getattr(config, name)!r}")
 
 
+def _given(config: Any, names: Iterable[str], optional: bool) -> Iterable[tuple[str, Any]]:
+    """`(name, value)` of each field, skipping the `None` of an optional one."""
+    for name in names:
+        v = getattr(config, name)
+        if not (optional and v is None):
+            yield name, v
+
+
 def check_min(config: Any, minimum: float, *names: str) -> None:
     """Each field `names` of `config` is a number `>= minimum`.
 
@@ -31,10 +39,7 @@ def check_int(config: Any, *names: str, minimum: int | None = None, optional: bo
     Raises:
         ValueError: naming the class and the first field that is not.
     """
-    for name in names:
-        v = getattr(config, name)
-        if optional and v is None:
-            continue
+    for name, v in _given(config, names, optional):
         if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
             _fail(config, name, ("an int" if minimum is None else f"an int >= {minimum}") + (" or None" if optional else ""))
 
@@ -45,10 +50,7 @@ def check_positive(config: Any, *names: str, optional: bool = False) -> None:
     Raises:
         ValueError: naming the class and the first field that is not.
     """
-    for name in names:
-        v = getattr(config, name)
-        if optional and v is None:
-            continue
+    for name, v in _given(config, names, optional):
         if not (v > 0 and math.isfinite(v)):
             _fail(config, name, "a positive number" + (" or None" if optional else ""))
 
