@@ -197,17 +197,6 @@ def test_final_evaluation_is_a_fixed_seed_multi_episode_figure(tmp_path, referen
     assert json.loads((ref_dir / "metrics.jsonl").read_text().splitlines()[-1])["episode"] == 4
 
 
-def test_t_interval_edge_cases():
-    from latentplan.statistics import t_interval
-
-    assert t_interval([3.0]) is None
-    assert t_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
-    with pytest.raises(ValueError, match="finite"):
-        t_interval([1.0, float("nan")])
-    with pytest.raises(ValueError, match="confidence"):
-        t_interval([1.0, 2.0], confidence=95)
-
-
 def test_demo_never_deletes_an_earlier_run(tmp_path, monkeypatch):
     """`latentplan demo` without --run-dir writes next to a taken runs/demo; with --run-dir it refuses."""
     from latentplan.cli.train import free_demo_dir as _free_demo_dir
