@@ -8,7 +8,12 @@ Run folder layout (`TrainConfig.run_dir`):
 - `metrics.jsonl`: one JSON row per episode (losses, returns, planning ms per action, wall time);
 - `final_eval.json`: the final model's returns over `final_eval_episodes` fixed-seed episodes;
 - `curve.png`: the learning curve;
-- `tb/`: TensorBoard logs when enabled.
+- `tb/`: TensorBoard logs when enabled;
+- `.lock`: the lock of the process training there (`latentplan.io.RunLock`).
+
+Why this module is over ~500 lines: it is one class, the `Trainer`, whose loop, checkpoints,
+resume checks, non-finite guard and final evaluation share the run's state; the file formats
+are in `latentplan.io` and the configuration in `latentplan.config`.
 """
 
 from __future__ import annotations
