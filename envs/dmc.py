@@ -13,6 +13,7 @@ this module imports triton where it is installed (see `load_triton_first`).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 import os
@@ -149,9 +150,10 @@ def load_dmc(domain: str, task: str, *, seed: int | None, image_size: int):
     """
     suite = _suite()
     if (domain, task) not in suite.ALL_TASKS:
-        raise ValueError(
-            f"unknown dm_control task {domain}-{task}; available: {', '.join(dmc_names())}"
-        )
+        names = dmc_names()
+        close = difflib.get_close_matches(f"dmc:{domain}-{task}", names, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ValueError(f"unknown dm_control task {domain}-{task}; {hint}available: {', '.join(names)}")
     from shimmy.dm_control_compatibility import DmControlCompatibilityV0
 
     camera_id = _CAMERA_ID.get(domain, 0)

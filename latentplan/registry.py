@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import importlib
 import math
 from dataclasses import dataclass
@@ -139,7 +140,9 @@ def available_planners() -> list[str]:
 
 def _factory(name: str) -> PlannerFactory:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown planner {name!r}; registered: {', '.join(available_planners())}")
+        close = difflib.get_close_matches(name, available_planners(), n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise ValueError(f"unknown planner {name!r}; {hint}registered: {', '.join(available_planners())}")
     f = _REGISTRY[name]
     if isinstance(f, str):
         module, _, attr = f.partition(":")

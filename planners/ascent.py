@@ -22,7 +22,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_choice, check_min, check_positive
+from .validate import check_choice, check_int, check_positive
 from .base import callable_name
 from .objective import Objective, rank_returns
 
@@ -131,7 +131,7 @@ class AscentConfig:
     grad_clip: float | None = None
 
     def __post_init__(self) -> None:
-        check_min(self, 1, "iterations")
+        check_int(self, "iterations", minimum=1)
         check_positive(self, "lr")
         check_positive(self, "grad_clip", optional=True)
         check_choice(self, "squash", ("tanh", "clip"))

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_choice, check_min, check_positive, check_range
+from .validate import check_choice, check_int, check_min, check_positive, check_range
 from .ascent import AscentConfig, ascend, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
@@ -183,7 +183,7 @@ class CEMConfig:
     compile: Literal["auto", "eager", "static", "cuda_graph", "torch_compile"] = "auto"
 
     def __post_init__(self) -> None:
-        check_min(self, 1, "horizon", "iterations", "candidates", "elites")
+        check_int(self, "horizon", "iterations", "candidates", "elites", minimum=1)
         if self.elites > self.candidates:
             raise ValueError(
                 f"CEMConfig.elites ({self.elites}) cannot exceed candidates ({self.candidates})"

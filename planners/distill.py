@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_choice, check_min, check_positive, check_range
+from .validate import check_choice, check_int, check_min, check_positive, check_range
 from .base import Plan, Planner
 from .objective import Objective
 from .policy import GaussianPolicy, PolicyConfig, gaussian_log_density
@@ -227,8 +227,8 @@ class DistillConfig:
         check_range(self, "plan_decay", 0.0, 1.0, low_open=True)
         check_positive(self, "lr")
         check_min(self, 0.0, "weight_decay")
-        check_min(self, 1, "batch_size", "label_batch", "capacity")
-        check_min(self, 0, "steps_per_update", "labels_per_update")
+        check_int(self, "batch_size", "label_batch", "capacity", minimum=1)
+        check_int(self, "steps_per_update", "labels_per_update", minimum=0)
         check_positive(self, "grad_clip", optional=True)
 
     def to_dict(self) -> dict:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_choice, check_min, check_positive
+from .validate import check_choice, check_int, check_positive
 from .ascent import Ascent, AscentConfig, ascend, optimizer_class, project, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
@@ -121,7 +121,7 @@ class GradientConfig:
     compile: Literal["auto", "eager", "static", "cuda_graph", "torch_compile"] = "auto"
 
     def __post_init__(self) -> None:
-        check_min(self, 1, "horizon", "iterations", "restarts")
+        check_int(self, "horizon", "iterations", "restarts", minimum=1)
         check_positive(self, "lr")
         check_positive(self, "grad_clip", optional=True)
         check_choice(self, "squash", ("tanh", "clip"))

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_choice, check_min, check_positive
+from .validate import check_choice, check_int, check_positive
 from .base import Plan, Policy
 from .objective import Objective
 
@@ -81,7 +81,7 @@ class MCTSConfig:
 
     def __post_init__(self) -> None:
         check_choice(self, "backup", ("mean", "max"))
-        check_min(self, 1, "simulations", "children", "horizon")
+        check_int(self, "simulations", "children", "horizon", minimum=1)
         check_positive(self, "c1", "c2", "proposal_std")
 
     @property

@@ -99,8 +99,13 @@ class Objective:
             terms: list = [learned_reward()]
         elif isinstance(rewards, Reward) or callable(rewards):
             terms = [rewards]
-        else:
+        elif isinstance(rewards, (list, tuple)) and all(isinstance(t, Reward) or callable(t) for t in rewards):
             terms = list(rewards)
+        else:
+            raise TypeError(
+                "Objective: rewards must be a reward term (a callable such as @lp.reward or lp.learned_reward()), "
+                f"a list of them, or None; got {type(rewards).__name__} {rewards!r:.80}"
+            )
         self.rewards: list[RewardTerm] = [self.context.bind(t) for t in terms]
         self.discount = float(discount)
         self.value = value

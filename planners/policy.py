@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_min
+from .validate import check_int
 from .base import Plan, Policy
 from .objective import Objective
 
@@ -63,7 +63,7 @@ class PolicyConfig:
     max_log_std: float = 2.0
 
     def __post_init__(self) -> None:
-        check_min(self, 1, "hidden", "layers")
+        check_int(self, "hidden", "layers", minimum=1)
         if not self.min_log_std < self.max_log_std:
             raise ValueError(
                 f"PolicyConfig: min_log_std ({self.min_log_std}) must be < max_log_std ({self.max_log_std})"

@@ -4,6 +4,7 @@ shape for all of them, `ValueError("<Class>.<field> must be ...; got <value>")`.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Iterable
 
 __all__ = ["check_choice", "check_int", "check_min", "check_positive", "check_range"]
@@ -33,14 +34,14 @@ def check_min(config: Any, minimum: float, *names: str) -> None:
 
 
 def check_int(config: Any, *names: str, minimum: int | None = None, optional: bool = False) -> None:
-    """Each field `names` of `config` is an `int` (not a bool, not a float such as 2.5), at least
+    """Each field `names` of `config` is an integer (`int` or numpy's; not a bool, not a float such as 2.5), at least
     `minimum` when given (or, with `optional`, `None`).
 
     Raises:
         ValueError: naming the class and the first field that is not.
     """
     for name, v in _given(config, names, optional):
-        if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (minimum is not None and v < minimum):
             _fail(config, name, ("an int" if minimum is None else f"an int >= {minimum}") + (" or None" if optional else ""))
 
 

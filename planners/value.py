@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from latentplan.worldmodels.filtering import filter_episodes
 from latentplan.worldmodels.state import LatentState, WorldModel
 
-from .validate import check_min, check_positive, check_range
+from .validate import check_int, check_positive, check_range
 from .base import Planner, Policy
 from .objective import Objective
 
@@ -80,8 +80,8 @@ class ValueConfig:
     def __post_init__(self) -> None:
         check_range(self, "discount", 0.0, 1.0, low_open=True)
         check_range(self, "td_lambda", 0.0, 1.0)
-        check_min(self, 1, "horizon", "batch", "target_period")
-        check_min(self, 0, "replan_every")
+        check_int(self, "horizon", "batch", "target_period", minimum=1)
+        check_int(self, "replan_every", minimum=0)
         check_range(self, "tau", 0.0, 1.0, low_open=True)
         check_positive(self, "lr", "adam_eps", "grad_clip")
         check_range(self, "norm_rate", 0.0, 1.0, low_open=True)

@@ -51,7 +51,7 @@ def test_nonfinite_returns_rank_last_and_their_gradients_are_dropped():
 def test_ascent_settings_are_validated_and_the_gradient_planner_shares_them():
     assert optimizer_class("ADAM") is torch.optim.Adam and optimizer_class("sgd") is torch.optim.SGD
     for kwargs, message in [
-        (dict(iterations=0), r"AscentConfig\.iterations must be >= 1; got 0"),
+        (dict(iterations=0), r"AscentConfig\.iterations must be an int >= 1; got 0"),
         (dict(lr=float("nan")), r"AscentConfig\.lr must be a positive number"),
         (dict(optimizer="LBFGS"), r"AscentConfig\.optimizer: 'LBFGS' is not a usable"),
     ]:
@@ -59,5 +59,5 @@ def test_ascent_settings_are_validated_and_the_gradient_planner_shares_them():
             AscentConfig(**kwargs)
     cfg = GradientConfig(iterations=7, lr=0.2, optimizer="rmsprop", squash="clip", grad_clip=2.0)
     assert cfg.ascent == AscentConfig(iterations=7, lr=0.2, optimizer="rmsprop", squash="clip", grad_clip=2.0)
-    with pytest.raises(ValueError, match=r"GradientConfig\.restarts must be >= 1; got 0"):
+    with pytest.raises(ValueError, match=r"GradientConfig\.restarts must be an int >= 1; got 0"):
         GradientConfig(restarts=0)

@@ -123,3 +123,26 @@ def test_a_truncated_config_json_does_not_stop_a_resume(tmp_path):
     code = main(["train", "--run-dir", str(tmp_path / "run"), "--resume", "--episodes", "4", "--no-progress"])
     assert code == 0
     assert lp.load_checkpoint(tmp_path / "run")[2].state["episode"] == 4
+
+
+def test_unknown_names_get_one_line_and_a_close_match(tmp_path, capsys):
+    from latentplan.cli import main
+
+    assert main(["train", "--env", "dmc:cartpole-swingupp", "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latentplan train: unknown dm_control task cartpole-swingupp; did you mean "
+                          "dmc:cartpole-swingup") and err.count("\n") == 1
+    with pytest.raises(ValueError, match="unknown planner 'icme'; did you mean 'icem'"):
+        lp.make_planner("icme", lp.AnalyticModel.linear([[1.0]], [[1.0]], [[1.0]]))
+
+
+def test_wrong_types_at_the_objective_and_the_planners_are_named():
+    model = lp.AnalyticModel.linear([[1.0]], [[1.0]], [[1.0]])
+    with pytest.raises(TypeError, match="Objective: rewards must be a reward term.*got int 5"):
+        lp.Objective(model, rewards=5)
+    with pytest.raises(ValueError, match=r"CEMConfig.horizon must be an int >= 1; got 2.5"):
+        lp.CEMConfig(horizon=2.5)
+    cem = lp.CEM(horizon=2, iterations=1, candidates=4, elites=2)
+    belief = lp.LatentState(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 0, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"AnalyticModel.imagine_step: state.deter must be \[4, 1\] float32.*float64"):
+        cem.plan(lp.Objective(model), belief, generator=torch.Generator().manual_seed(0))

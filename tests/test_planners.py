@@ -434,8 +434,11 @@ def test_bad_options_raise_naming_the_field():
         (dict(keep_elites=1.5), "keep_elites"), (dict(population_decay=0.5), "population_decay"),
         (dict(momentum=1.0), "momentum"), (dict(refit="softmax"), "refit"), (dict(temperature=0.0), "temperature"),
         (dict(noise_beta=float("inf")), "noise_beta"), (dict(init_std=0.0), r"CEMConfig\.init_std must be a positive"),
-        (dict(gradient={"iterations": 0}), r"AscentConfig\.iterations must be >= 1; got 0"),
+        (dict(gradient={"iterations": 0}), r"AscentConfig\.iterations must be an int >= 1; got 0"),
         (dict(gradient={"lr": 0.0}), r"AscentConfig\.lr"), (dict(gradient=3), "CEMConfig.gradient"),
+        (dict(horizon=2.5), r"CEMConfig\.horizon must be an int >= 1; got 2.5"),
+        (dict(candidates=True), r"CEMConfig\.candidates must be an int >= 1; got True"),
+        (dict(init_std=float("nan")), r"CEMConfig\.init_std must be a positive number; got nan"),
     ]:
         with pytest.raises(ValueError, match=field):
             CEMConfig(**kwargs)

@@ -107,8 +107,15 @@ def test_bad_inputs_name_what_was_wrong():
     first = torch.zeros(2, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"observation must be \[2, 4\]"):
         m.observe(s, torch.zeros(2, 2), torch.zeros(2, 5), first)
-    with pytest.raises(ValueError, match=r"action must be \[B=2, A=2\]"):
+    with pytest.raises(ValueError, match=r"RSSMWorldModel.observe: action must be \[2, 2\] float32 on cpu.*got \[2, 3\]"):
         m.observe(s, torch.zeros(2, 3), torch.zeros(2, 4), first)
+    # the prior step checks its inputs too: dtype, size and type, each named
+    with pytest.raises(ValueError, match=r"imagine_step: action must be \[2, 2\] float32.*got \[2, 2\] float64"):
+        m.imagine_step(s, torch.zeros(2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"imagine_step: state.deter must be \[2, 32\].*got \[2, 7\]"):
+        m.imagine_step(LatentState(torch.zeros(2, 7), s.stoch), torch.zeros(2, 2))
+    with pytest.raises(TypeError, match="imagine_step: state must be a LatentState; got tuple"):
+        m.imagine_step((s.deter, s.stoch), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="NaN"):
         m.observe(s, torch.zeros(2, 2), torch.tensor([[0.0, float("nan"), 0, 0]] * 2), first)
     with pytest.raises(ValueError, match="elbo"):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .state import LatentState, WorldModelBase
+from .state import LatentState, WorldModelBase, check_step
 
 __all__ = ["AnalyticModel"]
 
@@ -134,7 +134,14 @@ class AnalyticModel(nn.Module, WorldModelBase):
         self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
     ) -> LatentState:
         """Deterministic step x' = dynamics(x, u) for `state [B]`, `action [B, A]`; `generator` and
-        `sample` are unused (the mean is the sample)."""
+        `sample` are unused (the mean is the sample).
+
+        Raises:
+            TypeError / ValueError: a state or action of another size, dtype or device than the
+                model's (`check_step`).
+        """
+        check_step("AnalyticModel.imagine_step", state, action, deter=self.state_dim, stoch=0,
+                   action_dim=self.action_dim, dtype=self.action_low.dtype, device=self.device)
         return LatentState(self._dynamics(state.deter, action), state.stoch)
 
     def reward(self, state: LatentState) -> Tensor:

@@ -171,7 +171,12 @@ class FusedRSSM(WorldModelBase):
         self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
     ) -> LatentState:
         """Prior step, as `RSSMWorldModel.imagine_step` (same random numbers from `generator`):
-        `state [N]`, `action [N, A]` -> next belief `[N]`."""
+        `state [N]`, `action [N, A]` -> next belief `[N]`.
+
+        Raises:
+            TypeError / ValueError: as `RSSMWorldModel.imagine_step` (`check_step`).
+        """
+        self.model._check_step(state, action, "imagine_step")
         self.refresh()
         with self._matmul_precision():
             action_part = self._mm(action, self._w["pre_a"]) + self._w["pre_b"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .networks import MLP, ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
-from .state import LatentState, WorldModelBase
+from .state import LatentState, WorldModelBase, check_step
 
 __all__ = ["RSSMConfig", "RSSMWorldModel", "ELBOTerms"]
 
@@ -246,11 +246,10 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         mean, raw = out.chunk(2, dim=-1)
         return mean, F.softplus(raw) + self.config.min_std
 
-    def _check_action(self, action: Tensor, batch: int, fn: str) -> None:
-        if action.shape != (batch, self.action_dim):
-            raise ValueError(
-                f"RSSMWorldModel.{fn}: action must be [B={batch}, A={self.action_dim}]; got {tuple(action.shape)}"
-            )
+    def _check_step(self, state: LatentState, action: Tensor, fn: str) -> None:
+        c = self.config
+        check_step(f"RSSMWorldModel.{fn}", state, action, deter=c.deter, stoch=c.stoch, action_dim=self.action_dim,
+                   dtype=self.pre_gru.weight.dtype, device=self.device)
 
     def _check_obs(self, obs: Tensor, batch: int, fn: str) -> None:
         want = (batch, *self.config.obs_shape)
@@ -311,7 +310,7 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
                 in a vector observation.
         """
         b = state.batch
-        self._check_action(action, b, "observe")
+        self._check_step(state, action, "observe")
         self._check_obs(obs, b, "observe")
         if not torch.isfinite(action).all():
             raise ValueError("RSSMWorldModel.observe: action contains NaN or inf")
@@ -329,8 +328,11 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         """Prior (open-loop) step: `state [B]`, `action [B, A]` -> next belief with z sampled from the prior
         (reparameterised, so gradients flow to the action), or the prior mean if `sample=False`.
 
-        No shape check here: this is the planners' inner loop.
+        Raises:
+            TypeError / ValueError: a state or action of another size, dtype or device than the
+                model's (`check_step`; metadata only, so it costs microseconds and no host sync).
         """
+        self._check_step(state, action, "imagine_step")
         deter, mean, std = self._transition(state, action)
         return LatentState(deter, self._sample(mean, std, generator) if sample else mean)
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["LatentState", "WorldModel", "WorldModelBase"]
+__all__ = ["LatentState", "WorldModel", "WorldModelBase", "check_step"]
 
 
 @dataclass(frozen=True)
@@ -193,3 +193,33 @@ class WorldModelBase:
     def refresh(self) -> bool:
         """Rebuild what is derived from the parameters; the base model has nothing to rebuild."""
         return False
+
+
+def check_step(where: str, state: Any, action: Tensor, *, deter: int, stoch: int, action_dim: int,
+               dtype: torch.dtype, device: torch.device) -> None:
+    """Check the inputs of a model step at the boundary, naming the argument that is wrong.
+
+    Args:
+        where: the caller, e.g. `"RSSMWorldModel.imagine_step"`.
+        state: must be a `LatentState` with `deter [B, deter]` and `stoch [B, stoch]` of `dtype` on `device`.
+        action: must be a `[B, action_dim]` tensor of `dtype` on `device`.
+        deter, stoch, action_dim, dtype, device: what the model takes.
+
+    Raises:
+        TypeError: `state` is not a `LatentState` or `action` not a tensor.
+        ValueError: a size, dtype or device differs from the model's (the message says which, and
+            that `.float()` / `.to(device)` converts).
+    """
+    if not isinstance(state, LatentState):
+        raise TypeError(f"{where}: state must be a LatentState; got {type(state).__name__}")
+    if not isinstance(action, Tensor):
+        raise TypeError(f"{where}: action must be a torch.Tensor [B, A={action_dim}]; got {type(action).__name__}")
+    b = state.batch
+    for name, t, want in (("state.deter", state.deter, (b, deter)), ("state.stoch", state.stoch, (b, stoch)),
+                          ("action", action, (b, action_dim))):
+        if tuple(t.shape) != want or t.dtype != dtype or t.device != device:
+            raise ValueError(
+                f"{where}: {name} must be [{', '.join(map(str, want))}] {str(dtype).replace('torch.', '')} on "
+                f"{device}, as the model's; got [{', '.join(map(str, t.shape))}] "
+                f"{str(t.dtype).replace('torch.', '')} on {t.device} (convert with .to({str(dtype)}) / .to(device))"
+            )

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from latentplan.config import TrainConfig
-from latentplan.io import CheckpointError, RunFolderLocked
-from latentplan.training import CheckpointMismatch, NonFiniteTraining, Trainer, TrainSummary
+from latentplan.io import RunFolderLocked
+from latentplan.training import NonFiniteTraining, Trainer, TrainSummary
 
 __all__ = ["run_demo", "run_train", "summary_table"]
 
@@ -45,7 +45,9 @@ def run_train(config: TrainConfig, args: list[str], *, command: str = "train") -
     """
     try:
         summary = Trainer(config).run()
-    except (FileExistsError, RunFolderLocked, CheckpointError, CheckpointMismatch, NonFiniteTraining) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RunFolderLocked, NonFiniteTraining) as e:
+        # a bad setting (unknown env, ...), a taken or locked run folder, a checkpoint that does not fit
+        # (CheckpointError and CheckpointMismatch are ValueErrors), a diverged run: one line, exit 2
         print(f"latentplan {command}: {e}", file=sys.stderr)
         return 2
     print()
