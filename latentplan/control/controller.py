@@ -661,8 +661,9 @@ class MPCController:
             `[A]` float32, finite and inside the model's action bounds.
 
         Raises:
-            ValueError: if the observation's shape differs from the episode's first one, or no
-                observation was ever given in this episode (and see `filter`).
+            ValueError: `act()` without an observation before the episode's first good one; from
+                `filter`: an observation rejected before the episode's first good one (naming the
+                expected and the received shape), or any with `on_bad_observation="raise"`.
         """
         t0 = self.clock()
         budget = self.config.budget_ms
