@@ -23,9 +23,12 @@ class Plan:
     Attributes:
         actions: `[B, H, A]` action sequence, within the model's action bounds (B environments,
             horizon H, action dimension A). `actions[:, 0]` is the action to execute now.
-        value: `[B]` the objective's estimate of the chosen sequence's return.
+        value: `[B]` the objective's estimate of the chosen sequence's return (-inf when no
+            candidate had a finite return; NaN when the planner did not evaluate the sequence,
+            which it says with `info["evaluated"] = False`).
         info: diagnostics: `iterations` run, `model_evals` (imagined transitions),
-            `nonfinite` (candidate returns that were NaN/inf), `plan_ms`, ...
+            `nonfinite` (candidate returns that were NaN/inf), `plan_ms`, `evaluated` (False
+            for a plan whose value was not estimated; absent means True), ...
 
     Raises:
         ValueError: if `actions` is not 3-D or `value` is not `[B]`.

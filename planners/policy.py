@@ -320,9 +320,9 @@ class PolicyPlanner:
 
     `plan(objective, state [B], warm_start=None, generator=None, deadline=None) -> Plan` with
     `actions [B, H, A]` and `value [B]`: the imagined return of the rollout, or NaN where the plan
-    was not evaluated (`horizon=1`, `evaluate=False`; NaN, not 0, since nothing was estimated).
-    `info`: `iterations` (1), `model_evals` (`B * H` with a rollout, else 0), `nonfinite`
-    (non-finite returns), `plan_ms`. `warm_start` and `deadline` are accepted and ignored (a
+    was not evaluated (`horizon=1`, `evaluate=False`; NaN, not 0, since nothing was estimated,
+    and `info["evaluated"]` is False). `info`: `iterations` (1), `model_evals` (`B * H` with a
+    rollout, else 0), `nonfinite` (non-finite returns), `plan_ms`. `warm_start` and `deadline` are accepted and ignored (a
     single pass is never cut short).
 
     Raises:
@@ -366,7 +366,8 @@ class PolicyPlanner:
                     f"PolicyPlanner.plan: the policy's act must return [B={b}, A={objective.action_dim}]; got {tuple(a.shape)}"
                 )
             value = torch.full((b,), float("nan"), device=a.device)
-            info = {"iterations": 1, "model_evals": 0, "nonfinite": 0, "plan_ms": (time.perf_counter() - t0) * 1e3}
+            info = {"iterations": 1, "model_evals": 0, "nonfinite": 0, "evaluated": False,
+                    "plan_ms": (time.perf_counter() - t0) * 1e3}
             return Plan(a[:, None], value, info)
         actions, ret, evals = policy_rollout(
             self.policy, objective, state, self.horizon, generator=generator,

@@ -77,3 +77,31 @@ class FakeRobot:
         return {"actions_received": len(self.sent)}
 
 
+
+
+def hold_gil(ms: float) -> None:
+    """Sleep `ms` milliseconds inside one C call that holds the GIL (libc `usleep` through
+    `ctypes.PyDLL`, which, unlike `ctypes.CDLL`, does not release the GIL around the call): no
+    other Python thread runs meanwhile, as in a long C extension call that never releases it."""
+    import ctypes
+
+    ctypes.PyDLL(None).usleep(int(ms * 1000))
+
+
+class Hanging:
+    """A planner whose first call returns `first` and whose second call hangs until `release`
+    is set; `finished` is set when that call returns (then it raises)."""
+
+    def __init__(self, first):
+        import threading
+
+        self.first, self.calls = first, 0
+        self.release, self.finished = threading.Event(), threading.Event()
+
+    def plan(self, objective, state, *, warm_start=None, generator=None, deadline=None):
+        self.calls += 1
+        if self.calls == 1:
+            return self.first
+        self.release.wait(30.0)
+        self.finished.set()
+        raise RuntimeError("came back from a hang")

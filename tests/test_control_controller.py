@@ -51,14 +51,12 @@ def test_failures_fall_back_to_the_previous_plan_indexed_by_time():
                        then=RuntimeError("still broken"))
     ctrl = MPCController(model, planner)
     got = [float(ctrl.act(np.array([0.0], np.float32))[0]) for _ in range(7)]
-    # step 0 planned; steps 1, 2 take the plan's actions 1, 2; later steps hold its last action
-    np.testing.assert_allclose(got, [0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3], rtol=0, atol=1e-7)
+    # step 0 planned; steps 1, 2 take the plan's actions 1, 2; its horizon (3) is then used up:
+    # the safe action, never an action from beyond the plan
+    np.testing.assert_allclose(got, [0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 0.0], rtol=0, atol=1e-7)
     s = ctrl.stats()
     assert (s.steps, s.planned, s.planner_failures, s.fallbacks, s.deadline_misses) == (7, 1, 6, 6, 0)
-    # a NaN value alone is not a failure (a planner may not evaluate its plan, e.g. a policy)
-    ctrl = MPCController(model, Scripted([], then=lambda s: make_plan([0.4], value=float("nan"))))
-    assert float(ctrl.act(np.array([0.0], np.float32))[0]) == pytest.approx(0.4)
-    assert ctrl.stats().planner_failures == 0
+    assert s.safe_actions == 4
 
 
 def test_no_plan_at_all_gives_the_safe_action_and_a_policy_fallback_is_preferred():
@@ -94,8 +92,10 @@ def test_a_nan_observation_is_predicted_with_the_prior_and_counted():
     ctrl.act(None)  # a missing observation: the same open-loop prediction
     assert ctrl.belief.deter.item() == pytest.approx(1.5)
     assert ctrl.stats().observation_failures == 2
-    with pytest.raises(ValueError, match="shape"):
-        ctrl.act(np.array([1.0, 2.0], np.float32))
+    # a later observation of the wrong shape is rejected the same way (counted, predicted)
+    ctrl.act(np.array([1.0, 2.0], np.float32))
+    assert ctrl.belief.deter.item() == pytest.approx(1.75)
+    assert ctrl.stats().observation_failures == 3
 
 
 def test_reset_with_an_observation_is_not_filtered_twice():
@@ -176,10 +176,12 @@ def test_thread_mode_uses_a_late_plan_by_time_once_it_arrives():
     release.set()
     assert ctrl.wait_idle(10.0)
     later = [float(ctrl.act(np.array([0.0], np.float32))[0]) for _ in range(3)]
-    # the plan made for step 0 arrived late: steps 2, 3, 4 use its actions 2, 3 and (held) 3
-    np.testing.assert_allclose(later, [0.3, 0.4, 0.4], atol=1e-7)
+    # the plan made for step 0 arrived late: steps 2, 3 use its actions 2, 3; step 4 is beyond
+    # its horizon of 4: the safe action
+    np.testing.assert_allclose(later, [0.3, 0.4, 0.0], atol=1e-7)
     s = ctrl.stats()
     assert s.deadline_misses == 2 and s.planner_failures == 3 and s.fallbacks == 5 and s.planned == 0
+    assert s.safe_actions == 3  # steps 0 and 1 (no plan yet) and 4
     ctrl.close()
 
 
@@ -254,9 +256,13 @@ def test_bad_observations_raise_when_asked():
         ctrl.act(np.array([float("nan")], np.float32))
     with pytest.raises(ValueError, match="missing"):
         ctrl.filter(None)
-    with pytest.raises(ValueError, match=r"obs must be \[B=1, n=1\]"):  # the model's own error, passed on
+    with pytest.raises(ValueError, match=r"expected shape \(1,\), received \(2,\)"):
         ctrl.filter(np.array([1.0, 2.0], np.float32))
-    assert ctrl.stats().observation_failures == 0
+    assert ctrl.stats().observation_failures == 0  # none after a good observation yet
+    ctrl.filter(np.array([1.0], np.float32))
+    with pytest.raises(ValueError, match=r"step 0: observation of shape \(2,\), expected \(1,\)"):
+        ctrl.filter(np.array([1.0, 2.0], np.float32))
+    assert ctrl.stats().observation_failures == 1 and ctrl.belief.deter.item() == 1.0  # counted, belief kept
     with pytest.raises(ValueError, match="on_bad_observation"):
         ControllerConfig(on_bad_observation="ignore")
 
@@ -301,3 +307,156 @@ def test_warmup_primes_the_calling_and_the_planner_thread_and_leaves_the_episode
     assert ctrl.stats().steps == 0 and ctrl.latest is None and ctrl.belief.deter.item() == 0.0
     assert ctrl.submit(lambda: threading.current_thread().name).result() == threads[1]  # one planner thread
     ctrl.close()
+
+
+# ------------------------------------------------------------------------- faults (issue 15)
+def test_a_nonfinite_plan_value_is_a_planner_failure_and_nonfinite_returns_are_counted():
+    """A NaN reward: CEM finds no finite return (value -inf, every candidate counted in
+    `info["nonfinite"]`); the controller counts a planner failure and the fallback answers."""
+    nan_reward = AnalyticModel(lambda x, u: x + u, lambda x: x.sum(-1) * float("nan"), 1, [-0.5], [0.5])
+    cem = CEM(horizon=3, iterations=2, candidates=16, elites=4)
+    ctrl = MPCController(nan_reward, cem)
+    got = [float(ctrl.act(np.array([0.0], np.float32))[0]) for _ in range(5)]
+    s = ctrl.stats()
+    assert got == [0.0] * 5  # no plan ever usable: the safe action
+    assert (s.steps, s.planned, s.planner_failures, s.fallbacks, s.safe_actions) == (5, 0, 5, 5, 5)
+    assert s.nonfinite_returns == 5 * 2 * 16  # 5 calls x 2 iterations x 16 candidates, all NaN
+
+    # NaN where x > 0.3 only: plans are finite and used, their non-finite candidates still counted
+    partial = AnalyticModel(lambda x, u: x + u, lambda x: torch.where(x.sum(-1) > 0.3, float("nan"), -x.sum(-1)),
+                            1, [-0.5], [0.5])
+    ctrl = MPCController(partial, cem)
+    ctrl.act(np.array([0.0], np.float32))
+    s = ctrl.stats()
+    assert (s.planned, s.planner_failures) == (1, 0) and s.nonfinite_returns > 0
+
+    # +inf and NaN values are failures too; a NaN value the planner marks as not evaluated is not
+    unevaluated = make_plan([0.2])
+    unevaluated.info["evaluated"] = False
+    script = [make_plan([0.1], value=float("inf")), make_plan([0.1], value=float("nan")),
+              Plan(unevaluated.actions, torch.tensor([float("nan")]), unevaluated.info)]
+    ctrl = MPCController(point_model(), Scripted(script))
+    got = [float(ctrl.act(np.array([0.0], np.float32))[0]) for _ in range(3)]
+    assert got == [0.0, 0.0, pytest.approx(0.2)]
+    assert (ctrl.stats().planner_failures, ctrl.stats().planned) == (2, 1)
+
+
+def test_a_policy_planner_without_a_value_is_used():
+    """`PolicyPlanner(horizon=1)` does not evaluate its plan (NaN value, `evaluated: False`)."""
+    from latentplan.planners import PolicyPlanner
+
+    class Policy:
+        def act(self, state, *, generator=None, deterministic=False):
+            return torch.full((state.batch, 1), 0.3)
+
+    ctrl = MPCController(point_model(), PolicyPlanner(Policy()))
+    assert float(ctrl.act(np.array([0.0], np.float32))[0]) == pytest.approx(0.3)
+    s = ctrl.stats()
+    assert (s.planned, s.planner_failures, s.nonfinite_returns) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("on_bad", ["predict", "raise"])
+def test_an_observation_rejected_on_the_first_step_raises_naming_both_shapes(on_bad):
+    from latentplan.worldmodels import RSSMConfig, RSSMWorldModel
+
+    torch.manual_seed(0)
+    model = RSSMWorldModel(RSSMConfig(obs_shape=(3,), action_dim=2, deter=8, stoch=4, hidden=8, embed=8))
+    ctrl = MPCController(model, CEM(horizon=2, iterations=1, candidates=8, elites=2), on_bad_observation=on_bad)
+    with pytest.raises(ValueError, match=r"first observation was rejected .*expected shape \(3,\), received \(4,\)"):
+        ctrl.act(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"first observation .*NaN.*expected shape \(3,\), received \(3,\)"):
+        ctrl.act(np.array([0.0, float("nan"), 0.0], np.float32))
+    with pytest.raises(ValueError, match="first observation"):
+        ctrl.reset(np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="no observation"):
+        ctrl.act(None)
+    s = ctrl.stats()
+    assert (s.steps, s.observation_failures) == (0, 0) and ctrl.step == 0
+    ctrl.act(np.zeros(3, np.float32))  # a good observation: the episode starts
+    assert ctrl.step == 1 and ctrl.stats().planned == 1
+
+
+def test_a_later_wrong_shape_is_counted_and_handled_and_the_first_good_shape_is_kept():
+    """A model that declares no observation shape: the first accepted observation's is expected
+    from then on (across episodes), and checked before the model sees an observation."""
+
+    class Undeclared(AnalyticModel):
+        obs_shape = None
+
+    model = Undeclared(lambda x, u: x + u, lambda x: -(x ** 2).sum(-1), 2, [-0.5, -0.5], [0.5, 0.5])
+    ctrl = MPCController(model, Scripted([], then=lambda s: Plan(torch.full((1, 2, 2), 0.25), torch.zeros(1))))
+    with pytest.raises(ValueError, match=r"expected shape unknown .*received \(3,\)"):  # observe refused it
+        ctrl.act(np.zeros(3, np.float32))
+    ctrl.act(np.zeros(2, np.float32))
+    a = ctrl.act(np.zeros(5, np.float32))  # rejected: counted, the belief predicted open-loop
+    np.testing.assert_allclose(ctrl.belief.deter[0].numpy(), [0.25, 0.25])
+    assert a.tolist() == [0.25, 0.25] and ctrl.stats().observation_failures == 1
+    ctrl.reset()
+    with pytest.raises(ValueError, match=r"expected shape \(2,\), received \(5,\)"):  # kept across episodes
+        ctrl.act(np.zeros(5, np.float32))
+
+
+def test_a_failing_fallback_policy_is_counted_and_skipped():
+    class Broken:
+        def __init__(self):
+            self.answers = [RuntimeError("policy broke"), torch.tensor([[float("nan")]]), torch.zeros(1, 3)]
+
+        def act(self, state, *, generator=None, deterministic=False):
+            a = self.answers.pop(0)
+            if isinstance(a, BaseException):
+                raise a
+            return a
+
+    planner = Scripted([make_plan([0.1, 0.2, 0.3])], then=RuntimeError("planner broke"))
+    ctrl = MPCController(point_model(), planner, fallback_policy=Broken())
+    got = [float(ctrl.act(np.array([0.0], np.float32))[0]) for _ in range(4)]
+    # steps 1-2: the plan by time; step 3: beyond its horizon, the safe action
+    np.testing.assert_allclose(got, [0.1, 0.2, 0.3, 0.0], atol=1e-7)
+    s = ctrl.stats()
+    assert (s.policy_failures, s.planner_failures, s.fallbacks, s.safe_actions) == (3, 3, 3, 1)
+
+
+def test_a_hung_planner_hands_over_to_the_safe_action_and_close_does_not_wait_for_it():
+    """Thread mode: a plan at step 0, then a planner that hangs. Its plan answers while its
+    horizon lasts, then the safe action does (counted); `close()` returns with the call still
+    stuck (it finishes in the background)."""
+    import time
+
+    from control_doubles import Hanging
+
+    clock = FakeClock()
+    planner = Hanging(make_plan([0.1, 0.2, 0.3]))
+    # the fake clock stands still: an act() that waits for the planner waits budget - margin of real time
+    ctrl = MPCController(point_model(), planner, ControllerConfig(budget_ms=20.0, mode="thread"), clock=clock)
+    got = [float(ctrl.act(np.array([0.0], np.float32))[0]) for _ in range(8)]
+    np.testing.assert_allclose(got, [0.1, 0.2, 0.3] + [0.0] * 5, atol=1e-7)
+    s = ctrl.stats()
+    assert planner.calls == 2  # the hung call was the last one started
+    assert (s.steps, s.planned, s.deadline_misses, s.fallbacks, s.safe_actions) == (8, 1, 7, 7, 5)
+    t0 = time.perf_counter()
+    ctrl.close()
+    waited = time.perf_counter() - t0
+    assert not planner.finished.is_set() and waited < 5.0  # it did not wait (the call hangs up to 30 s)
+    planner.release.set()
+    assert planner.finished.wait(10.0)
+
+
+def test_a_planner_holding_the_gil_makes_actions_late_and_they_are_counted():
+    """A Python thread cannot preempt a C call that holds the GIL: thread mode's promise breaks
+    (the act() waiting for the budget cannot return until the call ends). The controller does
+    not hide it: every late action is counted in `late_steps` (benchmarks/control_gil.py)."""
+    from control_doubles import hold_gil
+
+    def plan(state):
+        hold_gil(150.0)
+        return make_plan([0.1])
+
+    ctrl = MPCController(point_model(), Scripted([], then=plan), ControllerConfig(budget_ms=30.0, mode="thread"))
+    for _ in range(4):
+        ctrl.act(np.array([0.0], np.float32))
+    ctrl.wait_idle(5.0)
+    ctrl.close()
+    s = ctrl.stats()
+    late = [ms for ms in ctrl.latencies_ms if ms > 30.0]
+    assert s.late_steps == len(late) >= 1  # at least once the planner thread took the GIL in time
+    assert min(late) > 100.0  # late by the hold (150 ms), not by scheduling noise

@@ -17,10 +17,11 @@ def test_sync_loop_keeps_running_through_raising_and_nan_planners():
     stats = run_control_loop(robot, ctrl, 20.0, 8, clock=clock, sleep=clock.sleep)
     assert stats.steps == 8 and len(robot.sent) == 8
     sent = [float(a[0]) for a in robot.sent]
-    # step 0 planned, 1-3 fall back to plan 0 by time, step 4 planned, 5-7 plan 4 by time (9.0 clipped)
-    np.testing.assert_allclose(sent, [-0.5, -0.5, -0.5, -0.5, 0.5, 0.5, 0.0, 0.0], atol=1e-7)
+    # step 0 planned, 1-2 fall back to plan 0 by time, 3 is beyond its horizon: the safe action;
+    # step 4 planned, 5-6 plan 4 by time (9.0 clipped), 7 beyond it: the safe action
+    np.testing.assert_allclose(sent, [-0.5, -0.5, -0.5, 0.0, 0.5, 0.5, 0.0, 0.0], atol=1e-7)
     c = stats.controller
-    assert (c.planned, c.planner_failures, c.fallbacks, c.clipped_actions) == (2, 6, 6, 1)
+    assert (c.planned, c.planner_failures, c.fallbacks, c.clipped_actions, c.safe_actions) == (2, 6, 6, 1, 2)
     assert stats.invalid_actions == 0 and stats.overruns == 0
     assert all(np.isfinite(a).all() and -0.5 <= a[0] <= 0.5 for a in robot.sent)
     assert clock.t == pytest.approx(100.0 + 7 * 0.05)  # ticks every 50 ms of (fake) time
@@ -140,3 +141,77 @@ def test_the_loops_use_only_the_controllers_public_api():
             if (isinstance(base, ast.Name) and base.id in names) or (isinstance(base, ast.Attribute) and base.attr in names):
                 private.append(f"line {node.lineno}: .{node.attr}")
     assert private == []
+
+
+# ------------------------------------------------------------------------- faults (issue 15)
+class _ShapeRobot(FakeRobot):
+    """A FakeRobot whose observations from read `bad_from` on (up to `bad_to`) are `[x, x]`."""
+
+    def __init__(self, bad_from: int, bad_to: int = 10**9, **kw):
+        super().__init__(**kw)
+        self.bad_from, self.bad_to = bad_from, bad_to
+
+    def read_observation(self):
+        bad = self.bad_from <= self.reads < self.bad_to
+        x = super().read_observation()
+        return np.concatenate([x, x]) if bad else x
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_wrong_shape_first_observation_stops_the_loop_after_a_safe_action(mode):
+    clock = FakeClock()
+    robot = _ShapeRobot(bad_from=0, period=0.05)
+    ctrl = MPCController(point_model(), Scripted([], then=lambda s: make_plan([0.3, 0.3])), clock=clock)
+    with pytest.raises(ValueError, match=r"first observation was rejected .*expected shape \(1,\), received \(2,\)"):
+        run_control_loop(robot, ctrl, 20.0, 10, mode=mode, clock=clock, sleep=clock.sleep)
+    assert [a.tolist() for a in robot.sent] == [[0.0]]  # the safe action went out, nothing else
+
+
+def test_a_later_wrong_shape_observation_is_counted_and_the_loop_goes_on():
+    clock = FakeClock()
+    robot = _ShapeRobot(bad_from=3, bad_to=5, period=0.05, x0=0.0)
+    seen = []
+
+    def plan(state):
+        seen.append(round(state.deter.item(), 5))
+        return make_plan([0.1, 0.1])
+
+    ctrl = MPCController(point_model(), Scripted([], then=plan), clock=clock)
+    stats = run_control_loop(robot, ctrl, 20.0, 7, clock=clock, sleep=clock.sleep)
+    assert stats.steps == 7 and stats.invalid_actions == 0
+    assert stats.controller.observation_failures == 2 and stats.controller.planned == 7
+    # reads 3 and 4 are rejected: the belief is predicted x + 0.1, exactly the path
+    assert seen == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+
+
+def test_the_async_loop_stops_at_a_rejected_observation_when_asked_to_raise():
+    robot = _ShapeRobot(bad_from=3, period=0.01, x0=0.0)
+    ctrl = MPCController(point_model(), Scripted([], then=lambda s: make_plan([0.0] * 50)), on_bad_observation="raise")
+    with pytest.raises(ValueError, match=r"observation of shape \(2,\), expected \(1,\)"):
+        run_control_loop(robot, ctrl, 100.0, 50, mode="async")
+    assert 4 <= len(robot.sent) < 50 and ctrl.stats().observation_failures == 1
+
+
+def test_the_async_loop_hands_over_to_the_safe_action_and_returns_when_the_planner_hangs():
+    """Tick 0's plan (horizon 4) answers ticks 1-3 by time; the planner then hangs: from tick 4
+    the safe action goes out, and the loop returns with the call still stuck."""
+    import time
+
+    from control_doubles import Hanging
+
+    clock = FakeClock()
+    robot = FakeRobot(period=0.05, x0=1.0)
+    planner = Hanging(make_plan([0.1, 0.2, 0.3, 0.4]))
+    ctrl = MPCController(point_model(), planner, clock=clock)
+    t0 = time.perf_counter()
+    stats = run_control_loop(robot, ctrl, 20.0, 12, mode="async", clock=clock, sleep=clock.sleep)
+    waited = time.perf_counter() - t0
+    assert not planner.finished.is_set() and waited < 3.0  # one period (50 ms) of grace, not the hang (30 s)
+    np.testing.assert_allclose([float(a[0]) for a in robot.sent], [0.1, 0.2, 0.3, 0.4] + [0.0] * 8, atol=1e-7)
+    c = stats.controller
+    assert (c.steps, c.planned, c.fallbacks, c.safe_actions) == (12, 1, 11, 8)
+    t0 = time.perf_counter()
+    ctrl.close()
+    assert time.perf_counter() - t0 < 1.0 and not planner.finished.is_set()
+    planner.release.set()
+    assert planner.finished.wait(10.0)

@@ -230,7 +230,7 @@ def test_agent_rejects_nan_observations(reference):
     agent = lp.Agent(model, lp.CEM(config.planner))
     with pytest.raises(ValueError, match="NaN"):
         agent.act([0.0, float("nan"), 0.0, 0.0, 0.0])
-    with pytest.raises(ValueError, match=r"observation must be \[1, 5\]"):
+    with pytest.raises(ValueError, match=r"expected shape \(5,\), received \(2,\)"):
         agent.act([0.0, 1.0])
 
 

@@ -106,6 +106,11 @@ class AnalyticModel(nn.Module, WorldModelBase):
         return self.state_dim
 
     @property
+    def obs_shape(self) -> tuple[int]:
+        """`(n,)`: the shape of one observation (the state itself)."""
+        return (self.state_dim,)
+
+    @property
     def device(self) -> torch.device:
         """Device of the model's buffers."""
         return self.action_low.device

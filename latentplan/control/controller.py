@@ -13,7 +13,7 @@ of `latentplan.control.loop`, the episode loop of `latentplan.evaluation`) is wr
 - `record(action, outcome=...)`: the action actually sent, and how it was decided (statistics);
 - `act(obs)`: the four above in a row, within the budget.
 
-Why this module is about 680 lines (over the ~500 of the house rules): the controller is one
+Why this module is about 740 lines (over the ~500 of the house rules): the controller is one
 state machine (the belief, the newest plan and its step, the planner thread, the counts) whose
 public steps share that state and whose guarantees (deadlines, fallbacks, bounds, counts) hold
 only together; about half of the lines are the documentation of that public API. Its statistics
@@ -78,10 +78,13 @@ class ControllerConfig:
         seed: seeds the planner's generator (`seed`) and the filter's posterior samples
             (`seed + 1`), each a `torch.Generator` on the model's device, used in episodes
             that `reset` gives no generator of their own.
-        on_bad_observation: a missing or NaN/inf observation, or a filter (`model.observe`)
-            that raises: `"predict"` the belief open-loop with the model's prior and count an
-            observation failure (a robot whose sensor drops out); `"raise"` a `ValueError`
-            (offline evaluation, where a bad observation is a bug).
+        on_bad_observation: a missing or NaN/inf observation, one whose shape is not the
+            model's, or one that the filter (`model.observe`) raises for, once the episode has a
+            belief from a good observation: `"predict"` the belief open-loop with the model's
+            prior (a robot whose sensor drops out); `"raise"` a `ValueError` (offline evaluation,
+            where a bad observation is a bug). Both count an observation failure. Before the
+            episode's first good observation there is no belief to predict from: a rejected
+            observation raises a `ValueError` whatever this says.
 
     Raises:
         ValueError: if `budget_ms` is not a positive finite number or `None`, `margin_ms` is
@@ -116,6 +119,25 @@ def _numpy(x: np.ndarray | Tensor) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
+def _model_obs_shape(model: WorldModel) -> tuple[int, ...] | None:
+    """The shape of one observation when the model declares it (`model.config.obs_shape`, as the
+    RSSM's config does, or `model.obs_shape`), else `None`."""
+    for owner in (getattr(model, "config", None), model):
+        shape = getattr(owner, "obs_shape", None)
+        if shape:
+            return tuple(int(d) for d in shape)
+    return None
+
+
+def _count(x: Any) -> int:
+    """A count from a planner's `info` (an int, float or one-element tensor); 0 for anything else."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError, RuntimeError):
+        return 0
+    return int(v) if math.isfinite(v) else 0
+
+
 class MPCController:
     """A model-predictive controller for one robot with a latency budget and a safe fallback.
 
@@ -130,12 +152,14 @@ class MPCController:
       not ready by the budget, `act` returns the fallback action in time and counts a deadline
       miss; the late plan is kept (indexed by time) as soon as it arrives; while the planner is
       still busy with an old step, later steps are answered by the fallback too;
-    - a planner that raises, or returns NaN/inf actions or a wrongly shaped plan, is logged
-      (logger `latentplan.control`), counted, and answered by the fallback;
+    - a planner that raises, or returns NaN/inf actions, a NaN/inf value (no finite return
+      found; unless `info["evaluated"]` is False) or a wrongly shaped plan, is logged (logger
+      `latentplan.control`), counted, and answered by the fallback; the non-finite candidate
+      returns planners report in `info["nonfinite"]` are summed in the statistics;
     - the fallback is `fallback_policy.act(belief, deterministic=True)` when a policy is given
       (e.g. a distilled policy), else the newest plan indexed by time (its action for the
-      current step, the last one once the plan is used up), else the safe action (zero clipped
-      into the bounds);
+      current step, while the plan's horizon lasts), else the safe action (zero clipped into
+      the bounds, counted): an action from beyond a plan's horizon is never sent;
     - every returned action is a finite float32 `[A]` array inside the model's bounds.
 
     Randomness: one generator per episode may be given to `reset(generator=)` (PlaNet's agent
@@ -156,8 +180,10 @@ class MPCController:
 
     Raises:
         TypeError: if `planner` has no `plan` or `fallback_policy` no `act`.
-        ValueError: on a bad config; from `act`/`filter` for an observation whose shape differs
-            from the episode's first one, or `act()` without any observation in the episode.
+        ValueError: on a bad config; from `act`/`filter`/`reset` for an observation rejected
+            before the episode's first good one (a wrong shape, NaN/inf, missing, or refused by
+            the model's `observe`), naming the expected and the received shape; for any
+            rejected observation with `on_bad_observation="raise"`.
 
     Source: receding-horizon planning over a learned model as in PlaNet (Hafner et al. 2019,
     "Learning Latent Dynamics for Planning from Pixels"); warm starts from the shifted solution
@@ -201,6 +227,8 @@ class MPCController:
         self._lock = threading.Lock()
         self._iter_ms = 0.0
         self._epoch = 0
+        # one observation's shape: the model's, else the first accepted observation's (then kept)
+        self._obs_shape: tuple[int, ...] | None = _model_obs_shape(model)
         self._failures_logged = 0
         self.reset_stats()
         self.reset()
@@ -220,7 +248,8 @@ class MPCController:
                 episodes).
 
         Raises:
-            ValueError: from `filter(obs)` (with `on_bad_observation="raise"`).
+            ValueError: from `filter(obs)`: `obs` is the episode's first observation, so a rejected
+                one raises (see `filter`).
         """
         with self._lock:
             self._epoch += 1
@@ -229,9 +258,8 @@ class MPCController:
         self._filter_gen = generator if generator is not None else self._own_filter_gen
         self.belief: LatentState = self.model.initial(1)
         self._last_action = torch.zeros(1, self.action_dim, device=self.device)
-        self._has_obs = False
+        self._has_obs = False  # a good observation was filtered in this episode (there is a belief)
         self._reset_obs: np.ndarray | None = None
-        self._obs_shape: tuple[int, ...] | None = None
         self._step = 0
         if obs is not None:
             self.filter(obs)
@@ -240,7 +268,8 @@ class MPCController:
     def reset_stats(self) -> None:
         """Zero the statistics returned by `stats()` (the iteration-time estimate is kept)."""
         self._n = dict(steps=0, planned=0, deadline_misses=0, planner_failures=0, observation_failures=0,
-                       fallbacks=0, late_steps=0, clipped_actions=0)
+                       fallbacks=0, late_steps=0, clipped_actions=0, safe_actions=0, policy_failures=0,
+                       nonfinite_returns=0)
         self._latency_ms: list[float] = []
         self._plan_ms: list[float] = []
         self._evals = 0
@@ -255,6 +284,8 @@ class MPCController:
             steps=n["steps"], planned=n["planned"], deadline_misses=n["deadline_misses"],
             planner_failures=n["planner_failures"], observation_failures=n["observation_failures"],
             fallbacks=n["fallbacks"], late_steps=n["late_steps"], clipped_actions=n["clipped_actions"],
+            safe_actions=n["safe_actions"], policy_failures=n["policy_failures"],
+            nonfinite_returns=n["nonfinite_returns"],
             latency_ms_p50=p50, latency_ms_p95=p95, latency_ms_p99=p99, latency_ms_max=mx, latency_ms_mean=mean,
             plan_ms_p50=q50, plan_ms_p99=q99, plan_ms_mean=q_mean,
             model_evals_per_step=self._evals / max(n["steps"], 1),
@@ -292,12 +323,22 @@ class MPCController:
         wait_for([job], timeout=timeout)
         return job.done()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the worker thread, waiting up to `timeout` seconds for a planner call still in
-        flight (anytime planners stop at their deadline). The interpreter also waits for a call
-        in flight at exit: a thread killed inside torch would abort the process."""
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop the planner thread, without waiting for a planner call in flight (by default).
+
+        Jobs not yet started are cancelled (`executor.shutdown(wait=False, cancel_futures=True)`)
+        and `close` returns at once, even when the planner is stuck: Python cannot stop a thread,
+        so a call in flight finishes in the background and its plan is not used by a new
+        episode. The interpreter waits for that thread at exit (Python joins executor threads;
+        a thread killed inside torch would abort the process), so a planner that never returns
+        keeps the process alive. A later `submit` starts a new planner thread.
+
+        Args:
+            timeout: seconds to wait first for a call in flight to end (`wait_idle`); 0: none.
+        """
         if self._executor is not None:
-            self.wait_idle(timeout)
+            if timeout > 0:
+                self.wait_idle(timeout)
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor, self._pending = None, None
 
@@ -308,16 +349,17 @@ class MPCController:
         self.close()
 
     # ------------------------------------------------------------------ belief
-    def _as_obs(self, obs: np.ndarray | Tensor) -> Tensor:
+    def _as_obs(self, obs: np.ndarray | Tensor) -> tuple[Tensor, str | None]:
+        """The observation as a tensor on the model's device (float32 if floating), and why it is
+        rejected before the filter sees it (a shape other than the model's, NaN/inf), or `None`."""
         o = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs, device=self.device)
         if o.is_floating_point():
             o = o.to(torch.float32)
         if self._obs_shape is not None and tuple(o.shape) != self._obs_shape:
-            raise ValueError(
-                f"MPCController: observation of shape {tuple(o.shape)} differs from the episode's first one "
-                f"{self._obs_shape}"
-            )
-        return o[None]
+            return o, f"observation of shape {tuple(o.shape)}, expected {self._obs_shape}"
+        if o.is_floating_point() and not bool(torch.isfinite(o).all()):
+            return o, "observation contains NaN/inf"
+        return o, None
 
     def _action_row(self, action: np.ndarray | Tensor) -> Tensor:
         return torch.as_tensor(np.asarray(action) if not isinstance(action, Tensor) else action,
@@ -327,49 +369,64 @@ class MPCController:
     def filter(self, obs: np.ndarray | Tensor | None, action: np.ndarray | Tensor | None = None) -> LatentState:
         """Fold one observation into the belief: the posterior step `observe(belief, action, obs)`.
 
+        An observation is rejected when it is missing (`None`), has a shape other than the
+        model's (`model.config.obs_shape` or `model.obs_shape` when the model declares it, else
+        the first accepted observation's, kept for the controller's life), holds NaN/inf, or
+        makes `model.observe` raise. Once the episode has a belief from a good observation, a
+        rejection counts an observation failure and, with `on_bad_observation="predict"`, the
+        belief is predicted open-loop with `predict(action)`.
+
         Args:
             obs: the observation (`[D]` float or `uint8 [3, 64, 64]`), or `None` when it is
                 missing.
             action: the action `[A]` sent before `obs` was taken; default the last recorded one.
 
         Returns:
-            The new belief `[1]` (also `self.belief`). A missing or NaN/inf observation, or a
-            filter that raises, is predicted open-loop with `predict(action)` (the initial belief
-            before the episode's first observation) and counted as an observation failure,
-            unless `config.on_bad_observation == "raise"`.
+            The new belief `[1]` (also `self.belief`).
 
         Raises:
-            ValueError: if the observation's shape differs from the episode's first one; with
-                `on_bad_observation="raise"`, also for a missing or NaN/inf observation, and
-                whatever `model.observe` raises is passed on.
+            ValueError: for a rejected observation before the episode's first good one, whatever
+                `on_bad_observation` says (there is no belief to predict from), naming the
+                reason, the expected and the received shape; with `on_bad_observation="raise"`,
+                for any rejected observation (an error of `model.observe` is then passed on as
+                it is, after the first good observation).
         """
         action = self._last_action if action is None else self._action_row(action)
         first = not self._has_obs
-        strict = self.config.on_bad_observation == "raise"
-        reason = None
-        if obs is None:
-            reason = "missing observation"
-        else:
-            o = self._as_obs(obs)
-            if o.is_floating_point() and not bool(torch.isfinite(o).all()):
-                reason = "observation contains NaN/inf"
+        o, reason = (None, "missing observation") if obs is None else self._as_obs(obs)
+        if reason is None:
+            try:
+                self.belief = self.model.observe(self.belief, action, o[None], torch.tensor([first], device=self.device),
+                                                 generator=self._filter_gen)
+            except Exception as err:  # a filter failure must not stop the robot
+                if first:
+                    raise self._first_obs_error(f"{type(err).__name__} in observe: {err}", o) from err
+                if self.config.on_bad_observation == "raise":
+                    self._n["observation_failures"] += 1
+                    raise
+                reason = f"{type(err).__name__} in observe: {err}"
             else:
-                try:
-                    self.belief = self.model.observe(self.belief, action, o, torch.tensor([first], device=self.device),
-                                                     generator=self._filter_gen)
-                    self._obs_shape = tuple(o.shape[1:])
-                except Exception as err:  # a filter failure must not stop the robot
-                    if strict:
-                        raise
-                    reason = f"{type(err).__name__} in observe: {err}"
-        if reason is not None:
-            if strict:
-                raise ValueError(f"MPCController.filter: {reason}")
-            self._n["observation_failures"] += 1
-            self._log(f"step {self._step}: {reason}; predicting the belief open-loop")
-            self.belief = self.model.initial(1) if first else self.predict(action)
-        self._has_obs = True
+                self._has_obs = True
+                if self._obs_shape is None:
+                    self._obs_shape = tuple(o.shape)
+                return self.belief
+        if first:
+            raise self._first_obs_error(reason, o)
+        self._n["observation_failures"] += 1
+        if self.config.on_bad_observation == "raise":
+            raise ValueError(f"MPCController.filter: step {self._step}: {reason}")
+        self._log(f"step {self._step}: {reason}; predicting the belief open-loop")
+        self.belief = self.predict(action)
         return self.belief
+
+    def _first_obs_error(self, reason: str, obs: Tensor | None) -> ValueError:
+        """The error for an observation rejected before the episode's first good one."""
+        expected = "unknown (the model declares none)" if self._obs_shape is None else str(self._obs_shape)
+        received = "none" if obs is None else str(tuple(obs.shape))
+        return ValueError(
+            f"MPCController.filter: the episode's first observation was rejected ({reason}); expected shape "
+            f"{expected}, received {received}. There is no belief to predict from: pass a good observation."
+        )
 
     @torch.no_grad()
     def predict(self, action: np.ndarray | Tensor | None = None, belief: LatentState | None = None) -> LatentState:
@@ -413,6 +470,9 @@ class MPCController:
             return f"plan actions of shape {tuple(a.shape)}, expected [1, H, {self.action_dim}]"
         if not bool(torch.isfinite(a).all()):
             return "plan actions contain NaN/inf"
+        evaluated = not (isinstance(plan.info, dict) and plan.info.get("evaluated", True) is False)
+        if evaluated and not bool(torch.isfinite(plan.value).all()):
+            return f"plan value {plan.value.tolist()} is not finite (the planner found no finite return)"
         return None
 
     def _planner_deadline(self, deadline: float | None) -> float | None:
@@ -436,8 +496,10 @@ class MPCController:
 
         Returns:
             The `Plan` (`actions [1, H, A]`), or `None` when the planner raised or returned an
-            unusable plan (NaN/inf actions, wrong shape), which is logged and counted as a
-            planner failure. Never raises for the planner's errors.
+            unusable plan (NaN/inf actions, a NaN/inf value unless `info["evaluated"]` is False,
+            wrong shape), which is logged and counted as a planner failure. A returned plan's
+            `info["nonfinite"]` is added to the statistics' `nonfinite_returns` either way.
+            Never raises for the planner's errors.
         """
         return self._plan(self.belief if belief is None else belief, self._step if step is None else step,
                           deadline, self._epoch, observed_at)
@@ -460,14 +522,16 @@ class MPCController:
         return plan
 
     def _absorb(self, plan: Any, error: BaseException | None, step: int, epoch: int, duration_ms: float) -> Plan | None:
-        """Check a finished planner call; store a good plan as the newest; count a failure."""
+        """Check a finished planner call; store a good plan as the newest; count a failure and
+        the non-finite returns the planner reports."""
+        info = plan.info if isinstance(plan, Plan) and isinstance(plan.info, dict) else {}
+        self._n["nonfinite_returns"] += _count(info.get("nonfinite", 0))
         reason = f"planner raised {type(error).__name__}: {error}" if error is not None else self._check_plan(plan)
         if reason is not None:
             self._n["planner_failures"] += 1
             self._log(f"step {step}: {reason}; answered by the fallback")
             return None
-        info = plan.info if isinstance(plan.info, dict) else {}
-        self._evals += int(info.get("model_evals", 0) or 0)
+        self._evals += _count(info.get("model_evals", 0))
         ms = float(info.get("plan_ms", duration_ms))
         self._plan_ms.append(duration_ms)
         iters = info.get("iterations")
@@ -482,20 +546,23 @@ class MPCController:
 
     def action_at(self, step: int, latest: tuple[Plan, int] | None = None) -> Tensor | None:
         """The newest plan's (or `latest`'s) action `[A]` for time `step`: a plan made for step
-        `k` gives its action `step - k`, the last one once the plan is used up; `None` without
-        a plan."""
+        `k` with horizon H gives its action `step - k` for `k <= step < k + H`; `None` without
+        a plan or outside its horizon (a used-up plan has no action to give: the fallback then
+        answers with the safe action)."""
         latest = self.latest if latest is None else latest
         if latest is None:
             return None
         plan, k = latest
-        return plan.actions[0, min(max(step - k, 0), plan.actions.shape[1] - 1)]
+        i = step - k
+        return plan.actions[0, i] if 0 <= i < plan.actions.shape[1] else None
 
     @torch.no_grad()
     def fallback(self, step: int | None = None, belief: LatentState | None = None) -> Tensor:
         """The fallback action `[A]` for `step` (default `self.step`) from `belief` (default the
         current one): the fallback policy's deterministic action, else the newest plan's action
-        for `step`, else the safe action. A policy that raises or returns a non-finite or
-        wrongly sized action is logged and skipped; never raises."""
+        for `step` (`action_at`, within the plan's horizon), else `self.safe_action` itself
+        (`record` counts it as a safe action). A policy that raises or returns a non-finite or
+        wrongly sized action is logged, counted (`policy_failures`) and skipped; never raises."""
         step = self._step if step is None else step
         belief = self.belief if belief is None else belief
         if self.fallback_policy is not None:
@@ -507,15 +574,20 @@ class MPCController:
                 self._log(f"step {step}: fallback policy returned an unusable action {a.tolist()}")
             except Exception as err:
                 self._log(f"step {step}: fallback policy raised {type(err).__name__}: {err}")
+            self._n["policy_failures"] += 1
         a = self.action_at(step)
         return self.safe_action if a is None else a
 
     # ------------------------------------------------------------------ acting
     def _finalize(self, action: np.ndarray | Tensor, count: bool) -> Tensor:
-        """A finite `[A]` action inside the bounds (clipping counted; NaN -> the safe action)."""
+        """A finite `[A]` action inside the bounds (clipping counted; NaN -> the safe action, counted)."""
+        if action is self.safe_action:
+            self._n["safe_actions"] += int(count)
+            return self.safe_action.clone()
         a = torch.as_tensor(action, device=self.device, dtype=torch.float32).reshape(-1)
         if a.numel() != self.action_dim or not bool(torch.isfinite(a).all()):
             self._n["fallbacks"] += int(count)
+            self._n["safe_actions"] += int(count)
             return self.safe_action.clone()
         c = torch.maximum(torch.minimum(a, self.action_high), self.action_low)
         if count and not torch.equal(c, a):
@@ -528,7 +600,8 @@ class MPCController:
 
         Args:
             action: the action `[A]`; a non-finite or wrongly sized one becomes the safe action,
-                one outside the bounds is clipped.
+                one outside the bounds is clipped. `self.safe_action` itself (as `fallback`
+                returns it when nothing covers the step) counts a safe action.
             outcome: how the decision was made, for `stats()`: `"planned"` (a plan made for this
                 step, in time), `"late"` (such a plan, after the deadline: a deadline miss),
                 `"missed"` (no plan by the deadline: a deadline miss answered by the fallback),
@@ -588,8 +661,9 @@ class MPCController:
             `[A]` float32, finite and inside the model's action bounds.
 
         Raises:
-            ValueError: if the observation's shape differs from the episode's first one, or no
-                observation was ever given in this episode (and see `filter`).
+            ValueError: `act()` without an observation before the episode's first good one; from
+                `filter`: an observation rejected before the episode's first good one (naming the
+                expected and the received shape), or any with `on_bad_observation="raise"`.
         """
         t0 = self.clock()
         budget = self.config.budget_ms

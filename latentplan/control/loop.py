@@ -8,7 +8,6 @@ Behaviour Synthesis with MuJoCo").
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import threading
@@ -25,8 +24,6 @@ from .robot import Robot
 from .stats import LoopStats, percentiles
 
 __all__ = ["AsyncLoop", "SyncLoop", "Ticks", "run_control_loop"]
-
-logger = logging.getLogger("latentplan.control")
 
 # The interpreter's thread switch interval while a control loop runs (Python's default is 5 ms:
 # a thread waking at its deadline could wait that long for the planner thread to yield the GIL).
@@ -74,6 +71,11 @@ class Ticks:
             self.sleep(dt)
         return self._tick
 
+    def send_safe(self) -> float:
+        """Send the safe action for this tick (before the loop stops on an error); counted as a
+        tick, not as an invalid action. Returns the clock time after sending."""
+        return self.send(self.safe)
+
     def send(self, action: Any) -> float:
         """Send `action` if it is a finite `[A]` array inside the bounds, else the safe action
         (counted invalid); count the tick, call `on_step`, and skip the ticks already past.
@@ -97,23 +99,29 @@ class Ticks:
 class SyncLoop:
     """Each tick: read the observation, `controller.act(obs)` within its budget, send the action.
 
-    A `ValueError` from the controller (a malformed observation) is logged and the safe action
-    sent (counted invalid).
+    The controller answers every fault it can go on from (and counts it); a `ValueError` from it
+    means it cannot (an observation rejected before the episode's first good one: there is no
+    belief) or was told not to (`on_bad_observation="raise"`): the safe action is sent for the
+    tick and the error raised, so the loop stops rather than run open-loop in silence.
     """
 
     def __init__(self, robot: Robot, controller: MPCController, ticks: Ticks) -> None:
         self.robot, self.controller, self.ticks = robot, controller, ticks
 
     def run(self) -> None:
-        """Run the ticks; raises nothing of the controller's (see the class)."""
+        """Run the ticks.
+
+        Raises:
+            ValueError: from `controller.act` (see the class), after sending the safe action.
+        """
         while self.ticks.running:
             self.ticks.wait()
             obs = self.robot.read_observation()
             try:
                 action = self.controller.act(obs)
-            except ValueError as err:  # a malformed observation: hold a safe action and go on
-                logger.warning("run_control_loop: %s", err)
-                action = None
+            except ValueError:
+                self.ticks.send_safe()
+                raise
             self.ticks.send(action)
 
 
@@ -129,10 +137,18 @@ class AsyncLoop:
     observation). A job starts as soon as the previous one ends and an observation is waiting.
     A plan not ready by its tick is a deadline miss, answered by the fallback policy's action
     for the predicted belief (when the controller has one), else by the newest plan indexed by
-    time, else the safe action. Tick 0 is planned in this thread within half a period, as no
-    earlier plan exists; after the last tick nothing is read or planned.
+    time while its horizon lasts, else the safe action. Tick 0 is planned in this thread within
+    half a period, as no earlier plan exists; after the last tick nothing is read or planned.
 
-    Raises (from `run`): whatever a planner job raised outside the controller's own guards.
+    Shutting down takes at most one period after the last tick, even when the planner is stuck:
+    the job in flight gets one period to end (a healthy one ends by its deadline, the next
+    tick), then it is left to finish in the background (Python cannot stop a thread); its plan
+    is not used.
+
+    Raises (from `run`): a `ValueError` from tick 0's observation (rejected before any good
+    one: after sending the safe action); whatever a planner job raised outside the controller's
+    own guards (e.g. a rejected observation with `on_bad_observation="raise"`), at the first
+    tick after it (the tick's action is sent first).
     """
 
     def __init__(self, robot: Robot, controller: MPCController, ticks: Ticks) -> None:
@@ -150,12 +166,8 @@ class AsyncLoop:
         """Filter the waiting observations, predict the next tick's belief and plan for it."""
         c = self.controller
         for _, obs, sent, _, _ in items:
-            if obs is not None:
-                try:
-                    c.filter(obs, action=self._sent_before)
-                except ValueError as err:  # a wrongly shaped observation: count it, predict instead
-                    logger.warning("run_control_loop: %s", err)
-                    c.filter(None, action=self._sent_before)
+            if obs is not None:  # a rejected observation is counted and predicted (or raises) in filter
+                c.filter(obs, action=self._sent_before)
             self._sent_before = sent
         tick, _, _, t_obs, due = items[-1]
         belief = c.predict(self._sent_before)  # the belief at tick + 1
@@ -171,29 +183,34 @@ class AsyncLoop:
         self._job = self.controller.submit(self._catch_up, items)
         self._job.add_done_callback(self._done)
 
+    def _error(self) -> BaseException | None:
+        """The first error of a planner job, if any (a job is done before its callback runs, so
+        the newest job is asked too)."""
+        if self._errors:
+            return self._errors[0]
+        job = self._job
+        return job.exception() if job is not None and job.done() and not job.cancelled() else None
+
     def _done(self, job: Future) -> None:
         if not job.cancelled() and job.exception() is not None:
             self._errors.append(job.exception())
         with self._lock:
-            if self._waiting and not self._stopped:
+            if self._waiting and not self._stopped and self._error() is None:  # after an error: no more jobs
                 self._start()
 
     def _push(self, item: tuple) -> None:
         with self._lock:
             self._waiting.append(item)
-            if self._job is None or self._job.done():
+            if (self._job is None or self._job.done()) and self._error() is None:
                 self._start()
 
     # ------------------------------------------------------------ actuator side
     def _tick0(self, t_tick0: float) -> np.ndarray:
-        """Tick 0 (due at `t_tick0`): filter, plan within half a period, record."""
+        """Tick 0 (due at `t_tick0`): filter, plan within half a period, record. Raises the
+        filter's `ValueError` for a rejected first observation."""
         c, t = self.controller, self.ticks
-        try:
-            c.filter(self.robot.read_observation())
-            plan = c.plan(step=0, deadline=t_tick0 + t.period / 2)
-        except ValueError as err:  # a malformed first observation
-            logger.warning("run_control_loop: %s", err)
-            plan = None
+        c.filter(self.robot.read_observation())
+        plan = c.plan(step=0, deadline=t_tick0 + t.period / 2)
         action, outcome = (c.fallback(0), "failed") if plan is None else (plan.actions[0, 0], "planned")
         return c.record(action, outcome=outcome, latency_ms=(t.clock() - t_tick0) * 1e3)
 
@@ -212,11 +229,15 @@ class AsyncLoop:
         t = self.ticks
         try:
             tick = t.wait()
-            a = self._tick0(tick)
+            try:
+                a = self._tick0(tick)
+            except ValueError:  # no belief: the safe action for the tick, then the error
+                t.send_safe()
+                raise
             t_sent = t.send(a)
             if t.running:
                 self._push((0, None, a, t_sent, tick + t.period))
-            while t.running:
+            while t.running and self._error() is None:
                 tick = t.wait()
                 a = self._action(t.sent)
                 t_sent = t.send(a)
@@ -228,10 +249,11 @@ class AsyncLoop:
             with self._lock:
                 self._stopped = True
                 job = self._job
-            if job is not None:
-                wait_for([job], timeout=max(5.0, 10 * t.period))
-        if self._errors:
-            raise self._errors[0]
+            if job is not None:  # one period at most: a stuck job is left to finish in the background
+                wait_for([job], timeout=t.period)
+        error = self._error()
+        if error is not None:
+            raise error
 
 
 def run_control_loop(
@@ -275,9 +297,12 @@ def run_control_loop(
     Returns:
         `LoopStats` (with the controller's statistics and `robot.stats()`).
 
+    Returns within one period of the last tick even when the planner is stuck (see `AsyncLoop`).
+
     Raises:
         ValueError: on a non-positive rate, an unknown mode, or `steps=None` for a robot
-            without `done`.
+            without `done`; from the controller (after sending the safe action): an observation
+            rejected before the episode's first good one, or any with `on_bad_observation="raise"`.
 
     Source: the fixed-rate receding-horizon loop of MPC; the asynchronous planner with a
     time-indexed plan follows MuJoCo MPC (Howell et al. 2022).

@@ -41,13 +41,23 @@ class ControllerStats:
             the asynchronous loop: the fallback answered), or whose plan came back after the
             budget (inline mode: the late plan was used).
         planner_failures: planner calls that raised or returned an unusable plan (NaN/inf
-            actions, wrong shape); each was answered by the fallback.
-        observation_failures: observations that were missing, held NaN/inf or made the filter
-            raise; the belief was then predicted open-loop with the model's prior.
+            actions, a NaN/inf value, wrong shape); each was answered by the fallback.
+        observation_failures: observations rejected after the episode's first good one
+            (missing, NaN/inf, a shape other than the model's, or the filter raised); the belief
+            was then predicted open-loop with the model's prior (or, with
+            `on_bad_observation="raise"`, a `ValueError` raised).
         fallbacks: decisions answered by the fallback (deadline misses of the thread mode and
             the asynchronous loop, planner failures, and non-finite actions).
-        late_steps: decisions whose latency exceeded the budget (thread mode: ideally 0).
+        late_steps: decisions whose latency exceeded the budget (thread mode: ideally 0; a
+            planner holding the GIL in one long C call can still make it late).
         clipped_actions: actions that had to be clipped into the bounds.
+        safe_actions: decisions answered by the safe action: no fallback policy answer and no
+            plan whose horizon covers the step (e.g. a hung planner's last plan used up), or a
+            non-finite action replaced.
+        policy_failures: calls of the fallback policy that raised or returned a non-finite or
+            wrongly sized action (the newest plan by time, else the safe action, answered).
+        nonfinite_returns: candidate returns the planners reported as NaN/inf
+            (`Plan.info["nonfinite"]`, summed over all returned plans, used or not).
         latency_ms_p50, latency_ms_p95, latency_ms_p99, latency_ms_max, latency_ms_mean: wall
             milliseconds per decision, from the observation to the action (for the asynchronous
             loop: from reading the observation to the plan for the next tick being ready).
@@ -67,6 +77,9 @@ class ControllerStats:
     fallbacks: int
     late_steps: int
     clipped_actions: int
+    safe_actions: int
+    policy_failures: int
+    nonfinite_returns: int
     latency_ms_p50: float
     latency_ms_p95: float
     latency_ms_p99: float
@@ -95,6 +108,9 @@ class ControllerStats:
             ("late actions", pct(self.late_steps)),
             ("observation failures", f"{self.observation_failures}"),
             ("clipped actions", f"{self.clipped_actions}"),
+            ("safe actions", pct(self.safe_actions)),
+            ("fallback policy failures", f"{self.policy_failures}"),
+            ("non-finite returns", f"{self.nonfinite_returns}"),
             ("latency p50/p95/p99 ms", f"{self.latency_ms_p50:.1f} / {self.latency_ms_p95:.1f} / {self.latency_ms_p99:.1f}"),
             ("latency max ms", f"{self.latency_ms_max:.1f}"),
             ("budget ms", "none" if self.budget_ms is None else f"{self.budget_ms:.1f}"),
