@@ -146,3 +146,49 @@ def test_wrong_types_at_the_objective_and_the_planners_are_named():
     belief = lp.LatentState(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 0, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"AnalyticModel.imagine_step: state.deter must be \[4, 1\] float32.*float64"):
         cem.plan(lp.Objective(model), belief, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.slow
+def test_training_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_path):
+    """SIGKILL at seeded random moments, then `--resume`, until the run is done: after every kill the
+    checkpoint loads (or there is none yet), at most the episode in flight is lost, the lock is free
+    again, and the final metrics and weights equal an uninterrupted run's."""
+    import random
+    import signal
+    import time
+
+    args = ["--episodes", "6", "--seed-episodes", "2", "--updates-per-episode", "4", "--batch-size", "4",
+            "--chunk-length", "8", "--final-eval-episodes", "0", "--eval-every", "2", "--no-progress", "--device", "cpu",
+            "--model.deter", "16", "--model.stoch", "4", "--model.hidden", "16", "--model.embed", "16",
+            "--planner.horizon", "3", "--planner.iterations", "2", "--planner.candidates", "16", "--planner.elites", "4"]
+    base = [sys.executable, "-m", "latentplan.cli", "train", *args]
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    subprocess.run([*base, "--run-dir", str(tmp_path / "ref")], env=env, check=True, capture_output=True, timeout=600)
+    full = time.perf_counter() - t0
+    rng, run, kills = random.Random(0), tmp_path / "killed", 0
+    for attempt in range(20):
+        cmd = [*base, "--run-dir", str(run)] + (["--resume"] if attempt else [])
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(0.3, 0.8) * full if kills < 4 else 600)
+            assert proc.returncode == 0, proc.stderr.read().decode()
+            break
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        if (run / "checkpoint.pt").exists():
+            _, _, envelope = lp.load_checkpoint(run)  # always whole: written atomically
+            logged = [r["episode"] for r in io.read_jsonl(run / "metrics.jsonl")] if (run / "metrics.jsonl").exists() else []
+            assert max(logged, default=0) - envelope.state["episode"] <= 1  # at most the episode in flight
+        with io.RunLock(run):  # the killed process's lock died with it
+            pass
+    assert kills >= 1
+
+    def stripped(d):
+        return [{k: v for k, v in r.items() if k != "wall_s" and not k.endswith("_ms")} for r in io.read_jsonl(d / "metrics.jsonl")]
+
+    assert stripped(run) == stripped(tmp_path / "ref")
+    a, b = lp.load_checkpoint(run)[0].state_dict(), lp.load_checkpoint(tmp_path / "ref")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
