@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("latentplan.planners", name) for name in (
         "CEM", "MCTS", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
-        "GradientPlanner", "MCTSConfig", "Objective", "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner",
+        "GradientPlanner", "ILQR", "ILQRConfig", "MCTSConfig", "Objective", "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner",
         "Reward", "ValueConfig", "ValueFunction", "ValueLearner", "check_reward", "learned_reward", "reward",
     )},
     **{name: ("latentplan.worldmodels", name) for name in (

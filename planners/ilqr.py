@@ -1,0 +1,400 @@
+"""iLQR / box-DDP: Newton-like trajectory optimisation over any differentiable `WorldModel`.
+
+Iterative LQR (Li & Todorov 2004, "Iterative linear quadratic regulator design for nonlinear
+biological movement systems") linearises the dynamics and quadratises the reward along the current
+action sequence, solves the resulting time-varying linear-quadratic problem by a backward Riccati
+recursion, and rolls the new feedback policy out through the true model with a line search. Action
+bounds are handled as in Tassa, Mansard & Todorov 2014, "Control-limited differential dynamic
+programming" (ICRA): every step of the backward pass solves a box-constrained QP by projected
+Newton, and the feedback gain acts only on the free (unclamped) action dimensions; this box-DDP
+backward pass is also the one of Amos et al. 2018, "Differentiable MPC for end-to-end planning and
+control" (NeurIPS). Regularisation is Levenberg–Marquardt on the action Hessian with the schedule
+of Tassa, Erez & Todorov 2012.
+
+The belief is treated as the vector `x = state.features()` (`[N, F]`, F = D + S). On a stochastic
+model (the RSSM) the planner optimises over the deterministic path with the stochastic part at its
+prior mean, i.e. `imagine_step(..., sample=False)`; `Plan.value` is the objective's return along
+that path.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.func import grad, jacrev
+
+from latentplan.worldmodels.state import LatentState
+
+from .ascent import require_differentiable
+from .base import Plan
+from .gradient import _PriorMeanModel
+from .objective import Objective
+from .validate import check_choice, check_int, check_min, check_positive, check_range
+
+__all__ = ["ILQR", "ILQRConfig", "box_qp"]
+
+
+@dataclass(frozen=True)
+class ILQRConfig:
+    """Settings of `ILQR`.
+
+    Attributes:
+        horizon: H, planning steps per sequence.
+        iterations: the most linearise / backward / forward iterations per plan call.
+        tolerance: stop when, for every environment, the accepted step improved the return by
+            less than `tolerance * max(1, |return|)` (relative), or no step was accepted at
+            the largest regularisation. `0.0` always runs all `iterations` (so the number of
+            model evaluations is known in advance, as the registry's budgets need).
+        line_search: L, the step sizes `1, 1/2, ..., 2^-(L-1)` of the forward pass, all rolled
+            out in one batch of `B * L` rows; the best improving one is taken.
+        reg_init: initial Levenberg–Marquardt damping mu added to the action Hessian (`Q_uu +
+            mu I`). `0.0`: a pure Newton step, exact in one iteration on an LQ problem.
+        reg_min: the smallest non-zero mu; a decrease below it sets mu to 0 (Tassa et al. 2012).
+        reg_max: the largest mu; an environment whose backward pass still fails there stops.
+        reg_factor: mu is multiplied by it after a failed step (not positive definite, or no
+            improving step size) and divided by it after an accepted one.
+        qp_iterations: projected-Newton iterations of each per-step box QP (Tassa et al. 2014).
+        state: what the planner optimises over; only `"mean"`: on the RSSM, the deterministic path
+            with the stochastic part at its prior mean (`imagine_step(..., sample=False)`);
+            models without a stochastic part are unaffected.
+
+    Raises:
+        ValueError: naming the field, on a count below 1, a negative tolerance or damping,
+            `reg_factor <= 1`, `reg_min > reg_max`, or an unknown `state`.
+    """
+
+    horizon: int = 12
+    iterations: int = 10
+    tolerance: float = 1e-6
+    line_search: int = 8
+    reg_init: float = 0.0
+    reg_min: float = 1e-6
+    reg_max: float = 1e10
+    reg_factor: float = 10.0
+    qp_iterations: int = 30
+    state: Literal["mean"] = "mean"
+
+    def __post_init__(self) -> None:
+        check_int(self, "horizon", "iterations", "line_search", "qp_iterations", minimum=1)
+        check_min(self, 0.0, "tolerance", "reg_init")
+        check_positive(self, "reg_min", "reg_max")
+        check_range(self, "reg_factor", 1.0, math.inf, low_open=True, high_open=True)
+        if self.reg_min > self.reg_max:
+            raise ValueError(f"ILQRConfig.reg_min must be <= reg_max={self.reg_max}; got {self.reg_min}")
+        check_choice(self, "state", ("mean",))
+
+    def model_evals(self, feature_size: int) -> int:
+        """Model evaluations per decision and environment when all `iterations` run:
+        `H * (1 + iterations * (1 + F + L))` for beliefs of F features (see `ILQR`)."""
+        return self.horizon * (1 + self.iterations * (1 + int(feature_size) + self.line_search))
+
+
+def box_qp(hessian: Tensor, gradient: Tensor, low: Tensor, high: Tensor, *, iterations: int = 30,
+           start: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Minimise `1/2 x^T H x + g^T x` subject to `low <= x <= high`, batched, by projected Newton.
+
+    The method of Tassa, Mansard & Todorov 2014 (Alg. 1, after Bertsekas 1982): at each
+    iteration the dimensions at a bound whose gradient pushes outwards are clamped, a Newton step
+    is taken on the free ones, and the step is shortened along the projected path (Armijo) until
+    the objective decreases enough.
+
+    Args:
+        hessian: `[N, A, A]` symmetric positive definite H.
+        gradient: `[N, A]` g.
+        low, high: `[N, A]` bounds with `low <= high`.
+        iterations: the most Newton iterations.
+        start: `[N, A]` initial guess (projected into the box); default zeros.
+
+    Returns:
+        `(x, free, chol)`: the solution `[N, A]`; `[N, A]` bool, the dimensions not clamped at
+        the solution; `[N, A, A]` the Cholesky factor of H restricted to the free dimensions
+        (identity on the clamped ones), for the feedback gain.
+
+    Raises:
+        torch.linalg.LinAlgError: if H is not positive definite (callers check first).
+    """
+    x = torch.zeros_like(gradient) if start is None else start
+    x = torch.minimum(torch.maximum(x, low), high)
+    steps = 0.5 ** torch.arange(12, dtype=x.dtype, device=x.device)  # [S] projected line search
+
+    def q(v: Tensor) -> Tensor:  # [N, S, A] -> [N, S]
+        hv = (hessian.unsqueeze(1) @ v.unsqueeze(-1)).squeeze(-1)
+        return (0.5 * hv + gradient.unsqueeze(1)).mul(v).sum(-1)
+
+    def free_of(v: Tensor) -> tuple[Tensor, Tensor]:
+        g = gradient + (hessian @ v.unsqueeze(-1)).squeeze(-1)
+        clamped = ((v <= low) & (g > 0)) | ((v >= high) & (g < 0))
+        return ~clamped, g
+
+    for _ in range(iterations):
+        free, g = free_of(x)
+        f = free.to(x.dtype)
+        hf = hessian * f.unsqueeze(-1) * f.unsqueeze(-2) + torch.diag_embed(1.0 - f)
+        dx = torch.cholesky_solve((-g * f).unsqueeze(-1), torch.linalg.cholesky(hf)).squeeze(-1)  # 0 where clamped
+        if not bool((dx.abs() > 1e-13 * (1.0 + x.abs())).any()):
+            break
+        cand = torch.minimum(torch.maximum(x.unsqueeze(1) + steps[:, None] * dx.unsqueeze(1), low.unsqueeze(1)),
+                             high.unsqueeze(1))  # [N, S, A]
+        armijo = q(x.unsqueeze(1)) + 0.1 * ((cand - x.unsqueeze(1)) * g.unsqueeze(1)).sum(-1)  # [N, S]
+        ok = q(cand) <= armijo
+        first = ok.to(torch.int8).argmax(1)  # the longest accepted step
+        take = cand[torch.arange(x.shape[0], device=x.device), first]
+        x = torch.where(ok.any(1, keepdim=True), take, x)
+    free, _ = free_of(x)
+    f = free.to(x.dtype)
+    chol = torch.linalg.cholesky(hessian * f.unsqueeze(-1) * f.unsqueeze(-2) + torch.diag_embed(1.0 - f))
+    return x, free, chol
+
+
+class ILQR:
+    """iLQR / box-DDP over any differentiable `WorldModel` (Li & Todorov 2004; Tassa et al. 2014).
+
+    Each iteration, for all B environments at once:
+
+    1. *Linearise*: the Jacobians `f_x [B*H, F, F]`, `f_u [B*H, F, A]` of the transition
+       `x_{t+1} = f(x_t, u_t)` along the current trajectory, and the gradient and Hessian of the
+       discounted reward `gamma^t r(x_{t+1}, u_t)` w.r.t. `(x_{t+1}, u_t)`, all B*H rows in one
+       `torch.func` call (no loop over environments or steps): rows are independent, so the
+       Jacobian of the row-sum gives every row's Jacobian. The terminal value `gamma^H V(x_H)`
+       (when the objective has one) is quadratised the same way. Second derivatives of the
+       dynamics are dropped (iLQR, a Gauss–Newton approximation); those of the reward are kept.
+    2. *Backward pass*: the Riccati recursion on the cost `-reward`; at every step the box QP over
+       the action step (`box_qp`) gives the open-loop step `k_t` and the free dimensions, and the
+       feedback gain `K_t = -Q_uu,ff^{-1} Q_ux` acts on the free dimensions only (box-DDP).
+       `Q_uu + mu I` must be positive definite; where it is not, mu grows (Levenberg–Marquardt)
+       and the pass is repeated.
+    3. *Forward pass*: `u_t = clip(ubar_t + alpha k_t + K_t (x_t - xbar_t))` through the true
+       model for the L step sizes alpha in one batch; the best improving one is accepted per
+       environment (mu shrinks), else the trajectory stays and mu grows.
+
+    Actions always lie in `[action_low, action_high]`. On a linear model with a quadratic
+    reward and inactive bounds the first iteration (with `reg_init = 0`) is exactly the LQR
+    optimum. Works in float32 and float64 (a model converted with `.double()` and a float64
+    state); the dtype and device follow `state`.
+
+    Model evaluations (`Plan.info["model_evals"]`, all environments): the first rollout, B*H
+    transitions; per iteration, the linearisation counts `(1 + F)` transitions per row and step
+    (one forward pass plus one vector-Jacobian product per output feature, each about the cost
+    of a forward pass: a Jacobian with F outputs by reverse mode is counted as F evaluations),
+    and the line search B*L*H transitions. Derivatives of the reward terms and of the value are
+    not transitions and are not counted. `ILQRConfig.model_evals(F)` is the total per
+    environment when every iteration runs.
+
+    `plan(objective, state [B], *, warm_start=None, generator=None, deadline=None) -> Plan` with
+    `actions [B, H, A]`, `value [B]` (the objective's return of these actions along the
+    prior-mean path) and `info` = `iterations`, `model_evals`, `nonfinite`, `reg` (`[B]` final
+    mu), `improvement` (`[B]` return gain of the last iteration), `plan_ms`. The start is
+    `warm_start.actions` (e.g. `previous.shift()`) clipped into the bounds, else zeros clipped
+    into the bounds. `generator` is unused (the planner is deterministic). `deadline` is
+    checked after every iteration; at least one runs. The planner keeps no state between calls.
+
+    Args:
+        config: `ILQRConfig`; keyword `overrides` replace its fields.
+
+    Raises:
+        ValueError: (in `plan`) a warm start of the wrong shape, naming `warm_start.actions`;
+            an objective with a term marked non-differentiable (`require_differentiable`).
+    """
+
+    def __init__(self, config: ILQRConfig | None = None, **overrides) -> None:
+        import dataclasses
+
+        self.config = dataclasses.replace(config or ILQRConfig(), **overrides)
+
+    def __repr__(self) -> str:
+        return f"ILQR({self.config!r})"
+
+    def plan(
+        self,
+        objective: Objective,
+        state: LatentState,
+        *,
+        warm_start: Plan | None = None,
+        generator: torch.Generator | None = None,
+        deadline: float | None = None,
+    ) -> Plan:
+        """Plan for every belief in `state` (`[B]` rows); see the class docstring."""
+        t0 = time.perf_counter()
+        c = self.config
+        require_differentiable(objective, "ILQR")
+        b, h, a = state.batch, c.horizon, objective.action_dim
+        if warm_start is not None and tuple(warm_start.actions.shape) != (b, h, a):
+            raise ValueError(f"ILQR.plan: warm_start.actions must be [B={b}, H={h}, A={a}]; "
+                             f"got {tuple(warm_start.actions.shape)}")
+        dtype, dev = state.deter.dtype, state.device
+        d = state.deter.shape[1]
+        model = objective.model
+        if state.stoch.shape[1] > 0:
+            objective = copy.copy(objective)
+            objective.model = model = _PriorMeanModel(model)
+        low = model.action_low.to(dev, dtype).expand(b, h, a)
+        high = model.action_high.to(dev, dtype).expand(b, h, a)
+        x0 = state.features().detach()
+
+        def split(x: Tensor) -> LatentState:
+            return LatentState(x[:, :d], x[:, d:])
+
+        def dyn(x: Tensor, u: Tensor) -> Tensor:  # [M, F], [M, A] -> [M, F]
+            return model.imagine_step(split(x), u, sample=False).features()
+
+        weights = objective.discount ** torch.arange(h, device=dev, dtype=dtype)  # [H]
+
+        def reward(z: Tensor, w: Tensor) -> Tensor:  # z = [x_{t+1}, u_t] rows [M, F + A] -> [M]
+            f = z.shape[1] - a
+            return objective._reward(split(z[:, :f]), z[:, f:]) * w
+
+        def terminal(x: Tensor) -> Tensor:  # [B, F] -> [B]
+            return objective.bootstrap(split(x)) * objective.discount**h
+
+        def rollout(u_bar: Tensor, x_bar: Tensor | None, k: Tensor | None, gain: Tensor | None, alphas: Tensor):
+            """Closed-loop rollouts for each step size: -> (x [B, L, H+1, F], u [B, L, H, A], ret [B, L])."""
+            n_l = alphas.shape[0]
+            x = x0.repeat_interleave(n_l, 0)  # row b * L + l
+            xs, us = [x], []
+            for t in range(h):
+                u = u_bar[:, t].repeat_interleave(n_l, 0)
+                if k is not None:
+                    u = u + alphas.repeat(b)[:, None] * k[:, t].repeat_interleave(n_l, 0)
+                    dx = (x - x_bar[:, t].repeat_interleave(n_l, 0)).unsqueeze(-1)
+                    u = u + (gain[:, t].repeat_interleave(n_l, 0) @ dx).squeeze(-1)
+                u = torch.minimum(torch.maximum(u, low[:, t].repeat_interleave(n_l, 0)),
+                                  high[:, t].repeat_interleave(n_l, 0))
+                x = dyn(x, u)
+                xs.append(x)
+                us.append(u)
+            xs_t, us_t = torch.stack(xs, 1), torch.stack(us, 1)  # [B*L, H+1, F], [B*L, H, A]
+            z = torch.cat([xs_t[:, 1:], us_t], -1).flatten(0, 1)  # row (b * L + l) * H + t
+            r = reward(z, weights.repeat(b * n_l)).reshape(b * n_l, h).sum(1)
+            if objective.value is not None:
+                r = r + terminal(xs_t[:, -1])
+            return xs_t.reshape(b, n_l, h + 1, -1), us_t.reshape(b, n_l, h, a), r.reshape(b, n_l)
+
+        start = torch.zeros(b, h, a, device=dev, dtype=dtype) if warm_start is None else \
+            warm_start.actions.detach().to(dev, dtype)
+        one = torch.ones(1, device=dev, dtype=dtype)
+        alphas = 0.5 ** torch.arange(c.line_search, device=dev, dtype=dtype)
+        with torch.enable_grad():
+            xs, us, ret = rollout(start, None, None, None, one)
+            x_bar, u_bar, ret = xs[:, 0].detach(), us[:, 0].detach(), ret[:, 0].detach()
+            f_dim = x_bar.shape[-1]
+            evals = b * h
+            nonfinite = int((~torch.isfinite(ret)).sum())
+            mu = torch.full((b,), float(c.reg_init), device=dev, dtype=dtype)
+            active = torch.isfinite(ret)
+            improvement = torch.zeros(b, device=dev, dtype=dtype)
+            iterations = 0
+            for _ in range(c.iterations):
+                iterations += 1
+                # 1. linearise the dynamics and quadratise the reward, all B * H rows at once
+                xm, um = x_bar[:, :h].flatten(0, 1), u_bar.flatten(0, 1)
+                fx, fu = jacrev(lambda x, u: dyn(x, u).sum(0), argnums=(0, 1))(xm, um)  # [F, M, F], [F, M, A]
+                fx, fu = fx.transpose(0, 1).detach(), fu.transpose(0, 1).detach()
+                z = torch.cat([x_bar[:, 1:].flatten(0, 1), um], -1)
+                w = weights.repeat(b)
+                gz = grad(lambda z: reward(z, w).sum())
+                lz = -gz(z).detach()  # cost gradient [M, F + A]
+                lzz = -jacrev(lambda z: gz(z).sum(0))(z).transpose(0, 1).detach()  # [M, F + A, F + A]
+                evals += b * h * (1 + f_dim)
+                if objective.value is not None:
+                    gv = grad(lambda x: terminal(x).sum())
+                    vx = -gv(x_bar[:, h]).detach()
+                    vxx = -jacrev(lambda x: gv(x).sum(0))(x_bar[:, h]).transpose(0, 1).detach()
+                else:
+                    vx = torch.zeros(b, f_dim, device=dev, dtype=dtype)
+                    vxx = torch.zeros(b, f_dim, f_dim, device=dev, dtype=dtype)
+                shape = (b, h)
+                derivs = (fx.reshape(*shape, f_dim, f_dim), fu.reshape(*shape, f_dim, a),
+                          lz.reshape(*shape, -1), lzz.reshape(*shape, f_dim + a, f_dim + a))
+                # 2. backward pass, repeated with more damping where Q_uu + mu I is not positive definite
+                while True:
+                    k, gain, ok = self._backward(derivs, vx, vxx, mu, u_bar, low, high)
+                    bad = active & ~ok
+                    if not bool(bad.any()):
+                        break
+                    mu = torch.where(bad, torch.clamp(mu * c.reg_factor, min=c.reg_min), mu)
+                    over = bad & (mu > c.reg_max)
+                    active = active & ~over
+                    mu = torch.where(over, torch.full_like(mu, c.reg_max), mu)
+                k = torch.where(active[:, None, None], k, torch.zeros_like(k))
+                gain = torch.where(active[:, None, None, None], gain, torch.zeros_like(gain))
+                # 3. forward pass: every step size in one batch, the best improving one per environment
+                xs, us, rets = rollout(u_bar, x_bar, k, gain, alphas)
+                evals += b * c.line_search * h
+                nonfinite += int((~torch.isfinite(rets)).sum())
+                rets = torch.where(torch.isfinite(rets), rets, torch.full_like(rets, -math.inf)).detach()
+                best, idx = rets.max(1)
+                accept = active & (best > ret)
+                rows = torch.arange(b, device=dev)
+                improvement = torch.where(accept, best - ret, torch.zeros_like(ret))
+                x_bar = torch.where(accept[:, None, None], xs[rows, idx].detach(), x_bar)
+                u_bar = torch.where(accept[:, None, None], us[rows, idx].detach(), u_bar)
+                ret = torch.where(accept, best, ret)
+                down = mu / c.reg_factor
+                mu = torch.where(accept, torch.where(down < c.reg_min, torch.zeros_like(mu), down),
+                                 torch.clamp(mu * c.reg_factor, min=c.reg_min))
+                active = active & (mu <= c.reg_max)
+                converged = improvement <= c.tolerance * torch.clamp(ret.abs(), min=1.0)
+                if c.tolerance > 0 and bool((converged | ~active).all()):
+                    break
+                if not bool(active.any()):
+                    break
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break
+        info = {
+            "iterations": iterations, "model_evals": evals, "nonfinite": nonfinite, "reg": mu,
+            "improvement": improvement, "plan_ms": (time.perf_counter() - t0) * 1e3,
+        }
+        return Plan(u_bar, ret, info)
+
+    def _backward(self, derivs: tuple[Tensor, ...], vx: Tensor, vxx: Tensor, mu: Tensor, u_bar: Tensor,
+                  low: Tensor, high: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The box-DDP Riccati recursion on the cost (Tassa et al. 2014, Sec. III).
+
+        Args:
+            derivs: `(f_x [B, H, F, F], f_u [B, H, F, A], l_z [B, H, F+A], l_zz [B, H, F+A, F+A])`,
+                the cost `-gamma^t r` differentiated w.r.t. `z = (x_{t+1}, u_t)`.
+            vx, vxx: `[B, F]`, `[B, F, F]` the terminal cost's gradient and Hessian.
+            mu: `[B]` damping; u_bar, low, high: `[B, H, A]`.
+
+        Returns:
+            `(k [B, H, A], K [B, H, A, F], ok [B])`, ok False where some `Q_uu + mu I` was not
+            positive definite (that row's k and K are then meaningless).
+        """
+        fx, fu, lz, lzz = derivs
+        b, h, f_dim, a = fu.shape[0], fu.shape[1], fu.shape[2], fu.shape[3]
+        eye = torch.eye(a, dtype=vx.dtype, device=vx.device)
+        ok = torch.ones(b, dtype=torch.bool, device=vx.device)
+        ks, gains = [None] * h, [None] * h
+        for t in reversed(range(h)):
+            A_, B_ = fx[:, t], fu[:, t]
+            sy = lz[:, t, :f_dim] + vx                      # cost-to-go gradient at x_{t+1}
+            syy = lzz[:, t, :f_dim, :f_dim] + vxx
+            luy = lzz[:, t, f_dim:, :f_dim]                  # [B, A, F]
+            qx = (A_.transpose(1, 2) @ sy.unsqueeze(-1)).squeeze(-1)
+            qu = (B_.transpose(1, 2) @ sy.unsqueeze(-1)).squeeze(-1) + lz[:, t, f_dim:]
+            qxx = A_.transpose(1, 2) @ syy @ A_
+            cross = luy @ B_
+            quu = B_.transpose(1, 2) @ syy @ B_ + lzz[:, t, f_dim:, f_dim:] + cross + cross.transpose(1, 2)
+            qux = B_.transpose(1, 2) @ syy @ A_ + luy @ A_
+            quu = 0.5 * (quu + quu.transpose(1, 2))
+            reg = quu + mu[:, None, None] * eye
+            _, info = torch.linalg.cholesky_ex(reg)
+            good = info == 0
+            ok = ok & good
+            reg = torch.where(good[:, None, None], reg, eye.expand_as(reg))  # keep the QP solvable
+            k, free, chol = box_qp(reg, qu, low[:, t] - u_bar[:, t], high[:, t] - u_bar[:, t],
+                                   iterations=self.config.qp_iterations)
+            fr = free.to(vx.dtype).unsqueeze(-1)
+            gain = -torch.cholesky_solve(qux * fr, chol) * fr   # [B, A, F], zero rows where clamped
+            vx = qx + (gain.transpose(1, 2) @ (quu @ k.unsqueeze(-1) + qu.unsqueeze(-1))).squeeze(-1) \
+                + (qux.transpose(1, 2) @ k.unsqueeze(-1)).squeeze(-1)
+            vxx = qxx + gain.transpose(1, 2) @ quu @ gain + gain.transpose(1, 2) @ qux + qux.transpose(1, 2) @ gain
+            vxx = 0.5 * (vxx + vxx.transpose(1, 2))
+            ks[t], gains[t] = k, gain
+        return torch.stack(ks, 1), torch.stack(gains, 1), ok

@@ -1,0 +1,184 @@
+"""iLQR / box-DDP against exact answers: the LQR optimum from scipy's Riccati solution (unconstrained)
+and scipy's bounded least squares (active action bounds), in float64."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.optimize
+import torch
+
+from latentplan.planners import ILQR, ILQRConfig, Objective, Plan
+from latentplan.planners.gradient import _mean_objective
+from latentplan.worldmodels import AnalyticModel, LatentState
+
+
+def _pd(rng, n, floor=0.1):
+    m = rng.standard_normal((n, n))
+    return m @ m.T / n + floor * np.eye(n)
+
+
+def _system(kind, seed=0):
+    """A 3-state, 2-action linear system: `unstable` (spectral radius > 1) or `oscillating`
+    (a lightly damped rotation), with random positive definite Q and R."""
+    rng = np.random.default_rng(seed)
+    if kind == "unstable":
+        A = np.array([[1.1, 0.2, 0.0], [0.0, 1.05, 0.1], [0.1, 0.0, 0.9]])
+    else:
+        c, s = np.cos(0.4), np.sin(0.4)
+        A = np.array([[0.99 * c, -0.99 * s, 0.0], [0.99 * s, 0.99 * c, 0.0], [0.0, 0.3, 0.95]])
+    B = rng.standard_normal((3, 2)) * 0.5
+    # rounded to float32 values: `AnalyticModel.linear` stores its matrices in float32 (`.double()`
+    # widens them exactly), so the references below see the very system the planner sees
+    return tuple(X.astype(np.float32).astype(np.float64) for X in (A, B, _pd(rng, 3), _pd(rng, 2)))
+
+
+def _problem(A, B, Q, R, bound, M):
+    """A float64 `AnalyticModel` and the objective -sum(x'Qx + u'Ru) - x_H' M x_H."""
+    model = AnalyticModel.linear(A, B, Q, action_bound=bound).double()
+    Rt, Mt = torch.tensor(R), torch.tensor(M)
+
+    def objective(m):
+        return Objective(m, rewards=[lambda s, a: m.reward(s), lambda s, a: -((a @ Rt) * a).sum(-1)],
+                         value=lambda s: -((s.deter @ Mt) * s.deter).sum(-1))
+
+    return model, objective
+
+
+def _state(x0):
+    x = torch.tensor(np.atleast_2d(x0), dtype=torch.float64)
+    return LatentState(x, x.new_zeros(x.shape[0], 0))
+
+
+def _lstsq_form(A, B, Q, R, M, x0, h):
+    """The cost as ||C U - d||^2 over the stacked actions U `[H * m]` (x_{t+1} is linear in U)."""
+    n, m = B.shape
+    rq, rr, rm = (np.linalg.cholesky(X).T for X in (Q, R, M))
+    blocks, rhs = [], []
+    for t in range(h):  # state cost of x_{t+1} (with M added at the horizon)
+        row = np.zeros((n, h * m))
+        for j in range(t + 1):
+            row[:, j * m:(j + 1) * m] = np.linalg.matrix_power(A, t - j) @ B
+        free = np.linalg.matrix_power(A, t + 1) @ x0
+        for root in ([rq, rm] if t == h - 1 else [rq]):
+            blocks.append(root @ row)
+            rhs.append(-root @ free)
+    for t in range(h):
+        row = np.zeros((m, h * m))
+        row[:, t * m:(t + 1) * m] = rr
+        blocks.append(row)
+        rhs.append(np.zeros(m))
+    return np.vstack(blocks), np.concatenate(rhs)
+
+
+@pytest.mark.parametrize("kind", ["unstable", "oscillating"])
+def test_one_iteration_reaches_the_riccati_optimum(kind):
+    A, B, Q, R = _system(kind)
+    P = scipy.linalg.solve_discrete_are(A, B, Q, R)
+    K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+    model, objective = _problem(A, B, Q, R, 1e3, P - Q)  # terminal P - Q: the optimum is u = -K x forever
+    x0s = np.array([[1.0, -0.5, 0.3], [-0.2, 0.8, 1.0]])
+    plan = ILQR(ILQRConfig(horizon=8, iterations=1)).plan(objective(model), _state(x0s))
+    assert plan.info["iterations"] == 1
+    for i, x0 in enumerate(x0s):
+        x, want = x0.copy(), []
+        for _ in range(8):
+            want.append(-K @ x)
+            x = A @ x + B @ want[-1]
+        want = np.array(want)
+        err = np.abs(plan.actions[i].numpy() - want).max() / np.abs(want).max()
+        assert err <= 1e-10, err  # measured ~3e-15
+        optimum = -x0 @ (P - Q) @ x0  # Bellman's equation of the DARE
+        assert abs(plan.value[i].item() - optimum) <= 1e-10 * abs(optimum)
+
+
+@pytest.mark.parametrize("kind", ["unstable", "oscillating"])
+def test_active_bounds_match_the_bounded_least_squares_optimum(kind):
+    A, B, Q, R = _system(kind, seed=1)
+    h, bound = 6, 0.5  # exact in float32, as the model stores its bounds
+    model, objective = _problem(A, B, Q, R, bound, 2 * Q)
+    x0 = np.array([2.0, -1.5, 1.0])
+    C, d = _lstsq_form(A, B, Q, R, 2 * Q, x0, h)
+    ref = scipy.optimize.lsq_linear(C, d, bounds=(-bound, bound), method="bvls", tol=1e-14)
+    want = ref.x.reshape(h, 2)
+    assert np.isclose(np.abs(want), bound).sum() >= 2  # some bounds are active
+    plan = ILQR(ILQRConfig(horizon=h, iterations=30, tolerance=1e-14)).plan(objective(model), _state(x0))
+    got = plan.actions[0].numpy()
+    assert np.abs(got).max() <= bound
+    assert np.abs(got - want).max() <= 1e-10, np.abs(got - want).max()  # measured ~1e-15
+    assert abs(-plan.value.item() - np.sum((C @ ref.x - d) ** 2)) <= 1e-10 * ref.cost * 2
+
+
+def _random_problem(bound=0.5):
+    A, B, Q, R = _system("unstable", seed=2)
+    return _problem(A, B, Q, R, bound, Q)
+
+
+def test_a_batch_equals_single_calls():
+    model, objective = _random_problem()
+    x0s = np.array([[2.0, -1.5, 1.0], [0.1, 0.2, -0.1], [-1.0, 0.5, 0.0]])
+    planner = ILQR(ILQRConfig(horizon=5, iterations=10, tolerance=1e-12))
+    batch = planner.plan(objective(model), _state(x0s))
+    for i, x0 in enumerate(x0s):
+        single = planner.plan(objective(model), _state(x0))
+        torch.testing.assert_close(batch.actions[i], single.actions[0], atol=1e-12, rtol=0)
+        torch.testing.assert_close(batch.value[i], single.value[0], atol=1e-12, rtol=0)
+
+
+def test_warm_start_from_the_optimum_returns_it_at_once():
+    model, objective = _random_problem()
+    x0 = np.array([2.0, -1.5, 1.0])
+    planner = ILQR(ILQRConfig(horizon=5, iterations=30, tolerance=1e-12))
+    best = planner.plan(objective(model), _state(x0))
+    again = planner.plan(objective(model), _state(x0), warm_start=best)
+    assert again.info["iterations"] <= 1
+    torch.testing.assert_close(again.actions, best.actions, atol=1e-12, rtol=0)
+    torch.testing.assert_close(again.value, best.value, atol=1e-12, rtol=0)
+    # the evaluations: one rollout, then per iteration the linearisation (1 + F) and L line-search rollouts
+    assert again.info["model_evals"] == 5 * (1 + again.info["iterations"] * (1 + 3 + 8))
+    assert ILQRConfig(horizon=5, iterations=1).model_evals(3) == 5 * (1 + 1 + 3 + 8)
+
+
+def test_float32_model_reaches_the_optimum_to_float32_precision():
+    A, B, Q, R = _system("oscillating")
+    P = scipy.linalg.solve_discrete_are(A, B, Q, R)
+    model = AnalyticModel.linear(A, B, Q, action_bound=1e3)
+    M = torch.tensor(P - Q, dtype=torch.float32)
+    objective = Objective(model, rewards=[lambda s, a: model.reward(s), AnalyticModel.quadratic_action_cost(R)],
+                          value=lambda s: -((s.deter @ M) * s.deter).sum(-1))
+    x0 = np.array([1.0, -0.5, 0.3])
+    plan = ILQR(ILQRConfig(horizon=8, iterations=1)).plan(objective, model.from_observation(torch.tensor(x0[None])))
+    assert plan.actions.dtype == torch.float32
+    K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+    np.testing.assert_allclose(plan.actions[0, 0].numpy(), -K @ x0, rtol=0, atol=1e-5)
+
+
+def test_bad_inputs_raise_naming_the_field():
+    for field, value in [("horizon", 0), ("iterations", 1.5), ("tolerance", -1.0), ("line_search", 0),
+                         ("reg_factor", 1.0), ("reg_min", 0.0), ("state", "sample")]:
+        with pytest.raises(ValueError, match=rf"ILQRConfig\.{field} must be"):
+            ILQRConfig(**{field: value})
+    model, objective = _random_problem()
+    with pytest.raises(ValueError, match=r"warm_start.actions must be \[B=1, H=4, A=2\]"):
+        ILQR(horizon=4).plan(objective(model), _state([1.0, 0.0, 0.0]), warm_start=Plan(torch.zeros(1, 3, 2),
+                                                                                              torch.zeros(1)))
+    rough = objective(model)
+    rough.rewards[0].differentiable = False
+    with pytest.raises(ValueError, match="ILQR"):
+        ILQR(horizon=4).plan(rough, _state([1.0, 0.0, 0.0]))
+
+
+def test_runs_on_the_rssm_in_bounds_and_improves_on_zeros():
+    from latentplan.worldmodels import RSSMConfig, RSSMWorldModel
+
+    torch.manual_seed(0)
+    model = RSSMWorldModel(RSSMConfig(obs_shape=(3,), action_dim=2, deter=8, stoch=4, hidden=8, embed=8)).eval()
+    objective = Objective(model, rewards=[lambda s, a: -(s.features() - 0.5).pow(2).sum(-1)])
+    g = torch.Generator().manual_seed(1)
+    state = LatentState(torch.randn(2, 8, generator=g), torch.randn(2, 4, generator=g))
+    plan = ILQR(ILQRConfig(horizon=4, iterations=5)).plan(objective, state)
+    assert plan.actions.shape == (2, 4, 2) and torch.isfinite(plan.value).all()
+    assert (plan.actions >= model.action_low).all() and (plan.actions <= model.action_high).all()
+    with torch.no_grad():  # the value is the return along the prior-mean path, which beats zero actions
+        mean = _mean_objective(objective, state)
+        torch.testing.assert_close(plan.value, mean.returns(state, plan.actions), atol=1e-5, rtol=1e-5)
+        assert (plan.value > mean.returns(state, torch.zeros(2, 4, 2)) + 1e-3).all()
