@@ -8,7 +8,8 @@ A budget is model evaluations per decision (each factory scales its planner's si
 milliseconds per decision (the planner's deadline).
 
 Built-in names: `cem` (PlaNet's CEM), `icem` (Pinneri et al. 2020), `mppi` (Williams et al. 2017,
-the CEM loop with the MPPI refit), `cem_gd` (Bharadhwaj et al. 2020), `gradient`, `mcts`
+the CEM loop with the MPPI refit), `cem_gd` (Bharadhwaj et al. 2020), `gradient`, `ilqr` (iLQR /
+box-DDP, Li & Todorov 2004; Tassa et al. 2014), `mcts`
 (Sampled MuZero-style search) and `policy` (a distilled policy acting alone).
 """
 
@@ -28,6 +29,7 @@ from latentplan.planners.ascent import AscentConfig
 from latentplan.planners.base import Planner
 from latentplan.planners.cem import CEM, CEMConfig
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
+from latentplan.planners.ilqr import ILQR, ILQRConfig
 from latentplan.planners.objective import Objective
 from latentplan.planners.validate import check_int, check_positive
 
@@ -298,6 +300,33 @@ def gradient_factory(model: Any, budget: Budget, horizon: int, overrides: dict) 
     return PlannerBuild(GradientPlanner(cfg), True, budget.ms, cfg.model_evals if budget.ms is None else None, repr(cfg))
 
 
+def ilqr_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
+    """Registry factory of `ILQR` (L = 8 line-search steps, warm start from the shifted plan).
+
+    Evaluation budget: iterations = (evals / H - 1) // (1 + F + L), F the model's
+    `feature_size` (`ILQRConfig.model_evals`), with `tolerance = 0` so that every iteration runs
+    and the spent evaluations equal the expected ones. Time budget: 100,000 iterations, stopped by
+    the deadline. Default: 10 iterations.
+    """
+    base = {"horizon": horizon, **overrides}
+    if budget.evals is not None:
+        if "iterations" in overrides:
+            raise ValueError("iterations is set by the evaluation budget; override line_search instead")
+        probe = ILQRConfig(**{**base, "iterations": 1})
+        per = probe.model_evals(model.feature_size) - probe.horizon
+        iters = (int(budget.evals) - probe.horizon) // per
+        if iters < 1:
+            raise ValueError(f"a budget of {budget.evals} model evaluations is too small for iLQR with "
+                             f"H={probe.horizon}, F={model.feature_size}, L={probe.line_search} "
+                             f"(needs at least {probe.model_evals(model.feature_size)})")
+        base.update(iterations=iters, tolerance=0.0)
+    elif budget.ms is not None and "iterations" not in overrides:
+        base["iterations"] = _ANYTIME_ITERATIONS
+    cfg = ILQRConfig(**base)
+    expected = cfg.model_evals(model.feature_size) if budget.evals is not None and budget.ms is None else None
+    return PlannerBuild(ILQR(cfg), True, budget.ms, expected, repr(cfg))
+
+
 def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
     """Registry factory of `latentplan.planners.mcts.MCTS` (Sampled MuZero-style tree search).
 
@@ -386,5 +415,6 @@ PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
 for _name, (_preset, _warm) in PRESETS.items():
     register_planner(_name, cem_family(_preset, warm_start=_warm))
 register_planner("gradient", gradient_factory)
+register_planner("ilqr", ilqr_factory)
 register_planner("mcts", mcts_factory)
 register_planner("policy", policy_factory)

@@ -182,3 +182,16 @@ def test_runs_on_the_rssm_in_bounds_and_improves_on_zeros():
         mean = _mean_objective(objective, state)
         torch.testing.assert_close(plan.value, mean.returns(state, plan.actions), atol=1e-5, rtol=1e-5)
         assert (plan.value > mean.returns(state, torch.zeros(2, 4, 2)) + 1e-3).all()
+
+
+def test_the_registry_sizes_ilqr_to_an_evaluation_budget_and_spends_it():
+    from latentplan.registry import Budget, make_planner
+
+    model, objective = _random_problem()
+    build = make_planner("ilqr", model, Budget(evals=1000), horizon=5)
+    cfg = build.planner.config
+    assert cfg.iterations == (1000 // 5 - 1) // (1 + 3 + 8) and cfg.tolerance == 0.0  # 16 iterations
+    plan = build.planner.plan(objective(model), _state([2.0, -1.5, 1.0]))
+    assert plan.info["model_evals"] == build.expected_evals <= 1000
+    with pytest.raises(ValueError, match="too small for iLQR"):
+        make_planner("ilqr", model, Budget(evals=50), horizon=5)

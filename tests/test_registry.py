@@ -14,7 +14,7 @@ from test_compare import _counting_factory, point_model
 
 
 def test_registry_names_overrides_and_errors():
-    assert {"cem", "icem", "mppi", "gradient", "cem_gd", "mcts", "policy"} <= set(available_planners())
+    assert {"cem", "icem", "mppi", "gradient", "cem_gd", "ilqr", "mcts", "policy"} <= set(available_planners())
     spec = PlannerSpec.parse("icem:noise_beta=3,keep_elites=0.2,refit=mppi")
     assert spec.overrides == (("noise_beta", 3), ("keep_elites", 0.2), ("refit", "mppi")) and spec.label == spec.name + ":noise_beta=3,keep_elites=0.2,refit=mppi"
     model = point_model()
@@ -60,7 +60,7 @@ def test_mcts_takes_a_trained_critic_by_path(tmp_path):
         mcts_factory(model, Budget(evals=80), 3, {"value": str(tmp_path / "other.pt")})
 
 
-@pytest.mark.parametrize("teacher", ["cem", "icem", "mppi", "cem_gd", "gradient", "mcts"])
+@pytest.mark.parametrize("teacher", ["cem", "icem", "mppi", "cem_gd", "gradient", "ilqr", "mcts"])
 def test_a_distillation_teacher_is_the_registry_planner_at_the_asked_horizon(teacher):
     """One resolution of a name: `latentplan distill --teacher mcts --horizon 12` plans 12 steps deep
     (it used to drop the horizon for MCTS and plan at depth 5)."""
