@@ -14,6 +14,10 @@ the one of `lp.Objective(model)` with its defaults: the undiscounted sum over H 
 of `model.reward` of each step's next belief. Both peers draw their noise, and the model its latent
 samples, from torch's global generator: seed with `torch.manual_seed` for repeatable decisions.
 
+`mppi_update_agreement` checks that our `MPPI` and pytorch_mppi make the same update from the same
+noise (`python benchmarks/peers.py` prints it on the LQ test system: within 3e-6 in action units
+with pytorch-mppi 0.9.1).
+
 The peers are never dependencies of latentplan: they are imported inside the adapters only. A peer
 that is installed but cannot be imported (e.g. a wheel built for another torch) gives a
 `RuntimeWarning` naming the error, and None.
@@ -29,7 +33,7 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState, WorldModel
 
-__all__ = ["Decide", "torchrl_cem", "pytorch_mppi"]
+__all__ = ["Decide", "torchrl_cem", "pytorch_mppi", "mppi_update_agreement"]
 
 Decide = Callable[[LatentState], Tensor]
 """`decide(state [B]) -> first actions [B, A]`: one planning decision per belief."""
@@ -233,6 +237,62 @@ def pytorch_mppi(
     return decide_batched, version + " (MPPI_Batched)"
 
 
+def mppi_update_agreement(
+    model: WorldModel, state: LatentState, nominal: Tensor, *, samples: int, noise_sigma: float, lambda_: float,
+    seed: int = 0,
+) -> tuple[float, str] | None:
+    """Cross-check: one MPPI update of ours against one of `pytorch_mppi.MPPI`, same settings, same noise.
+
+    Ours is `MPPI(MPPIConfig(horizon=H, samples=K, iterations=1, noise_std=noise_sigma,
+    temperature=lambda_, control_cost=True))` warm-started at `nominal`; pytorch_mppi's controller
+    (the `pytorch_mppi` adapter's dynamics and running cost: minus `lp.Objective(model)`'s return)
+    gets `U = nominal` and, in place of its own draw (`MPPI._sample_noise`), the perturbations our
+    planner draws from `torch.Generator().manual_seed(seed)`: `noise_sigma * randn(1, K, H, A)`.
+    Both clip the samples to the bounds, take the clipped perturbation for the control cost
+    λ Σ_t u_tᵀ Σ⁻¹ ε_t (Williams et al. 2017, Algorithm 2) and the update, and weight by
+    exp(-(S - min S) / λ). `command(..., shift_nominal_trajectory=False)` makes the one update.
+
+    Args:
+        model: any `WorldModel` (deterministic, e.g. an `AnalyticModel`, for an exact comparison).
+        state: one belief, `[1]`.
+        nominal: `[H, A]` the nominal sequence u (non-zero exercises the control cost).
+        samples: K; noise_sigma: Σ^{1/2} in every action dimension; lambda_: λ in return units.
+        seed: the seed of the shared noise.
+
+    Returns:
+        `(max |U_ours - U_pytorch_mppi|, version)` over the updated `[H, A]` sequence, or None if
+        pytorch_mppi is not installed.
+
+    Raises:
+        ValueError: if `state` is not one belief or `nominal` is not `[H, A]` for the model.
+    """
+    try:
+        import pytorch_mppi as pm
+    except ImportError as exc:
+        return _unavailable("pytorch-mppi", exc)
+    from latentplan.planners import MPPI, MPPIConfig, Objective, Plan
+
+    h, a = nominal.shape if nominal.dim() == 2 else (0, 0)
+    if state.batch != 1 or a != model.action_dim:
+        raise ValueError(f"peers.mppi_update_agreement: needs one belief and nominal [H, A={model.action_dim}]; "
+                         f"got {state.batch} beliefs, nominal {tuple(nominal.shape)}")
+    cfg = MPPIConfig(horizon=h, samples=samples, iterations=1, noise_std=noise_sigma, temperature=lambda_)
+    ours = MPPI(cfg).plan(Objective(model), state, warm_start=Plan(nominal[None].clone(), torch.zeros(1)),
+                          generator=torch.Generator().manual_seed(seed)).actions[0]
+    noise = noise_sigma * torch.randn((1, samples, h, a), generator=torch.Generator().manual_seed(seed))[0]
+    deter_dim, latent_dim = _latent_dims(model)
+    step = _LatentStep(model, deter_dim)
+    ctrl = pm.MPPI(lambda x, u: step.transition(x, u), lambda x, u: -step.reward(x), latent_dim,
+                   torch.eye(a) * float(noise_sigma) ** 2, num_samples=samples, horizon=h, lambda_=lambda_,
+                   u_min=model.action_low, u_max=model.action_high, U_init=nominal.clone())
+    ctrl.U = nominal.clone()
+    ctrl._sample_noise = lambda shape: noise.clone()
+    with torch.no_grad():
+        ctrl.command(state.features()[0], shift_nominal_trajectory=False)
+    version = f"pytorch-mppi {_dist_version('pytorch-mppi') or '(unknown version)'}"
+    return (ours - ctrl.U).abs().max().item(), version
+
+
 class _LatentStep(nn.Module):
     """The world model on the concatenated latent `[..., D + S]` (any leading dimensions).
 
@@ -296,3 +356,17 @@ def _unavailable(dist: str, exc: ImportError) -> None:
             RuntimeWarning, stacklevel=3,
         )
     return None
+
+
+if __name__ == "__main__":  # python benchmarks/peers.py: the MPPI cross-check on the LQ test system
+    from latentplan.envs.lqr import LinearQuadratic
+    from latentplan.worldmodels import AnalyticModel
+
+    lq = LinearQuadratic(action_bound=10.0)
+    lq_model = AnalyticModel.linear(lq.A, lq.B, lq.Q, action_bound=10.0)
+    belief = lq_model.from_observation(torch.tensor([[1.0, 0.0]]))
+    u0 = torch.linspace(-2.0, 1.0, 12)[:, None]  # a non-zero nominal, so the control cost counts
+    for sigma, lam in ((1.0, 1.0), (1.0, 10.0), (5.0, 1.0)):
+        out = mppi_update_agreement(lq_model, belief, u0, samples=1000, noise_sigma=sigma, lambda_=lam)
+        print("pytorch-mppi not installed" if out is None else
+              f"noise_sigma={sigma} lambda={lam}: max |U_ours - U_peer| = {out[0]:.2e} ({out[1]})")

@@ -12,7 +12,7 @@ change the cost):
   in each of `--modes`: `eager` (the plain loop), `static` (the capture-ready search without
   capture), `cuda_graph` (captured once, replayed), `torch_compile`, and the same with the fused
   RSSM step (`FusedRSSM`, fp32 / tf32 / bf16 matrix products);
-- our MPPI (`refit="mppi"`) at 10,000 samples x H=12, one iteration, B=1;
+- our CEM softmax refit (`refit="mppi"`, registry `cem_softmax`; one iteration from zero is MPPI's update without control cost) at 10,000 samples x H=12, one iteration, B=1;
 - our gradient planner (H=12, 8 restarts, 10 Adam steps), B=1;
 - with `--peers`, and when they are installed: torchrl's `CEMPlanner` at PlaNet's settings and
   pytorch_mppi's `MPPI` at 10,000 samples x 12, driven over the same model

@@ -4,7 +4,7 @@
 
 Planners (all plan on the learned reward head, H = 12): PlaNet's CEM, iCEM (coloured noise
 beta = 2, keep 30 % of the elites, population decay 1.25, the mean as a candidate, the shifted
-previous plan as warm start), MPPI (the CEM loop with `refit="mppi"`), the gradient planner
+previous plan as warm start), the CEM loop with the softmax refit `refit="mppi"` (labelled MPPI; registry `cem_softmax`), the gradient planner
 (Adam through the model, tanh squashing, warm start) and CEM+GD (Adam steps on the K best of
 each iteration). Each at about 6,000 and about 1,500 imagined transitions (model evaluations)
 per decision; the table reports the measured `info["model_evals"]` (mean per decision).

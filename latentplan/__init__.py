@@ -1,8 +1,8 @@
 """latentplan: planning and model-predictive control over one learned latent dynamics model.
 
 The public facade. Layers: `latentplan.envs` (environments), `latentplan.worldmodels` (RSSM,
-analytic models, replay), `latentplan.planners` (CEM with iCEM/MPPI/CEM+GD options, the gradient
-planner, MCTS, the learned value, policy distillation, reward terms, the planner protocol); the
+analytic models, replay), `latentplan.planners` (CEM with iCEM/softmax-refit/CEM+GD options, MPPI,
+the gradient planner, MCTS, the learned value, policy distillation, reward terms, the planner protocol); the
 facade adds the planner registry (`latentplan.registry`), the training loop, the real-time
 controller (`latentplan.control`), the comparison harness (`latentplan.compare`), checkpoints
 (`latentplan.io`) and the command line (`latentplan.cli`).
@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("latentplan.planners", name) for name in (
         "CEM", "MCTS", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
-        "GradientPlanner", "ILQR", "ILQRConfig", "MCTSConfig", "Objective", "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner",
+        "GradientPlanner", "ILQR", "ILQRConfig", "MCTSConfig", "MPPI", "MPPIConfig", "Objective", "Plan", "Planner",
+        "Policy", "PolicyConfig", "PolicyPlanner",
         "Reward", "ValueConfig", "ValueFunction", "ValueLearner", "check_reward", "learned_reward", "reward",
     )},
     **{name: ("latentplan.worldmodels", name) for name in (

@@ -190,7 +190,7 @@ class DistillRunConfig:
     Attributes:
         checkpoint: a `checkpoint.pt` (or a run folder) written by `latentplan train`.
         teacher: the planner distilled, as a registry spec (`latentplan.registry`): a name
-            (`cem`, `icem`, `mppi`, `cem_gd`, `gradient`, `mcts`, or one registered by the user)
+            (`cem`, `icem`, `mppi`, `cem_softmax`, `cem_gd`, `gradient`, `mcts`, or one registered by the user)
             with optional config overrides, e.g. `cem:iterations=10,candidates=300` or
             `mcts:simulations=200`. Without `budget_evals`, each planner's registry defaults
             (CEM: I = 5, J = 100, K = 10).

@@ -7,10 +7,11 @@ everywhere. A spec is a registry name with config overrides, `"mcts:simulations=
 A budget is model evaluations per decision (each factory scales its planner's size to it) or
 milliseconds per decision (the planner's deadline).
 
-Built-in names: `cem` (PlaNet's CEM), `icem` (Pinneri et al. 2020), `mppi` (Williams et al. 2017,
-the CEM loop with the MPPI refit), `cem_gd` (Bharadhwaj et al. 2020), `gradient`, `ilqr` (iLQR /
-box-DDP, Li & Todorov 2004; Tassa et al. 2014), `mcts`
-(Sampled MuZero-style search) and `policy` (a distilled policy acting alone).
+Built-in names: `cem` (PlaNet's CEM), `icem` (Pinneri et al. 2020), `mppi` (`MPPI`, Williams et al.
+2017, as published), `cem_softmax` (CEM's loop with a softmax-weighted refit of mean and std, as in
+TD-MPC; `CEMConfig(refit="mppi")`), `cem_gd` (Bharadhwaj et al. 2020), `gradient`, `ilqr` (iLQR /
+box-DDP, Li & Todorov 2004; Tassa et al. 2014), `mcts` (Sampled MuZero-style search) and `policy`
+(a distilled policy acting alone).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from latentplan.planners.base import Planner
 from latentplan.planners.cem import CEM, CEMConfig
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.planners.ilqr import ILQR, ILQRConfig
+from latentplan.planners.mppi import MPPI, MPPIConfig
 from latentplan.planners.objective import Objective
 from latentplan.planners.validate import check_int, check_positive
 
 __all__ = [
     "Budget", "PlannerBuild", "PlannerNotAvailable", "PlannerSpec", "PRESETS", "available_planners", "load_critic",
-    "load_policy", "make_planner", "register_planner",
+    "load_policy", "make_planner", "mppi_factory", "register_planner",
 ]
 
 
@@ -327,6 +329,36 @@ def ilqr_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
     return PlannerBuild(ILQR(cfg), True, budget.ms, expected, repr(cfg))
 
 
+def mppi_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
+    """Registry factory of `MPPI` (Williams et al. 2017, Algorithm 2) at `MPPIConfig`'s defaults
+    (one iteration per decision, noise std 1, λ = 0.05 · std of the returns, control cost on),
+    warm-started from the shifted previous plan (the paper's shifted nominal sequence).
+
+    Evaluation budget: samples K = (E // H - 1) // iterations, minus 1 with `include_nominal`, the
+    largest with `MPPIConfig.model_evals` = H · (iterations · rows + 1) <= E (the last H steps are
+    the rollout of the returned sequence for its value; 6000 with H = 12: K = 499). Time budget:
+    100,000 iterations of K samples (default 1000), stopped by the deadline.
+
+    Raises:
+        ValueError: `samples` overridden together with an evaluation budget, or a budget too small
+            for one sample.
+    """
+    base = {"horizon": horizon, **overrides}
+    if budget.evals is not None:
+        if "samples" in overrides:
+            raise ValueError("samples is set by the evaluation budget; override iterations or horizon instead")
+        probe = MPPIConfig(**base)  # validates the other fields first
+        samples = (int(budget.evals) // probe.horizon - 1) // probe.iterations - int(probe.include_nominal)
+        if samples < 1:
+            raise ValueError(f"a budget of {budget.evals} model evaluations is too small for MPPI with H={probe.horizon}, "
+                             f"iterations={probe.iterations} (one sample needs {dataclasses.replace(probe, samples=1).model_evals})")
+        base["samples"] = samples
+    elif budget.ms is not None and "iterations" not in overrides:
+        base["iterations"] = _ANYTIME_ITERATIONS
+    cfg = MPPIConfig(**base)
+    return PlannerBuild(MPPI(cfg), True, budget.ms, cfg.model_evals if budget.ms is None else None, repr(cfg))
+
+
 def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
     """Registry factory of `latentplan.planners.mcts.MCTS` (Sampled MuZero-style tree search).
 
@@ -409,11 +441,13 @@ def policy_factory(model: Any, budget: Budget, horizon: int, overrides: dict) ->
 PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
     "cem": ({}, False),  # PlaNet (Hafner et al. 2019)
     "icem": (dict(noise_beta=2.0, keep_elites=0.3, population_decay=1.25, include_mean=True), True),  # Pinneri et al. 2020
-    "mppi": (dict(refit="mppi", temperature=1.0), False),  # Williams et al. 2017
+    # CEM's loop with a softmax-weighted refit of mean and std (TD-MPC's "MPPI"); not MPPI as published
+    "cem_softmax": (dict(refit="mppi", temperature=1.0), False),
     "cem_gd": (dict(gradient=AscentConfig(iterations=3)), False),  # Bharadhwaj et al. 2020
 }
 for _name, (_preset, _warm) in PRESETS.items():
     register_planner(_name, cem_family(_preset, warm_start=_warm))
+register_planner("mppi", mppi_factory)  # Williams et al. 2017
 register_planner("gradient", gradient_factory)
 register_planner("ilqr", ilqr_factory)
 register_planner("mcts", mcts_factory)

@@ -1,6 +1,6 @@
 """Planners behind one protocol (`Planner.plan(objective, state, ...) -> Plan`): CEM (with iCEM,
-MPPI and CEM+GD options), the gradient planner, iLQR / box-DDP, sampled MCTS, a distilled policy; their objective,
-reward terms and the learned value."""
+softmax-refit and CEM+GD options), MPPI (Williams et al. 2017), the gradient planner, iLQR / box-DDP,
+sampled MCTS, a distilled policy; their objective, reward terms and the learned value."""
 
 from .ascent import AscentConfig, ascend, require_differentiable
 from .base import Plan, Planner, Policy
@@ -8,6 +8,7 @@ from .cem import CEM, CEMConfig, colored_noise
 from .distill import DistillConfig, Distiller
 from .gradient import GradientConfig, GradientPlanner
 from .ilqr import ILQR, ILQRConfig, box_qp
+from .mppi import MPPI, MPPIConfig, mppi_weights
 from .objective import Objective, RewardTerm, rank_returns
 from .policy import GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
 from .rewards import BoundReward, Reward, RewardContext, RewardReport, check_reward, learned_reward, reward
@@ -15,9 +16,10 @@ from .value import ImaginedRollout, ValueConfig, ValueFunction, ValueLearner, la
 
 __all__ = [
     "AscentConfig", "BoundReward", "CEM", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
-    "GradientPlanner", "ILQR", "ILQRConfig", "ImaginedRollout", "MCTS", "MCTSConfig", "Objective", "Plan", "Planner", "Policy",
-    "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm", "ValueConfig",
-    "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "colored_noise", "lambda_returns", "learned_reward",
+    "GradientPlanner", "ILQR", "ILQRConfig", "ImaginedRollout", "MCTS", "MCTSConfig", "MPPI", "MPPIConfig", "Objective",
+    "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm",
+    "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "colored_noise", "lambda_returns",
+    "learned_reward", "mppi_weights",
     "policy_rollout", "posterior_beliefs", "rank_returns", "require_differentiable", "reward",
 ]
 

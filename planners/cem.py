@@ -1,6 +1,7 @@
 """The cross-entropy method (CEM) over action sequences, as PlaNet plans (Hafner et al. 2019, Sec. 3;
-the CEM itself: Rubinstein 1997), with the options of iCEM (Pinneri et al. 2020), an MPPI-style
-refit (Williams et al. 2017) and the CEM+GD hybrid (Bharadhwaj et al. 2020)."""
+the CEM itself: Rubinstein 1997), with the options of iCEM (Pinneri et al. 2020), a softmax-weighted
+refit (`refit="mppi"`, as TD-MPC's planner; MPPI as published is `planners.mppi.MPPI`) and the CEM+GD
+hybrid (Bharadhwaj et al. 2020)."""
 
 from __future__ import annotations
 
@@ -130,11 +131,15 @@ class CEMConfig:
             fresh candidates (iCEM: 1.25). Shapes stay static per iteration. 1 keeps J.
         momentum: iCEM's α in [0, 1): the refit is mean = α mean_old + (1 - α) mean_new (same
             for std). iCEM uses 0.1; 0 is PlaNet's plain refit.
-        refit: `"topk"` (CEM: fit mean and std of the top K) or `"mppi"` (weights
+        refit: `"topk"` (CEM: fit mean and std of the top K) or `"mppi"`: the softmax-weighted
+            refit, as in TD-MPC (Hansen, Wang & Su 2022), registry name `cem_softmax`: weights
             softmax(returns / temperature) over all candidates of the iteration, weighted mean
-            and std, as in MPPI's exponentially weighted update).
-        temperature: λ > 0 of the MPPI weights, in return units. λ → 0 approaches top-1;
-            large λ approaches the plain average of all candidates.
+            and weighted std. It borrows MPPI's exponential weights but refits the std (which
+            collapses), has no control cost and a temperature in return units, so it is not
+            MPPI as published (Williams et al. 2017): that is `latentplan.planners.MPPI`. The
+            value keeps its old name so that saved configs and specs still load.
+        temperature: λ > 0 of the softmax refit's weights, in return units. λ → 0 approaches
+            top-1; large λ approaches the plain average of all candidates.
         return_best: return the best sequence evaluated in any iteration (iCEM) instead of the
             final mean; `value` is then that sequence's return. With a stochastic model this
             is the maximum of noisy estimates and so optimistic.
@@ -245,13 +250,14 @@ class CEM:
 
     Batched over B environments in one call: the model sees `B * rows` rows per step.
     Candidates are clipped to the model's action bounds. Non-finite returns rank as `-inf` (and
-    get zero MPPI weight). Options (all off by default, see `CEMConfig`):
+    get zero softmax weight). Options (all off by default, see `CEMConfig`):
 
     - iCEM (Pinneri et al. 2020): coloured noise `noise_beta`, `keep_elites`,
       `population_decay`, `momentum`, `include_mean`, `return_best`; iCEM's "shift the last
       solution" is `plan(..., warm_start=previous_plan.shift())` (with `include_mean=True` to
       evaluate the shifted sequence itself).
-    - MPPI refit (Williams et al. 2017): `refit="mppi"`, `temperature`.
+    - Softmax-weighted refit (as TD-MPC; registry `cem_softmax`): `refit="mppi"`, `temperature`.
+      MPPI as published (Williams et al. 2017) is the separate planner `MPPI`.
     - Policy proposal (TD-MPC2, Hansen et al. 2024): with `proposal` (any `Policy`, e.g. a
       distilled `GaussianPolicy`) and `policy_fraction > 0`, that fraction of the fresh
       candidates of every iteration are sequences made by rolling the policy through the model
@@ -268,7 +274,7 @@ class CEM:
 
     `plan(objective, state [B], warm_start=None, generator=None, deadline=None) -> Plan` with
     `actions [B, H, A]` (the final mean, or with `return_best` the best sequence seen),
-    `value [B]` (top-K: the mean imagined return of the final elites; MPPI: the weighted mean
+    `value [B]` (top-K: the mean imagined return of the final elites; softmax refit: the weighted mean
     return of the final candidates; `return_best`: the best return) and `info` keys
     `iterations`, `model_evals` (imagined transitions in forward passes, summed over the
     iterations run: B * rows * H each, plus the gradient refinement's and the proposal's rollout,
@@ -284,7 +290,8 @@ class CEM:
 
     Source: Hafner et al. 2019 (PlaNet), "Learning Latent Dynamics for Planning from Pixels";
     Pinneri et al. 2020, "Sample-efficient Cross-Entropy Method for Real-time Planning";
-    Williams et al. 2017, "Information Theoretic MPC for Model-Based Reinforcement Learning";
+    Hansen, Wang & Su 2022, "Temporal Difference Learning for Model Predictive Control" (ICML; TD-MPC),
+    for the softmax-weighted refit;
     Bharadhwaj, Xie & Shkurti 2020, "Model-Predictive Control via Cross-Entropy and
     Gradient-Based Optimization"; Hansen, Su & Wang 2024, "TD-MPC2: Scalable, Robust World
     Models for Continuous Control" (ICLR), for the policy proposal.
@@ -519,7 +526,7 @@ class CEM:
 
 
 def _mppi_refit(cand: Tensor, ret: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
-    """MPPI's exponentially weighted refit over all candidates.
+    """The softmax-weighted refit over all candidates (`refit="mppi"`, as in TD-MPC).
 
     Args:
         cand: `[B, N, H, A]` candidates; ret: `[B, N]` ranked returns (non-finite already -inf).

@@ -14,7 +14,7 @@ from test_compare import _counting_factory, point_model
 
 
 def test_registry_names_overrides_and_errors():
-    assert {"cem", "icem", "mppi", "gradient", "cem_gd", "ilqr", "mcts", "policy"} <= set(available_planners())
+    assert {"cem", "icem", "mppi", "cem_softmax", "gradient", "cem_gd", "ilqr", "mcts", "policy"} <= set(available_planners())
     spec = PlannerSpec.parse("icem:noise_beta=3,keep_elites=0.2,refit=mppi")
     assert spec.overrides == (("noise_beta", 3), ("keep_elites", 0.2), ("refit", "mppi")) and spec.label == spec.name + ":noise_beta=3,keep_elites=0.2,refit=mppi"
     model = point_model()
@@ -60,7 +60,7 @@ def test_mcts_takes_a_trained_critic_by_path(tmp_path):
         mcts_factory(model, Budget(evals=80), 3, {"value": str(tmp_path / "other.pt")})
 
 
-@pytest.mark.parametrize("teacher", ["cem", "icem", "mppi", "cem_gd", "gradient", "ilqr", "mcts"])
+@pytest.mark.parametrize("teacher", ["cem", "icem", "mppi", "cem_softmax", "cem_gd", "gradient", "ilqr", "mcts"])
 def test_a_distillation_teacher_is_the_registry_planner_at_the_asked_horizon(teacher):
     """One resolution of a name: `latentplan distill --teacher mcts --horizon 12` plans 12 steps deep
     (it used to drop the horizon for MCTS and plan at depth 5)."""
@@ -115,3 +115,23 @@ def test_the_facade_configs_share_the_validators():
     for make, message in cases:
         with pytest.raises(ValueError, match=message):
             make()
+
+
+def test_mppi_is_the_published_planner_and_cem_softmax_the_renamed_refit():
+    """`mppi` builds `MPPI` with K = (E // H - 1) // iterations samples (the value's rollout is the
+    last H), warm-started; `cem_softmax` is CEM with the softmax-weighted refit."""
+    from latentplan.planners import CEM, MPPI
+
+    model = point_model()
+    build = make_planner("mppi", model, Budget(evals=6000), horizon=12)
+    assert type(build.planner) is MPPI and build.warm_start is True
+    assert build.planner.config.samples == 499 and build.expected_evals == 12 * (499 + 1) == 6000
+    two = make_planner("mppi:iterations=2,include_nominal=True", model, Budget(evals=6000), horizon=12)
+    assert two.planner.config.samples == 248 and two.expected_evals == 12 * (2 * 249 + 1) <= 6000
+    assert make_planner("mppi", model, Budget(ms=5.0)).planner.config.iterations == 100_000
+    with pytest.raises(ValueError, match="samples is set by the evaluation budget"):
+        make_planner("mppi:samples=10", model, Budget(evals=600))
+    with pytest.raises(ValueError, match="too small for MPPI"):
+        make_planner("mppi", model, Budget(evals=20), horizon=12)
+    soft = make_planner("cem_softmax", model, Budget(evals=6000), horizon=12)
+    assert type(soft.planner) is CEM and soft.planner.config.refit == "mppi"
