@@ -152,7 +152,7 @@ def test_icem_reaches_lq_optimum_within_one_percent():
     torch.testing.assert_close(plan.value, obj.returns(state, plan.actions), rtol=1e-5, atol=1e-5)
 
 
-def test_mppi_reaches_lq_optimum_within_one_percent():
+def test_the_softmax_refit_option_reaches_lq_optimum_within_one_percent():
     """Exact answer: cost <= 1.01 x0'(P - Q)x0 with the MPPI refit (temperature 0.2 over 1000
     candidates, 15 iterations); the value, the weighted mean return of the last candidates, is
     never above the best return -x0'(P - Q)x0 and within 5 % of it."""
