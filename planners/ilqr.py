@@ -37,7 +37,7 @@ from .gradient import _PriorMeanModel
 from .objective import Objective
 from .validate import check_choice, check_int, check_min, check_positive, check_range
 
-__all__ = ["ILQR", "ILQRConfig", "box_qp"]
+__all__ = ["ILQR", "ILQRConfig", "box_qp", "lqr_solve"]
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,17 @@ class ILQRConfig:
         state: what the planner optimises over; only `"mean"`: on the RSSM, the deterministic path
             with the stochastic part at its prior mean (`imagine_step(..., sample=False)`);
             models without a stochastic part are unaffected.
+        differentiable: `None` (default): the plan is a constant for autograd. `"implicit"`:
+            `Plan.actions` (and `Plan.value`) carry a `grad_fn`, and `loss(plan.actions).backward()`
+            gives the gradients w.r.t. every tensor with `requires_grad` that the objective reads
+            (reward weights, context values such as a goal, the value function's and the model's
+            parameters) and w.r.t. the belief `state`, by implicit differentiation of the
+            converged box-constrained solution (Amos et al. 2018, Sec. 4): see `ILQR`. The
+            forward result is unchanged; it applies only when grad mode is on.
 
     Raises:
         ValueError: naming the field, on a count below 1, a negative tolerance or damping,
-            `reg_factor <= 1`, `reg_min > reg_max`, or an unknown `state`.
+            `reg_factor <= 1`, `reg_min > reg_max`, or an unknown `state` or `differentiable`.
     """
 
     horizon: int = 12
@@ -79,6 +86,7 @@ class ILQRConfig:
     reg_factor: float = 10.0
     qp_iterations: int = 30
     state: Literal["mean"] = "mean"
+    differentiable: Literal["implicit"] | None = None
 
     def __post_init__(self) -> None:
         check_int(self, "horizon", "iterations", "line_search", "qp_iterations", minimum=1)
@@ -88,6 +96,7 @@ class ILQRConfig:
         if self.reg_min > self.reg_max:
             raise ValueError(f"ILQRConfig.reg_min must be <= reg_max={self.reg_max}; got {self.reg_min}")
         check_choice(self, "state", ("mean",))
+        check_choice(self, "differentiable", (None, "implicit"))
 
     def model_evals(self, feature_size: int) -> int:
         """Model evaluations per decision and environment when all `iterations` run:
@@ -152,6 +161,85 @@ def box_qp(hessian: Tensor, gradient: Tensor, low: Tensor, high: Tensor, *, iter
     return x, free, chol
 
 
+class _ImplicitStep(torch.autograd.Function):
+    """Zero in the forward pass; in the backward pass the implicit-function-theorem map.
+
+    `forward(g [B, H, A], solve) -> zeros [B, H, A]` where `g = dJ/dU` is the cost gradient at the
+    converged actions U*, built with a graph to the parameters (U held fixed). At U* the free
+    entries satisfy `g_f = 0` (stationarity) and the clamped ones stay at their bound, so
+    `dU*_f/dθ = -H_ff^{-1} dg_f/dθ` and `dU*_c/dθ = 0`; `backward(v) = -solve(v)` with
+    `solve(v) = H_ff^{-1} v_f` (zero on clamped entries), one LQR solve (Amos et al. 2018, Sec. 4).
+    Autograd then carries `-solve(v)` through `g`'s graph into θ.
+    """
+
+    @staticmethod
+    def forward(ctx, g: Tensor, solve) -> Tensor:
+        ctx.solve = solve
+        return torch.zeros_like(g)
+
+    @staticmethod
+    def backward(ctx, incoming: Tensor):
+        return -ctx.solve(incoming), None
+
+
+def lqr_solve(derivs: tuple[Tensor, ...], vxx: Tensor, free: Tensor, linear: Tensor) -> Tensor:
+    """Minimise the LQR model of the cost in the action deviations, with clamped entries fixed at 0.
+
+    Solves `min_dU 1/2 dU^T H dU - linear^T dU` subject to `dU_c = 0`, i.e. returns
+    `H_ff^{-1} linear_f` (zeros on clamped entries), where H is the Gauss–Newton Hessian of the
+    cost w.r.t. the action sequence: the LQR with dynamics `dx_{t+1} = f_x dx_t + f_u du_t`,
+    `dx_0 = 0`, stage cost `1/2 dz_t^T l_zz dz_t` (z = (x_{t+1}, u_t)) and terminal
+    `1/2 dx_H^T v_xx dx_H`. This is the backward pass of differentiable MPC (Amos, Rodriguez,
+    Sacks, Boots & Kolter 2018, "Differentiable MPC for end-to-end planning and control", Sec. 4:
+    the incoming gradient as the linear term, the free/clamped split of the box-DDP solution).
+
+    Args:
+        derivs: `(f_x [B, H, F, F], f_u [B, H, F, A], l_z [B, H, F+A], l_zz [B, H, F+A, F+A])`
+            as in `ILQR._backward` (l_z is unused).
+        vxx: `[B, F, F]` the terminal cost's Hessian.
+        free: `[B, H, A]` bool, the entries not clamped at a bound.
+        linear: `[B, H, A]` the linear term (the incoming gradient).
+
+    Returns:
+        `[B, H, A]` the solution dU.
+
+    Raises:
+        torch.linalg.LinAlgError: if some `Q_uu` restricted to the free entries is not positive
+            definite (the solution is not a strict local optimum).
+    """
+    fx, fu, _, lzz = derivs
+    b, h, f_dim, a = fu.shape
+    linear = linear.to(fu.dtype)
+    vx = torch.zeros(b, f_dim, dtype=fu.dtype, device=fu.device)
+    ks, gains = [None] * h, [None] * h
+    for t in reversed(range(h)):
+        A_, B_ = fx[:, t], fu[:, t]
+        syy = lzz[:, t, :f_dim, :f_dim] + vxx
+        luy = lzz[:, t, f_dim:, :f_dim]
+        qx = (A_.transpose(1, 2) @ vx.unsqueeze(-1)).squeeze(-1)
+        qu = (B_.transpose(1, 2) @ vx.unsqueeze(-1)).squeeze(-1) - linear[:, t]
+        cross = luy @ B_
+        quu = B_.transpose(1, 2) @ syy @ B_ + lzz[:, t, f_dim:, f_dim:] + cross + cross.transpose(1, 2)
+        quu = 0.5 * (quu + quu.transpose(1, 2))
+        qux = B_.transpose(1, 2) @ syy @ A_ + luy @ A_
+        f = free[:, t].to(fu.dtype)
+        chol = torch.linalg.cholesky(quu * f.unsqueeze(-1) * f.unsqueeze(-2) + torch.diag_embed(1.0 - f))
+        k = -torch.cholesky_solve((qu * f).unsqueeze(-1), chol).squeeze(-1)
+        gain = -torch.cholesky_solve(qux * f.unsqueeze(-1), chol)  # [B, A, F], zero rows where clamped
+        vx = qx + (gain.transpose(1, 2) @ (quu @ k.unsqueeze(-1) + qu.unsqueeze(-1))).squeeze(-1) \
+            + (qux.transpose(1, 2) @ k.unsqueeze(-1)).squeeze(-1)
+        vxx = A_.transpose(1, 2) @ syy @ A_ + gain.transpose(1, 2) @ quu @ gain \
+            + gain.transpose(1, 2) @ qux + qux.transpose(1, 2) @ gain
+        vxx = 0.5 * (vxx + vxx.transpose(1, 2))
+        ks[t], gains[t] = k, gain
+    dx, dus = torch.zeros_like(vx), []
+    for t in range(h):
+        du = ks[t] + (gains[t] @ dx.unsqueeze(-1)).squeeze(-1)
+        dus.append(du)
+        dx = (fx[:, t] @ dx.unsqueeze(-1)).squeeze(-1) + (fu[:, t] @ du.unsqueeze(-1)).squeeze(-1)
+    return torch.stack(dus, 1)
+
+
 class ILQR:
     """iLQR / box-DDP over any differentiable `WorldModel` (Li & Todorov 2004; Tassa et al. 2014).
 
@@ -194,12 +282,28 @@ class ILQR:
     into the bounds. `generator` is unused (the planner is deterministic). `deadline` is
     checked after every iteration; at least one runs. The planner keeps no state between calls.
 
+    Gradients of the plan (`ILQRConfig.differentiable="implicit"`, grad mode on): implicit
+    differentiation of the converged solution U* (Amos, Rodriguez, Sacks, Boots & Kolter 2018,
+    "Differentiable MPC for end-to-end planning and control", Sec. 4). At U* the free action
+    entries satisfy stationarity of the cost J(U, θ) = -return and the clamped ones sit at their
+    bound, so `dU*_f/dθ = -H_ff^{-1} d(dJ/dU_f)/dθ` and clamped entries have zero gradient. The
+    forward pass adds one rollout that builds `dJ/dU` with a graph to θ; the backward pass
+    re-linearises at U* (the same cost as one iteration's linearisation) and runs one LQR solve
+    (`lqr_solve`) with the incoming gradient as the linear term. θ is every tensor with
+    `requires_grad` the objective reads (reward weights, context values, value and model
+    parameters) and the belief `state`. H is the iLQR (Gauss–Newton) Hessian: exact on
+    linear dynamics, an approximation where the dynamics are curved, as in the paper. `Plan.value`
+    carries `dR/dθ` at U* (the envelope theorem). The result is only meaningful at a converged
+    plan (e.g. `tolerance` small and enough `iterations`).
+
     Args:
         config: `ILQRConfig`; keyword `overrides` replace its fields.
 
     Raises:
         ValueError: (in `plan`) a warm start of the wrong shape, naming `warm_start.actions`;
             an objective with a term marked non-differentiable (`require_differentiable`).
+        torch.linalg.LinAlgError: (in the backward pass of a differentiable plan) the Hessian on
+            the free entries is not positive definite (U* is not a strict local optimum).
     """
 
     def __init__(self, config: ILQRConfig | None = None, **overrides) -> None:
@@ -222,6 +326,7 @@ class ILQR:
         """Plan for every belief in `state` (`[B]` rows); see the class docstring."""
         t0 = time.perf_counter()
         c = self.config
+        differentiate = c.differentiable is not None and torch.is_grad_enabled()
         require_differentiable(objective, "ILQR")
         b, h, a = state.batch, c.horizon, objective.action_dim
         if warm_start is not None and tuple(warm_start.actions.shape) != (b, h, a):
@@ -275,6 +380,30 @@ class ILQR:
                 r = r + terminal(xs_t[:, -1])
             return xs_t.reshape(b, n_l, h + 1, -1), us_t.reshape(b, n_l, h, a), r.reshape(b, n_l)
 
+        def linearise(x_bar: Tensor, u_bar: Tensor):
+            """Dynamics Jacobians and the cost's gradient and Hessian along (x_bar [B, H+1, F],
+            u_bar [B, H, A]): -> ((f_x, f_u, l_z, l_zz), v_x [B, F], v_xx [B, F, F]), all detached."""
+            f_dim = x_bar.shape[-1]
+            xm, um = x_bar[:, :h].flatten(0, 1), u_bar.flatten(0, 1)
+            fx, fu = jacrev(lambda x, u: dyn(x, u).sum(0), argnums=(0, 1))(xm, um)  # [F, M, F], [F, M, A]
+            fx, fu = fx.transpose(0, 1).detach(), fu.transpose(0, 1).detach()
+            z = torch.cat([x_bar[:, 1:].flatten(0, 1), um], -1)
+            w = weights.repeat(b)
+            gz = grad(lambda z: reward(z, w).sum())
+            lz = -gz(z).detach()  # cost gradient [M, F + A]
+            lzz = -jacrev(lambda z: gz(z).sum(0))(z).transpose(0, 1).detach()  # [M, F + A, F + A]
+            if objective.value is not None:
+                gv = grad(lambda x: terminal(x).sum())
+                vx = -gv(x_bar[:, h]).detach()
+                vxx = -jacrev(lambda x: gv(x).sum(0))(x_bar[:, h]).transpose(0, 1).detach()
+            else:
+                vx = torch.zeros(b, f_dim, device=dev, dtype=dtype)
+                vxx = torch.zeros(b, f_dim, f_dim, device=dev, dtype=dtype)
+            shape = (b, h)
+            derivs = (fx.reshape(*shape, f_dim, f_dim), fu.reshape(*shape, f_dim, a),
+                      lz.reshape(*shape, -1), lzz.reshape(*shape, f_dim + a, f_dim + a))
+            return derivs, vx, vxx
+
         start = torch.zeros(b, h, a, device=dev, dtype=dtype) if warm_start is None else \
             warm_start.actions.detach().to(dev, dtype)
         one = torch.ones(1, device=dev, dtype=dtype)
@@ -292,25 +421,8 @@ class ILQR:
             for _ in range(c.iterations):
                 iterations += 1
                 # 1. linearise the dynamics and quadratise the reward, all B * H rows at once
-                xm, um = x_bar[:, :h].flatten(0, 1), u_bar.flatten(0, 1)
-                fx, fu = jacrev(lambda x, u: dyn(x, u).sum(0), argnums=(0, 1))(xm, um)  # [F, M, F], [F, M, A]
-                fx, fu = fx.transpose(0, 1).detach(), fu.transpose(0, 1).detach()
-                z = torch.cat([x_bar[:, 1:].flatten(0, 1), um], -1)
-                w = weights.repeat(b)
-                gz = grad(lambda z: reward(z, w).sum())
-                lz = -gz(z).detach()  # cost gradient [M, F + A]
-                lzz = -jacrev(lambda z: gz(z).sum(0))(z).transpose(0, 1).detach()  # [M, F + A, F + A]
+                derivs, vx, vxx = linearise(x_bar, u_bar)
                 evals += b * h * (1 + f_dim)
-                if objective.value is not None:
-                    gv = grad(lambda x: terminal(x).sum())
-                    vx = -gv(x_bar[:, h]).detach()
-                    vxx = -jacrev(lambda x: gv(x).sum(0))(x_bar[:, h]).transpose(0, 1).detach()
-                else:
-                    vx = torch.zeros(b, f_dim, device=dev, dtype=dtype)
-                    vxx = torch.zeros(b, f_dim, f_dim, device=dev, dtype=dtype)
-                shape = (b, h)
-                derivs = (fx.reshape(*shape, f_dim, f_dim), fu.reshape(*shape, f_dim, a),
-                          lz.reshape(*shape, -1), lzz.reshape(*shape, f_dim + a, f_dim + a))
                 # 2. backward pass, repeated with more damping where Q_uu + mu I is not positive definite
                 while True:
                     k, gain, ok = self._backward(derivs, vx, vxx, mu, u_bar, low, high)
@@ -346,11 +458,38 @@ class ILQR:
                     break
                 if deadline is not None and time.perf_counter() >= deadline:
                     break
+        actions, value = u_bar, ret
+        if differentiate:  # implicit gradients at the converged solution (Amos et al. 2018)
+            with torch.enable_grad():
+                u = u_bar.clone().requires_grad_(True)
+                x, xs = state.features(), []  # not detached: gradients reach the belief too
+                for t in range(h):
+                    x = dyn(x, u[:, t])
+                    xs.append(x)
+                z = torch.cat([torch.stack(xs, 1), u], -1).flatten(0, 1)
+                ret_graph = reward(z, weights.repeat(b)).reshape(b, h).sum(1)
+                if objective.value is not None:
+                    ret_graph = ret_graph + terminal(x)
+                # the cost gradient at the solution, as a function of the parameters (U held fixed)
+                g = torch.autograd.grad(-ret_graph.sum(), u, create_graph=True)[0]  # [B, H, A]
+            clamped = (u_bar <= low) | (u_bar >= high)
+            cache: list = []
+
+            def solve(incoming: Tensor) -> Tensor:
+                """`H_ff^{-1} incoming_f` (0 on clamped entries) by one LQR solve at the solution."""
+                if not cache:  # linearised lazily: only a backward pass pays for it
+                    with torch.enable_grad():
+                        cache.append(linearise(x_bar, u_bar))
+                derivs, _, vxx = cache[0]
+                return lqr_solve(derivs, vxx, ~clamped, incoming)
+
+            actions = u_bar + _ImplicitStep.apply(g, solve)
+            value = ret + (ret_graph - ret_graph.detach())  # envelope theorem: dV/dθ = ∂R/∂θ at U*
         info = {
             "iterations": iterations, "model_evals": evals, "nonfinite": nonfinite, "reg": mu,
             "improvement": improvement, "plan_ms": (time.perf_counter() - t0) * 1e3,
         }
-        return Plan(u_bar, ret, info)
+        return Plan(actions, value, info)
 
     def _backward(self, derivs: tuple[Tensor, ...], vx: Tensor, vxx: Tensor, mu: Tensor, u_bar: Tensor,
                   low: Tensor, high: Tensor) -> tuple[Tensor, Tensor, Tensor]:
