@@ -69,7 +69,10 @@ class ILQRConfig:
             (reward weights, context values such as a goal, the value function's and the model's
             parameters) and w.r.t. the belief `state`, by implicit differentiation of the
             converged box-constrained solution (Amos et al. 2018, Sec. 4): see `ILQR`. The
-            forward result is unchanged; it applies only when grad mode is on.
+            forward result is unchanged; it applies only when grad mode is on. `"unroll"`:
+            the same gradients by ordinary autograd through every iteration (linearisation,
+            box QPs, line search), with the graph of all iterations kept: a reference for the
+            implicit gradients, and the one to use on a plan stopped before convergence.
 
     Raises:
         ValueError: naming the field, on a count below 1, a negative tolerance or damping,
@@ -86,7 +89,7 @@ class ILQRConfig:
     reg_factor: float = 10.0
     qp_iterations: int = 30
     state: Literal["mean"] = "mean"
-    differentiable: Literal["implicit"] | None = None
+    differentiable: Literal["implicit", "unroll"] | None = None
 
     def __post_init__(self) -> None:
         check_int(self, "horizon", "iterations", "line_search", "qp_iterations", minimum=1)
@@ -96,7 +99,7 @@ class ILQRConfig:
         if self.reg_min > self.reg_max:
             raise ValueError(f"ILQRConfig.reg_min must be <= reg_max={self.reg_max}; got {self.reg_min}")
         check_choice(self, "state", ("mean",))
-        check_choice(self, "differentiable", (None, "implicit"))
+        check_choice(self, "differentiable", (None, "implicit", "unroll"))
 
     def model_evals(self, feature_size: int) -> int:
         """Model evaluations per decision and environment when all `iterations` run:
@@ -294,7 +297,9 @@ class ILQR:
     parameters) and the belief `state`. H is the iLQR (Gauss–Newton) Hessian: exact on
     linear dynamics, an approximation where the dynamics are curved, as in the paper. `Plan.value`
     carries `dR/dθ` at U* (the envelope theorem). The result is only meaningful at a converged
-    plan (e.g. `tolerance` small and enough `iterations`).
+    plan (e.g. `tolerance` small and enough `iterations`). `differentiable="unroll"` instead
+    keeps the autograd graph of all iterations (memory grows with them) and backpropagates
+    through them; on a converged plan the two agree (tests/test_ilqr.py).
 
     Args:
         config: `ILQRConfig`; keyword `overrides` replace its fields.
@@ -340,7 +345,9 @@ class ILQR:
             objective.model = model = _PriorMeanModel(model)
         low = model.action_low.to(dev, dtype).expand(b, h, a)
         high = model.action_high.to(dev, dtype).expand(b, h, a)
-        x0 = state.features().detach()
+        unroll = differentiate and c.differentiable == "unroll"
+        keep = (lambda t: t) if unroll else (lambda t: t.detach())  # unrolled: the graph stays
+        x0 = keep(state.features())
 
         def split(x: Tensor) -> LatentState:
             return LatentState(x[:, :d], x[:, d:])
@@ -386,16 +393,16 @@ class ILQR:
             f_dim = x_bar.shape[-1]
             xm, um = x_bar[:, :h].flatten(0, 1), u_bar.flatten(0, 1)
             fx, fu = jacrev(lambda x, u: dyn(x, u).sum(0), argnums=(0, 1))(xm, um)  # [F, M, F], [F, M, A]
-            fx, fu = fx.transpose(0, 1).detach(), fu.transpose(0, 1).detach()
+            fx, fu = keep(fx.transpose(0, 1)), keep(fu.transpose(0, 1))
             z = torch.cat([x_bar[:, 1:].flatten(0, 1), um], -1)
             w = weights.repeat(b)
             gz = grad(lambda z: reward(z, w).sum())
-            lz = -gz(z).detach()  # cost gradient [M, F + A]
-            lzz = -jacrev(lambda z: gz(z).sum(0))(z).transpose(0, 1).detach()  # [M, F + A, F + A]
+            lz = -keep(gz(z))  # cost gradient [M, F + A]
+            lzz = -keep(jacrev(lambda z: gz(z).sum(0))(z).transpose(0, 1))  # [M, F + A, F + A]
             if objective.value is not None:
                 gv = grad(lambda x: terminal(x).sum())
-                vx = -gv(x_bar[:, h]).detach()
-                vxx = -jacrev(lambda x: gv(x).sum(0))(x_bar[:, h]).transpose(0, 1).detach()
+                vx = -keep(gv(x_bar[:, h]))
+                vxx = -keep(jacrev(lambda x: gv(x).sum(0))(x_bar[:, h]).transpose(0, 1))
             else:
                 vx = torch.zeros(b, f_dim, device=dev, dtype=dtype)
                 vxx = torch.zeros(b, f_dim, f_dim, device=dev, dtype=dtype)
@@ -410,7 +417,7 @@ class ILQR:
         alphas = 0.5 ** torch.arange(c.line_search, device=dev, dtype=dtype)
         with torch.enable_grad():
             xs, us, ret = rollout(start, None, None, None, one)
-            x_bar, u_bar, ret = xs[:, 0].detach(), us[:, 0].detach(), ret[:, 0].detach()
+            x_bar, u_bar, ret = keep(xs[:, 0]), keep(us[:, 0]), keep(ret[:, 0])
             f_dim = x_bar.shape[-1]
             evals = b * h
             nonfinite = int((~torch.isfinite(ret)).sum())
@@ -439,13 +446,13 @@ class ILQR:
                 xs, us, rets = rollout(u_bar, x_bar, k, gain, alphas)
                 evals += b * c.line_search * h
                 nonfinite += int((~torch.isfinite(rets)).sum())
-                rets = torch.where(torch.isfinite(rets), rets, torch.full_like(rets, -math.inf)).detach()
+                rets = keep(torch.where(torch.isfinite(rets), rets, torch.full_like(rets, -math.inf)))
                 best, idx = rets.max(1)
                 accept = active & (best > ret)
                 rows = torch.arange(b, device=dev)
                 improvement = torch.where(accept, best - ret, torch.zeros_like(ret))
-                x_bar = torch.where(accept[:, None, None], xs[rows, idx].detach(), x_bar)
-                u_bar = torch.where(accept[:, None, None], us[rows, idx].detach(), u_bar)
+                x_bar = torch.where(accept[:, None, None], keep(xs[rows, idx]), x_bar)
+                u_bar = torch.where(accept[:, None, None], keep(us[rows, idx]), u_bar)
                 ret = torch.where(accept, best, ret)
                 down = mu / c.reg_factor
                 mu = torch.where(accept, torch.where(down < c.reg_min, torch.zeros_like(mu), down),
@@ -459,7 +466,7 @@ class ILQR:
                 if deadline is not None and time.perf_counter() >= deadline:
                     break
         actions, value = u_bar, ret
-        if differentiate:  # implicit gradients at the converged solution (Amos et al. 2018)
+        if differentiate and not unroll:  # implicit gradients at the converged solution (Amos et al. 2018)
             with torch.enable_grad():
                 u = u_bar.clone().requires_grad_(True)
                 x, xs = state.features(), []  # not detached: gradients reach the belief too
@@ -487,7 +494,7 @@ class ILQR:
             value = ret + (ret_graph - ret_graph.detach())  # envelope theorem: dV/dθ = ∂R/∂θ at U*
         info = {
             "iterations": iterations, "model_evals": evals, "nonfinite": nonfinite, "reg": mu,
-            "improvement": improvement, "plan_ms": (time.perf_counter() - t0) * 1e3,
+            "improvement": improvement.detach(), "plan_ms": (time.perf_counter() - t0) * 1e3,
         }
         return Plan(actions, value, info)
 

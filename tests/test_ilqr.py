@@ -267,3 +267,42 @@ def test_the_value_carries_the_envelope_gradient_and_no_grad_mode_gives_a_consta
     assert ((got - want).abs().max() / want.abs().max()).item() <= 1e-6
     with torch.no_grad():
         assert ILQR(cfg).plan(_goal_problem(0.5, goal, q, r), x0).actions.grad_fn is None
+
+
+@pytest.mark.parametrize("bound", [1e3, 0.5])
+def test_unrolled_and_implicit_gradients_agree(bound):
+    import time
+
+    times = {}
+    for mode in ("implicit", "unroll"):
+        t0 = time.perf_counter()
+        jac, fd, plan, plain = _jacobians(bound, mode)
+        times[mode] = time.perf_counter() - t0
+        assert torch.equal(plan.actions.detach(), plain.actions)  # the option leaves the plan as it is
+        if mode == "implicit":
+            implicit = jac
+    err = ((jac - implicit).abs().max() / implicit.abs().max()).item()
+    print(f"bound={bound}: unrolled vs implicit, max relative difference {err:.1e}")
+    assert err <= 1e-6, err  # measured ~3e-16 and ~7e-16
+
+
+def test_the_cost_of_implicit_and_unrolled_backward_passes():
+    """Not an assertion on time: prints plan + one backward for both modes (docs/planners.md)."""
+    import time
+
+    A, B, Q, R = _system("unstable", seed=2)
+    goal = torch.zeros(3, dtype=torch.float64, requires_grad=True)  # shared by all 16 environments
+    x0 = _state(np.random.default_rng(0).standard_normal((16, 3)))
+    grads = {}
+    for mode in ("implicit", "unroll"):
+        cfg = ILQRConfig(horizon=20, iterations=10, tolerance=0.0, differentiable=mode)
+        objective = _goal_problem(0.5, goal, torch.tensor(1.0, dtype=torch.float64),
+                                  torch.tensor([1.0, 1.0], dtype=torch.float64))
+        t0 = time.perf_counter()
+        plan = ILQR(cfg).plan(objective, x0)
+        t1 = time.perf_counter()
+        (g,) = torch.autograd.grad(plan.actions[:, 0].sum(), goal)
+        t2 = time.perf_counter()
+        grads[mode] = g
+        print(f"{mode}: plan {1e3 * (t1 - t0):.0f} ms, backward {1e3 * (t2 - t1):.0f} ms (B=16, H=20, 10 iterations)")
+    torch.testing.assert_close(grads["implicit"], grads["unroll"], rtol=1e-6, atol=1e-9)
