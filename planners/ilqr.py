@@ -32,7 +32,7 @@ from torch.func import grad, jacrev
 from latentplan.worldmodels.state import LatentState
 
 from .ascent import require_differentiable
-from .base import Plan
+from .base import Plan, callable_name
 from .gradient import _PriorMeanModel
 from .objective import Objective
 from .validate import check_choice, check_int, check_min, check_positive, check_range
@@ -223,6 +223,13 @@ class ILQR:
         t0 = time.perf_counter()
         c = self.config
         require_differentiable(objective, "ILQR")
+        if objective.needs_prev:
+            names = [callable_name(t) for t in objective.rewards if getattr(t, "needs_prev", False)]
+            raise ValueError(
+                f"ILQR: reward terms {names} are stage='transition' (they read the state before the action); "
+                "ILQR quadratises costs of (x_t+1, u_t) only: write them on the arrival state or use "
+                "CEM / MPPI / GradientPlanner / MCTS"
+            )
         b, h, a = state.batch, c.horizon, objective.action_dim
         if warm_start is not None and tuple(warm_start.actions.shape) != (b, h, a):
             raise ValueError(f"ILQR.plan: warm_start.actions must be [B={b}, H={h}, A={a}]; "
@@ -271,7 +278,7 @@ class ILQR:
             xs_t, us_t = torch.stack(xs, 1), torch.stack(us, 1)  # [B*L, H+1, F], [B*L, H, A]
             z = torch.cat([xs_t[:, 1:], us_t], -1).flatten(0, 1)  # row (b * L + l) * H + t
             r = reward(z, weights.repeat(b * n_l)).reshape(b * n_l, h).sum(1)
-            if objective.value is not None:
+            if objective.bootstraps:
                 r = r + terminal(xs_t[:, -1])
             return xs_t.reshape(b, n_l, h + 1, -1), us_t.reshape(b, n_l, h, a), r.reshape(b, n_l)
 
@@ -301,7 +308,7 @@ class ILQR:
                 lz = -gz(z).detach()  # cost gradient [M, F + A]
                 lzz = -jacrev(lambda z: gz(z).sum(0))(z).transpose(0, 1).detach()  # [M, F + A, F + A]
                 evals += b * h * (1 + f_dim)
-                if objective.value is not None:
+                if objective.bootstraps:
                     gv = grad(lambda x: terminal(x).sum())
                     vx = -gv(x_bar[:, h]).detach()
                     vxx = -jacrev(lambda x: gv(x).sum(0))(x_bar[:, h]).transpose(0, 1).detach()
