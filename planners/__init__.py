@@ -11,13 +11,16 @@ from .ilqr import ILQR, ILQRConfig, box_qp
 from .mppi import MPPI, MPPIConfig, mppi_weights
 from .objective import Objective, RewardTerm, rank_returns
 from .policy import GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
-from .rewards import BoundReward, Reward, RewardContext, RewardReport, check_reward, learned_reward, reward
+from .rewards import (
+    BoundReward, Reward, RewardContext, RewardReport, Shared, check_reward, learned_reward, reward, shared,
+)
 from .value import ImaginedRollout, ValueConfig, ValueFunction, ValueLearner, lambda_returns, posterior_beliefs
 
 __all__ = [
     "AscentConfig", "BoundReward", "CEM", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
     "GradientPlanner", "ILQR", "ILQRConfig", "ImaginedRollout", "MCTS", "MCTSConfig", "MPPI", "MPPIConfig", "Objective",
     "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm",
+    "Shared", "shared",
     "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "colored_noise", "lambda_returns",
     "learned_reward", "mppi_weights",
     "policy_rollout", "posterior_beliefs", "rank_returns", "require_differentiable", "reward",

@@ -85,6 +85,8 @@ def require_differentiable(objective: Objective, planner: str) -> None:
     terms = list(objective.rewards)
     if objective.value is not None:
         terms.append(objective.value)
+    if getattr(objective, "terminal", None) is not None:
+        terms.append(objective.terminal)
     for term in terms:
         if getattr(term, "differentiable", True) is False:
             # a composite term (e.g. `a + 0.5 * b`) may expose its parts through `leaves()`

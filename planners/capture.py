@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from .objective import Objective
-from .rewards import BoundReward, LearnedReward, Reward, ScaledReward, SumReward, UserReward
+from .rewards import BoundReward, LearnedReward, Reward, ScaledReward, Shared, SumReward, UserReward
 
 __all__ = [
     "CaptureMismatch", "CompileMode", "CaptureCache", "CapturedSearch", "HostSyncError", "check_first_replay", "StaticObjective", "no_host_sync",
@@ -189,6 +189,8 @@ def _term_key(term: Any) -> Any:
 
 
 def _value_key(name: str, v: Any) -> Any:
+    if isinstance(v, Shared):
+        return ("shared", _value_key(name, v.value))
     if isinstance(v, Tensor):
         return ("tensor", tuple(v.shape), v.dtype, v.device)
     if v is None or isinstance(v, (bool, int, float, complex, str)):
@@ -215,6 +217,7 @@ def objective_key(objective: Objective) -> tuple:
     return (
         id(objective.model), tuple(_term_key(t) for t in objective.rewards), objective.discount,
         id(objective.value), ctx, objective.context.batch,
+        None if objective.terminal is None else _term_key(objective.terminal),
     )
 
 
@@ -233,19 +236,23 @@ class StaticObjective:
         self._tensors: dict[str, Tensor] = {}
         context: dict[str, Any] = {}
         for k, v in objective.context.values.items():
-            if isinstance(v, Tensor):
-                v = v.detach().to(device).clone()
-                self._tensors[k] = v
+            inner = v.value if isinstance(v, Shared) else v
+            if isinstance(inner, Tensor):
+                inner = inner.detach().to(device).clone()
+                self._tensors[k] = inner
+                v = Shared(inner) if isinstance(v, Shared) else inner
             context[k] = v
         self.objective = Objective(
             objective.model, rewards=terms, discount=objective.discount, value=objective.value,
             context=context, batch=objective.context.batch,
+            terminal=None if objective.terminal is None else objective.terminal.term,
         )
 
     def load(self, objective: Objective) -> None:
         """Copy `objective`'s context tensors into the static ones (no reallocation)."""
         for k, buf in self._tensors.items():
-            buf.copy_(objective.context.values[k])
+            v = objective.context.values[k]
+            buf.copy_(v.value if isinstance(v, Shared) else v)
 
 
 # ---------------------------------------------------------------------------------------- runners

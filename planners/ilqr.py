@@ -32,7 +32,7 @@ from torch.func import grad, jacrev
 from latentplan.worldmodels.state import LatentState
 
 from .ascent import require_differentiable
-from .base import Plan
+from .base import Plan, callable_name
 from .gradient import _PriorMeanModel
 from .objective import Objective
 from .validate import check_choice, check_int, check_min, check_positive, check_range
@@ -333,6 +333,13 @@ class ILQR:
         c = self.config
         differentiate = c.differentiable is not None and torch.is_grad_enabled()
         require_differentiable(objective, "ILQR")
+        if objective.needs_prev:
+            names = [callable_name(t) for t in objective.rewards if getattr(t, "needs_prev", False)]
+            raise ValueError(
+                f"ILQR: reward terms {names} are stage='transition' (they read the state before the action); "
+                "ILQR quadratises costs of (x_t+1, u_t) only: write them on the arrival state or use "
+                "CEM / MPPI / GradientPlanner / MCTS"
+            )
         b, h, a = state.batch, c.horizon, objective.action_dim
         if warm_start is not None and tuple(warm_start.actions.shape) != (b, h, a):
             raise ValueError(f"ILQR.plan: warm_start.actions must be [B={b}, H={h}, A={a}]; "
@@ -383,7 +390,7 @@ class ILQR:
             xs_t, us_t = torch.stack(xs, 1), torch.stack(us, 1)  # [B*L, H+1, F], [B*L, H, A]
             z = torch.cat([xs_t[:, 1:], us_t], -1).flatten(0, 1)  # row (b * L + l) * H + t
             r = reward(z, weights.repeat(b * n_l)).reshape(b * n_l, h).sum(1)
-            if objective.value is not None:
+            if objective.bootstraps:
                 r = r + terminal(xs_t[:, -1])
             return xs_t.reshape(b, n_l, h + 1, -1), us_t.reshape(b, n_l, h, a), r.reshape(b, n_l)
 
@@ -399,7 +406,7 @@ class ILQR:
             gz = grad(lambda z: reward(z, w).sum())
             lz = -keep(gz(z))  # cost gradient [M, F + A]
             lzz = -keep(jacrev(lambda z: gz(z).sum(0))(z).transpose(0, 1))  # [M, F + A, F + A]
-            if objective.value is not None:
+            if objective.bootstraps:
                 gv = grad(lambda x: terminal(x).sum())
                 vx = -keep(gv(x_bar[:, h]))
                 vxx = -keep(jacrev(lambda x: gv(x).sum(0))(x_bar[:, h]).transpose(0, 1))
@@ -475,7 +482,7 @@ class ILQR:
                     xs.append(x)
                 z = torch.cat([torch.stack(xs, 1), u], -1).flatten(0, 1)
                 ret_graph = reward(z, weights.repeat(b)).reshape(b, h).sum(1)
-                if objective.value is not None:
+                if objective.bootstraps:
                     ret_graph = ret_graph + terminal(x)
                 # the cost gradient at the solution, as a function of the parameters (U held fixed)
                 g = torch.autograd.grad(-ret_graph.sum(), u, create_graph=True)[0]  # [B, H, A]

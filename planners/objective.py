@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -18,6 +19,74 @@ RewardTerm = Callable[[LatentState, Tensor], Tensor]
 """The internal reward-term signature: `(next_state [N], action [N, A]) -> reward [N]` (the reward
 of taking `action` and arriving in `next_state`). `Objective.rewards` holds such callables: the
 `BoundReward` of every `Reward` it was given, and plain callables as they were given."""
+
+
+def _takes_positional(fn: Callable, count: int) -> bool:
+    """Whether `fn` can be called with `count` positional arguments (True when its signature is
+    not introspectable, e.g. some builtins)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    try:
+        sig.bind(*([None] * count))
+    except TypeError:
+        return False
+    return True
+
+
+def _check_value(value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, (Reward, BoundReward)):
+        raise TypeError(
+            f"Objective: value= must be a value function state -> [N] (e.g. a ValueFunction); got the reward "
+            f"term {callable_name(value)!r}: a reward on the final state goes in terminal= "
+            "(@lp.reward(stage='terminal')), per-step terms in rewards=[...]"
+        )
+    if not callable(value) or not _takes_positional(value, 1):
+        raise TypeError(
+            f"Objective: value= must be a callable state -> [N] taking one LatentState (e.g. a ValueFunction); "
+            f"got {value!r:.80}"
+        )
+
+
+def _check_term(term: object, index: int) -> None:
+    where = f"Objective: rewards[{index}]"
+    if isinstance(term, Reward):
+        if term.is_terminal:
+            raise TypeError(
+                f"{where} {term.name!r} is a stage='terminal' term (a reward on the final state): "
+                "pass it as Objective(terminal=...)"
+            )
+        return
+    if not callable(term):
+        raise TypeError(
+            f"{where} must be a reward term (an @lp.reward function, lp.learned_reward(), or a callable "
+            f"(next_state, action) -> [N]); got {term!r:.80}"
+        )
+    if not isinstance(term, BoundReward) and not _takes_positional(term, 2):
+        raise TypeError(
+            f"{where} {callable_name(term)!r} cannot be called as (next_state, action): a plain callable takes "
+            "exactly those two; wrap fn(obs, action, ctx) with @lp.reward"
+        )
+
+
+def _check_terminal(terminal: object) -> None:
+    if terminal is None:
+        return
+    if not isinstance(terminal, Reward):
+        raise TypeError(
+            "Objective: terminal= must be a reward term on the final state, made with "
+            "@lp.reward(stage='terminal') (or lp.learned_reward(), or a composition of them); "
+            f"got {terminal!r:.80} (a plain callable state -> [N] is a value=)"
+        )
+    wrong = [leaf.name for leaf in terminal.leaves() if leaf.stage != "terminal" and leaf.name != "learned_reward"]
+    if wrong:
+        raise TypeError(
+            f"Objective: terminal= {terminal.name!r} has per-step parts {wrong} (they take an action): "
+            "mark a reward on the final state @lp.reward(stage='terminal'), fn(obs, ctx) -> [N]"
+        )
 
 
 def rank_returns(returns: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,18 +129,32 @@ class Objective:
             `None` means `[learned_reward()]`, the model's learned reward head; `[]` means no
             per-step reward (only the terminal `value` counts).
         discount: gamma per planning step (PlaNet: 1.0, an undiscounted sum).
-        value: optional terminal value `V(state) -> [N]`, added at the horizon as gamma^H V(s_H).
+        value: optional terminal value `V(state) -> [N]`, added at the horizon as gamma^H V(s_H)
+            (a learned critic such as `ValueFunction`, or any callable of one `LatentState`).
+        terminal: optional reward term on the final state, `@lp.reward(stage="terminal")`
+            (`fn(obs, ctx) -> [N]`), `lp.learned_reward()`, or a composition of them; added at
+            the horizon as gamma^H T(s_H), beside `value` (the bootstrap is V + T). Planners reach
+            it through `returns` and `bootstrap`.
         context: the reward context (see above); `None` is empty.
         batch: B, the number of environments the plan call is for (needed for `[B, ...]`
             context values).
+
+    The return is sum_t gamma^t r_t + gamma^H (V(s_H) + T(s_H)), with r_t the per-step terms
+    (`stage="arrival"` terms read s_{t+1}; `stage="transition"` terms read s_t and s_{t+1}).
+
+    Dtype: the return has the model state's dtype; user terms' outputs are cast to it and
+    floating context tensors are cast to it before the functions see them (`RewardContext`).
 
     Raises:
         ValueError: `discount` is not in (0, 1]; a context value's leading dimension is neither
             1 nor B (or is not 1 without `batch`), naming the key (here). In `step`/`returns`:
             a reward term returns a tensor that is not `[N]` or lives on another device
             (the message names the term).
-        TypeError: a term is not callable, or needs a model method (`decode`, `reward`) the
-            model lacks (here); a term returns a non-tensor or a non-floating tensor (in
+        TypeError (here, naming the argument): a `rewards` item is not callable, is a plain
+            callable that cannot take `(next_state, action)`, is a `stage="terminal"` term, or
+            needs a model method (`decode`, `reward`) the model lacks; `value` is a reward term
+            or not a callable of one state; `terminal` is not a `Reward` of terminal-stage parts
+            (or `learned_reward()`). A term returns a non-tensor or a non-floating tensor (in
             `step`/`returns`, naming the term).
 
     NaN or inf from a reward is not an error: it propagates to the return, which planners rank
@@ -90,68 +173,100 @@ class Objective:
         value: Callable[[LatentState], Tensor] | None = None,
         context: Mapping[str, Any] | None = None,
         batch: int | None = None,
+        terminal: Reward | None = None,
     ) -> None:
         if not 0.0 < discount <= 1.0:
             raise ValueError(f"Objective: discount must be in (0, 1]; got {discount}")
+        _check_value(value)
+        _check_terminal(terminal)
         self.model = model
         self.context = RewardContext(model, context, batch=batch)
         if rewards is None:
             terms: list = [learned_reward()]
         elif isinstance(rewards, Reward) or callable(rewards):
             terms = [rewards]
-        elif isinstance(rewards, (list, tuple)) and all(isinstance(t, Reward) or callable(t) for t in rewards):
+        elif isinstance(rewards, (list, tuple)):
             terms = list(rewards)
         else:
             raise TypeError(
                 "Objective: rewards must be a reward term (a callable such as @lp.reward or lp.learned_reward()), "
                 f"a list of them, or None; got {type(rewards).__name__} {rewards!r:.80}"
             )
+        for i, t in enumerate(terms):
+            _check_term(t, i)
         self.rewards: list[RewardTerm] = [self.context.bind(t) for t in terms]
         self.discount = float(discount)
         self.value = value
+        self.terminal: BoundReward | None = None if terminal is None else self.context.bind(terminal)
 
     def __repr__(self) -> str:
         names = [callable_name(t) for t in self.rewards]
+        terminal = None if self.terminal is None else self.terminal.name
         return (
             f"Objective(rewards={names}, discount={self.discount}, value={self.value is not None}, "
+            f"terminal={terminal!r}, "
             f"context={list(self.context.values)}, batch={self.context.batch})"
         )
 
     @property
     def differentiable(self) -> bool:
-        """False if any reward term (or the value) is marked `differentiable = False`."""
-        parts = [*self.rewards, *([self.value] if self.value is not None else [])]
+        """False if any reward term (or the value, or the terminal term) is marked `differentiable = False`."""
+        parts = [*self.rewards, *(t for t in (self.value, self.terminal) if t is not None)]
         return all(getattr(t, "differentiable", True) is not False for t in parts)
+
+    @property
+    def bootstraps(self) -> bool:
+        """True if the return has a horizon part: a `value`, a `terminal` term, or both."""
+        return self.value is not None or self.terminal is not None
+
+    @property
+    def needs_prev(self) -> bool:
+        """True if a reward term reads the state before the action (`stage="transition"`)."""
+        return any(getattr(t, "needs_prev", False) for t in self.rewards)
 
     @property
     def action_dim(self) -> int:
         """A, the model's action dimension."""
         return self.model.action_dim
 
-    def _reward(self, next_state: LatentState, action: Tensor) -> Tensor:
+    def _reward(self, next_state: LatentState, action: Tensor, prev_state: LatentState | None = None) -> Tensor:
+        """`[N]` sum of the reward terms for `prev_state [N]` --`action [N, A]`--> `next_state [N]`
+        (`prev_state` is read by transition terms only; they raise without it)."""
         total = None
         n = action.shape[0]
         for term in self.rewards:
-            r = term(next_state, action)
-            if not isinstance(term, BoundReward):  # bound terms check each user function's output
-                r = check_reward_output(r, callable_name(term), n, action.device)
+            if isinstance(term, BoundReward):  # bound terms check each user function's output
+                r = term(next_state, action, prev_state)
+            else:
+                r = check_reward_output(term(next_state, action), callable_name(term), n, action.device)
             total = r if total is None else total + r
-        return torch.zeros(n, device=action.device) if total is None else total
+        return torch.zeros(n, device=action.device, dtype=next_state.deter.dtype) if total is None else total
 
     def step(
         self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[LatentState, Tensor]:
         """One imagined transition: `state [N]`, `action [N, A]` -> (next state, reward `[N]`)."""
         nxt = self.model.imagine_step(state, action, generator=generator)
-        return nxt, self._reward(nxt, action)
+        return nxt, self._reward(nxt, action, state)
 
     def bootstrap(self, state: LatentState) -> Tensor:
-        """`[N]` the terminal value V(state), or zeros without a value function."""
-        if self.value is None:
-            return torch.zeros(state.batch, device=state.device)
-        v = self.value(state)
-        if v.shape != (state.batch,):
-            raise ValueError(f"Objective: value must return [N={state.batch}]; got {tuple(v.shape)}")
+        """`[N]` the horizon part V(state) + T(state) (`value` and `terminal`, each if given), or
+        zeros (in the state's dtype) without either.
+
+        Raises:
+            ValueError: `value` does not return `[N]`; TypeError/ValueError: the terminal term's
+                output is not a floating `[N]` tensor (naming it).
+        """
+        if not self.bootstraps:
+            return torch.zeros(state.batch, device=state.device, dtype=state.deter.dtype)
+        v = None
+        if self.value is not None:
+            v = self.value(state)
+            if v.shape != (state.batch,):
+                raise ValueError(f"Objective: value must return [N={state.batch}]; got {tuple(v.shape)}")
+        if self.terminal is not None:
+            t = self.terminal(state, None)
+            v = t if v is None else v + t
         return v
 
     def returns(
@@ -165,7 +280,7 @@ class Objective:
             generator: randomness of the model's stochastic transitions.
 
         Returns:
-            `[N]` sum_{t<H} gamma^t r_t + gamma^H V(s_H). Non-finite entries are left as they are;
+            `[N]` sum_{t<H} gamma^t r_t + gamma^H (V(s_H) + T(s_H)). Non-finite entries are left as they are;
             planners rank them with `rank_returns`.
 
         The model's `rollout(state, actions, generator=) -> (visited [N*H], final [N])` gives
@@ -186,15 +301,22 @@ class Objective:
             # one batched reward call over all N * H visited beliefs (row n * H + t) instead of H
             # small ones: a `[B, ...]` context expands to these rows correctly, since the rows of
             # environment b are still one contiguous block
+            start = state
             visited, state = self.model.rollout(state, actions, generator=generator)
-            r = self._reward(visited, actions.reshape(n * h, -1)).reshape(n, h)
+            prev = None
+            if self.needs_prev:  # row n * H + t: s_t, the start belief at t = 0
+                prev = LatentState(*(
+                    torch.cat([s[:, None], v.reshape(n, h, -1)[:, :-1]], dim=1).reshape(n * h, -1)
+                    for s, v in ((start.deter, visited.deter), (start.stoch, visited.stoch))
+                ))
+            r = self._reward(visited, actions.reshape(n * h, -1), prev).reshape(n, h)
             weights = self.discount ** torch.arange(h, device=actions.device, dtype=r.dtype)
             total = (r * weights).sum(dim=1)
             scale = self.discount**h
         else:  # no step: only the value of the start
-            total = torch.zeros(n, device=actions.device)
+            total = torch.zeros(n, device=actions.device, dtype=state.deter.dtype)
             scale = 1.0
-        if self.value is not None:
+        if self.bootstraps:
             total = total + scale * self.bootstrap(state)
         return total
 

@@ -297,7 +297,7 @@ def policy_rollout(
         elif t < horizon - 1:
             state = objective.model.imagine_step(state, a, generator=generator)
             evals += n
-    if with_returns and objective.value is not None:
+    if with_returns and objective.bootstraps:
         total = total + scale * objective.bootstrap(state)
     return torch.stack(acts, dim=1), total, evals
 

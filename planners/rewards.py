@@ -54,12 +54,37 @@ from latentplan.worldmodels.state import LatentState, WorldModel
 from .base import callable_name
 
 __all__ = [
-    "BoundReward", "Reward", "RewardContext", "RewardReport", "check_reward", "check_reward_output",
-    "learned_reward", "reward",
+    "BoundReward", "Reward", "RewardContext", "RewardReport", "Shared", "check_reward", "check_reward_output",
+    "learned_reward", "reward", "shared",
 ]
 
 Inputs = Literal["decoded", "latent"]
 _INPUTS = ("decoded", "latent")
+Stage = Literal["arrival", "transition", "terminal"]
+_STAGES = ("arrival", "transition", "terminal")
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A context value shared by all environments, passed to reward functions as it is.
+
+    A plain context tensor with a leading dimension is per environment (`[B, ...]` or `[1, ...]`,
+    expanded to `[N, ...]` rows; see `RewardContext`). A matrix such as a cost weight `Q` `[n, n]`
+    is one value for every row: wrap it, `context={"Q": lp.shared(Q)}`, and the function receives
+    `ctx["Q"]` `[n, n]` unchanged in shape (moved to the evaluation's device; a floating tensor
+    cast to the evaluated state's dtype). NumPy arrays are converted with `torch.as_tensor`;
+    other values pass through.
+
+    Attributes:
+        value: the wrapped value.
+    """
+
+    value: Any
+
+
+def shared(value: Any) -> Shared:
+    """Mark a context value as shared by all environments (`Shared(value)`); see `Shared`."""
+    return Shared(value)
 
 
 # --------------------------------------------------------------------------- output checks
@@ -139,7 +164,11 @@ class RewardContext:
     scalar is therefore given as `[B]` and arrives as `[N]`, ready to combine with a squeezed
     named slice such as `obs["cart_x"]`. A vector shared by all environments is given as `[1, D]`.
     NumPy arrays are converted with `torch.as_tensor`; any other value (a string, a callable,
-    a list) is passed through as it is.
+    a list) is passed through as it is. A value wrapped in `Shared` (`lp.shared(Q)`) is one value
+    for all environments whatever its shape: it is neither checked against B nor expanded.
+
+    Dtype: at evaluation, floating context tensors are cast to the evaluated state's dtype
+    (`expand(..., dtype=)`), so a float64 model's rewards read float64 context values.
 
     B is not inferred: a `[D]` vector could mean "one value per environment" or "one vector for
     all", so tensors whose leading dimension is not 1 need `batch=B`.
@@ -178,6 +207,8 @@ class RewardContext:
                 raise TypeError(f"reward context: keys must be strings; got {key!r}")
             if isinstance(value, np.ndarray):
                 value = torch.as_tensor(value)
+            if isinstance(value, Shared) and isinstance(value.value, np.ndarray):
+                value = Shared(torch.as_tensor(value.value))
             if isinstance(value, Tensor) and value.dim() >= 1:
                 lead = value.shape[0]
                 if batch is None and lead != 1:
@@ -185,40 +216,61 @@ class RewardContext:
                         f"reward context[{key!r}] has shape {tuple(value.shape)}: a tensor with a leading "
                         "dimension is per environment ([B, ...], or [1, ...] shared by all), so the "
                         f"objective needs batch=B (e.g. Objective(..., batch={lead})); give a vector "
-                        f"shared by all environments as [1, ...] (context[{key!r}][None])"
+                        f"shared by all environments as [1, ...] (context[{key!r}][None]), or any value "
+                        "shared by all (a matrix) as lp.shared(value)"
                     )
                 if batch is not None and lead not in (1, batch):
                     raise ValueError(
                         f"reward context[{key!r}] has shape {tuple(value.shape)}: its leading dimension "
-                        f"must be B={batch} (one entry per environment) or 1 (shared); got {lead}"
+                        f"must be B={batch} (one entry per environment) or 1 (shared); got {lead} "
+                        "(a value shared by all environments, such as a matrix, is given as lp.shared(value))"
                     )
             values[key] = value
         self.values: Mapping[str, Any] = MappingProxyType(values)
         self._expanded: dict[tuple[int, torch.device], tuple[tuple | None, dict[str, Any]]] = {}
         self._decoded: tuple[LatentState, bool, tuple | None, dict[str, Any]] | None = None
+        # the entry before `_decoded`: a transition term decodes the states before and after
+        self._decoded_before: tuple[LatentState, bool, tuple | None, dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"RewardContext(keys={list(self.values)}, batch={self.batch})"
 
-    def expand(self, n: int, device: torch.device) -> dict[str, Any]:
+    def expand(self, n: int, device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:
         """The context for `N = n` rows on `device`: a new dict each call (values may be shared).
 
+        Args:
+            n: N, the rows evaluated.
+            device: where the evaluation runs.
+            dtype: the evaluated state's floating dtype; floating context tensors (plain and
+                `Shared`) are cast to it, so a float64 model reads float64 context values and a
+                float32 model float32 ones. `None` leaves dtypes as given.
+
         Returns:
-            name -> value, tensors with a leading dimension as `[N, ...]` (see the class).
+            name -> value, tensors with a leading dimension as `[N, ...]`, `Shared` values
+            unwrapped and not expanded (see the class).
 
         Raises:
             ValueError: N is not a multiple of B while a `[B, ...]` value (B > 1) needs expanding.
         """
-        key = (n, device)
-        versions = _versions(*(v for v in self.values.values() if isinstance(v, Tensor)))
+        key = (n, device, dtype)
+        versions = _versions(*(
+            v.value if isinstance(v, Shared) else v for v in self.values.values()
+            if isinstance(v.value if isinstance(v, Shared) else v, Tensor)
+        ))
         hit = self._expanded.get(key)
         if hit is not None and versions is not None and hit[0] == versions:
             return dict(hit[1])
         out: dict[str, Any] = {}
         cacheable = True
         for name, value in self.values.items():
-            if isinstance(value, Tensor):
-                value = value.to(device)
+            if isinstance(value, Shared):
+                value = value.value
+                if isinstance(value, Tensor):
+                    value = value.to(device, dtype) if dtype is not None and value.is_floating_point() \
+                        else value.to(device)
+                    cacheable = cacheable and not value.requires_grad
+            elif isinstance(value, Tensor):
+                value = value.to(device, dtype) if dtype is not None and value.is_floating_point() else value.to(device)
                 if value.dim() >= 1:
                     if value.shape[0] == 1:
                         value = value.expand(n, *value.shape[1:])
@@ -242,18 +294,18 @@ class RewardContext:
 
         Every entry except `"obs"` that is `[N, 1]` becomes `[N]` (e.g. `obs["pole_cos"]`);
         `"obs"` and multi-column entries (`obs["position"]` `[N, 3]`, an `"image"`) are as decoded.
-        The result is cached for the last state object (and grad mode) seen, while its tensors
-        are not modified in place.
+        The result is cached for the last two state objects (and grad mode) seen, while their
+        tensors are not modified in place (two: a transition term decodes the states before and
+        after the action).
 
         Raises:
             TypeError: the model has no `decode`, or it does not return a dict.
         """
         grad = torch.is_grad_enabled()
         versions = _versions(state.deter, state.stoch)
-        cached = self._decoded
-        if cached is not None and cached[0] is state and cached[1] == grad and versions is not None \
-                and cached[2] == versions:
-            return dict(cached[3])
+        for cached in (self._decoded, self._decoded_before):
+            if cached is not None and cached[0] is state and cached[1] == grad and versions is not None and cached[2] == versions:
+                return dict(cached[3])
         decode = getattr(self.model, "decode", None)
         if not callable(decode):
             raise TypeError(
@@ -269,7 +321,7 @@ class RewardContext:
             k: v.squeeze(1) if k != "obs" and isinstance(v, Tensor) and v.dim() == 2 and v.shape[1] == 1 else v
             for k, v in raw.items()
         }
-        self._decoded = (state, grad, versions, obs)
+        self._decoded_before, self._decoded = self._decoded, (state, grad, versions, obs)
         return dict(obs)
 
     def bind(self, term: "Reward | Callable[[LatentState, Tensor], Tensor]") -> Callable[[LatentState, Tensor], Tensor]:
@@ -338,6 +390,17 @@ class Reward:
 
     name: str
     differentiable: bool
+    stage: str = "arrival"
+
+    @property
+    def needs_prev(self) -> bool:
+        """True if a part of this term is a `stage="transition"` term (it reads the state before)."""
+        return any(leaf.stage == "transition" for leaf in self.leaves())
+
+    @property
+    def is_terminal(self) -> bool:
+        """True if a part of this term is a `stage="terminal"` term (it belongs in `terminal=`)."""
+        return any(leaf.stage == "terminal" for leaf in self.leaves())
 
     def bind(
         self, model: WorldModel, context: Mapping[str, Any] | None = None, *, batch: int | None = None
@@ -358,7 +421,9 @@ class Reward:
         """The user and learned terms this term is made of (itself for a leaf)."""
         yield self
 
-    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
+    def _evaluate(
+        self, state: LatentState, action: Tensor | None, context: RewardContext, prev: LatentState | None = None
+    ) -> Tensor:
         raise NotImplementedError
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -419,32 +484,55 @@ class UserReward(Reward):
     Attributes:
         fn: the user function.
         inputs: `"decoded"` (`fn(obs, action, ctx)`) or `"latent"` (`fn(state, action, ctx)`).
+        stage: `"arrival"`, `"transition"` or `"terminal"` (see `reward`).
     """
 
-    def __init__(self, fn: Callable[..., Tensor], *, inputs: Inputs, differentiable: bool, name: str | None) -> None:
+    def __init__(
+        self, fn: Callable[..., Tensor], *, inputs: Inputs, differentiable: bool, name: str | None,
+        stage: Stage = "arrival",
+    ) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.inputs = inputs
+        self.stage = stage
         self.differentiable = bool(differentiable)
         self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
-        n, device = action.shape[0], action.device
-        ctx = context.expand(n, device)
-        first = context.decode(state) if self.inputs == "decoded" else state
+    def _evaluate(
+        self, state: LatentState, action: Tensor | None, context: RewardContext, prev: LatentState | None = None
+    ) -> Tensor:
+        n, device, dtype = state.batch, state.device, state.deter.dtype
+        ctx = context.expand(n, device, dtype)
+
+        def view(s: LatentState) -> Any:
+            return context.decode(s) if self.inputs == "decoded" else s
+
+        first = view(state)
         try:
-            out = self.fn(first, action, ctx)
+            if self.stage == "arrival":
+                out = self.fn(first, action, ctx)
+            elif self.stage == "transition":
+                if prev is None:
+                    raise ValueError(
+                        f"reward {self.name!r} is a transition term and needs the state before the action: "
+                        "call it as bound(next_state, action, prev_state=state)"
+                    )
+                out = self.fn(view(prev), first, action, ctx)
+            else:
+                out = self.fn(first, ctx)
         except Exception as e:
             seen = f"obs keys {sorted(first)}" if self.inputs == "decoded" else "a LatentState"
             e.add_note(
-                f"in reward {self.name!r} (inputs={self.inputs!r}): it was given {seen} "
+                f"in reward {self.name!r} (inputs={self.inputs!r}, stage={self.stage!r}): it was given {seen} "
                 f"and context keys {sorted(ctx)}"
             )
             raise
-        return check_reward_output(out, self.name, n, device)
+        out = check_reward_output(out, self.name, n, device)
+        # dtype follows the model: a float32 output on a float64 state (or the reverse) is cast
+        return out if out.dtype == dtype or not dtype.is_floating_point else out.to(dtype)
 
 
 class LearnedReward(Reward):
@@ -454,8 +542,10 @@ class LearnedReward(Reward):
         self.name = "learned_reward"
         self.differentiable = True
 
-    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
-        return check_reward_output(context.model.reward(state), self.name, action.shape[0], action.device)
+    def _evaluate(
+        self, state: LatentState, action: Tensor | None, context: RewardContext, prev: LatentState | None = None
+    ) -> Tensor:
+        return check_reward_output(context.model.reward(state), self.name, state.batch, state.device)
 
 
 class ScaledReward(Reward):
@@ -483,8 +573,10 @@ class ScaledReward(Reward):
     def leaves(self) -> Iterator[Reward]:
         yield from self.term.leaves()
 
-    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
-        return self.weight * self.term._evaluate(state, action, context)
+    def _evaluate(
+        self, state: LatentState, action: Tensor | None, context: RewardContext, prev: LatentState | None = None
+    ) -> Tensor:
+        return self.weight * self.term._evaluate(state, action, context, prev)
 
 
 class SumReward(Reward):
@@ -498,6 +590,12 @@ class SumReward(Reward):
         flat: list[Reward] = []
         for t in terms:
             flat.extend(t.terms if isinstance(t, SumReward) else (t,))
+        stages = {leaf.stage for t in flat for leaf in t.leaves() if not isinstance(leaf, LearnedReward)}
+        if "terminal" in stages and len(stages) > 1:
+            raise TypeError(
+                "cannot add a stage='terminal' reward to a per-step one: terminal terms go in "
+                "Objective(terminal=...), per-step terms in Objective(rewards=[...])"
+            )
         self.terms = tuple(flat)
         self.differentiable = all(t.differentiable for t in flat)
         parts = [flat[0].name]
@@ -512,10 +610,12 @@ class SumReward(Reward):
         for t in self.terms:
             yield from t.leaves()
 
-    def _evaluate(self, state: LatentState, action: Tensor, context: RewardContext) -> Tensor:
-        total = self.terms[0]._evaluate(state, action, context)
+    def _evaluate(
+        self, state: LatentState, action: Tensor | None, context: RewardContext, prev: LatentState | None = None
+    ) -> Tensor:
+        total = self.terms[0]._evaluate(state, action, context, prev)
         for t in self.terms[1:]:
-            total = total + t._evaluate(state, action, context)
+            total = total + t._evaluate(state, action, context, prev)
         return total
 
 
@@ -529,6 +629,8 @@ class BoundReward:
         context: the `RewardContext` (model, context values, B).
         name: `term.name`.
         differentiable: `term.differentiable` (gradient planners check it).
+        needs_prev: True if the term has a `stage="transition"` part, which reads the state
+            before the action: `Objective` then passes `prev_state`.
 
     Raises (from a call):
         TypeError, ValueError: a user function's output is not a floating `[N]` tensor on the
@@ -542,10 +644,15 @@ class BoundReward:
         self.context = context
         self.name = term.name
         self.differentiable = term.differentiable
+        self.needs_prev = term.needs_prev
 
-    def __call__(self, next_state: LatentState, action: Tensor) -> Tensor:
-        """`[N]` reward of taking `action [N, A]` and arriving in `next_state` (`[N]` rows)."""
-        return self.term._evaluate(next_state, action, self.context)
+    def __call__(
+        self, next_state: LatentState, action: Tensor | None, prev_state: LatentState | None = None
+    ) -> Tensor:
+        """`[N]` reward of taking `action [N, A]` in `prev_state` (`[N]` rows; read by transition
+        terms only) and arriving in `next_state` (`[N]` rows). A terminal term reads only
+        `next_state` (`action` may be None). The output has `next_state.deter`'s dtype."""
+        return self.term._evaluate(next_state, action, self.context, prev_state)
 
     def __repr__(self) -> str:
         return f"BoundReward({self.name}, differentiable={self.differentiable}, {self.context!r})"
@@ -553,13 +660,15 @@ class BoundReward:
 
 @overload
 def reward(
-    fn: Callable[..., Tensor], *, inputs: Inputs = "decoded", differentiable: bool = True, name: str | None = None
+    fn: Callable[..., Tensor], *, inputs: Inputs = "decoded", stage: Stage = "arrival",
+    differentiable: bool = True, name: str | None = None,
 ) -> UserReward: ...
 @overload
 def reward(
-    fn: None = None, *, inputs: Inputs = "decoded", differentiable: bool = True, name: str | None = None
+    fn: None = None, *, inputs: Inputs = "decoded", stage: Stage = "arrival",
+    differentiable: bool = True, name: str | None = None,
 ) -> Callable[[Callable[..., Tensor]], UserReward]: ...
-def reward(fn=None, *, inputs="decoded", differentiable=True, name=None):
+def reward(fn=None, *, inputs="decoded", stage="arrival", differentiable=True, name=None):
     """Turn a user function into a reward term (a `Reward`); usable as `@reward` or `@reward(...)`.
 
     Args:
@@ -573,6 +682,14 @@ def reward(fn=None, *, inputs="decoded", differentiable=True, name=None):
             tensors as `[N, ...]` rows (see `RewardContext`). The function must return a
             floating `[N]` tensor on the action's device; it must not modify its inputs.
         inputs: `"decoded"` or `"latent"`, as above.
+        stage: which states the function reads (the first arguments are decoded dicts or
+            `LatentState`s, per `inputs`):
+            `"arrival"` (default): `fn(obs, action, ctx)`, the state the action arrives in.
+            `"transition"`: `fn(prev_obs, obs, action, ctx)`, the state before the action
+            (`prev_obs`, `[N]` rows: the start belief at step 0) and after it (`obs`), for a
+            stage cost on the current state such as `x_t^T Q x_t + u_t^T R u_t`.
+            `"terminal"`: `fn(obs, ctx)`, the final state of a rollout; such a term goes in
+            `Objective(terminal=...)`, not in `rewards=`, and cannot be added to per-step terms.
         differentiable: False if gradients through `fn` are meaningless (it thresholds,
             uses `argmax`, NumPy, ...); gradient planners then refuse the term.
         name: the term's name in messages and expressions; default `fn.__name__`.
@@ -581,12 +698,15 @@ def reward(fn=None, *, inputs="decoded", differentiable=True, name=None):
         A `UserReward` (or, without `fn`, a decorator making one).
 
     Raises:
-        ValueError: `inputs` is not `"decoded"` or `"latent"`.
+        ValueError: `inputs` is not `"decoded"` or `"latent"`; `stage` is not one of
+            `"arrival"`, `"transition"`, `"terminal"`.
         TypeError: `fn` is not callable (e.g. `@reward("latent")` instead of
             `@reward(inputs="latent")`) or is already a term.
     """
     if inputs not in _INPUTS:
         raise ValueError(f"reward: inputs must be one of {list(_INPUTS)}; got {inputs!r}")
+    if stage not in _STAGES:
+        raise ValueError(f"reward: stage must be one of {list(_STAGES)}; got {stage!r}")
 
     def wrap(f: Callable[..., Tensor]) -> UserReward:
         if isinstance(f, Reward):
@@ -595,7 +715,7 @@ def reward(fn=None, *, inputs="decoded", differentiable=True, name=None):
             raise TypeError(
                 f"reward: expected a function; got {f!r} (options are keywords: @reward(inputs='latent'))"
             )
-        return UserReward(f, inputs=inputs, differentiable=differentiable, name=name)
+        return UserReward(f, inputs=inputs, differentiable=differentiable, name=name, stage=stage)
 
     return wrap if fn is None else wrap(fn)
 
@@ -642,6 +762,13 @@ def _same(a: Tensor, b: Tensor, *, tol: bool = False) -> bool:
     return bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
+def _call(bound: Callable, nxt: LatentState, action: Tensor, prev: LatentState) -> Tensor:
+    """Call a bound term; the state before the action reaches it only if it is a transition term."""
+    if isinstance(bound, BoundReward):
+        return bound(nxt, action, prev)
+    return bound(nxt, action)
+
+
 def check_reward(
     term: "Reward | Callable[[LatentState, Tensor], Tensor]",
     model: WorldModel,
@@ -657,8 +784,8 @@ def check_reward(
     and checks:
 
     - the output is a floating `[N]` tensor on the action's device;
-    - inputs are not modified in place (the state, the action, the decoded quantities, the
-      context values);
+    - inputs are not modified in place (the state, the state before the action for a
+      transition term, the action, the decoded quantities, the context values);
     - determinism: identical inputs give an identical output;
     - rows are independent: evaluated on one candidate per environment, the output is the
       same rows as before (catches rewards normalised over the batch);
@@ -716,6 +843,8 @@ def check_reward(
         watched: list[tuple[str, Tensor]] = [
             ("next_state.deter", nxt.deter), ("next_state.stoch", nxt.stoch), ("action", action),
         ]
+        if isinstance(term, Reward) and term.needs_prev:
+            watched += [("prev_state.deter", prev.deter), ("prev_state.stoch", prev.stoch)]
         with torch.no_grad():
             if uses_decode:
                 watched += [(f"obs[{k!r}]", v) for k, v in ctx1.decode(nxt).items() if isinstance(v, Tensor)]
@@ -723,7 +852,7 @@ def check_reward(
             watched += [(f"ctx[{k!r}] (expanded)", v) for k, v in ctx1.expand(n, dev).items() if isinstance(v, Tensor)]
             snapshot = [(label, t, t.clone()) for label, t in watched]
             try:
-                out1 = check_reward_output(bound(nxt, action), name, n, dev)
+                out1 = check_reward_output(_call(bound, nxt, action, prev), name, n, dev)
             except Exception as e:  # noqa: BLE001 - every failure is a finding
                 hint = ""
                 if isinstance(e, TypeError) and not isinstance(term, Reward):
@@ -738,7 +867,7 @@ def check_reward(
             with torch.no_grad():
                 state2 = LatentState(pristine[0].clone(), pristine[1].clone())
                 try:
-                    out2 = RewardContext(model, context, batch=batch).bind(term)(state2, pristine[2].clone())
+                    out2 = _call(RewardContext(model, context, batch=batch).bind(term), state2, pristine[2].clone(), prev)
                     deterministic = _same(out1, out2)
                     if not deterministic:
                         where = " (or model.decode)" if uses_decode else ""
@@ -750,7 +879,8 @@ def check_reward(
                     # 3. rows are independent: one candidate per environment (meaningless if not deterministic)
                     keep = torch.arange(0, n, rows, device=dev)
                     state3 = LatentState(pristine[0][keep].clone(), pristine[1][keep].clone())
-                    out3 = RewardContext(model, context, batch=batch).bind(term)(state3, pristine[2][keep].clone())
+                    out3 = _call(RewardContext(model, context, batch=batch).bind(term), state3,
+                                 pristine[2][keep].clone(), prev.index(keep))
                     if deterministic and not _same(out1[keep], out3, tol=True):
                         problems.append(
                             "rows are not independent: evaluated on a subset of rows it gives other values "
@@ -766,7 +896,7 @@ def check_reward(
                 with torch.enable_grad():
                     step_gen = torch.Generator(device=dev).manual_seed(seed + 1)
                     nxt4 = model.imagine_step(prev, act, generator=step_gen)
-                    r = RewardContext(model, context, batch=batch).bind(term)(nxt4, act)
+                    r = _call(RewardContext(model, context, batch=batch).bind(term), nxt4, act, prev)
                     g = None
                     if r.requires_grad:
                         (g,) = torch.autograd.grad(r.sum(), act, allow_unused=True)

@@ -144,3 +144,45 @@ def test_bad_configs_raise():
         Objective(_target_model()[0], discount=1.5)
     with pytest.raises(ValueError, match="LatentState"):
         LatentState(torch.zeros(2, 3), torch.zeros(3, 1))
+
+
+def test_transition_stage_cost_with_shared_q_and_terminal_reproduces_finite_horizon_lqr_in_float64():
+    """sum_{t<H} x_t'Q x_t + u_t'R u_t + x_H'M x_H written as a transition term (it reads x_t, the
+    state before the action) with Q, R shared in the context and M as a terminal term: the Riccati
+    actions are a stationary point of `Objective.returns` and their return is -x_0'P_0 x_0."""
+    from latentplan.planners import reward, shared
+
+    A = torch.tensor([[1.0, 0.1], [-0.2, 0.95]], dtype=torch.float64)
+    B = torch.tensor([[0.0], [0.1]], dtype=torch.float64)
+    Q = torch.tensor([[2.0, 0.3], [0.3, 1.0]], dtype=torch.float64)
+    R, M = torch.tensor([[0.5]], dtype=torch.float64), 3 * torch.eye(2, dtype=torch.float64)
+    model = AnalyticModel.linear(A, B, Q, action_bound=100.0)  # float64 matrices: a float64 model
+
+    @reward(stage="transition")
+    def stage_cost(prev, obs, action, ctx):
+        x = prev["x"]
+        return -((x @ ctx["Q"]) * x).sum(-1) - ((action @ ctx["R"]) * action).sum(-1)
+
+    @reward(stage="terminal")
+    def final_cost(obs, ctx):
+        return -((obs["x"] @ ctx["M"]) * obs["x"]).sum(-1)
+
+    x0s = torch.tensor([[1.0, 0.0], [-0.5, 0.8], [0.7, -0.6]], dtype=torch.float64)
+    objective = Objective(model, rewards=[stage_cost], terminal=final_cost, batch=3,
+                          context={"Q": shared(Q), "R": shared(R), "M": shared(M.numpy())})
+    h = 6
+    P, gains = M, []
+    for _ in range(h):  # backward Riccati recursion
+        K = torch.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+        P = Q + A.T @ P @ (A - B @ K)
+        gains.insert(0, K)
+    x, us = x0s, []
+    for K in gains:
+        us.append(-x @ K.T)
+        x = x @ A.T + us[-1] @ B.T
+    u = torch.stack(us, 1).requires_grad_(True)  # [3, H, 1]
+    ret = objective.returns(model.from_observation(x0s), u)
+    assert ret.dtype == torch.float64
+    torch.testing.assert_close(ret, -((x0s @ P) * x0s).sum(-1), rtol=1e-12, atol=1e-12)
+    (g,) = torch.autograd.grad(ret.sum(), u)
+    assert g.abs().max() < 1e-12

@@ -404,3 +404,192 @@ def test_caches_follow_in_place_updates_of_context_and_state():
     target.add_(10)  # a context tensor updated in place between calls
     state.deter[:, 0] = 1.0  # and the same state object modified in place
     assert obj._reward(state, torch.zeros(2, 2)).tolist() == [13.0, 14.0]
+
+
+# --------------------------------------------------------------------------- issue 14, item 4
+@reward(stage="transition")
+def before_and_after(prev, obs, action, ctx):
+    return 10 * prev["x0"] + obs["x0"]
+
+
+@reward(stage="terminal")
+def final_x1(obs, ctx):
+    return 100 * obs["x1"]
+
+
+def test_transition_terms_read_the_state_before_and_after_the_action():
+    m = _integrator()
+    assert before_and_after.stage == "transition" and xcoord.stage == "arrival"
+    assert before_and_after.needs_prev and not xcoord.needs_prev and (xcoord + before_and_after).needs_prev
+    # X -> x' = X + U: x0 before [1, 3], after [1.5, 3]
+    torch.testing.assert_close(_step(before_and_after, m, X, U), torch.tensor([11.5, 33.0]))
+    torch.testing.assert_close(_step(xcoord + 2 * before_and_after, m, X, U), torch.tensor([24.5, 69.0]))
+    # returns: s0 = (0, 0), s1 = (1, 0), s2 = (1, 1): rewards 10*0 + 1 = 1 and 10*1 + 1 = 11
+    actions = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]).expand(3, 2, 2)
+    for discount, want in ((1.0, 12.0), (0.5, 6.5)):
+        obj = Objective(m, rewards=[before_and_after], discount=discount)
+        assert obj.needs_prev and obj.returns(m.initial(3), actions).tolist() == [want] * 3
+
+    @reward(inputs="latent", stage="transition")
+    def moved(prev, state, action, ctx):
+        return (state.deter - prev.deter).pow(2).sum(-1)  # |u|^2 for x' = x + u
+
+    torch.testing.assert_close(_step(moved, m, X, U), torch.tensor([1.25, 4.0]))
+    with pytest.raises(ValueError, match="needs the state before the action"):
+        before_and_after.bind(m)(m.initial(1), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="stage must be one of"):
+        reward(stage="initial")
+    rep = check_reward(before_and_after, m)
+    assert rep.gradient_flows and rep.rows == 8
+
+    @reward(inputs="latent", stage="transition")
+    def mutates_prev(prev, state, action, ctx):
+        prev.deter.zero_()
+        return state.deter[:, 0]
+
+    with pytest.raises(ValueError, match=r"(?s)'mutates_prev'.*in place.*prev_state.deter"):
+        check_reward(mutates_prev, m)
+
+
+def test_terminal_term_is_added_at_the_horizon_beside_the_value():
+    m = _integrator()
+    actions = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # s2 = (1, 1); xcoord rewards 1, 1
+    # 1 + 0.5 * 1 + 0.25 * (V = x0 = 1, T = 100 * x1 = 100)
+    obj = Objective(m, rewards=[xcoord], discount=0.5, value=lambda s: s.deter[:, 0], terminal=final_x1)
+    assert obj.bootstraps and obj.returns(m.initial(1), actions).item() == 1.5 + 0.25 * 101
+    assert Objective(m, rewards=[xcoord], terminal=final_x1).returns(m.initial(1), actions).item() == 102.0
+    assert obj.bootstrap(m.from_observation(torch.tensor([[2.0, 3.0]]))).tolist() == [302.0]
+    # H = 0: only the horizon part of the start; learned_reward() is a valid terminal term (-x_1)
+    both = Objective(m, rewards=[], terminal=final_x1 - learned_reward())
+    assert both.returns(m.from_observation(torch.tensor([[0.0, 2.0]])), torch.zeros(1, 0, 2)).tolist() == [202.0]
+    assert not Objective(m).bootstraps and "terminal='final_x1'" in repr(Objective(m, terminal=final_x1))
+    # a planner that ranks by `Objective.returns` follows a terminal-only objective
+    line = AnalyticModel(lambda x, u: u, lambda x: x[:, 0], 1, [-1.0], [1.0], names={"x": slice(0, 1)})
+
+    @reward(stage="terminal")
+    def near(obs, ctx):
+        return -((obs["x"] - ctx["goal"]) ** 2)
+
+    plan = CEM(CEMConfig(horizon=2, iterations=6, candidates=200, elites=20)).plan(
+        Objective(line, rewards=[], terminal=near, context={"goal": 0.3}), line.initial(1),
+        generator=torch.Generator().manual_seed(0))
+    assert abs(plan.actions[0, -1, 0].item() - 0.3) < 0.02
+
+
+def test_misuse_of_value_rewards_and_terminal_raises_when_the_objective_is_built():
+    from latentplan.planners import ValueFunction
+
+    m = _integrator()
+    with pytest.raises(TypeError, match=r"value= .*reward term 'xcoord'.*terminal="):
+        Objective(m, value=xcoord)
+    with pytest.raises(TypeError, match=r"value= .*reward term 'xcoord'"):
+        Objective(m, value=xcoord.bind(m))
+    with pytest.raises(TypeError, match=r"value= must be a callable state -> \[N\]"):
+        Objective(m, value=lambda s, a: s.deter[:, 0])
+    with pytest.raises(TypeError, match=r"value= must be a callable"):
+        Objective(m, value=3.0)
+    assert Objective(m, value=ValueFunction(2, (8,))).value is not None  # a critic is fine
+    with pytest.raises(TypeError, match=r"rewards\[1\] 'final_x1' is a stage='terminal' term"):
+        Objective(m, rewards=[xcoord, final_x1])
+    with pytest.raises(TypeError, match=r"rewards\[0\] .*wrap fn\(obs, action, ctx\) with @lp.reward"):
+        Objective(m, rewards=[lambda obs, action, ctx: obs["x0"]])
+    with pytest.raises(TypeError, match=r"rewards\[0\] must be a reward term"):
+        Objective(m, rewards=[1.0])
+    with pytest.raises(TypeError, match=r"terminal= must be a reward term.*value="):
+        Objective(m, terminal=lambda s: s.deter[:, 0])
+    with pytest.raises(TypeError, match=r"terminal= 'xcoord \+ final_x1' has per-step parts \['xcoord'\]"):
+        Objective(m, terminal=SumLike())
+    with pytest.raises(TypeError, match="cannot add a stage='terminal' reward to a per-step one"):
+        xcoord + final_x1
+
+
+class SumLike(Reward):
+    """A hand-built composite mixing stages (composition itself refuses to build one)."""
+
+    name, differentiable = "xcoord + final_x1", True
+
+    def leaves(self):
+        yield xcoord
+        yield final_x1
+
+
+def test_float64_models_plan_in_float64_with_context_and_outputs_cast():
+    A = torch.tensor([[1.0, 0.5], [0.0, 1.0]], dtype=torch.float64)
+    B = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    built = AnalyticModel.linear(A, B, torch.eye(2, dtype=torch.float64))  # float64 inferred
+    widened = AnalyticModel.linear(A.numpy(), B.numpy(), np.eye(2)).double()  # numpy: float32, then .double()
+    assert AnalyticModel.linear(A.numpy(), B.numpy(), np.eye(2)).initial(1).deter.dtype == torch.float32
+    seen = {}
+
+    @reward(stage="transition")
+    def quad(prev, obs, action, ctx):
+        seen.update(Q=ctx["Q"].dtype, w=ctx["w"].dtype)
+        x = prev["obs"]
+        return -((x @ ctx["Q"]) * x).sum(-1) * ctx["w"]
+
+    @reward
+    def in_float32(obs, action, ctx):
+        return obs["obs"][:, 0].float()
+
+    x0 = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    for m in (built, widened):
+        assert m.initial(1).deter.dtype == torch.float64 == m.from_observation(x0.float()).deter.dtype
+        obj = Objective(m, rewards=[quad, in_float32],
+                        context={"Q": lp_shared(torch.eye(2)), "w": torch.tensor([0.25])})
+        # x: (1, 1) -> (1.5, 1) -> (2, 1); prev costs 2, 3.25; x'_0: 1.5, 2
+        ret = obj.returns(m.from_observation(x0), torch.zeros(1, 2, 1, dtype=torch.float64))
+        assert ret.dtype == torch.float64 and seen == {"Q": torch.float64, "w": torch.float64}
+        assert ret.item() == -(2 + 3.25) * 0.25 + 3.5
+        plan = CEM(CEMConfig(horizon=2, iterations=2, candidates=20, elites=4)).plan(
+            obj, m.from_observation(x0), generator=torch.Generator().manual_seed(0))
+        assert plan.actions.dtype == plan.value.dtype == torch.float64
+    # a float32 model reads float64 context values as float32
+    m32 = _integrator()
+
+    @reward
+    def plus(obs, action, ctx):
+        assert ctx["t"].dtype == torch.float32
+        return obs["x0"] + ctx["t"][:, 0]
+
+    assert _step(plus, m32, X, U, context={"t": np.array([[0.25]])}).dtype == torch.float32
+
+
+def lp_shared(value):
+    from latentplan.planners import shared
+
+    return shared(value)
+
+
+def test_shared_context_values_are_not_split_per_environment():
+    import latentplan as lp
+
+    assert isinstance(lp.shared(1), lp.Shared) and lp.shared(1).value == 1
+    m = _integrator()
+    shapes = {}
+
+    @reward(inputs="latent")
+    def quad(state, action, ctx):
+        shapes.update({k: tuple(v.shape) for k, v in ctx.items()})
+        x = state.deter
+        return -((x @ ctx["Q"]) * x).sum(-1) + ctx["per_env"]
+
+    Q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    for q in (lp.shared(Q), lp.shared(Q.numpy())):
+        obj = Objective(m, rewards=[quad], context={"Q": q, "per_env": torch.tensor([10.0, 20.0])}, batch=2)
+        r = obj.step(m.from_observation(torch.tensor(X)).expand(2), torch.zeros(4, 2))[1]
+        # rows (1, 2), (1, 2), (3, -1), (3, -1): -(x0^2 + 2 x1^2) = -9, -11, plus 10, 20 per env
+        assert r.tolist() == [1.0, 1.0, 9.0, 9.0]
+        assert shapes == {"Q": (2, 2), "per_env": (4,)}
+    # a 2 x 2 matrix without lp.shared is B = 2 rows of a per-env vector; a 3 x 3 one is an error
+    with pytest.raises(ValueError, match=r"context\['Q'\].*B=2.*got 3.*lp.shared\(value\)"):
+        Objective(m, rewards=[quad], context={"Q": torch.eye(3)}, batch=2)
+    with pytest.raises(ValueError, match=r"context\['Q'\].*lp.shared\(value\)"):
+        Objective(m, rewards=[quad], context={"Q": torch.eye(3)})
+
+
+def test_ilqr_refuses_transition_terms_by_name():
+    from latentplan.planners import ILQR
+
+    m = _integrator()
+    with pytest.raises(ValueError, match=r"ILQR: reward terms \['before_and_after'\] are stage='transition'"):
+        ILQR().plan(Objective(m, rewards=[before_and_after]), m.initial(1))

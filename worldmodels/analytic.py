@@ -14,10 +14,10 @@ from .state import LatentState, WorldModelBase, check_step
 __all__ = ["AnalyticModel"]
 
 
-def _as_tensor(x) -> Tensor:
+def _as_tensor(x, dtype: torch.dtype = torch.float32) -> Tensor:
     if isinstance(x, Tensor):
-        return x.to(torch.float32)
-    return torch.tensor(np.array(x, dtype=np.float32))  # a copy: read-only numpy arrays are fine
+        return x.to(dtype)
+    return torch.tensor(np.array(x), dtype=dtype)  # a copy: read-only numpy arrays are fine
 
 
 class AnalyticModel(nn.Module, WorldModelBase):
@@ -27,11 +27,17 @@ class AnalyticModel(nn.Module, WorldModelBase):
         dynamics: `(x [B, n], u [B, A]) -> x' [B, n]`, differentiable for gradient planners.
         reward: `(x [B, n]) -> [B]`, the reward of arriving in x.
         state_dim: n.
-        action_low: `[A]` lower action bounds.
+        action_low: `[A]` lower action bounds; a floating tensor sets the model's dtype
+            (float64 bounds: a float64 model), anything else gives float32.
         action_high: `[A]` upper action bounds.
         names: named slices of x for `decode()`, e.g. `{"position": slice(0, 1)}`.
 
     `observe` sets the belief to the observation itself (full observability).
+
+    Dtype: the model's dtype is its action bounds' (`action_low.dtype`): float32 as built, float64
+    after `.double()` (or from `linear(..., dtype=torch.float64)` / float64 torch matrices).
+    `initial` and `from_observation` make beliefs in that dtype, so planners that follow the
+    state's dtype plan in float64 end to end.
 
     Raises:
         ValueError: on mismatched bounds, or (from `observe`) an observation that is not `[B, n]`
@@ -48,7 +54,9 @@ class AnalyticModel(nn.Module, WorldModelBase):
         names: dict[str, slice] | None = None,
     ) -> None:
         super().__init__()
-        low, high = _as_tensor(action_low).reshape(-1), _as_tensor(action_high).reshape(-1)
+        # a floating tensor bound keeps its dtype (float64 bounds make a float64 model); others are float32
+        dtype = action_low.dtype if isinstance(action_low, Tensor) and action_low.is_floating_point() else torch.float32
+        low, high = _as_tensor(action_low, dtype).reshape(-1), _as_tensor(action_high, dtype).reshape(-1)
         if low.shape != high.shape or bool((low > high).any()):
             raise ValueError(f"AnalyticModel: action bounds must match and low <= high; got {low}, {high}")
         self.register_buffer("action_low", low, persistent=False)
@@ -61,13 +69,15 @@ class AnalyticModel(nn.Module, WorldModelBase):
 
     @classmethod
     def linear(
-        cls, A, B, Q, *, action_bound: float | Sequence[float] = 1.0,
+        cls, A, B, Q, *, action_bound: float | Sequence[float] = 1.0, dtype: torch.dtype | None = None,
     ) -> "AnalyticModel":
         """The linear system x' = A x + B u with reward -x^T Q x of the arrival state.
 
         Args:
             A: `[n, n]`; B: `[n, m]`; Q: `[n, n]` (numpy or torch, float64 fine).
             action_bound: symmetric bound on every action dimension.
+            dtype: the model's dtype. `None`: float64 if any of A, B, Q is a float64 torch
+                tensor, else float32 (NumPy arrays, float64 by default, give float32 as before).
 
         An action cost -u^T R u is a separate reward term (see `quadratic_action_cost`), since
         the protocol's `reward(state)` sees only the state.
@@ -75,11 +85,14 @@ class AnalyticModel(nn.Module, WorldModelBase):
         Raises:
             ValueError: on inconsistent matrix shapes.
         """
-        A, B, Q = _as_tensor(A), _as_tensor(B), _as_tensor(Q)
+        if dtype is None:
+            dtype = torch.float64 if any(isinstance(m, Tensor) and m.dtype == torch.float64 for m in (A, B, Q)) \
+                else torch.float32
+        A, B, Q = _as_tensor(A, dtype), _as_tensor(B, dtype), _as_tensor(Q, dtype)
         n, m = B.shape
         if A.shape != (n, n) or Q.shape != (n, n):
             raise ValueError(f"AnalyticModel.linear: A {tuple(A.shape)}, B {tuple(B.shape)}, Q {tuple(Q.shape)} disagree")
-        bound = _as_tensor(action_bound).expand(m)
+        bound = _as_tensor(action_bound, dtype).expand(m)
         model = cls(
             lambda x, u: x @ model.A.T + u @ model.B.T,
             lambda x: -((x @ model.Q) * x).sum(-1),
@@ -116,12 +129,13 @@ class AnalyticModel(nn.Module, WorldModelBase):
         return self.action_low.device
 
     def initial(self, batch: int) -> LatentState:
-        """Zeros: `[batch, n]` state, `[batch, 0]` stochastic part."""
-        return LatentState(torch.zeros(batch, self.state_dim, device=self.device), torch.zeros(batch, 0, device=self.device))
+        """Zeros in the model's dtype: `[batch, n]` state, `[batch, 0]` stochastic part."""
+        kw = dict(device=self.device, dtype=self.action_low.dtype)
+        return LatentState(torch.zeros(batch, self.state_dim, **kw), torch.zeros(batch, 0, **kw))
 
     def from_observation(self, obs: Tensor) -> LatentState:
-        """The belief that is exactly `obs [B, n]`."""
-        obs = obs.to(self.device, torch.float32)
+        """The belief that is exactly `obs [B, n]`, in the model's dtype."""
+        obs = obs.to(self.device, self.action_low.dtype)
         return LatentState(obs, obs.new_zeros(obs.shape[0], 0))
 
     def observe(
