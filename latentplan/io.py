@@ -343,12 +343,14 @@ class RunLock:
         RunFolderLocked: if another process (or another `RunLock` in this one) holds it.
     """
 
+    NAME = ".lock"  #: the lock file's name in the run folder
+
     def __init__(self, run_dir: str | os.PathLike) -> None:
         import datetime
         import fcntl
         import socket
 
-        self.path = Path(run_dir) / ".lock"
+        self.path = Path(run_dir) / self.NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+")
         try:

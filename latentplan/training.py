@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-LOCK = ".lock"
+LOCK = RunLock.NAME
 #: what a run folder holds; `overwrite` deletes these and nothing else
 RUN_FILES = ("config.json", CHECKPOINT, "episodes", "metrics.jsonl", "final_eval.json", "curve.png", "tb", "policy.pt")
 
@@ -63,11 +63,6 @@ class CheckpointMismatch(ValueError):
 class NonFiniteTraining(RuntimeError):
     """Training diverged: `max_nonfinite_updates` updates in a row had a non-finite loss or gradient,
     or the weights became non-finite. The last checkpoint (all finite) is kept."""
-
-
-def _plain(d: dict) -> dict:
-    """A config dict as JSON would give it back (tuples as lists), for comparisons."""
-    return json.loads(json.dumps(d))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -314,7 +309,7 @@ class Trainer:
             raise NonFiniteTraining(f"the model's weights became non-finite ({', '.join(bad[:3])}"
                                     f"{', ...' if len(bad) > 3 else ''}) at episode {self.episode}; the last good "
                                     f"checkpoint {self.run_dir / CHECKPOINT} is kept")
-        config = {"train": _plain(self.config.to_dict()), "model": _plain(self.model_config.to_dict())}
+        config = {"train": io.config_dict(self.config), "model": io.config_dict(self.model_config)}
         path = io.save(self.run_dir / CHECKPOINT, "run", config, self._state())
         if self.distiller is not None:  # the student on its own, for PolicyPlanner / latentplan compare
             io.save_policy(self.distiller.policy, self.run_dir / "policy.pt")
@@ -328,14 +323,14 @@ class Trainer:
         ckpt = envelope.state
         # fields added to the configs since the checkpoint was written take their defaults
         try:
-            stored = _plain(TrainConfig.from_dict(envelope.config["train"]).to_dict())
-            stored_model = _plain(RSSMConfig.from_dict(envelope.config["model"]).to_dict())
+            stored = io.config_dict(TrainConfig.from_dict(envelope.config["train"]))
+            stored_model = io.config_dict(RSSMConfig.from_dict(envelope.config["model"]))
         except (TypeError, KeyError, ValueError) as e:
             raise CheckpointMismatch(f"cannot resume {path}: its config does not fit this version ({e})") from e
-        current = _plain(self.config.to_dict())
+        current = io.config_dict(self.config)
         diff = sorted(k for k in set(stored) | set(current)
                       if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
-        if stored_model != _plain(self.model_config.to_dict()) and "model" not in diff:
+        if stored_model != io.config_dict(self.model_config) and "model" not in diff:
             diff.append("model")
         if diff:
             detail = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs now {current.get(k)!r}" for k in diff)
