@@ -96,3 +96,16 @@ def test_importing_the_planners_loads_no_facade_and_no_environment():
             "'latentplan.training', 'latentplan.compare', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject's explicit package list names every folder with an __init__.py, so a plain (non-editable)
+    `pip install .` ships the CLI and the control package too (it once shipped neither)."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    on_disk = {_module_name(p) for layer in LAYERS for p in (ROOT / layer).rglob("__init__.py")
+               if "__pycache__" not in p.parts}
+    assert on_disk - listed == set(), f"packages missing from pyproject.toml: {sorted(on_disk - listed)}"
+    assert listed - on_disk == set(), f"pyproject.toml lists packages that do not exist: {sorted(listed - on_disk)}"
