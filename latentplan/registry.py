@@ -362,12 +362,13 @@ def mppi_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
 def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
     """Registry factory of `latentplan.planners.mcts.MCTS` (Sampled MuZero-style tree search).
 
-    The tree's depth, `MCTSConfig.horizon` (the plan's horizon), is `horizon` unless overridden. Evaluation budget: simulations =
-    evals // children (each simulation expands K children). Time budget: 100,000 simulations,
+    The tree's depth, `MCTSConfig.horizon` (the plan's horizon), is `horizon` unless overridden. Evaluation budget:
+    `MCTSConfig.evals` = the budget (the search stops before it would pass it, the plan's completion included) and
+    simulations = evals // children, an upper bound. Time budget: 100,000 simulations,
     stopped by the deadline. The objective is the learned reward; the override
     `value=<path>` bootstraps the leaves with a trained critic (`load_critic`: a training
     checkpoint made with `value_every > 0`, or a file of `benchmarks/mcts_cartpole.py`), with the
-    critic's discount.
+    critic's discount, and then values the tree's leaves (`leaf="value"`, MuZero) unless `leaf` is overridden.
     """
     from latentplan.planners.mcts import MCTS, MCTSConfig
 
@@ -377,11 +378,13 @@ def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
     if value_path is not None:
         critic, discount = load_critic(str(value_path), model)
         objective = lambda m: Objective(m, value=critic, discount=discount)  # noqa: E731
+        base.setdefault("leaf", "value")  # MuZero: the critic values the leaves
     if budget.evals is not None:
         if "simulations" in overrides:
             raise ValueError("simulations is set by the evaluation budget; override children or horizon instead")
         children = int(base.get("children", MCTSConfig().children))
         base["simulations"] = max(1, int(budget.evals) // children)
+        base["evals"] = int(budget.evals)
     elif budget.ms is not None and "simulations" not in overrides:
         base["simulations"] = _ANYTIME_ITERATIONS
     cfg = MCTSConfig(**base)

@@ -3,17 +3,16 @@
 MuZero's search (Schrittwieser et al. 2020, "Mastering Atari, Go, Chess and Shogi by Planning with
 a Learned Model", Appendix B: pUCT with priors, discount, min-max normalised Q values) over the
 learned model, with continuous actions handled by sampling K actions per node as in Sampled
-MuZero (Hubert et al. 2021, "Learning and Planning in Complex Action Spaces", ICML), and a
-discrete mode where every node's children are a given action set.
+MuZero (Hubert et al. 2021, "Learning and Planning in Complex Action Spaces", ICML), a discrete
+mode where every node's children are a given action set (with priors and invalid-action masks),
+and at the root Gumbel MuZero's selection by sequential halving (Danihelka et al. 2022, "Policy
+improvement by planning with Gumbel", ICLR).
 
 Implementation: the tree's bookkeeping is numpy arrays `[B, nodes]` walked by small
-numba-compiled kernels (selection; expansion + backup; the final path), and the model runs in
-torch, once per simulation for the K children of every environment's leaf (`B * K` rows in one
-batched call). A pUCT selection written as batched torch ops costs one small kernel launch per
-tree level and operation, which would dominate the model's cost at small B; the kernels keep the
-tree's share of a simulation small (`benchmarks/mcts_speed.py` measures it; docs/benchmarks.md).
-On a GPU the model and the stored beliefs stay on the device and only the `[B, K]` rewards and
-values travel to the host, once per simulation.
+numba-compiled kernels (`mcts_tree.py`), and the model runs in torch, once per simulation for the
+K children of every environment's leaf (`B * K` rows in one batched call). On a GPU the model and
+the stored beliefs stay on the device and only the `[B, K]` rewards and values travel to the host,
+once per simulation (`benchmarks/mcts_speed.py`; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,20 +21,21 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_choice, check_int, check_positive
+from . import mcts_tree as kt
 from .base import Plan, Policy
 from .objective import Objective
+from .validate import check_choice, check_int, check_positive
 
 __all__ = ["MCTS", "MCTSConfig"]
+
 
 @dataclass(frozen=True)
 class MCTSConfig:
@@ -49,7 +49,8 @@ class MCTSConfig:
         horizon: H, the deepest tree level, in model steps from the root (the root is level 0);
             nodes at this depth are leaves whose value is the objective's bootstrap. Also the
             horizon of the returned `Plan`.
-        c1: pUCT exploration constant c1 (MuZero: 1.25).
+        c1: pUCT exploration constant c1 (MuZero: 1.25; here 2.5, measured on the trap family,
+            docs/planners.md).
         c2: pUCT exploration constant c2 (MuZero: 19652): the bonus grows as
             `c1 + log((N + c2 + 1) / c2)` with the parent's visits N.
         proposal_std: without a proposal policy, the standard deviation, in action units, of the
@@ -57,191 +58,81 @@ class MCTSConfig:
         include_mean: make child 0 of every node the proposal's mean: the warm-start action at
             that depth (zero without one), or the policy's deterministic action. The other
             K - 1 children are samples.
-        backup: how a node's value U is formed from the returns backed up through it: `"mean"`
-            (MuZero: their average W / N) or `"max"` (a Bellman backup over the tree:
-            U = max_k (r_k + gamma U_k) over its children, the bootstrap value at unexpanded
-            nodes). With a deterministic model and exact leaf values, `"max"` gives the
-            optimal value as soon as the optimal path is in the tree; `"mean"` approaches it
-            only as the visits concentrate on it, and is less optimistic under noisy values.
+        backup: how a node's value U is formed from the returns backed up through it: `"max"`
+            (a Bellman backup over the tree: U = max_k (r_k + gamma U_k) over its children, the
+            bootstrap value at unexpanded nodes; exact as soon as the optimal path is in the tree
+            of a deterministic model) or `"mean"` (MuZero: the average W / N, less optimistic
+            under noisy values, slow to find a delayed reward).
+        root: `"gumbel"` (Gumbel MuZero: m root actions chosen by Gumbel-top-m on the prior logits
+            plus the normalised Q, then sequential halving over the simulations; the plan's first
+            action is the survivor with the best score) or `"puct"` (MuZero: pUCT at the root too,
+            and the most visited root action is played).
+        considered: m, the root actions considered by the Gumbel root (at most K).
+        c_visit, c_scale: Gumbel MuZero's monotone transform of the normalised Q,
+            sigma(q) = (c_visit + max_b N(b)) * c_scale * q (paper: 50 and 0.1).
+        gumbel_scale: the scale of the Gumbel noise at the root. 0 (default) makes the root's choice
+            deterministic, the best prior logit + sigma(q) among the survivors, which is what a
+            planner that acts should return (mctx's `gumbel_scale` for evaluation); 1 is the paper's
+            sampling, for exploration when the search generates training data.
+        leaf: how a new node at depth d < H is valued: `"rollout"` (classic MCTS, Kocsis &
+            Szepesvari 2006; Coulom 2006): the default policy's return from it to the horizon plus
+            gamma^(H - d) times the objective's bootstrap there, the same completion the plan gets,
+            so a node's value estimates the objective's H-step return; costs H - d model
+            evaluations per child. `"value"` (MuZero): the bootstrap V + T of the node itself, one
+            evaluation per child, right when V is a trained critic of the task.
+        evals: optional budget of model evaluations per environment and call: the search stops
+            once a simulation has spent it less a reserve of `horizon` for the plan's completion (at
+            least one simulation runs), so `info["model_evals"] <= B * evals` unless one simulation
+            alone costs more. `None`: `simulations` alone bounds the search.
+        reuse: keep the subtree below the executed action for the next call, when that call's
+            warm start is this plan shifted (`Plan.shift`) and the new belief equals the one the
+            tree predicted (within `reuse_tol`); otherwise the tree starts afresh.
+        reuse_tol: the largest absolute difference, per belief entry, between the new belief and
+            the tree's prediction for the subtree to be reused.
 
     Raises:
-        ValueError: on `simulations`, `children` or `horizon` below 1, a non-positive (or
-            non-finite) `c1`, `c2` or `proposal_std`, or an unknown `backup` (the message names
-            the field).
+        ValueError: on `simulations`, `children`, `horizon` or `considered` below 1, a
+            non-positive (or non-finite) `c1`, `c2`, `proposal_std`, `c_visit`, `c_scale` or
+            `reuse_tol`, or an unknown `backup` or `root` (the message names the field).
     """
 
     simulations: int = 100
     children: int = 8
     horizon: int = 5
-    c1: float = 1.25
+    c1: float = 2.5
     c2: float = 19652.0
     proposal_std: float = 1.0
     include_mean: bool = True
-    backup: Literal["mean", "max"] = "mean"
+    backup: Literal["mean", "max"] = "max"
+    root: Literal["gumbel", "puct"] = "gumbel"
+    considered: int = 16
+    c_visit: float = 50.0
+    c_scale: float = 0.1
+    gumbel_scale: float = 0.0
+    leaf: Literal["rollout", "value"] = "rollout"
+    evals: int | None = None
+    reuse: bool = True
+    reuse_tol: float = 1e-5
 
     def __post_init__(self) -> None:
         check_choice(self, "backup", ("mean", "max"))
-        check_int(self, "simulations", "children", "horizon", minimum=1)
-        check_positive(self, "c1", "c2", "proposal_std")
+        check_choice(self, "root", ("gumbel", "puct"))
+        check_choice(self, "leaf", ("rollout", "value"))
+        check_int(self, "simulations", "children", "horizon", "considered", minimum=1)
+        check_int(self, "evals", minimum=1, optional=True)
+        check_positive(self, "c1", "c2", "proposal_std", "c_visit", "c_scale", "reuse_tol")
+        if not (math.isfinite(self.gumbel_scale) and self.gumbel_scale >= 0):
+            raise ValueError(f"MCTSConfig: gumbel_scale must be finite and >= 0; got {self.gumbel_scale}")
 
     @property
     def model_evals(self) -> int:
-        """Imagined transitions per decision and environment when all simulations expand a node:
-        `simulations * children` (fewer when some simulations end at a leaf of depth `horizon`)."""
-        return self.simulations * self.children
-
-
-# ----------------------------------------------------------------------------- tree kernels
-# Per environment b the tree is stored in rows [b, node] of these arrays (node 0 is the root,
-# the K children of a node are allocated contiguously, first_child[b, n] is the first one or
-# -1 while n is unexpanded):
-#   visits[b, n]     N(n), simulations that passed through n
-#   value_sum[b, n]  W(n), sum of the returns backed up into n (values of n's state)
-#   node_value[b, n] U(n), the value estimate of n's state: W(n) / N(n) ("mean" backup) or
-#                    max_k (r_k + gamma U(child_k)) ("max" backup) once n has been backed up
-#                    into, and v0(n) before
-#   reward[b, n]     r of the edge into n (parent state, action -> n)
-#   v0[b, n]         the objective's bootstrap value of n's state, computed when n was created
-#   prior[b, n]      the prior probability of the edge into n
-#   parent[b, n]     parent index (-1 for the root)
-# Q(parent, n) = r(n) + gamma * U(n). Non-finite rewards and values are stored as -inf, so
-# such edges rank last and no NaN can arise.
-
-
-@njit(cache=True)
-def _descend(first_child, n_children, visits, node_value, reward, prior, qmin, qmax, discount, c1, c2,
-             leaves, depths):
-    """pUCT descent (MuZero, Appendix B) from the root of every environment to a node without
-    children; writes the node and its depth to `leaves[b]`, `depths[b]`."""
-    nb = first_child.shape[0]
-    for b in range(nb):
-        node = 0
-        d = 0
-        lo = qmin[b]
-        hi = qmax[b]
-        while first_child[b, node] >= 0:
-            fc = first_child[b, node]
-            n_parent = visits[b, node]
-            explore = math.sqrt(n_parent) * (c1 + math.log((n_parent + c2 + 1.0) / c2))
-            best = 0
-            best_score = -np.inf
-            for k in range(n_children):
-                c = fc + k
-                q = reward[b, c] + discount * node_value[b, c]
-                if math.isfinite(q):
-                    qn = (q - lo) / (hi - lo) if hi > lo else 0.0
-                    score = qn + prior[b, c] * explore / (1.0 + visits[b, c])
-                    if score > best_score:
-                        best_score = score
-                        best = k
-            node = fc + best
-            d += 1
-        leaves[b] = node
-        depths[b] = d
-
-
-@njit(cache=True)
-def _widen(qmin, qmax, b, q):
-    if math.isfinite(q):
-        if q < qmin[b]:
-            qmin[b] = q
-        if q > qmax[b]:
-            qmax[b] = q
-
-
-@njit(cache=True)
-def _best_child(first_child, n_children, node_value, reward, discount, b, node):
-    g = -np.inf
-    fc = first_child[b, node]
-    for k in range(n_children):
-        q = reward[b, fc + k] + discount * node_value[b, fc + k]
-        if math.isfinite(q) and q > g:
-            g = q
-    return g
-
-
-@njit(cache=True)
-def _expand_backup(leaves, expand, start, child_reward, child_value, child_prior, first_child, parent,
-                   visits, value_sum, node_value, reward, v0, prior, qmin, qmax, discount, use_max):
-    """Attach the K evaluated children `[B, K]` to the leaves that `expand`, then back up.
-
-    The value backed up from an expanded leaf is its one-step lookahead max_k (r_k + gamma v_k)
-    over the new children; from a leaf at the depth limit, its bootstrap value v0. Going up the
-    path, every node gets N += 1 and W += G with G <- r + gamma G (MuZero's backup); U is W / N,
-    or with `use_max` the best child's r + gamma U recomputed bottom-up (a Bellman backup). The
-    min-max bounds of the Q values are widened with every new Q. A NaN/inf reward or value of a
-    child is stored as -inf; returns the number of such children.
-    """
-    nb, nk = child_reward.shape
-    bad = 0
-    for b in range(nb):
-        leaf = leaves[b]
-        if expand[b]:
-            first_child[b, leaf] = start
-            for k in range(nk):
-                c = start + k
-                r = child_reward[b, k]
-                v = child_value[b, k]
-                if not (math.isfinite(r) and math.isfinite(v)):
-                    bad += 1
-                    if not math.isfinite(r):
-                        r = -np.inf
-                    if not math.isfinite(v):
-                        v = -np.inf
-                reward[b, c] = r
-                v0[b, c] = v
-                node_value[b, c] = v
-                prior[b, c] = child_prior[b, k]
-                parent[b, c] = leaf
-                visits[b, c] = 0.0
-                value_sum[b, c] = 0.0
-                _widen(qmin, qmax, b, r + discount * v)
-            g = _best_child(first_child, nk, node_value, reward, discount, b, leaf)
-        else:
-            g = v0[b, leaf]
-        node = leaf
-        while True:
-            visits[b, node] += 1.0
-            value_sum[b, node] += g
-            if use_max:
-                if first_child[b, node] >= 0:
-                    node_value[b, node] = _best_child(first_child, nk, node_value, reward, discount, b, node)
-            else:
-                node_value[b, node] = value_sum[b, node] / visits[b, node]
-            if node == 0:
-                break
-            _widen(qmin, qmax, b, reward[b, node] + discount * node_value[b, node])
-            g = reward[b, node] + discount * g
-            node = parent[b, node]
-    return bad
-
-
-@njit(cache=True)
-def _principal_path(first_child, n_children, visits, node_value, reward, discount, horizon, nodes):
-    """The most visited path from the root: at every level the child with the most visits
-    (ties: the higher Q; edges with a non-finite Q rank last); -1 past the expanded part."""
-    nb = first_child.shape[0]
-    for b in range(nb):
-        node = 0
-        for t in range(horizon):
-            fc = first_child[b, node]
-            if fc < 0:
-                for u in range(t, horizon):
-                    nodes[b, u] = -1
-                break
-            best = 0
-            best_n = -1.0
-            best_q = -np.inf
-            for k in range(n_children):
-                c = fc + k
-                q = reward[b, c] + discount * node_value[b, c]
-                n = visits[b, c] if math.isfinite(q) else -0.5
-                if n > best_n or (n == best_n and q > best_q):
-                    best_n = n
-                    best_q = q
-                    best = k
-            node = fc + best
-            nodes[b, t] = node
+        """Imagined transitions per decision and environment at most: `evals` when set; otherwise per
+        simulation `children` (leaf="value") or `children * horizon` (leaf="rollout", a bound: a child at
+        depth d rolls out H - d steps), plus `horizon` to complete the plan past the tree."""
+        if self.evals is not None:
+            return self.evals
+        per = self.children * (self.horizon if self.leaf == "rollout" else 1)
+        return self.simulations * per + self.horizon
 
 
 class MCTS:
@@ -249,69 +140,86 @@ class MCTS:
 
     One plan call runs `simulations` simulations; each, for every environment at once:
 
-    1. **Selection**: from the root, descend by pUCT (MuZero) to a node without children,
+    1. **Selection**: at the root, with `root="gumbel"`, the action sequential halving asks for
+       (below); elsewhere (and at the root with `root="puct"`) pUCT (MuZero),
        `argmax_k Qn(k) + P(k) sqrt(N) / (1 + N_k) (c1 + log((N + c2 + 1) / c2))`, where N is
        the parent's visits, N_k the child's, P(k) its prior and Qn(k) its Q value min-max
        normalised over all Q values seen in this environment's tree. Q(k) = r_k + gamma U_k,
        with U_k the child's value: the lookahead V(s_k) until a simulation has been backed up
-       through it (every child is evaluated when it is created), then W_k / N_k (`backup=
-       "mean"`) or max over its children of r + gamma U (`backup="max"`). Edges with a
-       non-finite reward or value rank last.
+       through it (every child is evaluated when it is created), then its best child's
+       r + gamma U (`backup="max"`) or W_k / N_k (`"mean"`). Edges with a non-finite reward or
+       value, or an invalid action, rank last and are never selected.
     2. **Expansion**: if the node is above the depth limit, propose K actions at it and
        evaluate all K children in one batched model call over all environments
-       (`objective.step` on `B * K` rows: next belief and reward) and one value call
-       (`objective.bootstrap`: the learned value V, zero without one).
+       (`objective.step` on `B * K` rows: next belief and reward, the objective's reward terms
+       with their per-step discount) and one value call (`objective.bootstrap`: the value and
+       terminal terms V + T, zero without either).
     3. **Backup**: the expanded node's value is the best lookahead max_k (r_k + gamma V(s_k));
-       a node at the depth limit keeps V. It is backed up the path, `G <- r + gamma G`, adding 1
-       to N and G to W of every node (MuZero's backup with the objective's `discount`); with
-       `backup="max"` every node on the path also recomputes U as its best child's Q.
+       a node at the depth limit keeps V. It is backed up the path, `G <- r + gamma G`.
 
-    Proposals (the children of a node):
+    **Gumbel root** (Danihelka et al. 2022): once the root is expanded, Gumbel noise g_k is drawn
+    for its K children; the score of child k is `g_k + logit_k + sigma(q_k)`, with logit the log
+    prior and q the root's Q min-max normalised over its children. Sequential halving
+    (`mcts_tree.halving_schedule`) spends the simulations on m = min(considered, valid K)
+    children in ceil(log2 m) phases, halving them by score; the plan starts with the survivor with
+    the best score. Every child's Q is known from the expansion, so the "completed" Q of an
+    unvisited child is its one-step lookahead.
 
-    - `proposal` given (any `Policy`, e.g. a distilled one): K samples of `proposal.act` at the node
-      (child 0 its deterministic action when `include_mean`).
-    - discrete `actions [M, A]` given: all M actions at every node (K = M).
+    Proposals and priors (the children of a node):
+
+    - `proposal` given (any `Policy`, e.g. a distilled one): K samples of `proposal.act` at the
+      node (child 0 its deterministic action when `include_mean`); priors uniform (below).
+    - discrete `actions [M, A]` given: all M actions at every node (K = M). Priors: with a
+      `proposal` that has `log_prob(state [N], actions [N, M, A]) -> [N, M]` (as `GaussianPolicy`),
+      the softmax of those log-probabilities over the valid actions; otherwise uniform over them.
+      `mask(state [N]) -> bool [N, M]` (True = valid) removes invalid actions at every node.
     - otherwise a Gaussian with std `proposal_std` around the warm start's action at the node's
       depth (around zero without a warm start or past its end); child 0 is the mean itself when
       `include_mean`.
 
-    All proposals are clipped into `[action_low, action_high]`. The priors over a node's K
-    children are uniform, 1/K: with the children sampled from the proposal itself, Sampled
-    MuZero's prior (β̂/β)·π with β = π reduces to the empirical distribution β̂ of the samples,
-    1/K each (Hubert et al. 2021, Sec. 4). No progressive widening, no root noise.
-
-    The model's stochastic transition is sampled once per edge (as MuZero treats its learned
-    model as deterministic): a child's belief and reward are fixed once created.
+    For sampled children the priors are uniform, 1/K: with the children drawn from the proposal
+    itself, Sampled MuZero's prior (β̂/β)·π with β = π reduces to the empirical distribution β̂ of
+    the samples (Hubert et al. 2021, Sec. 4). All proposals are clipped into the model's bounds.
+    The model's stochastic transition is sampled once per edge: a child's belief and reward are
+    fixed once created.
 
     `plan(objective, state [B], warm_start=None, generator=None, deadline=None) -> Plan`:
 
-    - `actions [B, H, A]` with H = `horizon`: the root's most visited child's action first (ties:
-      the higher Q), then the most visited path below it; past the expanded part of that path,
-      the Gaussian proposal's mean (the warm start's action or zero; with a proposal policy or an action
-      set, zero clipped into the bounds).
-    - `value [B]`: the root value, Q of the chosen root action.
-    - `info`: `root_actions [B, K, A]`, `root_visits [B, K]` (int64 counts), `root_policy
-      [B, K]` (visits normalised; one-hot on the chosen action if no child was visited),
-      `root_value [B]`, `root_q [B, K]`, `simulations` (= `iterations`), `model_evals`
-      (imagined transitions run, summed over environments), `nonfinite` (children with a
-      NaN/inf reward or value), `max_depth` (deepest expanded level), `plan_ms`.
+    - `actions [B, H, A]` with H = `horizon`: the chosen root action, then the tree's path below
+      it (best Q with `backup="max"`, most visits with `"mean"`); past the expanded part of that
+      path the plan is completed through the model from the path's last belief with the
+      proposal's mean: the warm start's action at that depth (zero past its end), the policy's
+      deterministic action, or the highest-prior valid discrete action.
+    - `value [B]`: the objective's return of that sequence, `sum_t gamma^t r_t + gamma^H (V + T)`
+      (the path's rewards as the tree evaluated them, then the completion's); for a deterministic
+      model it equals `objective.returns(state, plan.actions)` to float rounding.
+    - `info`: `root_actions [B, K, A]`, `root_visits [B, K]` (int64), `root_policy [B, K]` (the
+      distillation target: with the Gumbel root the improved policy softmax(logit + sigma(q)) of
+      Gumbel MuZero, with pUCT the visits normalised, one-hot on the chosen action if none),
+      `root_q [B, K]`, `root_value [B]` (Q of the chosen root action in the tree), `simulations`
+      (= `iterations`), `model_evals` (imagined transitions, summed over environments, the
+      completion included), `nonfinite`, `max_depth`, `reused` (environments whose subtree was
+      kept), `mcts_tree` (the tree, for reuse by the next call), `plan_ms`.
 
     Anytime: `deadline` (absolute `time.perf_counter()`) is checked after every simulation;
-    the first simulation (the root's expansion) always runs.
+    the first simulation always runs.
 
     Args:
         config: `MCTSConfig`; keyword `overrides` replace fields.
-        proposal: optional `Policy` whose samples are a node's children.
+        proposal: optional `Policy` whose samples are a node's children (continuous), or whose
+            log-probabilities are the priors over `actions` (discrete).
         actions: optional `[M, A]` discrete action set (M >= 1), used instead of sampling.
+        mask: optional `(state [N]) -> bool [N, M]` valid-action mask for the discrete mode.
 
     Raises:
-        ValueError: `actions` not 2-D or containing NaN/inf, both `proposal` and `actions` given
-            (here); at plan time: `actions` of the wrong dimension or outside the model's
-            bounds, a warm start that is not `[B, H', A]`, a proposal returning a wrong shape.
-        TypeError: `proposal` without an `act` method.
+        ValueError: `actions` not 2-D or containing NaN/inf, `mask` without `actions` (here);
+            at plan time: `actions` of the wrong dimension or outside the model's bounds, a
+            warm start that is not `[B, H', A]`, a proposal or mask returning a wrong shape.
+        TypeError: `proposal` without an `act` method, `mask` not callable.
 
     Source: Schrittwieser et al. 2020 (MuZero), Appendix B; Hubert et al. 2021 (Sampled
-    MuZero); Silver et al. 2017 (AlphaGo Zero) for pUCT with priors.
+    MuZero); Danihelka et al. 2022 (Gumbel MuZero); Silver et al. 2017 (AlphaGo Zero) for pUCT
+    with priors and the reuse of the subtree below the played move.
     """
 
     def __init__(
@@ -320,24 +228,29 @@ class MCTS:
         *,
         proposal: Policy | None = None,
         actions: Tensor | None = None,
+        mask: Callable[[LatentState], Tensor] | None = None,
         **overrides,
     ) -> None:
         self.config = dataclasses.replace(config or MCTSConfig(), **overrides)
         if proposal is not None and not callable(getattr(proposal, "act", None)):
             raise TypeError(f"MCTS: proposal must have an act(state, *, generator, deterministic) method; got {proposal!r}")
-        if proposal is not None and actions is not None:
-            raise ValueError("MCTS: give either a proposal policy or a discrete action set, not both")
         if actions is not None:
             actions = torch.as_tensor(actions, dtype=torch.float32)
             if actions.dim() != 2 or actions.shape[0] < 1:
                 raise ValueError(f"MCTS: actions must be [M, A] with M >= 1; got {tuple(actions.shape)}")
             if not torch.isfinite(actions).all():
                 raise ValueError("MCTS: actions contain NaN or inf")
+        if mask is not None and actions is None:
+            raise ValueError("MCTS: mask= needs the discrete action set actions=[M, A]")
+        if mask is not None and not callable(mask):
+            raise TypeError(f"MCTS: mask must be a callable state -> bool [N, M]; got {mask!r:.80}")
         self.proposal = proposal
         self.actions = actions
+        self.mask = mask
+        self._schedules: dict[tuple[int, int], np.ndarray] = {}
 
     def __repr__(self) -> str:
-        mode = "policy" if self.proposal is not None else ("discrete" if self.actions is not None else "gaussian")
+        mode = "discrete" if self.actions is not None else ("policy" if self.proposal is not None else "gaussian")
         return f"MCTS({self.config}, proposal={mode})"
 
     @property
@@ -345,39 +258,125 @@ class MCTS:
         """K, the children of every expanded node (the action set's size in the discrete mode)."""
         return self.actions.shape[0] if self.actions is not None else self.config.children
 
-    # ------------------------------------------------------------------ proposals
+    # ------------------------------------------------------------------ proposals and priors
+    def _discrete_priors(self, leaf: LatentState) -> tuple[Tensor, Tensor]:
+        """`(prior [n, M], valid bool [n, M])` over the action set at the beliefs `leaf [n]`."""
+        n, m = leaf.batch, self.children
+        acts = self.actions.to(leaf.device, leaf.deter.dtype)
+        valid = torch.ones(n, m, dtype=torch.bool, device=leaf.device)
+        if self.mask is not None:
+            valid = self.mask(leaf)
+            if not isinstance(valid, Tensor) or valid.shape != (n, m):
+                raise ValueError(f"MCTS: mask must return bool [N={n}, M={m}]; got {getattr(valid, 'shape', valid)}")
+            valid = valid.to(device=leaf.device, dtype=torch.bool)
+        logits = torch.zeros(n, m, device=leaf.device, dtype=leaf.deter.dtype)
+        if self.proposal is not None and callable(getattr(self.proposal, "log_prob", None)):
+            logits = self.proposal.log_prob(leaf, acts[None].expand(n, m, acts.shape[1])).to(logits.dtype)
+            if logits.shape != (n, m):
+                raise ValueError(f"MCTS: proposal.log_prob must return [N={n}, M={m}]; got {tuple(logits.shape)}")
+        logits = logits.masked_fill(~valid, float("-inf"))
+        prior = torch.softmax(logits, dim=1).nan_to_num(0.0)  # a row with no valid action: all 0
+        return prior, valid
+
     def _propose(
         self, leaf: LatentState, depth: np.ndarray, warm: Tensor | None, low: Tensor, high: Tensor,
         generator: torch.Generator | None,
-    ) -> Tensor:
-        """`[n, K, A]` actions for the `n` leaves `leaf` at tree depths `depth [n]`."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`(actions [n, K, A], prior [n, K], valid [n, K])` for the leaves `leaf [n]` at depths `depth [n]`."""
         c = self.config
-        n, k, dev = leaf.batch, self.children, leaf.device
+        n, k, dev, dt = leaf.batch, self.children, leaf.device, leaf.deter.dtype
         a = low.shape[0]
         if self.actions is not None:
-            out = self.actions.to(dev)[None].expand(n, k, a)
-        elif self.proposal is not None:
+            prior, valid = self._discrete_priors(leaf)
+            return self.actions.to(dev, dt)[None].expand(n, k, a), prior, valid
+        if self.proposal is not None:
             sampled = self.proposal.act(leaf.expand(k), generator=generator, deterministic=False)
             if not isinstance(sampled, Tensor) or sampled.shape != (n * k, a):
                 raise ValueError(f"MCTS: proposal.act must return [N={n * k}, A={a}]; got {getattr(sampled, 'shape', sampled)}")
-            out = sampled.reshape(n, k, a)
+            out = sampled.reshape(n, k, a).to(dt)
             if c.include_mean:
                 mode = self.proposal.act(leaf, generator=generator, deterministic=True)
                 if not isinstance(mode, Tensor) or mode.shape != (n, a):
                     raise ValueError(f"MCTS: proposal.act must return [N={n}, A={a}]; got {getattr(mode, 'shape', mode)}")
-                out = torch.cat([mode[:, None], out[:, 1:]], dim=1)
+                out = torch.cat([mode[:, None].to(dt), out[:, 1:]], dim=1)
         else:
-            if warm is not None:
-                d = torch.as_tensor(depth, device=dev)
-                ok = d < warm.shape[1]
-                mean = warm[torch.arange(n, device=dev), d.clamp_max(warm.shape[1] - 1)] * ok[:, None]
-            noise = torch.randn(n, k, a, generator=generator, device=dev)
+            noise = torch.randn(n, k, a, generator=generator, device=dev, dtype=dt)
             if c.include_mean:
                 noise[:, 0] = 0.0
             out = noise.mul_(c.proposal_std)
             if warm is not None:
-                out = out.add_(mean[:, None])
-        return torch.clamp(out, low, high)
+                out = out.add_(self._warm_at(warm, torch.as_tensor(depth, device=dev))[:, None])
+        uniform = torch.full((n, k), 1.0 / k, device=dev, dtype=dt)
+        return torch.clamp(out, low, high), uniform, torch.ones(n, k, dtype=torch.bool, device=dev)
+
+    @staticmethod
+    def _warm_at(warm: Tensor, depth: Tensor) -> Tensor:
+        """`[n, A]` the warm start's action at each row's depth, zero past its end."""
+        ok = depth < warm.shape[1]
+        return warm[torch.arange(warm.shape[0], device=warm.device), depth.clamp_max(warm.shape[1] - 1)] * ok[:, None]
+
+    # ------------------------------------------------------------------ the tree
+    def _start_tree(self, state: LatentState, warm_start: Plan | None, a: int) -> tuple[kt.Tree, int]:
+        """A fresh tree, or the subtree of the previous plan's tree below its executed action for every
+        environment whose belief is the one that tree predicted; returns it and the number reused."""
+        c, b, k, extra = self.config, state.batch, self.children, self.config.simulations * self.children + 1
+        old = None if warm_start is None or not c.reuse else warm_start.info.get("mcts_tree")
+        fits = (isinstance(old, kt.Tree) and old.root_child is not None and old.children == k
+                and old.horizon == c.horizon and old.deter.shape[0] == b and old.deter.dtype == state.deter.dtype
+                and old.deter.device == state.device and old.deter.shape[2] == state.deter.shape[1]
+                and old.stoch.shape[2] == state.stoch.shape[1])
+        if not fits:
+            return kt.Tree.empty(b, extra, k, c.horizon, state.deter, state.stoch, a), 0
+        child = np.where(old.root_child >= 0, old.first_child[:, 0] + old.root_child, -1)
+        idx = torch.from_numpy(np.maximum(child, 0)).to(state.device)
+        ar = torch.arange(b, device=state.device)
+        close = ((old.deter[ar, idx] - state.deter).abs().amax(1) <= c.reuse_tol) if state.deter.shape[1] else True
+        if state.stoch.shape[1]:
+            close = close & ((old.stoch[ar, idx] - state.stoch).abs().amax(1) <= c.reuse_tol)
+        roots = np.where((child >= 0) & np.asarray(torch.as_tensor(close).expand(b).cpu()), child, -1)
+        if (roots < 0).all():
+            return kt.Tree.empty(b, extra, k, c.horizon, state.deter, state.stoch, a), 0
+        cap = old.first_child.shape[1]
+        new = kt.Tree.empty(b, cap, k, c.horizon, state.deter, state.stoch, a)
+        src = np.full((b, cap), -1, np.int64)
+        kt.extract(*old.arrays(), old.size, roots, k, *new.arrays(), new.size, src)
+        size = int(new.size.max()) + extra
+        for name in ("first_child", "parent", "visits", "value_sum", "node_value", "reward", "v0", "prior"):
+            arr = getattr(new, name)
+            grown = np.full((b, size), -1 if arr.dtype == np.int64 else 0, arr.dtype)
+            grown[:, : min(cap, size)] = arr[:, :size]
+            setattr(new, name, grown)
+        keep = torch.from_numpy(src[:, :size] if size <= cap else np.pad(src, ((0, 0), (0, size - cap)), constant_values=-1))
+        keep = keep.to(state.device)
+        take = keep.clamp_min(0)
+        got = keep[:, :, None] >= 0
+        for name in ("deter", "stoch", "acts"):
+            t_old = getattr(old, name)
+            t_new = torch.where(got, t_old[ar[:, None], take], t_old.new_zeros(()))
+            setattr(new, name, t_new)
+        new.deter[:, 0], new.stoch[:, 0] = state.deter, state.stoch  # the root is the new belief (within tol)
+        return new, int((roots >= 0).sum())
+
+    def _schedule(self, considered: int) -> np.ndarray:
+        key = (considered, self.config.simulations)
+        if key not in self._schedules:
+            self._schedules[key] = kt.halving_schedule(considered, self.config.simulations)
+        return self._schedules[key]
+
+    def _root_logits(self, tree: kt.Tree, generator: torch.Generator | None, dev) -> tuple[np.ndarray, np.ndarray]:
+        """`(g + log prior [B, K], m [B])`: the Gumbel root's perturbed logits (-inf for invalid or
+        non-finite children) and the number of root actions it considers."""
+        b, k = tree.first_child.shape[0], self.children
+        fc = tree.first_child[:, :1] + np.arange(k)
+        rows = np.arange(b)[:, None]
+        prior = tree.prior[rows, fc]
+        finite = np.isfinite(tree.reward[rows, fc] + tree.node_value[rows, fc]) & (prior > 0)
+        u = torch.rand(b, k, generator=generator, device=dev, dtype=torch.float64).cpu().numpy()
+        g = -np.log(-np.log(np.clip(u, 1e-300, 1.0 - 1e-16))) * self.config.gumbel_scale
+        with np.errstate(divide="ignore"):
+            logits = np.where(finite, g + np.log(np.where(finite, prior, 1.0)), -np.inf)
+        m = np.minimum(self.config.considered, finite.sum(1)).astype(np.int64)
+        return logits, m
 
     # ------------------------------------------------------------------ plan
     @torch.no_grad()
@@ -394,118 +393,231 @@ class MCTS:
         t0 = time.perf_counter()
         c = self.config
         model = objective.model
-        b, a, k, h = state.batch, objective.action_dim, self.children, c.horizon
-        dev = state.device
-        low = model.action_low.to(dev)
-        high = model.action_high.to(dev)
+        b, a, k = state.batch, objective.action_dim, self.children
+        dev, dt = state.device, state.deter.dtype
+        low, high = model.action_low.to(dev, dt), model.action_high.to(dev, dt)
         if self.actions is not None:
             if self.actions.shape[1] != a:
                 raise ValueError(f"MCTS: actions must be [M, A={a}]; got {tuple(self.actions.shape)}")
-            if bool((self.actions.to(dev) < low).any() or (self.actions.to(dev) > high).any()):
+            acts = self.actions.to(dev, dt)
+            if bool((acts < low).any() or (acts > high).any()):
                 raise ValueError("MCTS: the discrete actions lie outside the model's action bounds")
         warm = None
         if warm_start is not None:
             wa = warm_start.actions
             if wa.dim() != 3 or wa.shape[0] != b or wa.shape[2] != a:
                 raise ValueError(f"MCTS.plan: warm_start.actions must be [B={b}, H', A={a}]; got {tuple(wa.shape)}")
-            warm = wa.to(dev)
-        gamma = float(objective.discount)
-        use_max = c.backup == "max"
-        cap = 1 + c.simulations * k
-        first_child = np.full((b, cap), -1, dtype=np.int64)
-        parent = np.full((b, cap), -1, dtype=np.int64)
-        visits = np.zeros((b, cap))
-        value_sum = np.zeros((b, cap))
-        node_value = np.zeros((b, cap))
-        reward = np.zeros((b, cap))
-        v0 = np.zeros((b, cap))
-        prior = np.zeros((b, cap))
-        qmin = np.full(b, np.inf)
-        qmax = np.full(b, -np.inf)
-        leaves = np.zeros(b, dtype=np.int64)
-        depths = np.zeros(b, dtype=np.int64)
-        child_prior = np.full((b, k), 1.0 / k)
-        rew_np = np.zeros((b, k))  # the children's rewards and values, handed to the kernel
-        val_np = np.zeros((b, k))
-        ar_np = np.arange(b)
-        ar_t = torch.arange(b, device=dev)
-        deter = state.deter.new_zeros(b, cap, state.deter.shape[1])
-        stoch = state.stoch.new_zeros(b, cap, state.stoch.shape[1])
-        acts = torch.zeros(b, cap, a, device=dev)
-        deter[:, 0] = state.deter
-        stoch[:, 0] = state.stoch
-        n_nodes, evals, nonfinite, sims, levels = 1, 0, 0, 0, 0
+            warm = wa.to(dev, dt)
+        tree, reused = self._start_tree(state, warm_start, a)
+        gamma, gumbel = float(objective.discount), c.root == "gumbel"
+        qmin, qmax = self._q_bounds(tree, gamma)
+        leaves, depths = np.zeros(b, np.int64), np.zeros(b, np.int64)
+        picks, root_new = np.full(b, -1, np.int64), np.zeros((b, k))
+        scores, logits, m = np.zeros((b, k)), None, None
+        stats = {"evals": 0, "nonfinite": 0, "levels": 0}
+        sims = 0
         for _ in range(c.simulations):
-            _descend(first_child, k, visits, node_value, reward, prior, qmin, qmax, gamma, c.c1, c.c2, leaves, depths)
-            expand = depths < h
-            if expand.any():
-                every = bool(expand.all())
-                rows = ar_np if every else np.nonzero(expand)[0]
-                rows_t = ar_t if every else torch.from_numpy(rows).to(dev)
-                leaf_t = torch.from_numpy(leaves[rows]).to(dev)
-                leaf = LatentState(deter[rows_t, leaf_t], stoch[rows_t, leaf_t])
-                prop = self._propose(leaf, depths[rows], None if warm is None else warm[rows_t], low, high, generator)
-                n = rows.shape[0]
-                nxt, r = objective.step(leaf.expand(k), prop.reshape(n * k, a), generator=generator)
-                v = objective.bootstrap(nxt)
-                sl = slice(n_nodes, n_nodes + k)
-                if every:
-                    deter[:, sl] = nxt.deter.reshape(n, k, -1)
-                    stoch[:, sl] = nxt.stoch.reshape(n, k, -1)
-                    acts[:, sl] = prop
-                    rew_np[:] = r.reshape(n, k).cpu().numpy()
-                    val_np[:] = v.reshape(n, k).cpu().numpy()
-                else:
-                    deter[rows_t, sl] = nxt.deter.reshape(n, k, -1)
-                    stoch[rows_t, sl] = nxt.stoch.reshape(n, k, -1)
-                    acts[rows_t, sl] = prop
-                    rew_np[rows] = r.reshape(n, k).cpu().numpy()
-                    val_np[rows] = v.reshape(n, k).cpu().numpy()
-                evals += n * k
-                levels = max(levels, int(depths[rows].max()) + 1)
-            nonfinite += _expand_backup(leaves, expand, n_nodes, rew_np, val_np, child_prior, first_child, parent,
-                                        visits, value_sum, node_value, reward, v0, prior, qmin, qmax, gamma, use_max)
-            if expand.any():
-                n_nodes += k
+            if gumbel and (tree.first_child[:, 0] >= 0).all():
+                if logits is None:
+                    logits, m = self._root_logits(tree, generator, dev)
+                kt.root_scores(tree.first_child, k, tree.visits, tree.node_value, tree.reward, gamma, logits,
+                               c.c_visit, c.c_scale, scores)
+                step = root_new.sum(1).astype(np.int64)
+                target = np.array([self._schedule(max(int(mi), 1))[min(int(s), c.simulations - 1)]
+                                   for mi, s in zip(m, step)], np.int64)
+                kt.gumbel_pick(scores, root_new, target, picks)
+            kt.descend(tree.first_child, k, tree.visits, tree.node_value, tree.reward, tree.prior, qmin, qmax, gamma,
+                       c.c1, c.c2, c.horizon, picks, leaves, depths)
+            went = (picks >= 0) & (depths > 0)
+            root_new[np.nonzero(went)[0], picks[went]] += 1
+            self._expand(objective, tree, leaves, depths, warm, low, high, generator, qmin, qmax, gamma, stats)
             sims += 1
             if deadline is not None and time.perf_counter() >= deadline:
                 break
-        return self._result(state, warm, first_child, visits, node_value, reward, acts, gamma, low, high,
-                            info={"simulations": sims, "iterations": sims, "model_evals": evals,
-                                  "nonfinite": nonfinite, "max_depth": levels}, t0=t0)
+            if c.evals is not None and stats["evals"] + self._next_cost(depths, c) > b * (c.evals - c.horizon):
+                break
+        if gumbel and logits is None and (tree.first_child[:, 0] >= 0).all():
+            logits, m = self._root_logits(tree, generator, dev)
+        choice = self._root_choice(tree, gamma, logits, root_new, scores)
+        info = {"simulations": sims, "iterations": sims, "nonfinite": stats["nonfinite"], "max_depth": stats["levels"],
+                "reused": reused}
+        return self._result(objective, state, tree, choice, warm, low, high, gamma, generator, stats, info, t0)
 
-    def _result(self, state, warm, first_child, visits, node_value, reward, acts, gamma, low, high, *, info, t0) -> Plan:
-        b, k, h, dev = state.batch, self.children, self.config.horizon, state.device
-        a = acts.shape[2]
-        nodes = np.zeros((b, h), dtype=np.int64)
-        _principal_path(first_child, k, visits, node_value, reward, gamma, h, nodes)
-        root = slice(1, 1 + k)  # the first simulation expands every root: children 1..K
-        n_k = visits[:, root]
-        q_k = reward[:, root] + gamma * node_value[:, root]
-        chosen = nodes[:, 0] - 1
+    def _next_cost(self, depths: np.ndarray, c: MCTSConfig) -> int:
+        """The most model evaluations one simulation can cost over all environments: K children, each
+        rolled out to the horizon (at most H steps from depth 0) with leaf="rollout"."""
+        return depths.shape[0] * self.children * (c.horizon if c.leaf == "rollout" else 1)
+
+    @staticmethod
+    def _q_bounds(tree: kt.Tree, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+        """The min-max bounds of the finite Q values already in the tree (a reused subtree's), per row."""
+        q = tree.reward + gamma * tree.node_value
+        used = (np.arange(q.shape[1])[None] < tree.size[:, None]) & (tree.parent >= 0) & np.isfinite(q)
+        return np.where(used, q, np.inf).min(1), np.where(used, q, -np.inf).max(1)
+
+    def _expand(self, objective, tree, leaves, depths, warm, low, high, generator, qmin, qmax, gamma, stats) -> None:
+        """Expand the leaves above the depth limit (one batched model call) and back up every row."""
+        b, k, a = tree.first_child.shape[0], self.children, low.shape[0]
+        expand = depths < self.config.horizon
+        rew, val = np.zeros((b, k)), np.zeros((b, k))
+        prior, valid = np.zeros((b, k)), np.ones((b, k), dtype=np.bool_)
+        if expand.any():
+            rows = np.nonzero(expand)[0]
+            dev = tree.deter.device
+            rows_t = torch.from_numpy(rows).to(dev)
+            leaf_t = torch.from_numpy(leaves[rows]).to(dev)
+            leaf = LatentState(tree.deter[rows_t, leaf_t], tree.stoch[rows_t, leaf_t])
+            prop, pri, ok = self._propose(leaf, depths[rows], None if warm is None else warm[rows_t], low, high, generator)
+            n = rows.shape[0]
+            nxt, r = objective.step(leaf.expand(k), prop.reshape(n * k, a), generator=generator)
+            if self.config.leaf == "rollout":
+                child_depth = torch.from_numpy(depths[rows] + 1).to(dev).repeat_interleave(k)
+                w = None if warm is None else warm[rows_t].repeat_interleave(k, dim=0)
+                cur = LatentState(nxt.deter.clone(), nxt.stoch.clone())
+                v, extra = self._rollout(objective, cur, child_depth, prop.reshape(n * k, a), w, low, high,
+                                         float(objective.discount), generator)
+                stats["evals"] += extra
+            else:
+                v = objective.bootstrap(nxt)
+            slots = torch.from_numpy(tree.size[rows]).to(dev)[:, None] + torch.arange(k, device=dev)
+            tree.deter[rows_t[:, None], slots] = nxt.deter.reshape(n, k, -1)
+            tree.stoch[rows_t[:, None], slots] = nxt.stoch.reshape(n, k, -1)
+            tree.acts[rows_t[:, None], slots] = prop
+            rew[rows] = r.reshape(n, k).double().cpu().numpy()
+            val[rows] = v.reshape(n, k).double().cpu().numpy()
+            prior[rows] = pri.double().cpu().numpy()
+            valid[rows] = ok.cpu().numpy()
+            stats["evals"] += n * k
+            stats["levels"] = max(stats["levels"], int(depths[rows].max()) + 1)
+        stats["nonfinite"] += kt.expand_backup(leaves, expand, tree.size, rew, val, prior, valid, *tree.arrays()[:1],
+                                               tree.parent, tree.visits, tree.value_sum, tree.node_value, tree.reward,
+                                               tree.v0, tree.prior, qmin, qmax, gamma, self.config.backup == "max")
+        tree.size[expand] += k
+
+    def _root_choice(self, tree, gamma, logits, root_new, scores) -> np.ndarray:
+        """`[B]` the root child the plan starts with: the Gumbel root's best-scoring survivor (the most
+        visited in this call), or -1 for the path kernel's rule (most visits / best Q)."""
+        b, k = tree.first_child.shape[0], self.children
+        if logits is None:
+            return np.full(b, -1, np.int64)
+        c = self.config
+        kt.root_scores(tree.first_child, k, tree.visits, tree.node_value, tree.reward, gamma, logits,
+                       c.c_visit, c.c_scale, scores)
+        ok = np.isfinite(scores)
+        most = np.where(ok, root_new, -1).max(1, keepdims=True)
+        best = np.where(ok & (root_new == most), scores, -np.inf)
+        return np.where(ok.any(1) & (tree.first_child[:, 0] >= 0), best.argmax(1), -1).astype(np.int64)
+
+    # ------------------------------------------------------------------ the plan
+    def _default_action(self, cur: LatentState, t: int, last: Tensor, warm: Tensor | None, low: Tensor,
+                        high: Tensor) -> Tensor:
+        """`[n, A]` the default (rollout) policy at the beliefs `cur [n]` at depth t, after the actions
+        `last [n, A]`: the policy's deterministic action; the warm start's action at depth t (while it
+        lasts); otherwise `last` repeated (a discrete action only while it is valid, else the
+        highest-prior valid one)."""
+        n, dev, dt = cur.batch, cur.device, cur.deter.dtype
+        if self.proposal is not None and self.actions is None:
+            out = self.proposal.act(cur, deterministic=True).to(dt)
+        elif warm is not None and t < warm.shape[1] and self.actions is None:
+            out = warm[:, t]
+        else:
+            out = last
+            if self.actions is not None and (self.mask is not None or self.proposal is not None):
+                prior, valid = self._discrete_priors(cur)
+                acts = self.actions.to(dev, dt)
+                same = (acts[None] == last[:, None]).all(-1) & valid  # [n, M]: last is this valid action
+                best = acts[torch.where(valid, prior, torch.full_like(prior, -1.0)).argmax(1)]
+                out = torch.where(same.any(1, keepdim=True), last, best)
+        return torch.maximum(torch.minimum(out, high), low)
+
+    def _rollout(self, objective, cur: LatentState, depth: Tensor, last: Tensor, warm: Tensor | None, low, high,
+                 gamma: float, generator, record: Tensor | None = None) -> tuple[Tensor, int]:
+        """`(value [n], evals)`: from the beliefs `cur [n]` at depths `depth [n]`, the default policy's
+        discounted return to the horizon plus gamma^(H - depth) times the objective's bootstrap there.
+        Writes the actions taken into `record [n, H, A]` when given. `cur` is changed in place."""
+        h, n, dt = self.config.horizon, cur.batch, cur.deter.dtype
+        value = torch.zeros(n, device=cur.device, dtype=dt)
+        evals, last = 0, last.clone()
+        start = int(depth.min()) if n else h
+        for t in range(start, h):
+            rows = torch.nonzero(depth <= t).squeeze(1)
+            now = cur.index(rows)
+            u = self._default_action(now, t, last[rows], None if warm is None else warm[rows], low, high)
+            nxt, r = objective.step(now, u, generator=generator)
+            value[rows] += (gamma ** (t - depth[rows]).to(dt)) * r.to(dt)
+            cur.deter[rows], cur.stoch[rows], last[rows] = nxt.deter, nxt.stoch, u
+            if record is not None:
+                record[rows, t] = u
+            evals += int(rows.numel())
+        if objective.bootstraps:
+            value = value + (gamma ** (h - depth).to(dt)) * objective.bootstrap(cur).to(dt)
+        return value, evals
+
+    def _complete(self, objective, state, tree, nodes, warm, low, high, gamma, generator) -> tuple[Tensor, Tensor, int]:
+        """`(actions [B, H, A], value [B], evals)`: the path's actions, completed past its end from its last
+        belief by the default policy through the model; the value is the path's discounted rewards (as the
+        tree evaluated them), plus the completion's, plus gamma^H times the bootstrap at the end."""
+        b, h, dev, dt = state.batch, self.config.horizon, state.device, state.deter.dtype
         ar = np.arange(b)
-        root_value = q_k[ar, chosen]
+        length = (nodes >= 0).sum(1)
+        safe = np.maximum(nodes, 0)
+        value = (np.where(nodes >= 0, tree.reward[ar[:, None], safe], 0.0) * gamma ** np.arange(h)).sum(1)
+        value = torch.from_numpy(value).to(dev, dt)
+        bi = torch.arange(b, device=dev)
+        actions = tree.acts[bi[:, None], torch.from_numpy(safe).to(dev)].clone()
+        last = torch.from_numpy(np.where(length > 0, nodes[ar, np.maximum(length - 1, 0)], 0)).to(dev)
+        cur = LatentState(tree.deter[bi, last].clone(), tree.stoch[bi, last].clone())
+        depth = torch.from_numpy(length).to(dev)
+        tail, evals = self._rollout(objective, cur, depth, tree.acts[bi, last], warm, low, high, gamma, generator,
+                                    record=actions)
+        return actions, value + (gamma ** depth.to(dt)) * tail, evals
+
+    def _result(self, objective, state, tree, choice, warm, low, high, gamma, generator, stats, info, t0) -> Plan:
+        b, k, h, dev = state.batch, self.children, self.config.horizon, state.device
+        nodes = np.zeros((b, h), dtype=np.int64)
+        kt.principal_path(tree.first_child, k, tree.visits, tree.node_value, tree.reward, gamma, h, choice,
+                          self.config.backup == "max", nodes)
+        actions, value, tail = self._complete(objective, state, tree, nodes, warm, low, high, gamma, generator)
+        ar = np.arange(b)
+        root = tree.first_child[:, :1] + np.arange(k)  # [B, K] the root's children
+        n_k = tree.visits[ar[:, None], root]
+        q_k = tree.reward[ar[:, None], root] + gamma * tree.node_value[ar[:, None], root]
+        chosen = np.where(nodes[:, 0] >= 0, nodes[:, 0] - root[:, 0], 0)
+        tree.root_child = np.where(nodes[:, 0] >= 0, chosen, -1)
+        info = dict(info, model_evals=stats["evals"] + tail)
+        info.update({
+            "root_actions": tree.acts[torch.arange(b, device=dev)[:, None], torch.from_numpy(root).to(dev)].clone(),
+            "root_visits": torch.from_numpy(n_k.astype(np.int64)).to(dev),
+            "root_policy": torch.from_numpy(self._root_policy(tree, n_k, q_k, chosen)).float().to(dev),
+            "root_q": torch.from_numpy(q_k).float().to(dev),
+            "root_value": torch.from_numpy(q_k[ar, chosen]).float().to(dev),
+            "mcts_tree": tree,
+            "plan_ms": (time.perf_counter() - t0) * 1e3,
+        })
+        return Plan(actions, value, info)
+
+    def _root_policy(self, tree, n_k, q_k, chosen) -> np.ndarray:
+        """`[B, K]` the distillation target: Gumbel MuZero's improved policy softmax(logit + sigma(q_hat))
+        with the Gumbel root, else the visit counts normalised (one-hot on `chosen` without visits)."""
+        b, k = n_k.shape
+        ar = np.arange(b)
+        if self.config.root == "gumbel":
+            root = tree.first_child[:, :1] + np.arange(k)
+            prior = tree.prior[ar[:, None], root]
+            ok = np.isfinite(q_k) & (prior > 0)
+            lo = np.where(ok, q_k, np.inf).min(1, keepdims=True)
+            hi = np.where(ok, q_k, -np.inf).max(1, keepdims=True)
+            span = np.where(hi > lo, hi - lo, 1.0)
+            qn = np.where(hi > lo, (np.where(ok, q_k, lo) - lo) / span, 0.5)
+            z = np.where(ok, np.log(np.where(ok, prior, 1.0)) + (self.config.c_visit + n_k.max(1, keepdims=True))
+                         * self.config.c_scale * qn, -np.inf)
+            z = z - np.where(ok.any(1, keepdims=True), z.max(1, keepdims=True), 0.0)
+            e = np.where(ok, np.exp(z), 0.0)
+            total = e.sum(1, keepdims=True)
+            onehot = np.zeros((b, k))
+            onehot[ar, chosen] = 1.0
+            return np.where(total > 0, e / np.maximum(total, 1e-300), onehot)
         total = n_k.sum(axis=1, keepdims=True)
         onehot = np.zeros((b, k))
         onehot[ar, chosen] = 1.0
-        policy = np.where(total > 0, n_k / np.maximum(total, 1.0), onehot)
-        # the plan: the principal path's actions, then the proposal's mean
-        nodes_t = torch.from_numpy(nodes).to(dev)
-        bi = torch.arange(b, device=dev)[:, None].expand(b, h)
-        path = acts[bi, nodes_t.clamp_min(0)]
-        pad = torch.zeros(b, h, a, device=dev)
-        if warm is not None and self.actions is None and self.proposal is None:
-            m = min(h, warm.shape[1])
-            pad[:, :m] = warm[:, :m]
-        pad = torch.maximum(torch.minimum(pad, high), low)
-        actions = torch.where(nodes_t[:, :, None] >= 0, path, pad)
-        info = dict(info)
-        info.update({
-            "root_actions": acts[:, root].clone(),
-            "root_visits": torch.from_numpy(n_k.astype(np.int64)).to(dev),
-            "root_policy": torch.from_numpy(policy).float().to(dev),
-            "root_q": torch.from_numpy(q_k).float().to(dev),
-            "root_value": torch.from_numpy(root_value).float().to(dev),
-            "plan_ms": (time.perf_counter() - t0) * 1e3,
-        })
-        return Plan(actions, info["root_value"].clone(), info)
+        return np.where(total > 0, n_k / np.maximum(total, 1.0), onehot)

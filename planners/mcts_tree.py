@@ -1,0 +1,339 @@
+"""The search tree of `MCTS`: numpy arrays walked by numba-compiled kernels.
+
+Per environment b the tree is stored in rows `[b, node]` of these arrays (node 0 is the root, the K
+children of a node are allocated contiguously, `first_child[b, n]` is the first one or -1 while n
+is unexpanded, `size[b]` the nodes in use):
+
+- `visits[b, n]`     N(n), simulations that passed through n
+- `value_sum[b, n]`  W(n), sum of the returns backed up into n (values of n's state)
+- `node_value[b, n]` U(n), the value estimate of n's state: W(n) / N(n) ("mean" backup) or
+  max_k (r_k + gamma U(child_k)) ("max" backup) once n has been backed up into, and v0(n) before
+- `reward[b, n]`     r of the edge into n (parent state, action -> n)
+- `v0[b, n]`         the objective's bootstrap value of n's state, computed when n was created
+- `prior[b, n]`      the prior probability of the edge into n (0 for an invalid action)
+- `parent[b, n]`     parent index (-1 for the root)
+
+Q(parent, n) = r(n) + gamma * U(n). Non-finite rewards and values, and invalid (masked) actions,
+are stored as -inf, so such edges rank last and no NaN can arise.
+
+Kernels: pUCT descent (MuZero, Schrittwieser et al. 2020, Appendix B) with an optional Gumbel
+pick at the root (Danihelka et al. 2022, "Policy improvement by planning with Gumbel", ICLR:
+Gumbel-top-k with sequential halving), expansion + backup, the plan's path, and the extraction of
+a subtree for reuse in the next call (as AlphaZero keeps the subtree below the played move).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+from torch import Tensor
+
+__all__ = ["Tree", "halving_schedule"]
+
+
+@dataclass
+class Tree:
+    """The tree of one plan call (numpy bookkeeping `[B, cap]`; beliefs and actions in torch).
+
+    Kept in `Plan.info["mcts_tree"]` so that the next call can reuse the subtree below the executed
+    action (`root_child [B]`, the chosen child of each root). `deter [B, cap, D]`, `stoch [B, cap, S]`
+    and `acts [B, cap, A]` are the beliefs of the nodes and the actions of the edges into them.
+    """
+
+    first_child: np.ndarray
+    parent: np.ndarray
+    visits: np.ndarray
+    value_sum: np.ndarray
+    node_value: np.ndarray
+    reward: np.ndarray
+    v0: np.ndarray
+    prior: np.ndarray
+    size: np.ndarray
+    deter: Tensor
+    stoch: Tensor
+    acts: Tensor
+    children: int
+    horizon: int
+    root_child: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, b: int, cap: int, children: int, horizon: int, deter: Tensor, stoch: Tensor, a: int) -> "Tree":
+        """A tree with only its roots, whose beliefs are `deter [B, D]`, `stoch [B, S]`."""
+        d = deter.new_zeros(b, cap, deter.shape[1])
+        s = stoch.new_zeros(b, cap, stoch.shape[1])
+        d[:, 0], s[:, 0] = deter, stoch
+        return cls(
+            np.full((b, cap), -1, np.int64), np.full((b, cap), -1, np.int64), np.zeros((b, cap)), np.zeros((b, cap)),
+            np.zeros((b, cap)), np.zeros((b, cap)), np.zeros((b, cap)), np.zeros((b, cap)), np.ones(b, np.int64),
+            d, s, deter.new_zeros(b, cap, a), children, horizon,
+        )
+
+    def arrays(self) -> tuple:
+        """The numpy arrays in the kernels' order: first_child, parent, visits, value_sum, node_value, reward, v0, prior."""
+        return (self.first_child, self.parent, self.visits, self.value_sum, self.node_value, self.reward, self.v0,
+                self.prior)
+
+
+def halving_schedule(considered: int, simulations: int) -> np.ndarray:
+    """`[simulations]` the visit count a root action must have to be picked at each simulation.
+
+    Sequential halving (Karnin et al. 2013) as Gumbel MuZero uses it: ceil(log2 m) phases; in each
+    phase every one of the actions still considered gets the same number of visits,
+    max(1, floor(S / (phases * remaining))), and then half of them (at least 2) remain. Picking, at
+    simulation i, the best-scoring action among those with exactly `schedule[i]` visits carries out
+    the halving without storing the considered set. With m = 1 the one action is always picked.
+    """
+    if considered <= 1:
+        return np.arange(simulations, dtype=np.int64)
+    phases = math.ceil(math.log2(considered))
+    out: list[int] = []
+    remaining, v = considered, 0
+    while len(out) < simulations:
+        per = max(1, simulations // (phases * remaining))
+        for _ in range(per):
+            out.extend([v] * remaining)
+            v += 1
+        remaining = max(2, remaining // 2)
+    return np.asarray(out[:simulations], dtype=np.int64)
+
+
+@njit(cache=True)
+def root_scores(first_child, n_children, visits, node_value, reward, discount, logits, c_visit, c_scale, out):
+    """`out [B, K]` = g + logits + sigma(q_hat) of every root child (Gumbel MuZero's score):
+    `logits [B, K]` holds the Gumbel noise plus the prior logits (-inf for invalid actions), q_hat the
+    child's Q min-max normalised over the root's finite Q values, sigma(q) = (c_visit + max N) c_scale q.
+    Children with a non-finite Q score -inf."""
+    nb = first_child.shape[0]
+    for b in range(nb):
+        fc = first_child[b, 0]
+        lo, hi, nmax = np.inf, -np.inf, 0.0
+        for k in range(n_children):
+            q = reward[b, fc + k] + discount * node_value[b, fc + k]
+            if math.isfinite(q):
+                lo = min(lo, q)
+                hi = max(hi, q)
+            nmax = max(nmax, visits[b, fc + k])
+        for k in range(n_children):
+            q = reward[b, fc + k] + discount * node_value[b, fc + k]
+            if math.isfinite(q) and math.isfinite(logits[b, k]):
+                qn = (q - lo) / (hi - lo) if hi > lo else 0.5
+                out[b, k] = logits[b, k] + (c_visit + nmax) * c_scale * qn
+            else:
+                out[b, k] = -np.inf
+
+
+@njit(cache=True)
+def gumbel_pick(scores, root_new, target, picks):
+    """`picks [B]`: the root child with the best score among those with `target[b]` visits in this call
+    (`root_new [B, K]`); if none has (a reused tree past the schedule), the best score overall; -1 when
+    no child has a finite score."""
+    nb, nk = scores.shape
+    for b in range(nb):
+        best, best_s, any_k, any_s = -1, -np.inf, -1, -np.inf
+        for k in range(nk):
+            s = scores[b, k]
+            if s > any_s:
+                any_s, any_k = s, k
+            if root_new[b, k] == target[b] and s > best_s:
+                best_s, best = s, k
+        picks[b] = best if best >= 0 else any_k
+
+
+@njit(cache=True)
+def descend(first_child, n_children, visits, node_value, reward, prior, qmin, qmax, discount, c1, c2, horizon,
+            root_pick, leaves, depths):
+    """pUCT descent (MuZero, Appendix B) from the root of every environment to a node without children;
+    writes the node and its depth to `leaves[b]`, `depths[b]`. At the root, `root_pick[b] >= 0` is taken
+    instead (the Gumbel pick). A node whose children all have a non-finite Q (every action invalid or
+    NaN) is a dead end: the descent stops there with depth `horizon`, so it is not expanded again."""
+    nb = first_child.shape[0]
+    for b in range(nb):
+        node = 0
+        d = 0
+        lo = qmin[b]
+        hi = qmax[b]
+        while first_child[b, node] >= 0:
+            fc = first_child[b, node]
+            n_parent = visits[b, node]
+            explore = math.sqrt(n_parent) * (c1 + math.log((n_parent + c2 + 1.0) / c2))
+            best = -1
+            best_score = -np.inf
+            for k in range(n_children):
+                c = fc + k
+                q = reward[b, c] + discount * node_value[b, c]
+                if math.isfinite(q):
+                    qn = (q - lo) / (hi - lo) if hi > lo else 0.0
+                    score = qn + prior[b, c] * explore / (1.0 + visits[b, c])
+                    if score > best_score or best < 0:
+                        best_score = score
+                        best = k
+            if node == 0 and root_pick[b] >= 0:
+                best = root_pick[b]
+            if best < 0:
+                d = horizon
+                break
+            node = fc + best
+            d += 1
+        leaves[b] = node
+        depths[b] = d
+
+
+@njit(cache=True)
+def _widen(qmin, qmax, b, q):
+    if math.isfinite(q):
+        if q < qmin[b]:
+            qmin[b] = q
+        if q > qmax[b]:
+            qmax[b] = q
+
+
+@njit(cache=True)
+def _best_child(first_child, n_children, node_value, reward, discount, b, node):
+    g = -np.inf
+    fc = first_child[b, node]
+    for k in range(n_children):
+        q = reward[b, fc + k] + discount * node_value[b, fc + k]
+        if math.isfinite(q) and q > g:
+            g = q
+    return g
+
+
+@njit(cache=True)
+def expand_backup(leaves, expand, start, child_reward, child_value, child_prior, valid, first_child, parent,
+                  visits, value_sum, node_value, reward, v0, prior, qmin, qmax, discount, use_max):
+    """Attach the K evaluated children `[B, K]` at node `start[b]` on to the leaves that `expand`, then back up.
+
+    The value backed up from an expanded leaf is its one-step lookahead max_k (r_k + gamma v_k) over the
+    new valid children (its own v0 if none is finite); from a leaf that is not expanded, v0. Going up the
+    path, every node gets N += 1 and W += G with G <- r + gamma G (MuZero's backup); U is W / N, or with
+    `use_max` the best child's r + gamma U recomputed bottom-up (a Bellman backup). The min-max bounds of
+    the Q values are widened with every new Q. A child with a NaN/inf reward or value, or an invalid
+    action (`valid[b, k]` False), is stored as -inf; returns the number of the former.
+    """
+    nb, nk = child_reward.shape
+    bad = 0
+    for b in range(nb):
+        leaf = leaves[b]
+        if expand[b]:
+            s = start[b]
+            first_child[b, leaf] = s
+            for k in range(nk):
+                c = s + k
+                r = child_reward[b, k]
+                v = child_value[b, k]
+                if not valid[b, k]:
+                    r = -np.inf
+                    v = -np.inf
+                elif not (math.isfinite(r) and math.isfinite(v)):
+                    bad += 1
+                    if not math.isfinite(r):
+                        r = -np.inf
+                    if not math.isfinite(v):
+                        v = -np.inf
+                reward[b, c] = r
+                v0[b, c] = v
+                node_value[b, c] = v
+                prior[b, c] = child_prior[b, k]
+                parent[b, c] = leaf
+                visits[b, c] = 0.0
+                value_sum[b, c] = 0.0
+                _widen(qmin, qmax, b, r + discount * v)
+            g = _best_child(first_child, nk, node_value, reward, discount, b, leaf)
+            if not math.isfinite(g):
+                g = v0[b, leaf]
+        else:
+            g = v0[b, leaf]
+        node = leaf
+        while True:
+            visits[b, node] += 1.0
+            value_sum[b, node] += g
+            if use_max:
+                if first_child[b, node] >= 0:
+                    u = _best_child(first_child, nk, node_value, reward, discount, b, node)
+                    node_value[b, node] = u if math.isfinite(u) else v0[b, node]
+            else:
+                node_value[b, node] = value_sum[b, node] / visits[b, node]
+            if node == 0:
+                break
+            _widen(qmin, qmax, b, reward[b, node] + discount * node_value[b, node])
+            g = reward[b, node] + discount * g
+            node = parent[b, node]
+    return bad
+
+
+@njit(cache=True)
+def principal_path(first_child, n_children, visits, node_value, reward, discount, horizon, root_choice, by_q, nodes):
+    """`nodes [B, H]`: the plan's path from the root: `root_choice[b]` first, then at every level the child
+    with the best Q (`by_q`, with the "max" backup) or the most visits (ties: the higher Q); edges with a
+    non-finite Q rank last; -1 past the expanded part."""
+    nb = first_child.shape[0]
+    for b in range(nb):
+        node = 0
+        for t in range(horizon):
+            fc = first_child[b, node]
+            if fc < 0:
+                for u in range(t, horizon):
+                    nodes[b, u] = -1
+                break
+            best = -1
+            best_n = -1.0
+            best_q = -np.inf
+            for k in range(n_children):
+                c = fc + k
+                q = reward[b, c] + discount * node_value[b, c]
+                n = visits[b, c] if math.isfinite(q) else -0.5
+                if by_q:
+                    n = 0.0 if math.isfinite(q) else -0.5
+                if best < 0 or n > best_n or (n == best_n and q > best_q):
+                    best_n = n
+                    best_q = q
+                    best = k
+            if t == 0 and root_choice[b] >= 0:
+                best = root_choice[b]
+            if not math.isfinite(reward[b, fc + best] + discount * node_value[b, fc + best]):
+                for u in range(t, horizon):  # every action here is invalid or non-finite: the path ends
+                    nodes[b, u] = -1
+                break
+            node = fc + best
+            nodes[b, t] = node
+
+
+@njit(cache=True)
+def extract(first_child, parent, visits, value_sum, node_value, reward, v0, prior, size, roots, n_children,
+            nf, npar, nvis, nsum, nval, nrew, nv0, npri, nsize, src):
+    """Copy, for every environment with `roots[b] >= 0`, the subtree below node `roots[b]` into the new
+    arrays (`n*`), breadth first, with that node as the new root (index 0); `src[b, i]` is the old index
+    of new node i (-1 unused), for the caller to move the beliefs and actions. Rows with `roots[b] < 0`
+    keep only an empty root. The kept nodes' statistics are unchanged."""
+    nb = first_child.shape[0]
+    for b in range(nb):
+        r = roots[b]
+        if r < 0:
+            nsize[b] = 1
+            continue
+        src[b, 0] = r
+        n_new = 1
+        head = 0
+        while head < n_new:
+            old = src[b, head]
+            new = head
+            nvis[b, new] = visits[b, old]
+            nsum[b, new] = value_sum[b, old]
+            nval[b, new] = node_value[b, old]
+            nrew[b, new] = reward[b, old]
+            nv0[b, new] = v0[b, old]
+            npri[b, new] = prior[b, old]
+            fc = first_child[b, old]
+            if fc >= 0:
+                nf[b, new] = n_new
+                for k in range(n_children):
+                    src[b, n_new + k] = fc + k
+                    npar[b, n_new + k] = new
+                n_new += n_children
+            head += 1
+        npar[b, 0] = -1
+        nrew[b, 0] = 0.0
+        nsize[b] = n_new
