@@ -13,6 +13,10 @@ numba-compiled kernels (`mcts_tree.py`), and the model runs in torch, once per s
 K children of every environment's leaf (`B * K` rows in one batched call). On a GPU the model and
 the stored beliefs stay on the device and only the `[B, K]` rewards and values travel to the host,
 once per simulation (`benchmarks/mcts_speed.py`; docs/benchmarks.md).
+
+Why this module is longer than 500 lines: it is one planner, its config and its plan's completion,
+and about 170 of its lines are those two documented interfaces; the tree's kernels, its reuse and
+the root's statistics already live in `mcts_tree.py`.
 """
 
 from __future__ import annotations
@@ -317,45 +321,10 @@ class MCTS:
 
     # ------------------------------------------------------------------ the tree
     def _start_tree(self, state: LatentState, warm_start: Plan | None, a: int) -> tuple[kt.Tree, int]:
-        """A fresh tree, or the subtree of the previous plan's tree below its executed action for every
-        environment whose belief is the one that tree predicted; returns it and the number reused."""
-        c, b, k, extra = self.config, state.batch, self.children, self.config.simulations * self.children + 1
-        old = None if warm_start is None or not c.reuse else warm_start.info.get("mcts_tree")
-        fits = (isinstance(old, kt.Tree) and old.root_child is not None and old.children == k
-                and old.horizon == c.horizon and old.deter.shape[0] == b and old.deter.dtype == state.deter.dtype
-                and old.deter.device == state.device and old.deter.shape[2] == state.deter.shape[1]
-                and old.stoch.shape[2] == state.stoch.shape[1])
-        if not fits:
-            return kt.Tree.empty(b, extra, k, c.horizon, state.deter, state.stoch, a), 0
-        child = np.where(old.root_child >= 0, old.first_child[:, 0] + old.root_child, -1)
-        idx = torch.from_numpy(np.maximum(child, 0)).to(state.device)
-        ar = torch.arange(b, device=state.device)
-        close = ((old.deter[ar, idx] - state.deter).abs().amax(1) <= c.reuse_tol) if state.deter.shape[1] else True
-        if state.stoch.shape[1]:
-            close = close & ((old.stoch[ar, idx] - state.stoch).abs().amax(1) <= c.reuse_tol)
-        roots = np.where((child >= 0) & np.asarray(torch.as_tensor(close).expand(b).cpu()), child, -1)
-        if (roots < 0).all():
-            return kt.Tree.empty(b, extra, k, c.horizon, state.deter, state.stoch, a), 0
-        cap = old.first_child.shape[1]
-        new = kt.Tree.empty(b, cap, k, c.horizon, state.deter, state.stoch, a)
-        src = np.full((b, cap), -1, np.int64)
-        kt.extract(*old.arrays(), old.size, roots, k, *new.arrays(), new.size, src)
-        size = int(new.size.max()) + extra
-        for name in ("first_child", "parent", "visits", "value_sum", "node_value", "reward", "v0", "prior"):
-            arr = getattr(new, name)
-            grown = np.full((b, size), -1 if arr.dtype == np.int64 else 0, arr.dtype)
-            grown[:, : min(cap, size)] = arr[:, :size]
-            setattr(new, name, grown)
-        keep = torch.from_numpy(src[:, :size] if size <= cap else np.pad(src, ((0, 0), (0, size - cap)), constant_values=-1))
-        keep = keep.to(state.device)
-        take = keep.clamp_min(0)
-        got = keep[:, :, None] >= 0
-        for name in ("deter", "stoch", "acts"):
-            t_old = getattr(old, name)
-            t_new = torch.where(got, t_old[ar[:, None], take], t_old.new_zeros(()))
-            setattr(new, name, t_new)
-        new.deter[:, 0], new.stoch[:, 0] = state.deter, state.stoch  # the root is the new belief (within tol)
-        return new, int((roots >= 0).sum())
+        """A fresh tree, or the subtree below the executed action of the warm start's tree (`mcts_tree.start_tree`)."""
+        old = None if warm_start is None or not self.config.reuse else warm_start.info.get("mcts_tree")
+        return kt.start_tree(old, state, self.children, self.config.horizon, self.config.simulations, a,
+                             self.config.reuse_tol)
 
     def _schedule(self, considered: int) -> np.ndarray:
         key = (considered, self.config.simulations)
@@ -410,7 +379,7 @@ class MCTS:
             warm = wa.to(dev, dt)
         tree, reused = self._start_tree(state, warm_start, a)
         gamma, gumbel = float(objective.discount), c.root == "gumbel"
-        qmin, qmax = self._q_bounds(tree, gamma)
+        qmin, qmax = kt.q_bounds(tree, gamma)
         leaves, depths = np.zeros(b, np.int64), np.zeros(b, np.int64)
         picks, root_new = np.full(b, -1, np.int64), np.zeros((b, k))
         scores, logits, m = np.zeros((b, k)), None, None
@@ -447,13 +416,6 @@ class MCTS:
         """The most model evaluations one simulation can cost over all environments: K children, each
         rolled out to the horizon (at most H steps from depth 0) with leaf="rollout"."""
         return depths.shape[0] * self.children * (c.horizon if c.leaf == "rollout" else 1)
-
-    @staticmethod
-    def _q_bounds(tree: kt.Tree, gamma: float) -> tuple[np.ndarray, np.ndarray]:
-        """The min-max bounds of the finite Q values already in the tree (a reused subtree's), per row."""
-        q = tree.reward + gamma * tree.node_value
-        used = (np.arange(q.shape[1])[None] < tree.size[:, None]) & (tree.parent >= 0) & np.isfinite(q)
-        return np.where(used, q, np.inf).min(1), np.where(used, q, -np.inf).max(1)
 
     def _expand(self, objective, tree, leaves, depths, warm, low, high, generator, qmin, qmax, gamma, stats) -> None:
         """Expand the leaves above the depth limit (one batched model call) and back up every row."""
@@ -588,36 +550,11 @@ class MCTS:
         info.update({
             "root_actions": tree.acts[torch.arange(b, device=dev)[:, None], torch.from_numpy(root).to(dev)].clone(),
             "root_visits": torch.from_numpy(n_k.astype(np.int64)).to(dev),
-            "root_policy": torch.from_numpy(self._root_policy(tree, n_k, q_k, chosen)).float().to(dev),
+            "root_policy": torch.from_numpy(kt.root_policy(tree, n_k, q_k, chosen, self.config.root == "gumbel",
+                                                          self.config.c_visit, self.config.c_scale)).float().to(dev),
             "root_q": torch.from_numpy(q_k).float().to(dev),
             "root_value": torch.from_numpy(q_k[ar, chosen]).float().to(dev),
             "mcts_tree": tree,
             "plan_ms": (time.perf_counter() - t0) * 1e3,
         })
         return Plan(actions, value, info)
-
-    def _root_policy(self, tree, n_k, q_k, chosen) -> np.ndarray:
-        """`[B, K]` the distillation target: Gumbel MuZero's improved policy softmax(logit + sigma(q_hat))
-        with the Gumbel root, else the visit counts normalised (one-hot on `chosen` without visits)."""
-        b, k = n_k.shape
-        ar = np.arange(b)
-        if self.config.root == "gumbel":
-            root = tree.first_child[:, :1] + np.arange(k)
-            prior = tree.prior[ar[:, None], root]
-            ok = np.isfinite(q_k) & (prior > 0)
-            lo = np.where(ok, q_k, np.inf).min(1, keepdims=True)
-            hi = np.where(ok, q_k, -np.inf).max(1, keepdims=True)
-            span = np.where(hi > lo, hi - lo, 1.0)
-            qn = np.where(hi > lo, (np.where(ok, q_k, lo) - lo) / span, 0.5)
-            z = np.where(ok, np.log(np.where(ok, prior, 1.0)) + (self.config.c_visit + n_k.max(1, keepdims=True))
-                         * self.config.c_scale * qn, -np.inf)
-            z = z - np.where(ok.any(1, keepdims=True), z.max(1, keepdims=True), 0.0)
-            e = np.where(ok, np.exp(z), 0.0)
-            total = e.sum(1, keepdims=True)
-            onehot = np.zeros((b, k))
-            onehot[ar, chosen] = 1.0
-            return np.where(total > 0, e / np.maximum(total, 1e-300), onehot)
-        total = n_k.sum(axis=1, keepdims=True)
-        onehot = np.zeros((b, k))
-        onehot[ar, chosen] = 1.0
-        return np.where(total > 0, n_k / np.maximum(total, 1.0), onehot)

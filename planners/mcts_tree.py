@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+import torch
 from torch import Tensor
 
-__all__ = ["Tree", "halving_schedule"]
+__all__ = ["Tree", "halving_schedule", "q_bounds", "root_policy", "start_tree"]
 
 
 @dataclass
@@ -337,3 +338,81 @@ def extract(first_child, parent, visits, value_sum, node_value, reward, v0, prio
         npar[b, 0] = -1
         nrew[b, 0] = 0.0
         nsize[b] = n_new
+
+
+def q_bounds(tree: Tree, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """`(qmin [B], qmax [B])` the min-max bounds of the finite Q values already in the tree (a reused subtree's)."""
+    q = tree.reward + gamma * tree.node_value
+    used = (np.arange(q.shape[1])[None] < tree.size[:, None]) & (tree.parent >= 0) & np.isfinite(q)
+    return np.where(used, q, np.inf).min(1), np.where(used, q, -np.inf).max(1)
+
+
+def _fits(old: object, state, children: int, horizon: int) -> bool:
+    """Whether `old` is a tree this search can continue: same K, H, batch, dtype, device and belief sizes."""
+    return (isinstance(old, Tree) and old.root_child is not None and old.children == children
+            and old.horizon == horizon and old.deter.shape[0] == state.batch and old.deter.dtype == state.deter.dtype
+            and old.deter.device == state.device and old.deter.shape[2] == state.deter.shape[1]
+            and old.stoch.shape[2] == state.stoch.shape[1])
+
+
+def start_tree(old: object, state, children: int, horizon: int, simulations: int, a: int,
+               tol: float) -> tuple[Tree, int]:
+    """The tree a search starts from, and the number of environments whose subtree was kept.
+
+    `old` is the previous call's tree (`Plan.info["mcts_tree"]`) or None. For every environment whose
+    belief `state [B]` equals (within `tol` per entry) the one `old` predicted for its executed root child,
+    the subtree below that child is kept, with the new belief as its root; the others start afresh. The
+    arrays have room for `simulations * children` more nodes."""
+    b, k, extra = state.batch, children, simulations * children + 1
+    if not _fits(old, state, children, horizon):
+        return Tree.empty(b, extra, k, horizon, state.deter, state.stoch, a), 0
+    child = np.where(old.root_child >= 0, old.first_child[:, 0] + old.root_child, -1)
+    ar = torch.arange(b, device=state.device)
+    idx = torch.from_numpy(np.maximum(child, 0)).to(state.device)
+    close = torch.ones(b, dtype=torch.bool, device=state.device)
+    for mine, theirs in ((state.deter, old.deter), (state.stoch, old.stoch)):
+        if mine.shape[1]:
+            close &= (theirs[ar, idx] - mine).abs().amax(1) <= tol
+    roots = np.where((child >= 0) & close.cpu().numpy(), child, -1)
+    if (roots < 0).all():
+        return Tree.empty(b, extra, k, horizon, state.deter, state.stoch, a), 0
+    cap = old.first_child.shape[1]
+    new = Tree.empty(b, cap, k, horizon, state.deter, state.stoch, a)
+    src = np.full((b, cap), -1, np.int64)
+    extract(*old.arrays(), old.size, roots, k, *new.arrays(), new.size, src)
+    size = int(new.size.max()) + extra
+    pad = ((0, 0), (0, max(0, size - cap)))
+    for name in ("first_child", "parent", "visits", "value_sum", "node_value", "reward", "v0", "prior"):
+        arr = getattr(new, name)
+        setattr(new, name, np.pad(arr, pad, constant_values=-1 if arr.dtype == np.int64 else 0)[:, :size])
+    keep = torch.from_numpy(np.pad(src, pad, constant_values=-1)[:, :size]).to(state.device)
+    got = keep[:, :, None] >= 0
+    for name in ("deter", "stoch", "acts"):
+        t_old = getattr(old, name)
+        setattr(new, name, torch.where(got, t_old[ar[:, None], keep.clamp_min(0)], t_old.new_zeros(())))
+    new.deter[:, 0], new.stoch[:, 0] = state.deter, state.stoch  # the root is the new belief (within tol)
+    return new, int((roots >= 0).sum())
+
+
+def root_policy(tree: Tree, n_k: np.ndarray, q_k: np.ndarray, chosen: np.ndarray, gumbel: bool, c_visit: float,
+                c_scale: float) -> np.ndarray:
+    """`[B, K]` the distillation target over the root's children: Gumbel MuZero's improved policy
+    softmax(log prior + sigma(q_hat)) (`gumbel`), else the visit counts `n_k [B, K]` normalised; one-hot on
+    `chosen [B]` where neither is defined."""
+    b, k = n_k.shape
+    ar = np.arange(b)
+    onehot = np.zeros((b, k))
+    onehot[ar, chosen] = 1.0
+    if not gumbel:
+        total = n_k.sum(axis=1, keepdims=True)
+        return np.where(total > 0, n_k / np.maximum(total, 1.0), onehot)
+    prior = tree.prior[ar[:, None], tree.first_child[:, :1] + np.arange(k)]
+    ok = np.isfinite(q_k) & (prior > 0)
+    lo = np.where(ok, q_k, np.inf).min(1, keepdims=True)
+    hi = np.where(ok, q_k, -np.inf).max(1, keepdims=True)
+    qn = np.where(hi > lo, (np.where(ok, q_k, lo) - lo) / np.where(hi > lo, hi - lo, 1.0), 0.5)
+    z = np.where(ok, np.log(np.where(ok, prior, 1.0)) + (c_visit + n_k.max(1, keepdims=True)) * c_scale * qn, -np.inf)
+    z = z - np.where(ok.any(1, keepdims=True), z.max(1, keepdims=True), 0.0)
+    e = np.where(ok, np.exp(z), 0.0)
+    total = e.sum(1, keepdims=True)
+    return np.where(total > 0, e / np.maximum(total, 1e-300), onehot)
