@@ -81,11 +81,13 @@ class MCTSConfig:
         leaf: how a new node at depth d < H is valued: `"rollout"` (classic MCTS, Kocsis &
             Szepesvari 2006; Coulom 2006): the default policy's return from it to the horizon plus
             gamma^(H - d) times the objective's bootstrap there, the same completion the plan gets,
-            so a node's value estimates the objective's H-step return; costs H - d model
-            evaluations per child. `"value"` (MuZero): the bootstrap V + T of the node itself, one
+            so a node's value estimates the objective's H-step return. Two default policies run
+            and the better counts (the value of the best known completion): the last action
+            repeated, and the proposal's mean (the policy's action, the warm start's, zero, or the
+            highest-prior discrete action); costs 2 (H - d) model evaluations per child. `"value"` (MuZero): the bootstrap V + T of the node itself, one
             evaluation per child, right when V is a trained critic of the task.
         evals: optional budget of model evaluations per environment and call: the search stops
-            once a simulation has spent it less a reserve of `horizon` for the plan's completion (at
+            once a simulation has spent it less a reserve of `2 * horizon` for the plan's completion (at
             least one simulation runs), so `info["model_evals"] <= B * evals` unless one simulation
             alone costs more. `None`: `simulations` alone bounds the search.
         reuse: keep the subtree below the executed action for the next call, when that call's
@@ -131,12 +133,12 @@ class MCTSConfig:
     @property
     def model_evals(self) -> int:
         """Imagined transitions per decision and environment at most: `evals` when set; otherwise per
-        simulation `children` (leaf="value") or `children * horizon` (leaf="rollout", a bound: a child at
-        depth d rolls out H - d steps), plus `horizon` to complete the plan past the tree."""
+        simulation `children` (leaf="value") or `2 * children * horizon` (leaf="rollout", a bound: a child at
+        depth d runs two rollouts of H - d steps), plus `2 * horizon` to complete the plan past the tree."""
         if self.evals is not None:
             return self.evals
-        per = self.children * (self.horizon if self.leaf == "rollout" else 1)
-        return self.simulations * per + self.horizon
+        per = self.children * (2 * self.horizon if self.leaf == "rollout" else 1)
+        return self.simulations * per + 2 * self.horizon
 
 
 class MCTS:
@@ -327,10 +329,26 @@ class MCTS:
                              self.config.reuse_tol)
 
     def _schedule(self, considered: int) -> np.ndarray:
-        key = (considered, self.config.simulations)
+        """Sequential halving's visit targets over the simulations expected to run: `simulations`, or
+        fewer under an `evals` budget (a child's two rollouts cost about H + 1 steps on average)."""
+        c = self.config
+        sims = c.simulations
+        if c.evals is not None:
+            per = self.children * (c.horizon + 1 if c.leaf == "rollout" else 1)
+            sims = max(1, min(sims, c.evals // per))
+        key = (considered, sims)
         if key not in self._schedules:
-            self._schedules[key] = kt.halving_schedule(considered, self.config.simulations)
+            self._schedules[key] = kt.halving_schedule(considered, sims)
         return self._schedules[key]
+
+    def _pick_target(self, considered: int, step: int) -> int:
+        """The visit count the root child picked at root step `step` must have; past the schedule's end,
+        the survivors' count keeps growing by one per round over the last two."""
+        sched = self._schedule(max(considered, 1))
+        if step < len(sched):
+            return int(sched[step])
+        over = step - len(sched)
+        return int(sched[-1]) + 1 + over // min(2, max(considered, 1))
 
     def _root_logits(self, tree: kt.Tree, generator: torch.Generator | None, dev) -> tuple[np.ndarray, np.ndarray]:
         """`(g + log prior [B, K], m [B])`: the Gumbel root's perturbed logits (-inf for invalid or
@@ -392,8 +410,7 @@ class MCTS:
                 kt.root_scores(tree.first_child, k, tree.visits, tree.node_value, tree.reward, gamma, logits,
                                c.c_visit, c.c_scale, scores)
                 step = root_new.sum(1).astype(np.int64)
-                target = np.array([self._schedule(max(int(mi), 1))[min(int(s), c.simulations - 1)]
-                                   for mi, s in zip(m, step)], np.int64)
+                target = np.array([self._pick_target(int(mi), int(s)) for mi, s in zip(m, step)], np.int64)
                 kt.gumbel_pick(scores, root_new, target, picks)
             kt.descend(tree.first_child, k, tree.visits, tree.node_value, tree.reward, tree.prior, qmin, qmax, gamma,
                        c.c1, c.c2, c.horizon, picks, leaves, depths)
@@ -403,7 +420,7 @@ class MCTS:
             sims += 1
             if deadline is not None and time.perf_counter() >= deadline:
                 break
-            if c.evals is not None and stats["evals"] + self._next_cost(depths, c) > b * (c.evals - c.horizon):
+            if c.evals is not None and stats["evals"] + self._next_cost(depths, c) > b * (c.evals - 2 * c.horizon):
                 break
         if gumbel and logits is None and (tree.first_child[:, 0] >= 0).all():
             logits, m = self._root_logits(tree, generator, dev)
@@ -414,8 +431,8 @@ class MCTS:
 
     def _next_cost(self, depths: np.ndarray, c: MCTSConfig) -> int:
         """The most model evaluations one simulation can cost over all environments: K children, each
-        rolled out to the horizon (at most H steps from depth 0) with leaf="rollout"."""
-        return depths.shape[0] * self.children * (c.horizon if c.leaf == "rollout" else 1)
+        rolled out twice to the horizon (at most H steps each from depth 0) with leaf="rollout"."""
+        return depths.shape[0] * self.children * (2 * c.horizon if c.leaf == "rollout" else 1)
 
     def _expand(self, objective, tree, leaves, depths, warm, low, high, generator, qmin, qmax, gamma, stats) -> None:
         """Expand the leaves above the depth limit (one batched model call) and back up every row."""
@@ -471,49 +488,58 @@ class MCTS:
         return np.where(ok.any(1) & (tree.first_child[:, 0] >= 0), best.argmax(1), -1).astype(np.int64)
 
     # ------------------------------------------------------------------ the plan
-    def _default_action(self, cur: LatentState, t: int, last: Tensor, warm: Tensor | None, low: Tensor,
-                        high: Tensor) -> Tensor:
-        """`[n, A]` the default (rollout) policy at the beliefs `cur [n]` at depth t, after the actions
-        `last [n, A]`: the policy's deterministic action; the warm start's action at depth t (while it
-        lasts); otherwise `last` repeated (a discrete action only while it is valid, else the
-        highest-prior valid one)."""
+    def _default_action(self, cur: LatentState, t: int, last: Tensor, warm: Tensor | None, repeat: Tensor,
+                        low: Tensor, high: Tensor) -> Tensor:
+        """`[n, A]` the two default (rollout) policies at the beliefs `cur [n]` at depth t after the actions
+        `last [n, A]`: where `repeat [n]`, `last` again (a discrete action only while it is valid); elsewhere
+        the proposal's mean: the policy's deterministic action, the warm start's action at depth t (zero
+        past its end, or without one), the highest-prior valid discrete action."""
         n, dev, dt = cur.batch, cur.device, cur.deter.dtype
-        if self.proposal is not None and self.actions is None:
-            out = self.proposal.act(cur, deterministic=True).to(dt)
-        elif warm is not None and t < warm.shape[1] and self.actions is None:
-            out = warm[:, t]
+        if self.actions is not None:
+            acts = self.actions.to(dev, dt)
+            prior, valid = self._discrete_priors(cur)
+            best = acts[torch.where(valid, prior, torch.full_like(prior, -1.0)).argmax(1)]
+            same = ((acts[None] == last[:, None]).all(-1) & valid).any(1)  # last is a valid action here
+            return torch.where((repeat & same)[:, None], last, best)
+        if self.proposal is not None:
+            mean = self.proposal.act(cur, deterministic=True).to(dt)
+        elif warm is not None and t < warm.shape[1]:
+            mean = warm[:, t]
         else:
-            out = last
-            if self.actions is not None and (self.mask is not None or self.proposal is not None):
-                prior, valid = self._discrete_priors(cur)
-                acts = self.actions.to(dev, dt)
-                same = (acts[None] == last[:, None]).all(-1) & valid  # [n, M]: last is this valid action
-                best = acts[torch.where(valid, prior, torch.full_like(prior, -1.0)).argmax(1)]
-                out = torch.where(same.any(1, keepdim=True), last, best)
+            mean = torch.zeros_like(last)
+        out = torch.where(repeat[:, None], last, mean)
         return torch.maximum(torch.minimum(out, high), low)
 
     def _rollout(self, objective, cur: LatentState, depth: Tensor, last: Tensor, warm: Tensor | None, low, high,
                  gamma: float, generator, record: Tensor | None = None) -> tuple[Tensor, int]:
-        """`(value [n], evals)`: from the beliefs `cur [n]` at depths `depth [n]`, the default policy's
-        discounted return to the horizon plus gamma^(H - depth) times the objective's bootstrap there.
-        Writes the actions taken into `record [n, H, A]` when given. `cur` is changed in place."""
+        """`(value [n], evals)`: from the beliefs `cur [n]` at depths `depth [n]`, the better of the two default
+        policies' (`_default_action`) discounted returns to the horizon, each plus gamma^(H - depth) times the
+        objective's bootstrap there: the value of the best known completion. Both run in one batch of 2n
+        rows. Writes the better completion's actions into `record [n, H, A]` when given."""
         h, n, dt = self.config.horizon, cur.batch, cur.deter.dtype
-        value = torch.zeros(n, device=cur.device, dtype=dt)
-        evals, last = 0, last.clone()
-        start = int(depth.min()) if n else h
-        for t in range(start, h):
+        two = lambda x: torch.cat([x, x]) if x is not None else None  # noqa: E731
+        cur, depth, last, warm = LatentState(two(cur.deter), two(cur.stoch)), two(depth), two(last), two(warm)
+        repeat = torch.arange(2 * n, device=cur.device) < n
+        value = torch.zeros(2 * n, device=cur.device, dtype=dt)
+        acts = None if record is None else two(record)
+        evals = 0
+        for t in range(int(depth.min()) if n else h, h):
             rows = torch.nonzero(depth <= t).squeeze(1)
             now = cur.index(rows)
-            u = self._default_action(now, t, last[rows], None if warm is None else warm[rows], low, high)
+            u = self._default_action(now, t, last[rows], None if warm is None else warm[rows], repeat[rows], low, high)
             nxt, r = objective.step(now, u, generator=generator)
             value[rows] += (gamma ** (t - depth[rows]).to(dt)) * r.to(dt)
             cur.deter[rows], cur.stoch[rows], last[rows] = nxt.deter, nxt.stoch, u
-            if record is not None:
-                record[rows, t] = u
+            if acts is not None:
+                acts[rows, t] = u
             evals += int(rows.numel())
         if objective.bootstraps:
             value = value + (gamma ** (h - depth).to(dt)) * objective.bootstrap(cur).to(dt)
-        return value, evals
+        ranked = torch.where(torch.isfinite(value), value, torch.full_like(value, float("-inf")))
+        second = ranked[n:] > ranked[:n]
+        if record is not None:
+            record.copy_(torch.where(second[:, None, None], acts[n:], acts[:n]))
+        return torch.where(second, value[n:], value[:n]), evals
 
     def _complete(self, objective, state, tree, nodes, warm, low, high, gamma, generator) -> tuple[Tensor, Tensor, int]:
         """`(actions [B, H, A], value [B], evals)`: the path's actions, completed past its end from its last

@@ -228,8 +228,8 @@ def test_anytime_deadline_runs_one_simulation_and_counts_evals():
     model, state = _bandit([0.4, -0.9])
     mcts = MCTS(MCTSConfig(simulations=50, children=8, horizon=3, leaf="value", root="puct"))
     plan = mcts.plan(Objective(model), state, generator=torch.Generator().manual_seed(0), deadline=time.perf_counter())
-    # one simulation (the roots' K children) plus the plan's completion from depth 1 to 3
-    assert plan.info["simulations"] == 1 and plan.info["model_evals"] == 2 * 8 + 2 * 2
+    # one simulation (the roots' K children) plus the plan's completion from depth 1 to 3 (two policies)
+    assert plan.info["simulations"] == 1 and plan.info["model_evals"] == 2 * 8 + 2 * 2 * 2
     # no child visited yet: the distillation target is one-hot on the chosen (best-Q) action
     assert plan.info["root_policy"].sum(1).tolist() == [1.0, 1.0]
     assert (plan.info["root_policy"].max(1).values == 1.0).all()
@@ -238,14 +238,14 @@ def test_anytime_deadline_runs_one_simulation_and_counts_evals():
     assert full.info["simulations"] == 50 and full.info["model_evals"] < 2 * 8 * 50
     deep = MCTS(MCTSConfig(simulations=50, children=8, horizon=60, leaf="value"))
     deep_plan = deep.plan(Objective(model), state, generator=torch.Generator().manual_seed(0))
-    assert deep_plan.info["model_evals"] == 2 * 8 * 50 + 2 * (60 - deep_plan.info["max_depth"])
-    assert deep.config.model_evals == 400 + 60
-    # with rollouts at the leaves, a child at depth d costs H - d + 1 evaluations
+    assert deep_plan.info["model_evals"] == 2 * 8 * 50 + 2 * 2 * (60 - deep_plan.info["max_depth"])
+    assert deep.config.model_evals == 400 + 2 * 60
+    # with rollouts at the leaves, a child at depth d costs 1 + 2 (H - d) evaluations (two default policies)
     roll = MCTS(MCTSConfig(simulations=1, children=8, horizon=3)).plan(Objective(model), state)
-    assert roll.info["model_evals"] == 2 * 8 * 3 + 2 * 2
+    assert roll.info["model_evals"] == 2 * 8 * (1 + 2 * 2) + 2 * 2 * 2
     # an evaluation budget stops the search before it is passed
     capped = MCTS(MCTSConfig(simulations=1000, children=8, horizon=3, evals=200)).plan(Objective(model), state)
-    assert 200 - 8 * 3 - 3 <= capped.info["model_evals"] / 2 <= 200
+    assert 200 - 2 * 8 * 3 - 2 * 3 <= capped.info["model_evals"] / 2 <= 200
 
 
 def test_reproducible_from_a_seed_and_a_planner():
