@@ -42,6 +42,15 @@ import torch
 import latentplan as lp
 from latentplan.registry import load_critic as load_value
 from latentplan.planners.mcts import MCTS, MCTSConfig
+
+#: the defaults these rows were measured with, before issue 14 (MuZero's: pUCT at the root, c1 1.25, mean
+#: backup, the critic at the leaves); the current defaults search with a Gumbel root and rollouts instead
+FORMER = dict(root="puct", c1=1.25, backup="mean", leaf="value")
+
+
+def former_mcts(**fields) -> MCTS:
+    """`MCTS` at the former defaults with `fields` overridden."""
+    return MCTS(MCTSConfig(**{**FORMER, **fields}))
 from latentplan.planners.value import ImaginedRollout, ValueConfig, ValueLearner, lambda_returns, posterior_beliefs
 from latentplan.worldmodels import ReplayBuffer
 
@@ -57,22 +66,22 @@ def cells() -> list[dict]:
     """Every planner of the table: name, budget label, planner, uses the value, warm start."""
     return [
         dict(name="CEM H12", budget="6k", planner=cem(12, 100, 10), value=False, warm=False),
-        dict(name="MCTS d5 +V", budget="6k", planner=MCTS(MCTSConfig(simulations=750, children=8, horizon=5)), value=True, warm=True),
+        dict(name="MCTS d5 +V", budget="6k", planner=former_mcts(simulations=750, children=8, horizon=5), value=True, warm=True),
         dict(name="CEM H5 +V", budget="6k", planner=cem(5, 240, 24), value=True, warm=False),
         dict(name="CEM H12 +V", budget="6k", planner=cem(12, 100, 10), value=True, warm=False),
         dict(name="CEM H12", budget="1.5k", planner=cem(12, 25, 5), value=False, warm=False),
-        dict(name="MCTS d5 +V", budget="1.5k", planner=MCTS(MCTSConfig(simulations=188, children=8, horizon=5)), value=True, warm=True),
+        dict(name="MCTS d5 +V", budget="1.5k", planner=former_mcts(simulations=188, children=8, horizon=5), value=True, warm=True),
         dict(name="CEM H5 +V", budget="1.5k", planner=cem(5, 60, 6), value=True, warm=False),
         dict(name="MCTS d5 +V max", budget="1.5k",
-             planner=MCTS(MCTSConfig(simulations=188, children=8, horizon=5, backup="max")), value=True, warm=True),
-        dict(name="MCTS d3 +V", budget="1.5k", planner=MCTS(MCTSConfig(simulations=188, children=8, horizon=3)), value=True, warm=True),
+             planner=former_mcts(simulations=188, children=8, horizon=5, backup="max"), value=True, warm=True),
+        dict(name="MCTS d3 +V", budget="1.5k", planner=former_mcts(simulations=188, children=8, horizon=3), value=True, warm=True),
         dict(name="CEM H3 +V", budget="1.5k", planner=cem(3, 100, 10), value=True, warm=False),
         # tuned after a 1.5k sweep on the same seeds (c1, proposal std, depth, K; see docs/planners.md)
         dict(name="MCTS d8 +V tuned", budget="1.5k",
-             planner=MCTS(MCTSConfig(simulations=400, children=8, horizon=8, c1=0.25, proposal_std=0.5)), value=True, warm=True),
+             planner=former_mcts(simulations=400, children=8, horizon=8, c1=0.25, proposal_std=0.5), value=True, warm=True),
         dict(name="MCTS d8 +V tuned", budget="6k",
-             planner=MCTS(MCTSConfig(simulations=1500, children=8, horizon=8, c1=0.25, proposal_std=0.5)), value=True, warm=True),
-        dict(name="MCTS d12", budget="6k", planner=MCTS(MCTSConfig(simulations=750, children=8, horizon=12)), value=False, warm=True),
+             planner=former_mcts(simulations=1500, children=8, horizon=8, c1=0.25, proposal_std=0.5), value=True, warm=True),
+        dict(name="MCTS d12", budget="6k", planner=former_mcts(simulations=750, children=8, horizon=12), value=False, warm=True),
     ]
 
 

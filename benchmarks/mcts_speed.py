@@ -33,6 +33,15 @@ import torch
 import latentplan as lp
 from latentplan.planners import mcts as mcts_module
 from latentplan.planners.mcts import MCTS, MCTSConfig
+
+#: the defaults these rows were measured with, before issue 14 (MuZero's: pUCT at the root, c1 1.25, mean
+#: backup, the critic at the leaves); the current defaults search with a Gumbel root and rollouts instead
+FORMER = dict(root="puct", c1=1.25, backup="mean", leaf="value")
+
+
+def former_mcts(**fields) -> MCTS:
+    """`MCTS` at the former defaults with `fields` overridden."""
+    return MCTS(MCTSConfig(**{**FORMER, **fields}))
 from latentplan.planners.value import ValueFunction
 
 KERNELS = ("_descend", "_widen", "_best_child", "_expand_backup", "_principal_path")
@@ -109,7 +118,7 @@ def main() -> None:
     value = ValueFunction(model.feature_size)
     value.eval()
     objective = lp.Objective(model, discount=0.99, value=value)
-    planner = MCTS(MCTSConfig(simulations=args.simulations, children=args.children, horizon=args.depth))
+    planner = former_mcts(simulations=args.simulations, children=args.children, horizon=args.depth)
     originals = {name: getattr(mcts_module, name) for name in KERNELS}
     rows = []
     print(f"MCTS on the CPU, torch threads {torch.get_num_threads()}, K = {args.children}, depth {args.depth}, "

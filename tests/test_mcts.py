@@ -336,7 +336,7 @@ def test_plan_value_includes_a_terminal_term_in_the_discrete_mode():
 
 def test_trap_family_defaults_find_the_delayed_prize_where_cem_does_not():
     """A fast subset of the trap family (benchmarks/planner_families.py runs 20 x 3: MCTS 100 %, CEM at
-    equal evaluations 3 %, MCTS at its former defaults 0 %): MCTS at its defaults moves toward the prize
+    equal evaluations 0 %, MCTS at its former defaults 0 %): MCTS at its defaults moves toward the prize
     first on every instance; CEM at the same model evaluations mostly takes the lure."""
     family = trap_family(6, seed=1)
     mcts_ok, cem_ok = [], []
