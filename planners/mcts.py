@@ -91,8 +91,10 @@ class MCTSConfig:
             least one simulation runs), so `info["model_evals"] <= B * evals` unless one simulation
             alone costs more. `None`: `simulations` alone bounds the search.
         reuse: keep the subtree below the executed action for the next call, when that call's
-            warm start is this plan shifted (`Plan.shift`) and the new belief equals the one the
-            tree predicted (within `reuse_tol`); otherwise the tree starts afresh.
+            warm start is this plan shifted (`Plan.shift`), the new belief equals the one the
+            tree predicted (within `reuse_tol`) and the objective is the same (discount, the same
+            reward functions, equal context values); otherwise the tree starts afresh. Kept nodes
+            keep their values (their rollouts one step short of the new horizon) until revisited.
         reuse_tol: the largest absolute difference, per belief entry, between the new belief and
             the tree's prediction for the subtree to be reused.
 
@@ -322,11 +324,11 @@ class MCTS:
         return warm[torch.arange(warm.shape[0], device=warm.device), depth.clamp_max(warm.shape[1] - 1)] * ok[:, None]
 
     # ------------------------------------------------------------------ the tree
-    def _start_tree(self, state: LatentState, warm_start: Plan | None, a: int) -> tuple[kt.Tree, int]:
+    def _start_tree(self, state: LatentState, warm_start: Plan | None, a: int, key) -> tuple[kt.Tree, int]:
         """A fresh tree, or the subtree below the executed action of the warm start's tree (`mcts_tree.start_tree`)."""
         old = None if warm_start is None or not self.config.reuse else warm_start.info.get("mcts_tree")
         return kt.start_tree(old, state, self.children, self.config.horizon, self.config.simulations, a,
-                             self.config.reuse_tol)
+                             self.config.reuse_tol, key)
 
     def _schedule(self, considered: int) -> np.ndarray:
         """Sequential halving's visit targets over the simulations expected to run: `simulations`, or
@@ -395,7 +397,9 @@ class MCTS:
             if wa.dim() != 3 or wa.shape[0] != b or wa.shape[2] != a:
                 raise ValueError(f"MCTS.plan: warm_start.actions must be [B={b}, H', A={a}]; got {tuple(wa.shape)}")
             warm = wa.to(dev, dt)
-        tree, reused = self._start_tree(state, warm_start, a)
+        key = kt.objective_key(objective) if c.reuse else None
+        tree, reused = self._start_tree(state, warm_start, a, key)
+        tree.objective_key = key
         gamma, gumbel = float(objective.discount), c.root == "gumbel"
         qmin, qmax = kt.q_bounds(tree, gamma)
         leaves, depths = np.zeros(b, np.int64), np.zeros(b, np.int64)

@@ -59,6 +59,7 @@ class Tree:
     children: int
     horizon: int
     root_child: np.ndarray | None = None
+    objective_key: tuple | None = None
 
     @classmethod
     def empty(cls, b: int, cap: int, children: int, horizon: int, deter: Tensor, stoch: Tensor, a: int) -> "Tree":
@@ -347,24 +348,51 @@ def q_bounds(tree: Tree, gamma: float) -> tuple[np.ndarray, np.ndarray]:
     return np.where(used, q, np.inf).min(1), np.where(used, q, -np.inf).max(1)
 
 
-def _fits(old: object, state, children: int, horizon: int) -> bool:
-    """Whether `old` is a tree this search can continue: same K, H, batch, dtype, device and belief sizes."""
+def objective_key(objective) -> tuple:
+    """What a kept tree's rewards and values depend on: the objective's discount, its terms (by identity of
+    the user functions) and its context values (copied); a tree is reused only under an equal key."""
+    terms = tuple(getattr(t, "term", t) for t in objective.rewards)
+    context = tuple((k, v.detach().clone() if isinstance(v, torch.Tensor) else getattr(v, "value", v))
+                    for k, v in objective.context.values.items())
+    return (objective.discount, terms, objective.value, getattr(objective.terminal, "term", objective.terminal), context)
+
+
+def _same_key(a: tuple | None, b: tuple | None) -> bool:
+    if a is None or b is None or len(a) != len(b) or a[:4] != b[:4] or len(a[4]) != len(b[4]):
+        return False
+    for (ka, va), (kb, vb) in zip(a[4], b[4]):
+        if ka != kb:
+            return False
+        if isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor):
+            if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor) and va.shape == vb.shape
+                    and torch.equal(va, vb.to(va.device))):
+                return False
+        elif va != vb:
+            return False
+    return True
+
+
+def _fits(old: object, state, children: int, horizon: int, key: tuple | None = None) -> bool:
+    """Whether `old` is a tree this search can continue: same K, H, batch, dtype, device, belief sizes and
+    objective (`objective_key`)."""
     return (isinstance(old, Tree) and old.root_child is not None and old.children == children
+            and _same_key(old.objective_key, key)
             and old.horizon == horizon and old.deter.shape[0] == state.batch and old.deter.dtype == state.deter.dtype
             and old.deter.device == state.device and old.deter.shape[2] == state.deter.shape[1]
             and old.stoch.shape[2] == state.stoch.shape[1])
 
 
 def start_tree(old: object, state, children: int, horizon: int, simulations: int, a: int,
-               tol: float) -> tuple[Tree, int]:
+               tol: float, key: tuple | None = None) -> tuple[Tree, int]:
     """The tree a search starts from, and the number of environments whose subtree was kept.
 
     `old` is the previous call's tree (`Plan.info["mcts_tree"]`) or None. For every environment whose
     belief `state [B]` equals (within `tol` per entry) the one `old` predicted for its executed root child,
-    the subtree below that child is kept, with the new belief as its root; the others start afresh. The
-    arrays have room for `simulations * children` more nodes."""
+    the subtree below that child is kept, with the new belief as its root; the others start afresh. Nothing
+    is kept unless `key` (`objective_key` of this call's objective) equals the old tree's. The arrays have
+    room for `simulations * children` more nodes."""
     b, k, extra = state.batch, children, simulations * children + 1
-    if not _fits(old, state, children, horizon):
+    if not _fits(old, state, children, horizon, key):
         return Tree.empty(b, extra, k, horizon, state.deter, state.stoch, a), 0
     child = np.where(old.root_child >= 0, old.first_child[:, 0] + old.root_child, -1)
     ar = torch.arange(b, device=state.device)

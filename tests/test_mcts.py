@@ -397,3 +397,25 @@ def test_subtree_is_reused_when_the_belief_is_the_predicted_one():
     torch.testing.assert_close(again.value, obj.returns(nxt, again.actions))
     off = MCTS(MCTSConfig(simulations=1, horizon=4, reuse=False), actions=acts).plan(obj, nxt, warm_start=first.shift())
     assert off.info["reused"] == 0
+
+
+def test_subtree_is_not_reused_under_another_objective():
+    """A changed context value (a moved target) or another discount starts the tree afresh: the kept
+    rewards would be stale."""
+    import latentplan as lp
+
+    @lp.reward
+    def near(obs, action, ctx):
+        return -(obs["obs"][:, 0] - ctx["target"]).abs()
+
+    model = _chain()
+    acts = torch.tensor([[-1.0], [0.0], [1.0]])
+    mcts = MCTS(MCTSConfig(simulations=30, horizon=3), actions=acts)
+    first = mcts.plan(Objective(model, rewards=[near], context={"target": 2.0}), model.initial(1))
+    nxt = model.imagine_step(model.initial(1), first.first_action)
+    same = mcts.plan(Objective(model, rewards=[near], context={"target": 2.0}), nxt, warm_start=first.shift())
+    moved = mcts.plan(Objective(model, rewards=[near], context={"target": -2.0}), nxt, warm_start=first.shift())
+    other = mcts.plan(Objective(model, rewards=[near], context={"target": 2.0}, discount=0.5), nxt,
+                      warm_start=first.shift())
+    assert (same.info["reused"], moved.info["reused"], other.info["reused"]) == (1, 0, 0)
+    assert moved.first_action.item() == -1.0
