@@ -11,12 +11,11 @@ from the planner's `generator`, so the gradient is that of one sampled rollout p
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -34,35 +33,6 @@ __all__ = ["GradientConfig", "GradientPlanner", "require_differentiable"]
 
 _VANISHING = 1e-8
 _EXPLODING = 1e6
-
-
-class _PriorMeanModel:
-    """A view of a world model that imagines with the prior means (`sample=False`)."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def imagine_step(
-        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
-    ) -> LatentState:
-        return self._model.imagine_step(state, action, generator=generator, sample=False)
-
-    def rollout(
-        self, state: LatentState, actions: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
-    ) -> tuple[LatentState, LatentState]:
-        return self._model.rollout(state, actions, generator=generator, sample=False)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-
-def _mean_objective(objective: Objective, state: LatentState) -> Objective:
-    """The objective rolled out with prior means, for `GradientConfig.use_mean`."""
-    if state.stoch.shape[1] == 0:  # no stochastic part: samples are the means already
-        return objective
-    view = copy.copy(objective)
-    view.model = _PriorMeanModel(objective.model)
-    return view
 
 
 @dataclass(frozen=True)
@@ -224,7 +194,7 @@ class GradientPlanner:
         mode = resolve_compile(c.compile, dev, planner="GradientPlanner", not_capturable=self._cache.failed)
         original = objective
         if c.use_mean:
-            objective = _mean_objective(objective, state)
+            objective = objective.with_prior_means(state)
         # a plain copy cut from any graph (and usable outside inference mode)
         state = LatentState(state.deter.detach().clone(), state.stoch.detach().clone())
 
@@ -287,7 +257,7 @@ class GradientPlanner:
 
         def build_search(obj: Objective, counts: dict[str, int]):
             if c.use_mean:
-                obj = _mean_objective(obj, state)
+                obj = obj.with_prior_means(state)
             low = obj.model.action_low.to(state.device).clone()
             high = obj.model.action_high.to(state.device).clone()
 

@@ -19,7 +19,6 @@ that path.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from latentplan.worldmodels.state import LatentState
 
 from .ascent import require_differentiable
 from .base import Plan, callable_name
-from .gradient import _PriorMeanModel
 from .objective import Objective
 from .validate import check_choice, check_int, check_min, check_positive, check_range
 
@@ -347,9 +345,8 @@ class ILQR:
         dtype, dev = state.deter.dtype, state.device
         d = state.deter.shape[1]
         model = objective.model
-        if state.stoch.shape[1] > 0:
-            objective = copy.copy(objective)
-            objective.model = model = _PriorMeanModel(model)
+        objective = objective.with_prior_means(state)
+        model = objective.model
         low = model.action_low.to(dev, dtype).expand(b, h, a)
         high = model.action_high.to(dev, dtype).expand(b, h, a)
         unroll = differentiate and c.differentiable == "unroll"
@@ -366,7 +363,7 @@ class ILQR:
 
         def reward(z: Tensor, w: Tensor) -> Tensor:  # z = [x_{t+1}, u_t] rows [M, F + A] -> [M]
             f = z.shape[1] - a
-            return objective._reward(split(z[:, :f]), z[:, f:]) * w
+            return objective.stage_reward(split(z[:, :f]), z[:, f:]) * w
 
         def terminal(x: Tensor) -> Tensor:  # [B, F] -> [B]
             return objective.bootstrap(split(x)) * objective.discount**h

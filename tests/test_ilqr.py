@@ -8,7 +8,6 @@ import scipy.optimize
 import torch
 
 from latentplan.planners import ILQR, ILQRConfig, Objective, Plan
-from latentplan.planners.gradient import _mean_objective
 from latentplan.worldmodels import AnalyticModel, LatentState
 
 
@@ -179,7 +178,7 @@ def test_runs_on_the_rssm_in_bounds_and_improves_on_zeros():
     assert plan.actions.shape == (2, 4, 2) and torch.isfinite(plan.value).all()
     assert (plan.actions >= model.action_low).all() and (plan.actions <= model.action_high).all()
     with torch.no_grad():  # the value is the return along the prior-mean path, which beats zero actions
-        mean = _mean_objective(objective, state)
+        mean = objective.with_prior_means(state)
         torch.testing.assert_close(plan.value, mean.returns(state, plan.actions), atol=1e-5, rtol=1e-5)
         assert (plan.value > mean.returns(state, torch.zeros(2, 4, 2)) + 1e-3).all()
 
