@@ -23,7 +23,7 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState
 
 from .validate import check_choice, check_int, check_positive
-from .ascent import Ascent, AscentConfig, ascend, optimizer_class, project, require_differentiable
+from .ascent import Ascent, AscentConfig, ascend, ascent_evals, optimizer_class, project, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
 from .objective import Objective
@@ -106,8 +106,10 @@ class GradientConfig:
 
     @property
     def model_evals(self) -> int:
-        """Imagined transitions (forward) per decision and environment: H * R * (iterations + 1)."""
-        return self.horizon * self.restarts * (self.iterations + 1)
+        """Model evaluations per decision and environment, backward passes included:
+        `H * R * (iterations * (1 + VJP_EVALS) + 1)` (`planners.ascent.ascent_evals`; a backward pass
+        through the model counts as `VJP_EVALS` = 2 forward transitions)."""
+        return ascent_evals(self.restarts, self.horizon, self.iterations)
 
 
 class GradientPlanner:
@@ -132,8 +134,9 @@ class GradientPlanner:
     `actions [B, H, A]`, `value [B]` (the objective's estimate of that sequence's return,
     `-inf` if no finite return was seen) and `info` keys:
 
-    - `iterations`: optimizer steps run; `model_evals`: imagined transitions in forward passes,
-      `B * R * H * (iterations + 1)` (each step also runs one backward pass), plus
+    - `iterations`: optimizer steps run; `model_evals`: imagined transitions with the backward
+      passes weighted as `VJP_EVALS` = 2 forward transitions each,
+      `B * R * H * (iterations * (1 + VJP_EVALS) + 1)`, plus
       `B * (H - 1)` for the proposal's rollout with `init="policy"`;
     - `nonfinite`: NaN/inf returns seen (ranked as -inf, never chosen over a finite one);
       `nonfinite_grads`: (sequence, step) pairs whose gradient was NaN/inf and was dropped;
@@ -281,6 +284,6 @@ class GradientPlanner:
                             planner="GradientPlanner", atol=1e-3)
         n, h = init.shape[:2]
         return Ascent(
-            o["actions"], o["returns"], c.iterations, n * h * (c.iterations + 1), o["nonfinite"],
+            o["actions"], o["returns"], c.iterations, ascent_evals(n, h, c.iterations), o["nonfinite"],
             o["nonfinite_grads"], o["grad_first"], o["grad_last"], o["grad_end"],
         )

@@ -30,7 +30,7 @@ from torch.func import grad, jacrev
 
 from latentplan.worldmodels.state import LatentState
 
-from .ascent import require_differentiable
+from .ascent import VJP_EVALS, require_differentiable
 from .base import Plan, callable_name
 from .objective import Objective
 from .validate import check_choice, check_int, check_min, check_positive, check_range
@@ -101,8 +101,8 @@ class ILQRConfig:
 
     def model_evals(self, feature_size: int) -> int:
         """Model evaluations per decision and environment when all `iterations` run:
-        `H * (1 + iterations * (1 + F + L))` for beliefs of F features (see `ILQR`)."""
-        return self.horizon * (1 + self.iterations * (1 + int(feature_size) + self.line_search))
+        `H * (1 + iterations * (1 + VJP_EVALS * F + L))` for beliefs of F features (see `ILQR`)."""
+        return self.horizon * (1 + self.iterations * (1 + VJP_EVALS * int(feature_size) + self.line_search))
 
 
 def box_qp(hessian: Tensor, gradient: Tensor, low: Tensor, high: Tensor, *, iterations: int = 30,
@@ -268,9 +268,9 @@ class ILQR:
     state); the dtype and device follow `state`.
 
     Model evaluations (`Plan.info["model_evals"]`, all environments): the first rollout, B*H
-    transitions; per iteration, the linearisation counts `(1 + F)` transitions per row and step
-    (one forward pass plus one vector-Jacobian product per output feature, each about the cost
-    of a forward pass: a Jacobian with F outputs by reverse mode is counted as F evaluations),
+    transitions; per iteration, the linearisation counts `(1 + VJP_EVALS * F)` transitions per row
+    and step (one forward pass plus one vector-Jacobian product per output feature, each counted
+    as `VJP_EVALS` = 2 forward passes, as every gradient planner counts a backward pass),
     and the line search B*L*H transitions. Derivatives of the reward terms and of the value are
     not transitions and are not counted. `ILQRConfig.model_evals(F)` is the total per
     environment when every iteration runs.
@@ -433,7 +433,7 @@ class ILQR:
                 iterations += 1
                 # 1. linearise the dynamics and quadratise the reward, all B * H rows at once
                 derivs, vx, vxx = linearise(x_bar, u_bar)
-                evals += b * h * (1 + f_dim)
+                evals += b * h * (1 + VJP_EVALS * f_dim)
                 # 2. backward pass, repeated with more damping where Q_uu + mu I is not positive definite
                 while True:
                     k, gain, ok = self._backward(derivs, vx, vxx, mu, u_bar, low, high)
