@@ -15,6 +15,10 @@ The belief is treated as the vector `x = state.features()` (`[N, F]`, F = D + S)
 model (the RSSM) the planner optimises over the deterministic path with the stochastic part at its
 prior mean, i.e. `imagine_step(..., sample=False)`; `Plan.value` is the objective's return along
 that path.
+
+Why this module is over 500 lines: the forward solver (`ILQR`), its box QP (`box_qp`) and the
+implicit backward pass (`lqr_solve`, `_ImplicitStep`) share one set of derivative conventions
+(`f_x, f_u, l_z, l_zz` on `z = (x_{t+1}, u_t)`); split, each would restate them.
 """
 
 from __future__ import annotations
