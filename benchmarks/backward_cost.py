@@ -37,7 +37,16 @@ import latentplan as lp
 from latentplan.planners.ascent import VJP_EVALS
 
 
+def planet_rssm() -> lp.RSSMWorldModel:
+    """A freshly initialised RSSM of PlaNet's size (GRU 200, stochastic 30, hidden 200), A = 1, vector
+    observations, in eval mode without parameter gradients (seeded: `torch.manual_seed(0)`)."""
+    torch.manual_seed(0)
+    model = lp.RSSMWorldModel(dataclasses.replace(lp.RSSMConfig(), obs_shape=(5,), action_dim=1)).eval()
+    return model.requires_grad_(False)
+
+
 def median_ms(fn, repeats: int) -> float:
+    """Median wall milliseconds of `repeats` calls of `fn()` after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -91,15 +100,19 @@ def jacobian_rows(model, m: int, repeats: int) -> dict:
                 weight_per_product=(jm / fwd - 1) / f)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def timing_args(doc: str, name: str) -> argparse.Namespace:
+    """`--repeats` (default 7) and `--out` (default `benchmarks/results/<name>.json`) of a timing
+    script; sets one torch thread."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "backward_cost.json")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / f"{name}.json")
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = lp.RSSMWorldModel(dataclasses.replace(lp.RSSMConfig(), obs_shape=(5,), action_dim=1)).eval()
-    model.requires_grad_(False)
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = timing_args(__doc__, "backward_cost")
+    model = planet_rssm()
     rows = [gradient_rows(model, n, 12, args.repeats) for n in (10, 100, 500)]
     rows += [jacobian_rows(model, m, args.repeats) for m in (12, 120)]
     print(f"counted weight of one vector-Jacobian product (VJP_EVALS): {VJP_EVALS} forward transitions")

@@ -15,28 +15,14 @@ is recorded with its error. Prints a table and writes `benchmarks/results/vmap_r
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
-import statistics
-import time
-from pathlib import Path
 
 import torch
 from torch.func import grad, vmap
 
 import latentplan as lp
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+from backward_cost import median_ms, planet_rssm, timing_args  # benchmarks/ is on sys.path when run as a script
 
 
 def measure(name: str, model, objective: lp.Objective, r: int, repeats: int) -> dict:
@@ -64,14 +50,8 @@ def measure(name: str, model, objective: lp.Objective, r: int, repeats: int) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vmap_restarts.json")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    rssm = lp.RSSMWorldModel(dataclasses.replace(lp.RSSMConfig(), obs_shape=(5,), action_dim=1)).eval()
-    rssm.requires_grad_(False)
+    args = timing_args(__doc__, "vmap_restarts")
+    rssm = planet_rssm()
     rows = []
     for name, model in (("rssm", rssm), ("pendulum", lp.AnalyticModel.pendulum())):
         objective = lp.Objective(model).with_prior_means()
