@@ -14,6 +14,10 @@ the one of `lp.Objective(model)` with its defaults: the undiscounted sum over H 
 of `model.reward` of each step's next belief. Both peers draw their noise, and the model its latent
 samples, from torch's global generator: seed with `torch.manual_seed` for repeatable decisions.
 
+`mpc_pytorch` is different: not a sampling planner over the latent but mpc.pytorch's box-DDP
+(`mpc.mpc.MPC`, Amos et al. 2018) on a model with known dynamics and a quadratic cost, compared
+with our `ILQR` by `benchmarks/ilqr_mpc.py` (converged cost and wall time on the same problem).
+
 `mppi_update_agreement` checks that our `MPPI` and pytorch_mppi make the same update from the same
 noise (`python benchmarks/peers.py` prints it on the LQ test system: within 3e-6 in action units
 with pytorch-mppi 0.9.1).
@@ -33,7 +37,7 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState, WorldModel
 
-__all__ = ["Decide", "torchrl_cem", "pytorch_mppi", "mppi_update_agreement"]
+__all__ = ["Decide", "mpc_pytorch", "torchrl_cem", "pytorch_mppi", "mppi_update_agreement"]
 
 Decide = Callable[[LatentState], Tensor]
 """`decide(state [B]) -> first actions [B, A]`: one planning decision per belief."""
@@ -235,6 +239,88 @@ def pytorch_mppi(
             return ctrl.command(state.features().to(device), shift_nominal_trajectory=False).reshape(b, a)
 
     return decide_batched, version + " (MPPI_Batched)"
+
+
+def mpc_pytorch(
+    model: WorldModel, *, cost_C: Tensor, cost_c: Tensor, horizon: int, iterations: int = 100, eps: float = 1e-6,
+    linesearch_decay: float = 0.2, max_linesearch_iter: int = 10, jacobians: str = "autograd",
+) -> tuple[Callable[[LatentState], Tensor], str] | None:
+    """mpc.pytorch's box-constrained iLQR (`mpc.mpc.MPC`, the `mpc` package; Amos, Rodriguez, Sacks,
+    Boots & Kolter 2018) over a model with known dynamics (`AnalyticModel`: the belief is the state).
+
+    Written against mpc 0.0.6 (the version it was tested with, on torch 2.13.0+cpu; its metadata asks
+    for numpy < 2, but the solver itself runs with numpy 2.4 unchanged: nothing is patched).
+
+    The problem is ours in mpc.pytorch's form. Ours: maximise `sum_{t<H} r(x_{t+1}, u_t)` with
+    `r = -(1/2 z^T C z + c^T z)`, `z_t = (x_{t+1}, u_t)`. mpc.pytorch's cost is on `(x_t, u_t)` for
+    `t < T` with `x_0` given, so its T = H + 1 problem has the same x-costs on `x_1..x_H` plus the
+    constant cost of `x_0`, and a last action `u_H` that moves nothing (its optimum is the cost's
+    minimiser in u, 0 here). The returned actions are its first H.
+
+    Args:
+        model: a deterministic `WorldModel` with an empty stochastic part (`AnalyticModel`).
+        cost_C: `[n + A, n + A]` the symmetric quadratic cost C; cost_c: `[n + A]` the linear term c.
+        horizon: H.
+        iterations: mpc.pytorch's `lqr_iter` (the most iterations); eps: its stopping threshold on
+            the norm of the full control step.
+        linesearch_decay, max_linesearch_iter: its backtracking line search.
+        jacobians: how mpc.pytorch gets the dynamics' Jacobians. `"autograd"`: its
+            `GradMethods.AUTO_DIFF` (a Python loop over steps and state dimensions of
+            `torch.autograd.grad`). `"func"`: its `GradMethods.ANALYTIC` with a `grad_input` we give
+            it, computed by `torch.func.jacrev` + `vmap` over all rows at once (the way our ILQR
+            linearises), so its solver is timed without its slow Jacobians.
+
+    Returns:
+        `(solve, version)` or None if mpc is not installed. `solve(state [B]) -> actions [B, H, A]`
+        from a cold start (zeros), float dtype of the state, no gradient graph (`backprop=False`).
+
+    Raises:
+        ValueError: a stochastic model, or cost shapes that do not match `n + A`.
+    """
+    try:
+        from mpc import mpc as mpc_module
+    except ImportError as exc:
+        return _unavailable("mpc", exc)
+    from torch.func import jacrev, vmap
+
+    deter_dim, latent_dim = _latent_dims(model)
+    a = model.action_dim
+    if latent_dim != deter_dim:
+        raise ValueError("peers.mpc_pytorch: the model must be deterministic (an empty stochastic part)")
+    if tuple(cost_C.shape) != (deter_dim + a,) * 2 or tuple(cost_c.shape) != (deter_dim + a,):
+        raise ValueError(f"peers.mpc_pytorch: cost_C must be [{deter_dim + a}, {deter_dim + a}] and cost_c "
+                         f"[{deter_dim + a}]; got {tuple(cost_C.shape)}, {tuple(cost_c.shape)}")
+    step = _LatentStep(model, deter_dim)
+
+    class Dynamics(nn.Module):
+        def forward(self, x: Tensor, u: Tensor) -> Tensor:
+            return step.transition(x, u)
+
+        def grad_input(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:  # [N, n, n], [N, n, A]
+            one = lambda xi, ui: step.transition(xi[None], ui[None])[0]  # noqa: E731
+            return vmap(jacrev(one, argnums=(0, 1)))(x, u)
+
+    methods = {"autograd": mpc_module.GradMethods.AUTO_DIFF, "func": mpc_module.GradMethods.ANALYTIC}
+    if jacobians not in methods:
+        raise ValueError(f"peers.mpc_pytorch: jacobians must be 'autograd' or 'func'; got {jacobians!r}")
+    dynamics = Dynamics()
+    low, high = model.action_low, model.action_high
+
+    def solve(state: LatentState) -> Tensor:
+        b, x0 = state.batch, state.features()
+        t = horizon + 1
+        bounds = [bound.to(x0).expand(t, b, a).contiguous() for bound in (low, high)]
+        solver = mpc_module.MPC(
+            deter_dim, a, t, u_lower=bounds[0], u_upper=bounds[1], lqr_iter=iterations, eps=eps,
+            grad_method=methods[jacobians], n_batch=b, linesearch_decay=linesearch_decay,
+            max_linesearch_iter=max_linesearch_iter, exit_unconverged=False, detach_unconverged=False,
+            backprop=False, verbose=-1,
+        )
+        cost = mpc_module.QuadCost(cost_C.to(x0).expand(t, b, -1, -1), cost_c.to(x0).expand(t, b, -1))
+        _, u, _ = solver(x0, cost, dynamics)
+        return u[:horizon].transpose(0, 1).detach()  # [T, B, A] -> [B, H, A]
+
+    return solve, f"mpc {_dist_version('mpc') or '(unknown version)'}"
 
 
 def mppi_update_agreement(

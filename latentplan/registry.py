@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from latentplan.planners.ascent import AscentConfig
+from latentplan.planners.ascent import VJP_EVALS, AscentConfig
 from latentplan.planners.base import Planner
 from latentplan.planners.cem import CEM, CEMConfig
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
@@ -283,7 +283,8 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool) -> PlannerFactory
 def gradient_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
     """Registry factory of `GradientPlanner` (R = 10 restarts, Adam, tanh squashing, warm start).
 
-    Evaluation budget: iterations = evals // (H R) - 1 (the planner spends H R (iterations + 1)).
+    Evaluation budget: iterations = (evals // (H R) - 1) // (1 + VJP_EVALS) (the planner spends
+    H R (iterations (1 + VJP_EVALS) + 1), a backward pass counted as VJP_EVALS = 2 forward passes).
     Time budget: 100,000 iterations, stopped by the deadline.
     """
     base = {"horizon": horizon, "iterations": 50, "restarts": 10, **overrides}
@@ -291,10 +292,11 @@ def gradient_factory(model: Any, budget: Budget, horizon: int, overrides: dict) 
         if "iterations" in overrides:
             raise ValueError("iterations is set by the evaluation budget; override restarts instead")
         per = base["horizon"] * base["restarts"]
-        iters = int(budget.evals) // per - 1
+        iters = (int(budget.evals) // per - 1) // (1 + VJP_EVALS)
         if iters < 1:
             raise ValueError(f"a budget of {budget.evals} model evaluations is too small for the gradient "
-                             f"planner with H={base['horizon']}, R={base['restarts']} (needs at least {2 * per})")
+                             f"planner with H={base['horizon']}, R={base['restarts']} "
+                             f"(needs at least {(2 + VJP_EVALS) * per})")
         base["iterations"] = iters
     elif budget.ms is not None and "iterations" not in overrides:
         base["iterations"] = _ANYTIME_ITERATIONS
@@ -305,7 +307,7 @@ def gradient_factory(model: Any, budget: Budget, horizon: int, overrides: dict) 
 def ilqr_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
     """Registry factory of `ILQR` (L = 8 line-search steps, warm start from the shifted plan).
 
-    Evaluation budget: iterations = (evals / H - 1) // (1 + F + L), F the model's
+    Evaluation budget: iterations = (evals / H - 1) // (1 + VJP_EVALS F + L), F the model's
     `feature_size` (`ILQRConfig.model_evals`), with `tolerance = 0` so that every iteration runs
     and the spent evaluations equal the expected ones. Time budget: 100,000 iterations, stopped by
     the deadline. Default: 10 iterations.

@@ -29,6 +29,11 @@ from .objective import Objective, rank_returns
 __all__ = ["Ascent", "AscentConfig", "ascend", "optimizer_class", "require_differentiable"]
 
 _EXCLUDED_OPTIMIZERS = frozenset({"lbfgs", "sparseadam"})
+VJP_EVALS = 2
+"""The weight of one vector-Jacobian product (a backward pass) through the model, in forward
+transitions, in every planner's `model_evals`: a backward pass costs about two forward passes (the
+customary estimate; measured by `benchmarks/backward_cost.py`, docs/planners.md)."""
+
 _TANH_EDGE = 1e-4
 
 
@@ -148,7 +153,8 @@ class Ascent:
         actions: `[N, H, A]` the best sequence seen per row.
         returns: `[N]` its return (non-finite returns rank as `-inf`).
         steps: optimizer steps taken.
-        model_evals: imagined transitions in forward passes, `N * H * (steps + 1)`.
+        model_evals: imagined transitions, the backward passes included: `N * H * (steps * (1 +
+            VJP_EVALS) + 1)` (every step a forward and a backward pass, then a last forward pass).
         nonfinite: non-finite returns seen, 0-dim long.
         nonfinite_grads: (row, step) pairs whose gradient was non-finite and dropped, 0-dim long.
         grad_first: mean over rows of |dJ/da_0| at the first step, 0-dim.
@@ -165,6 +171,13 @@ class Ascent:
     grad_first: Tensor
     grad_last: Tensor
     grad_end: Tensor
+
+
+def ascent_evals(rows: int, horizon: int, steps: int) -> int:
+    """Model evaluations of `steps` gradient steps on `rows` sequences of `horizon` steps, then one
+    last evaluation: `rows * horizon * (steps * (1 + VJP_EVALS) + 1)` (a backward pass is counted
+    as `VJP_EVALS` forward transitions)."""
+    return rows * horizon * (steps * (1 + VJP_EVALS) + 1)
 
 
 def project(actions: Tensor, low: Tensor, high: Tensor) -> Tensor:
@@ -298,5 +311,5 @@ def ascend(
         best_ret = torch.where(better, ranked, best_ret)
         best_act = torch.where(better[:, None, None], final, best_act)
     return Ascent(
-        best_act, best_ret, done, n * h * (done + 1), nonfinite, bad_grads, grad_first, grad_last, grad_end
+        best_act, best_ret, done, ascent_evals(n, h, done), nonfinite, bad_grads, grad_first, grad_last, grad_end
     )

@@ -17,7 +17,7 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState
 
 from .validate import check_choice, check_int, check_min, check_positive, check_range
-from .ascent import AscentConfig, ascend, require_differentiable
+from .ascent import AscentConfig, ascend, ascent_evals, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
 from .objective import Objective, rank_returns
@@ -234,13 +234,14 @@ class CEMConfig:
     @property
     def model_evals(self) -> int:
         """Imagined transitions (forward) per decision and environment when all iterations run:
-        sum_i H * rows(i), plus H * K * (gradient.iterations + 1) per iteration for CEM+GD.
+        sum_i H * rows(i), plus `ascent_evals(K, H, gradient.iterations)` per iteration for CEM+GD
+        (its backward passes counted as `VJP_EVALS` forward transitions each).
         PlaNet's settings give H * I * J. With a proposal policy, rolling it out adds
         (H - 1) * `policy_candidates` (the policy's candidates replace Gaussian ones, so the
         rows stay the same)."""
         total = sum(self.horizon * self.rows(i) for i in range(self.iterations))
         if self.gradient is not None:
-            total += self.iterations * self.horizon * self.elites * (self.gradient.iterations + 1)
+            total += self.iterations * ascent_evals(self.elites, self.horizon, self.gradient.iterations)
         return total
 
 
@@ -277,7 +278,8 @@ class CEM:
     `value [B]` (top-K: the mean imagined return of the final elites; softmax refit: the weighted mean
     return of the final candidates; `return_best`: the best return) and `info` keys
     `iterations`, `model_evals` (imagined transitions in forward passes, summed over the
-    iterations run: B * rows * H each, plus the gradient refinement's and the proposal's rollout,
+    iterations run: B * rows * H each, plus the gradient refinement's (its backward passes counted
+    as `VJP_EVALS` forward transitions each) and the proposal's rollout,
     B * (H - 1) * `policy_candidates`), `nonfinite` (NaN/inf
     returns seen) and `plan_ms`. Anytime: `deadline` is checked after every iteration (at least
     one always runs).

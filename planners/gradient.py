@@ -11,12 +11,11 @@ from the planner's `generator`, so the gradient is that of one sampled rollout p
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -24,7 +23,7 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState
 
 from .validate import check_choice, check_int, check_positive
-from .ascent import Ascent, AscentConfig, ascend, optimizer_class, project, require_differentiable
+from .ascent import Ascent, AscentConfig, ascend, ascent_evals, optimizer_class, project, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
 from .objective import Objective
@@ -34,35 +33,6 @@ __all__ = ["GradientConfig", "GradientPlanner", "require_differentiable"]
 
 _VANISHING = 1e-8
 _EXPLODING = 1e6
-
-
-class _PriorMeanModel:
-    """A view of a world model that imagines with the prior means (`sample=False`)."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def imagine_step(
-        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
-    ) -> LatentState:
-        return self._model.imagine_step(state, action, generator=generator, sample=False)
-
-    def rollout(
-        self, state: LatentState, actions: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
-    ) -> tuple[LatentState, LatentState]:
-        return self._model.rollout(state, actions, generator=generator, sample=False)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-
-def _mean_objective(objective: Objective, state: LatentState) -> Objective:
-    """The objective rolled out with prior means, for `GradientConfig.use_mean`."""
-    if state.stoch.shape[1] == 0:  # no stochastic part: samples are the means already
-        return objective
-    view = copy.copy(objective)
-    view.model = _PriorMeanModel(objective.model)
-    return view
 
 
 @dataclass(frozen=True)
@@ -136,8 +106,10 @@ class GradientConfig:
 
     @property
     def model_evals(self) -> int:
-        """Imagined transitions (forward) per decision and environment: H * R * (iterations + 1)."""
-        return self.horizon * self.restarts * (self.iterations + 1)
+        """Model evaluations per decision and environment, backward passes included:
+        `H * R * (iterations * (1 + VJP_EVALS) + 1)` (`planners.ascent.ascent_evals`; a backward pass
+        through the model counts as `VJP_EVALS` = 2 forward transitions)."""
+        return ascent_evals(self.restarts, self.horizon, self.iterations)
 
 
 class GradientPlanner:
@@ -162,8 +134,9 @@ class GradientPlanner:
     `actions [B, H, A]`, `value [B]` (the objective's estimate of that sequence's return,
     `-inf` if no finite return was seen) and `info` keys:
 
-    - `iterations`: optimizer steps run; `model_evals`: imagined transitions in forward passes,
-      `B * R * H * (iterations + 1)` (each step also runs one backward pass), plus
+    - `iterations`: optimizer steps run; `model_evals`: imagined transitions with the backward
+      passes weighted as `VJP_EVALS` = 2 forward transitions each,
+      `B * R * H * (iterations * (1 + VJP_EVALS) + 1)`, plus
       `B * (H - 1)` for the proposal's rollout with `init="policy"`;
     - `nonfinite`: NaN/inf returns seen (ranked as -inf, never chosen over a finite one);
       `nonfinite_grads`: (sequence, step) pairs whose gradient was NaN/inf and was dropped;
@@ -224,7 +197,7 @@ class GradientPlanner:
         mode = resolve_compile(c.compile, dev, planner="GradientPlanner", not_capturable=self._cache.failed)
         original = objective
         if c.use_mean:
-            objective = _mean_objective(objective, state)
+            objective = objective.with_prior_means(state)
         # a plain copy cut from any graph (and usable outside inference mode)
         state = LatentState(state.deter.detach().clone(), state.stoch.detach().clone())
 
@@ -287,7 +260,7 @@ class GradientPlanner:
 
         def build_search(obj: Objective, counts: dict[str, int]):
             if c.use_mean:
-                obj = _mean_objective(obj, state)
+                obj = obj.with_prior_means(state)
             low = obj.model.action_low.to(state.device).clone()
             high = obj.model.action_high.to(state.device).clone()
 
@@ -311,6 +284,6 @@ class GradientPlanner:
                             planner="GradientPlanner", atol=1e-3)
         n, h = init.shape[:2]
         return Ascent(
-            o["actions"], o["returns"], c.iterations, n * h * (c.iterations + 1), o["nonfinite"],
+            o["actions"], o["returns"], c.iterations, ascent_evals(n, h, c.iterations), o["nonfinite"],
             o["nonfinite_grads"], o["grad_first"], o["grad_last"], o["grad_end"],
         )

@@ -15,11 +15,14 @@ The belief is treated as the vector `x = state.features()` (`[N, F]`, F = D + S)
 model (the RSSM) the planner optimises over the deterministic path with the stochastic part at its
 prior mean, i.e. `imagine_step(..., sample=False)`; `Plan.value` is the objective's return along
 that path.
+
+Why this module is over 500 lines: the forward solver (`ILQR`), its box QP (`box_qp`) and the
+implicit backward pass (`lqr_solve`, `_ImplicitStep`) share one set of derivative conventions
+(`f_x, f_u, l_z, l_zz` on `z = (x_{t+1}, u_t)`); split, each would restate them.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -31,9 +34,8 @@ from torch.func import grad, jacrev
 
 from latentplan.worldmodels.state import LatentState
 
-from .ascent import require_differentiable
+from .ascent import VJP_EVALS, require_differentiable
 from .base import Plan, callable_name
-from .gradient import _PriorMeanModel
 from .objective import Objective
 from .validate import check_choice, check_int, check_min, check_positive, check_range
 
@@ -103,8 +105,8 @@ class ILQRConfig:
 
     def model_evals(self, feature_size: int) -> int:
         """Model evaluations per decision and environment when all `iterations` run:
-        `H * (1 + iterations * (1 + F + L))` for beliefs of F features (see `ILQR`)."""
-        return self.horizon * (1 + self.iterations * (1 + int(feature_size) + self.line_search))
+        `H * (1 + iterations * (1 + VJP_EVALS * F + L))` for beliefs of F features (see `ILQR`)."""
+        return self.horizon * (1 + self.iterations * (1 + VJP_EVALS * int(feature_size) + self.line_search))
 
 
 def box_qp(hessian: Tensor, gradient: Tensor, low: Tensor, high: Tensor, *, iterations: int = 30,
@@ -114,7 +116,8 @@ def box_qp(hessian: Tensor, gradient: Tensor, low: Tensor, high: Tensor, *, iter
     The method of Tassa, Mansard & Todorov 2014 (Alg. 1, after Bertsekas 1982): at each
     iteration the dimensions at a bound whose gradient pushes outwards are clamped, a Newton step
     is taken on the free ones, and the step is shortened along the projected path (Armijo) until
-    the objective decreases enough.
+    the objective decreases enough. Without `start`, when the unconstrained minimiser `-H^{-1} g`
+    lies inside the box for every row it is returned at once (all dimensions free).
 
     Args:
         hessian: `[N, A, A]` symmetric positive definite H.
@@ -131,6 +134,12 @@ def box_qp(hessian: Tensor, gradient: Tensor, low: Tensor, high: Tensor, *, iter
     Raises:
         torch.linalg.LinAlgError: if H is not positive definite (callers check first).
     """
+    if start is None:  # fast path: the unconstrained minimiser, when it lies in the box for every row
+        chol, info = torch.linalg.cholesky_ex(hessian)
+        if not bool(info.any()):
+            x = -torch.cholesky_solve(gradient.unsqueeze(-1), chol).squeeze(-1)
+            if bool(((x >= low) & (x <= high)).all()):
+                return x, torch.ones_like(x, dtype=torch.bool), chol
     x = torch.zeros_like(gradient) if start is None else start
     x = torch.minimum(torch.maximum(x, low), high)
     steps = 0.5 ** torch.arange(12, dtype=x.dtype, device=x.device)  # [S] projected line search
@@ -270,9 +279,9 @@ class ILQR:
     state); the dtype and device follow `state`.
 
     Model evaluations (`Plan.info["model_evals"]`, all environments): the first rollout, B*H
-    transitions; per iteration, the linearisation counts `(1 + F)` transitions per row and step
-    (one forward pass plus one vector-Jacobian product per output feature, each about the cost
-    of a forward pass: a Jacobian with F outputs by reverse mode is counted as F evaluations),
+    transitions; per iteration, the linearisation counts `(1 + VJP_EVALS * F)` transitions per row
+    and step (one forward pass plus one vector-Jacobian product per output feature, each counted
+    as `VJP_EVALS` = 2 forward passes, as every gradient planner counts a backward pass),
     and the line search B*L*H transitions. Derivatives of the reward terms and of the value are
     not transitions and are not counted. `ILQRConfig.model_evals(F)` is the total per
     environment when every iteration runs.
@@ -347,9 +356,8 @@ class ILQR:
         dtype, dev = state.deter.dtype, state.device
         d = state.deter.shape[1]
         model = objective.model
-        if state.stoch.shape[1] > 0:
-            objective = copy.copy(objective)
-            objective.model = model = _PriorMeanModel(model)
+        objective = objective.with_prior_means(state)
+        model = objective.model
         low = model.action_low.to(dev, dtype).expand(b, h, a)
         high = model.action_high.to(dev, dtype).expand(b, h, a)
         unroll = differentiate and c.differentiable == "unroll"
@@ -366,7 +374,7 @@ class ILQR:
 
         def reward(z: Tensor, w: Tensor) -> Tensor:  # z = [x_{t+1}, u_t] rows [M, F + A] -> [M]
             f = z.shape[1] - a
-            return objective._reward(split(z[:, :f]), z[:, f:]) * w
+            return objective.stage_reward(split(z[:, :f]), z[:, f:]) * w
 
         def terminal(x: Tensor) -> Tensor:  # [B, F] -> [B]
             return objective.bootstrap(split(x)) * objective.discount**h
@@ -436,7 +444,7 @@ class ILQR:
                 iterations += 1
                 # 1. linearise the dynamics and quadratise the reward, all B * H rows at once
                 derivs, vx, vxx = linearise(x_bar, u_bar)
-                evals += b * h * (1 + f_dim)
+                evals += b * h * (1 + VJP_EVALS * f_dim)
                 # 2. backward pass, repeated with more damping where Q_uu + mu I is not positive definite
                 while True:
                     k, gain, ok = self._backward(derivs, vx, vxx, mu, u_bar, low, high)

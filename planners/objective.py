@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, Callable, Mapping, Sequence
 
@@ -13,12 +14,43 @@ from latentplan.worldmodels.state import LatentState, WorldModel
 from .base import callable_name
 from .rewards import BoundReward, Reward, RewardContext, check_reward_output, learned_reward
 
-__all__ = ["Objective", "RewardTerm", "rank_returns"]
+__all__ = ["Objective", "PriorMeanModel", "RewardTerm", "rank_returns"]
 
 RewardTerm = Callable[[LatentState, Tensor], Tensor]
 """The internal reward-term signature: `(next_state [N], action [N, A]) -> reward [N]` (the reward
 of taking `action` and arriving in `next_state`). `Objective.rewards` holds such callables: the
 `BoundReward` of every `Reward` it was given, and plain callables as they were given."""
+
+
+class PriorMeanModel:
+    """A view of a world model that imagines with the prior means: `imagine_step` and `rollout`
+    always pass `sample=False`; every other attribute is the wrapped model's.
+
+    Used through `Objective.with_prior_means()` by the planners that optimise a deterministic
+    path through a stochastic model (`GradientConfig(use_mean=True)`, `ILQR`). On a model without a
+    stochastic part it changes nothing.
+
+    Args:
+        model: any `WorldModel` whose `imagine_step` / `rollout` take `sample=`.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def imagine_step(
+        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
+    ) -> LatentState:
+        """The wrapped model's prior step with `sample=False` (`sample` is ignored)."""
+        return self._model.imagine_step(state, action, generator=generator, sample=False)
+
+    def rollout(
+        self, state: LatentState, actions: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
+    ) -> tuple[LatentState, LatentState]:
+        """The wrapped model's rollout with `sample=False` (`sample` is ignored)."""
+        return self._model.rollout(state, actions, generator=generator, sample=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 def _takes_positional(fn: Callable, count: int) -> bool:
@@ -229,9 +261,25 @@ class Objective:
         """A, the model's action dimension."""
         return self.model.action_dim
 
-    def _reward(self, next_state: LatentState, action: Tensor, prev_state: LatentState | None = None) -> Tensor:
-        """`[N]` sum of the reward terms for `prev_state [N]` --`action [N, A]`--> `next_state [N]`
-        (`prev_state` is read by transition terms only; they raise without it)."""
+    def with_prior_means(self, state: LatentState | None = None) -> "Objective":
+        """This objective with its model imagining at the prior means (`PriorMeanModel`): a shallow
+        copy, the reward terms, context and value shared. Returns `self` when `state` is given and
+        has no stochastic part (`state.stoch` is `[N, 0]`: the samples are the means already)."""
+        if state is not None and state.stoch.shape[1] == 0:
+            return self
+        view = copy.copy(self)
+        view.model = PriorMeanModel(self.model)
+        return view
+
+    def stage_reward(self, next_state: LatentState, action: Tensor, prev_state: LatentState | None = None) -> Tensor:
+        """`[N]` the undiscounted stage reward: the sum of the reward terms for
+        `prev_state [N]` --`action [N, A]`--> `next_state [N]` (`prev_state` is read by transition
+        terms only; they raise without it). `returns` discounts and sums these over the horizon;
+        `ILQR` differentiates them twice (`torch.func`).
+
+        Raises:
+            TypeError / ValueError: a term's output is not a floating `[N]` tensor (naming it).
+        """
         total = None
         n = action.shape[0]
         for term in self.rewards:
@@ -247,7 +295,7 @@ class Objective:
     ) -> tuple[LatentState, Tensor]:
         """One imagined transition: `state [N]`, `action [N, A]` -> (next state, reward `[N]`)."""
         nxt = self.model.imagine_step(state, action, generator=generator)
-        return nxt, self._reward(nxt, action, state)
+        return nxt, self.stage_reward(nxt, action, state)
 
     def bootstrap(self, state: LatentState) -> Tensor:
         """`[N]` the horizon part V(state) + T(state) (`value` and `terminal`, each if given), or
@@ -309,7 +357,7 @@ class Objective:
                     torch.cat([s[:, None], v.reshape(n, h, -1)[:, :-1]], dim=1).reshape(n * h, -1)
                     for s, v in ((start.deter, visited.deter), (start.stoch, visited.stoch))
                 ))
-            r = self._reward(visited, actions.reshape(n * h, -1), prev).reshape(n, h)
+            r = self.stage_reward(visited, actions.reshape(n * h, -1), prev).reshape(n, h)
             weights = self.discount ** torch.arange(h, device=actions.device, dtype=r.dtype)
             total = (r * weights).sum(dim=1)
             scale = self.discount**h

@@ -32,3 +32,24 @@ def test_learn_cost_recovers_q_and_r_up_to_scale():
     print(f"learned {out['weights']}, true {out['true']}, max relative error {out['max_rel_error']:.2%}")
     assert out["max_rel_error"] <= 0.05, out  # the target; measured 0.25 %
     assert out["action_mse"] <= 1e-5  # measured 4e-7 (from 0.59 at Q = R = I)
+
+
+def test_the_cartpole_experts_rest_point_is_its_hidden_target():
+    # at the target, upright and at rest, the expert's optimal plan is to do nothing (return H: cos th = 1
+    # and no penalty every step); from either side its first action pushes the cart towards the target
+    ex = _example()
+    model = ex.lp.AnalyticModel.cartpole(dtype=torch.float64)
+    objective = ex.cartpole_objective(model, torch.tensor(0.3, dtype=torch.float64))
+    x = torch.tensor([[0.3, 0, 1, 0, 0], [-0.2, 0, 1, 0, 0], [0.8, 0, 1, 0, 0]], dtype=torch.float64)
+    plan = ex.lp.ILQR(horizon=10, iterations=50, tolerance=1e-10).plan(objective, model.from_observation(x))
+    assert plan.actions[0].abs().max().item() <= 1e-12
+    assert abs(plan.value[0].item() - 10.0) <= 1e-12
+    assert plan.actions[1, 0, 0].item() > 0 > plan.actions[2, 0, 0].item()  # -0.2 m: push right; 0.8 m: left
+
+
+def test_learn_cartpole_target_recovers_the_hidden_target():
+    # tiny version of the example's default (16 starts, H = 10): 4 starts, H = 6, at most 6 plans
+    out = _example().learn_cartpole_target(steps=6, batch=4, horizon=6, verbose=False)
+    print(out)
+    assert out["error"] <= 0.05  # the target; measured 2e-6 m
+    assert out["action_mse"] <= 1e-3 * out["start_mse"]  # measured 2e-10 from 2.4

@@ -172,7 +172,8 @@ def test_the_softmax_refit_option_reaches_lq_optimum_within_one_percent():
 def test_gradient_planner_reaches_lq_optimum_within_one_percent(squash, steps, lr, excess_max):
     """Exact answer: cost <= 1.01 x0'(P - Q)x0 by Adam through the model (tanh squash, 100 steps:
     <= 1.0001 x0'(P - Q)x0 and the first action within 0.05 of the LQR feedback -K x0; clip, 60
-    steps at twice the rate: <= 1.01); model_evals = B * R * H * (steps + 1)."""
+    steps at twice the rate: <= 1.01); model_evals = B * R * H * (3 steps + 1): every step a forward
+    and a backward pass, the backward counted as VJP_EVALS = 2 forward passes."""
     mats, model, state, obj = _lq_setup()
     planner = GradientPlanner(GradientConfig(horizon=12, iterations=steps, restarts=4, lr=lr, squash=squash))
     plan = planner.plan(obj, state, generator=_gen(0))
@@ -183,7 +184,7 @@ def test_gradient_planner_reaches_lq_optimum_within_one_percent(squash, steps, l
         K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
         np.testing.assert_allclose(plan.first_action.numpy(), -(X0S @ K.T), atol=0.05)
     info = plan.info
-    assert info["iterations"] == steps and info["model_evals"] == 3 * 4 * 12 * (steps + 1)
+    assert info["iterations"] == steps and info["model_evals"] == 3 * 4 * 12 * (3 * steps + 1)
     assert info["nonfinite"] == 0 and info["nonfinite_grads"] == 0
     assert not info["vanishing"] and not info["exploding"]
     assert info["grad_norm_first"] > info["grad_norm_last"] > 0
@@ -200,7 +201,7 @@ def test_cem_gd_hybrid_reaches_lq_optimum_where_plain_cem_with_its_samples_does_
     plain = CEM(CEMConfig(**small)).plan(obj, state, generator=_gen(0))
     assert max(_excess(mats, hybrid)) < 0.01, _excess(mats, hybrid)
     assert max(_excess(mats, plain)) > 0.01
-    assert hybrid.info["model_evals"] == 4 * 3 * 12 * (100 + 10 * 11)
+    assert hybrid.info["model_evals"] == 4 * 3 * 12 * (100 + 10 * (10 * 3 + 1))  # a backward pass counts 2
 
 
 # --------------------------------------------------------------------------- behaviours
@@ -391,8 +392,8 @@ def test_gradient_planner_never_prefers_a_nan_sequence():
 
 def test_deadline_in_the_past_runs_exactly_one_iteration_or_step():
     """Exact: a deadline already passed gives iterations == 1 and the model_evals of exactly one
-    iteration (iCEM: B * H * rows_0; CEM+GD: plus B * H * K * (steps + 1)); GradientPlanner takes
-    one step, B * R * H * 2 transitions."""
+    iteration (iCEM: B * H * rows_0; CEM+GD: plus B * H * K * (3 steps + 1), a backward pass counted as
+    2 forward passes); GradientPlanner takes one step, B * R * H * (3 + 1) transitions."""
     _, model, state, obj = _lq_setup()
     past = time.perf_counter() - 1.0
     icem = CEMConfig(horizon=12, iterations=5, candidates=100, elites=10, noise_beta=2.0, keep_elites=0.3,
@@ -402,10 +403,10 @@ def test_deadline_in_the_past_runs_exactly_one_iteration_or_step():
     gd = CEMConfig(horizon=12, iterations=5, candidates=100, elites=10, gradient=AscentConfig(iterations=3, lr=0.05),
                    refit="mppi")
     plan = CEM(gd).plan(obj, state, generator=_gen(0), deadline=past)
-    assert plan.info["iterations"] == 1 and plan.info["model_evals"] == 3 * 12 * (100 + 10 * 4)
+    assert plan.info["iterations"] == 1 and plan.info["model_evals"] == 3 * 12 * (100 + 10 * (3 * 3 + 1))
     plan = GradientPlanner(GradientConfig(horizon=12, iterations=50, restarts=2)).plan(
         obj, state, generator=_gen(0), deadline=past)
-    assert plan.info["iterations"] == 1 and plan.info["model_evals"] == 3 * 2 * 12 * 2
+    assert plan.info["iterations"] == 1 and plan.info["model_evals"] == 3 * 2 * 12 * (3 + 1)
 
 
 def test_warm_start_with_include_mean_and_return_best_is_never_worse():
@@ -447,7 +448,7 @@ def test_bad_options_raise_naming_the_field():
     assert cfg.gradient == AscentConfig(iterations=4, lr=0.02)
     assert dataclasses.replace(cfg, gradient=dataclasses.replace(cfg.gradient, lr=0.5)).gradient.lr == 0.5
     assert dataclasses.replace(cfg, gradient=None).model_evals == CEMConfig().model_evals
-    assert cfg.model_evals == CEMConfig().model_evals + 10 * 12 * 100 * 5
+    assert cfg.model_evals == CEMConfig().model_evals + 10 * 12 * 100 * (4 * 3 + 1)  # a backward pass counts 2
     for kwargs, field in [
         (dict(optimizer="nope"), "AscentConfig.optimizer"), (dict(squash="sigmoid"), "AscentConfig.squash"),
         (dict(grad_clip=-1.0), r"AscentConfig\.grad_clip must be a positive number or None; got -1.0"),

@@ -189,7 +189,7 @@ def test_decoded_terms_on_an_rssm_read_the_decoder_and_pass_check_reward():
         calls = []
         hook = m.decoder.register_forward_hook(lambda *a: calls.append(1))
         obj = Objective(m, rewards=[upright, 2 * upright + learned_reward()], context={"target_x": 0.5})
-        total = obj._reward(state, action)
+        total = obj.stage_reward(state, action)
         hook.remove()
         torch.testing.assert_close(total, 3 * r + m.reward(state))
         assert len(calls) == 1
@@ -400,10 +400,10 @@ def test_caches_follow_in_place_updates_of_context_and_state():
     target = torch.tensor([1.0, 2.0])
     obj = Objective(m, rewards=[plus_target, xcoord], context={"t": target}, batch=2)
     state = m.from_observation(torch.zeros(2, 2))
-    assert obj._reward(state, torch.zeros(2, 2)).tolist() == [1.0, 2.0]
+    assert obj.stage_reward(state, torch.zeros(2, 2)).tolist() == [1.0, 2.0]
     target.add_(10)  # a context tensor updated in place between calls
     state.deter[:, 0] = 1.0  # and the same state object modified in place
-    assert obj._reward(state, torch.zeros(2, 2)).tolist() == [13.0, 14.0]
+    assert obj.stage_reward(state, torch.zeros(2, 2)).tolist() == [13.0, 14.0]
 
 
 # --------------------------------------------------------------------------- issue 14, item 4

@@ -103,6 +103,72 @@ class AnalyticModel(nn.Module, WorldModelBase):
         model.register_buffer("Q", Q)
         return model
 
+    @classmethod
+    def pendulum(cls, *, max_torque: float = 2.0, dt: float = 0.05, gravity: float = 10.0, mass: float = 1.0,
+                 length: float = 1.0, dtype: torch.dtype = torch.float32) -> "AnalyticModel":
+        """The torque-limited pendulum of the swing-up benchmarks, state x = (cos th, sin th, th_dot).
+
+        Semi-implicit Euler on `th_ddot = 3 g / (2 l) sin th + 3 u / (m l^2)` (th = 0 upright),
+        as in OpenAI Gym's Pendulum-v0 and the pendulum of mpc.pytorch (Amos et al. 2018):
+        `th_dot' = th_dot + dt th_ddot`, `th' = th + dt th_dot'`, with `th = atan2(sin, cos)`.
+
+        Args:
+            max_torque: the action bound, `u in [-max_torque, max_torque]` (N m).
+            dt: the step in s; gravity (m/s^2), mass (kg), length (m): the physical constants.
+            dtype: the model's dtype.
+
+        Returns:
+            An `AnalyticModel` with n = 3, A = 1, reward `-(1 - cos th) - 0.1 th_dot^2` of the
+            arrival state, and names `cos`, `sin`, `velocity`.
+        """
+
+        def step(x: Tensor, u: Tensor) -> Tensor:
+            th = torch.atan2(x[:, 1], x[:, 0])
+            vel = x[:, 2] + dt * (1.5 * gravity / length * x[:, 1] + 3.0 * u[:, 0] / (mass * length**2))
+            th = th + dt * vel
+            return torch.stack([th.cos(), th.sin(), vel], 1)
+
+        bound = torch.full((1,), float(max_torque), dtype=dtype)
+        return cls(step, lambda x: -(1.0 - x[:, 0]) - 0.1 * x[:, 2] ** 2, 3, -bound, bound,
+                   names={"cos": slice(0, 1), "sin": slice(1, 2), "velocity": slice(2, 3)})
+
+    @classmethod
+    def cartpole(cls, *, max_force: float = 10.0, dt: float = 0.05, gravity: float = 9.8, cart_mass: float = 1.0,
+                 pole_mass: float = 0.1, half_length: float = 0.5, dtype: torch.dtype = torch.float32) -> "AnalyticModel":
+        """The cart-pole of Barto, Sutton & Anderson 1983 (the equations of Florian 2007, as in
+        OpenAI Gym's CartPole and mpc.pytorch), state x = (cart x, cart x_dot, cos th, sin th, th_dot),
+        th = 0 upright, explicit Euler with step `dt`.
+
+        `th_ddot = (g sin th - cos th c) / (l (4/3 - m_p cos^2 th / M))` and
+        `x_ddot = c - m_p l th_ddot cos th / M`, with `c = (u + m_p l th_dot^2 sin th) / M`,
+        `M = m_c + m_p`, l the half-length of the pole.
+
+        Args:
+            max_force: the action bound, `u in [-max_force, max_force]` (N).
+            dt: the step in s; the other arguments are the physical constants (m/s^2, kg, m).
+            dtype: the model's dtype.
+
+        Returns:
+            An `AnalyticModel` with n = 5, A = 1, reward `cos th - 0.1 x^2` of the arrival state
+            (balance near the centre), and names `cart_x`, `cart_v`, `pole_cos`, `pole_sin`,
+            `pole_w`.
+        """
+        total = cart_mass + pole_mass
+        ml = pole_mass * half_length
+
+        def step(s: Tensor, u: Tensor) -> Tensor:
+            x, v, cos, sin, w = s.unbind(1)
+            th = torch.atan2(sin, cos)
+            c = (u[:, 0] + ml * w**2 * sin) / total
+            th_acc = (gravity * sin - cos * c) / (half_length * (4.0 / 3.0 - pole_mass * cos**2 / total))
+            x_acc = c - ml * th_acc * cos / total
+            th = th + dt * w
+            return torch.stack([x + dt * v, v + dt * x_acc, th.cos(), th.sin(), w + dt * th_acc], 1)
+
+        bound = torch.full((1,), float(max_force), dtype=dtype)
+        names = {k: slice(i, i + 1) for i, k in enumerate(("cart_x", "cart_v", "pole_cos", "pole_sin", "pole_w"))}
+        return cls(step, lambda s: s[:, 2] - 0.1 * s[:, 0] ** 2, 5, -bound, bound, names=names)
+
     @staticmethod
     def quadratic_action_cost(R) -> Callable[[LatentState, Tensor], Tensor]:
         """A reward term `(next_state, u [N, A]) -> -u^T R u [N]` for `Objective(rewards=[...])`."""
