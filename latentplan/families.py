@@ -179,7 +179,7 @@ def distill_gain(problem: LQProblem, teacher: Planner, *, states: int = 128, ste
     The teacher plans for `states` beliefs at once (`LQProblem.label_states(states, seed)`), and its
     first actions are the labels (`Distiller.add_plan`, target `"action"`); a linear student (`PolicyConfig(layers=0)`,
     loss `"mse"`, Adam at `lr`, `steps` steps of 256 labels) is fitted to them. The student's box
-    is [-bound, bound], wider than the model's [-1, 1], so that its tanh is linear to 0.1 % over
+    is [-bound, bound], wider than the model's [-1, 1], so that its tanh is linear to 0.12 % over
     the labels (|u| <= 0.6); its gain is the least-squares fit u = -K x of its deterministic
     actions on fresh states (`label_states(states, seed + 1)`). A converged teacher labels
     u = -K_0(H) x exactly (`LQProblem.gains`), so the reference is K_0(H), not the DARE gain.
