@@ -19,15 +19,17 @@ plan against the optimum (`LQProblem.excess`, `TrapProblem.first_action_ok`).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from latentplan.planners import Objective
+from latentplan.planners import Objective, Planner
 from latentplan.worldmodels import AnalyticModel
 
-__all__ = ["LQProblem", "TrapProblem", "lq_family", "trap_family"]
+__all__ = ["LQProblem", "TrapProblem", "distill_gain", "gain_error", "least_squares_gain", "lq_family", "lq_gains",
+           "trap_family"]
 
 
 def _spd(rng: np.random.Generator, n: int, cond: float, scale: float = 1.0) -> np.ndarray:
@@ -90,6 +92,39 @@ class LQProblem:
         """The relative excess cost J(u) / J* - 1 of `actions [H, m]` (0 at the optimum)."""
         return self.cost(actions) / self.cost_star - 1.0
 
+    def gains(self) -> np.ndarray:
+        """`[H, m, n]` the finite-horizon Riccati gains K_t(H) of this problem (`lq_gains`): the optimal
+        plan from any x is u_t = -K_t x_t while it stays inside the bounds, so a converged planner's
+        first action is -K_0(H) x."""
+        return lq_gains(self.A, self.B, self.Q, self.R, self.Qf, self.horizon)
+
+    def dare_gain(self) -> np.ndarray:
+        """`[m, n]` the infinite-horizon LQR gain K = (R + B'PB)^{-1} B'PA, P from scipy's discrete
+        algebraic Riccati equation for (A, B, Q, R) (the limit of K_0(H) as H grows; Qf plays no part)."""
+        from scipy.linalg import solve_discrete_are
+
+        p = solve_discrete_are(self.A, self.B, self.Q, self.R)
+        return np.linalg.solve(self.R + self.B.T @ p @ self.B, self.B.T @ p @ self.A)
+
+    def label_states(self, count: int, seed: int = 0, *, u_max: float = 0.6) -> np.ndarray:
+        """`[count, n]` start states for labelling a policy: random directions, each scaled so that
+        the optimal plan from it has max_t |u*_t| = u_max * s, s uniform in [0.2, 1] (every optimal
+        plan inside the bounds |u| <= 1, so the optimal first action is exactly -K_0 x).
+
+        Raises:
+            ValueError: `count` < 1 or `u_max` not in (0, 1].
+        """
+        if count < 1 or not 0.0 < u_max <= 1.0:
+            raise ValueError(f"LQProblem.label_states: need count >= 1 and 0 < u_max <= 1; got {count}, {u_max}")
+        rng = np.random.default_rng(seed)
+        d = rng.normal(size=(count, self.A.shape[0]))
+        x, peak = d, np.zeros(count)
+        for k in self.gains():
+            u = -x @ k.T
+            peak = np.maximum(peak, np.abs(u).max(1))
+            x = x @ self.A.T + u @ self.B.T
+        return d * (u_max * rng.uniform(0.2, 1.0, count) / peak)[:, None]
+
     def build(self, dtype: torch.dtype = torch.float32) -> tuple[AnalyticModel, Objective, object]:
         """`(model, objective, start belief [1])`: rewards -x'Qx (arrival) and -u'Ru, and the value
         -x'(Qf - Q)x at the horizon, so that the objective's return is exactly -J(u); bounds |u| <= 1."""
@@ -102,8 +137,9 @@ class LQProblem:
         return model, objective, model.from_observation(torch.as_tensor(self.x0[None], dtype=dtype))
 
 
-def lq_optimum(A, B, Q, R, Qf, x0, horizon) -> tuple[np.ndarray, float]:
-    """`(u* [H, m], J*)` by the backward Riccati recursion for the cost of `LQProblem`, float64."""
+def lq_gains(A, B, Q, R, Qf, horizon) -> np.ndarray:
+    """`[H, m, n]` the finite-horizon Riccati gains K_t (u_t = -K_t x_t optimal) for the cost of
+    `LQProblem`, by the backward recursion in float64; K_0 is the first action's gain."""
     gains, p = [], Qf
     for t in reversed(range(horizon)):
         s = p if t == horizon - 1 else p + Q
@@ -111,12 +147,77 @@ def lq_optimum(A, B, Q, R, Qf, x0, horizon) -> tuple[np.ndarray, float]:
         gains.append(k)
         p = A.T @ s @ (A - B @ k)
         p = 0.5 * (p + p.T)
-    gains.reverse()
-    x, us = np.asarray(x0, np.float64), []
-    for k in gains:
+    return np.array(gains[::-1])
+
+
+def lq_optimum(A, B, Q, R, Qf, x0, horizon) -> tuple[np.ndarray, float]:
+    """`(u* [H, m], J*)` by the backward Riccati recursion for the cost of `LQProblem`, float64."""
+    x, us, cost = np.asarray(x0, np.float64), [], 0.0
+    for k in lq_gains(A, B, Q, R, Qf, horizon):
         us.append(-k @ x)
         x = A @ x + B @ us[-1]
-    return np.array(us), float(x0 @ p @ x0)
+        cost += x @ Q @ x + us[-1] @ R @ us[-1]
+    return np.array(us), float(cost + x @ (Qf - Q) @ x)
+
+
+def gain_error(gain, reference) -> float:
+    """The relative Frobenius error ||gain - reference||_F / ||reference||_F of two `[m, n]` gains."""
+    gain, reference = np.asarray(gain, np.float64), np.asarray(reference, np.float64)
+    return float(np.linalg.norm(gain - reference) / np.linalg.norm(reference))
+
+
+def least_squares_gain(states, actions) -> np.ndarray:
+    """`[m, n]` the K of the least-squares fit u = -K x of `actions [N, m]` on `states [N, n]`."""
+    x, u = np.asarray(states, np.float64), np.asarray(actions, np.float64)
+    return -np.linalg.lstsq(x, u, rcond=None)[0].T
+
+
+def distill_gain(problem: LQProblem, teacher: Planner, *, states: int = 128, steps: int = 300, seed: int = 0,
+                 lr: float = 0.01, bound: float = 10.0) -> dict:
+    """Distil `teacher` into a linear policy on `problem` and measure the gains against the exact ones.
+
+    The teacher plans for `states` beliefs at once (`LQProblem.label_states(states, seed)`), and its
+    first actions are the labels (`Distiller.add_plan`, target `"action"`); a linear student (`PolicyConfig(layers=0)`,
+    loss `"mse"`, Adam at `lr`, `steps` steps of 256 labels) is fitted to them. The student's box
+    is [-bound, bound], wider than the model's [-1, 1], so that its tanh is linear to 0.12 % over
+    the labels (|u| <= 0.6); its gain is the least-squares fit u = -K x of its deterministic
+    actions on fresh states (`label_states(states, seed + 1)`). A converged teacher labels
+    u = -K_0(H) x exactly (`LQProblem.gains`), so the reference is K_0(H), not the DARE gain.
+
+    Returns:
+        `student`, `teacher` (the least-squares gain of the labels), `finite` (K_0(H)), `dare`, all
+        `[m, n]`; `student_error`, `teacher_error` (each against K_0(H)), `student_vs_dare`,
+        `finite_vs_dare` (relative Frobenius errors, `gain_error`); `model_evals` (the teacher's per
+        label) and `teacher_ms` (per label).
+
+    Source: distillation as in `planners.distill` (DAgger's relabelling, Ross et al. 2011); the
+    exact gains by the Riccati recursion (e.g. Anderson & Moore, "Optimal Control", 1990).
+    """
+    from latentplan.planners.distill import DistillConfig, Distiller
+    from latentplan.planners.policy import PolicyConfig
+
+    model, objective, _ = problem.build()
+    n, m = problem.B.shape
+    x = problem.label_states(states, seed)
+    config = DistillConfig(policy=PolicyConfig(layers=0), loss="mse", lr=lr, batch_size=256, label_batch=states,
+                           init_seed=seed)
+    student = Distiller(config, n, m, [-bound] * m, [bound] * m)
+    g = torch.Generator().manual_seed(seed)
+    beliefs = model.from_observation(torch.as_tensor(x, dtype=torch.float32))
+    start = time.perf_counter()
+    plan = teacher.plan(objective, beliefs, generator=g)
+    teacher_ms = 1000.0 * (time.perf_counter() - start) / states
+    student.add_plan(objective, beliefs, plan)
+    labels = plan.actions[:, 0].detach().numpy()
+    student.train(steps, generator=g)
+    fresh = problem.label_states(states, seed + 1)
+    acted = student.policy.act(model.from_observation(torch.as_tensor(fresh, dtype=torch.float32)), deterministic=True)
+    out = {"student": least_squares_gain(fresh, acted.numpy()), "teacher": least_squares_gain(x, labels),
+           "finite": problem.gains()[0], "dare": problem.dare_gain()}
+    out.update(student_error=gain_error(out["student"], out["finite"]), teacher_error=gain_error(out["teacher"], out["finite"]),
+               student_vs_dare=gain_error(out["student"], out["dare"]), finite_vs_dare=gain_error(out["finite"], out["dare"]),
+               model_evals=int(plan.info.get("model_evals", 0)) / states, teacher_ms=teacher_ms)
+    return out
 
 
 def lq_family(count: int = 20, seed: int = 0, *, max_dim: int = 6, max_actions: int = 3, max_horizon: int = 20,

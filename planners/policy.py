@@ -43,7 +43,10 @@ class PolicyConfig:
 
     Attributes:
         hidden: units of every hidden layer.
-        layers: hidden layers (>= 1) of the MLP on the latent features.
+        layers: hidden layers of the MLP on the latent features. `0`: none, so the mean and the
+            pre-squash log standard deviation are affine in the features (a linear policy: the
+            class of the LQR's u = -K x, tests/test_distill.py; with bounds wide beside the
+            actions, tanh is linear over them).
         layer_norm: apply LayerNorm after every hidden linear layer (as TD-MPC2 does). Off by
             default: LayerNorm discards the scale of its input, which hurts policies that must
             be linear in the state (the linear-quadratic regulator).
@@ -53,7 +56,7 @@ class PolicyConfig:
         max_log_std: upper bound of the pre-tanh log standard deviation.
 
     Raises:
-        ValueError: on `hidden < 1`, `layers < 1` or `min_log_std >= max_log_std`.
+        ValueError: on `hidden < 1`, `layers < 0` or `min_log_std >= max_log_std`.
     """
 
     hidden: int = 256
@@ -63,7 +66,8 @@ class PolicyConfig:
     max_log_std: float = 2.0
 
     def __post_init__(self) -> None:
-        check_int(self, "hidden", "layers", minimum=1)
+        check_int(self, "hidden", minimum=1)
+        check_int(self, "layers", minimum=0)
         if not self.min_log_std < self.max_log_std:
             raise ValueError(
                 f"PolicyConfig: min_log_std ({self.min_log_std}) must be < max_log_std ({self.max_log_std})"

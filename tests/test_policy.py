@@ -133,3 +133,18 @@ def test_gradient_planner_starts_from_the_policy_rollout():
         GradientPlanner(GradientConfig(init="policy"))
     with pytest.raises(ValueError, match="proposal"):
         GradientPlanner(GradientConfig(), proposal=LQRPolicy(K))
+
+
+def test_zero_hidden_layers_give_an_affine_policy():
+    """`PolicyConfig(layers=0)`: mean and log-std logits affine in the features (a linear policy, the
+    class of the LQR's u = -K x); a negative count is rejected by name."""
+    from latentplan.planners.policy import PolicyConfig
+
+    policy = GaussianPolicy(3, 2, [-1.0, -1.0], [1.0, 1.0], PolicyConfig(layers=0))
+    assert sum(p.numel() for p in policy.parameters()) == 3 * 4 + 4
+    f = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    zero = policy(torch.zeros(1, 3))[0]
+    mean = policy(torch.cat([f, f.sum(0, keepdim=True)]))[0] - zero
+    torch.testing.assert_close(mean[2], mean[0] + mean[1])
+    with pytest.raises(ValueError, match="layers"):
+        PolicyConfig(layers=-1)
