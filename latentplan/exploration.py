@@ -18,6 +18,8 @@ ensemble's weights and its optimiser (`ensemble`, `ensemble_optimizer`).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,21 +157,23 @@ class ExploreTrainer(Trainer):
             self.ensemble_optimizer.step()
         return {"ensemble_loss": float(loss.detach()) / self.ensemble.members}
 
-    def evaluate(self) -> dict[str, float]:
-        """`Trainer.evaluate` planning for the learned reward head (the zero-shot return)."""
+    @contextmanager
+    def _planning_for_task(self) -> Iterator[None]:
         self._for_task = True
         try:
-            return super().evaluate()
+            yield
         finally:
             self._for_task = False
 
+    def evaluate(self) -> dict[str, float]:
+        """`Trainer.evaluate` planning for the learned reward head (the zero-shot return)."""
+        with self._planning_for_task():
+            return super().evaluate()
+
     def final_evaluation(self) -> dict[str, Any]:
         """`Trainer.final_evaluation` planning for the learned reward head (the zero-shot return)."""
-        self._for_task = True
-        try:
+        with self._planning_for_task():
             return super().final_evaluation()
-        finally:
-            self._for_task = False
 
 
 def make_trainer(config: TrainConfig) -> Trainer:
