@@ -26,8 +26,8 @@ Parts:
    summed over the episode on the true states, and over the last 63 decisions |x - target| and
    the share with the pole up (cos > 0.9).
 
-Each part writes `benchmarks/results/explore_cartpole_<part>[_<which>].json`; `--part table`
-merges them into the markdown table printed (and `explore_cartpole.json`).
+Each part writes `benchmarks/results/explore_cartpole_<part>[_<which>]<tag>.json`; `--part table`
+merges them into the markdown tables printed (and `explore_cartpole<tag>.json`).
 """
 
 from __future__ import annotations
@@ -53,12 +53,18 @@ from rewards_cartpole import (  # noqa: E402
 
 RESULTS = Path("benchmarks/results")
 LOW, HIGH, BINS = (-1.8, -math.pi), (1.8, math.pi), (20, 20)
+#: the grids measured: (name, low, high, bins) over (x, angle) or (x, angle, x velocity, angular velocity)
+GRIDS = (
+    ("x, angle 20x20", LOW, HIGH, BINS),
+    ("x, angle 40x40", LOW, HIGH, (40, 40)),
+    ("x, angle, x vel, angle vel 10^4", (*LOW, -8.0, -30.0), (*HIGH, 8.0, 30.0), (10, 10, 10, 10)),
+)
 
 
 def states_of(episodes: list[dict]) -> np.ndarray:
-    """`[N, 2]` (cart x, pole angle) of every stored observation."""
+    """`[N, 4]` (cart x, pole angle, cart velocity, pole angular velocity) of every stored observation."""
     obs = np.concatenate([e["obs"] for e in episodes])
-    return np.stack([obs[:, 0], np.arctan2(obs[:, 2], obs[:, 1])], axis=1)
+    return np.stack([obs[:, 0], np.arctan2(obs[:, 2], obs[:, 1]), obs[:, 3], obs[:, 4]], axis=1)
 
 
 def stored_episodes(run_dir: str, n: int) -> list[dict]:
@@ -83,11 +89,14 @@ def part_coverage(args) -> dict:
     }
     out, maps = {}, {}
     for name, eps in sources.items():
-        share, counts = coverage(states_of(eps), LOW, HIGH, BINS)
         pts = states_of(eps)
+        share, counts = coverage(pts[:, :2], LOW, HIGH, BINS)
         out[name] = {"coverage": share, "cells": int((counts > 0).sum()), "observations": int(len(pts)),
                      "env_steps": int(sum(len(e["obs"]) - 1 for e in eps) * ACTION_REPEAT),
-                     "max_abs_x": float(np.abs(pts[:, 0]).max())}
+                     "max_abs_x": float(np.abs(pts[:, 0]).max()),
+                     "max_abs_x_velocity": float(np.abs(pts[:, 2]).max()),
+                     "max_abs_angle_velocity": float(np.abs(pts[:, 3]).max()),
+                     "grids": {g: coverage(pts[:, :len(b)], lo, hi, b)[0] for g, lo, hi, b in GRIDS}}
         maps[name] = counts
     picture(maps, out, args.figure)
     return out
@@ -142,12 +151,15 @@ def part_zeroshot(args) -> dict:
 
 
 def part_table(args) -> dict:
-    cov = json.loads((RESULTS / "explore_cartpole_coverage.json").read_text())
-    zs = {w: json.loads((RESULTS / f"explore_cartpole_zeroshot_{w}.json").read_text()) for w in ("explore", "task")}
-    print("| data source | grid coverage | cells of 400 | max abs x (m) | env steps |")
-    print("|---|---|---|---|---|")
+    cov = json.loads((RESULTS / f"explore_cartpole_coverage{args.tag}.json").read_text())
+    zs = {w: json.loads((RESULTS / f"explore_cartpole_zeroshot_{w}{args.tag}.json").read_text())
+          for w in ("explore", "task")}
+    print("| data source | " + " | ".join(g for g, *_ in GRIDS) + " | max abs x, x vel, angle vel | env steps |")
+    print("|---|" + "---|" * (len(GRIDS) + 2))
     for name, r in cov["results"].items():
-        print(f"| {name} | {100 * r['coverage']:.1f} % | {r['cells']} | {r['max_abs_x']:.2f} | {r['env_steps']:,} |")
+        grids = " | ".join(f"{100 * r['grids'][g]:.1f} %" for g, *_ in GRIDS)
+        print(f"| {name} | {grids} | {r['max_abs_x']:.2f}, {r['max_abs_x_velocity']:.1f}, "
+              f"{r['max_abs_angle_velocity']:.1f} | {r['env_steps']:,} |")
     print("\n| model | swing-up, known reward | swing-up, learned head | goal return (mean over targets) | "
           "mean abs(x - target), last 63 | frac cos > 0.9, last 63 |")
     print("|---|---|---|---|---|---|")
@@ -176,14 +188,15 @@ def main() -> None:
     p.add_argument("--part", choices=("coverage", "zeroshot", "table"), required=True)
     p.add_argument("--which", choices=("explore", "task"), default="explore")
     p.add_argument("--figure", default="docs/img/explore_coverage.png")
+    p.add_argument("--tag", default="", help="suffix of the result files (e.g. _20ep)")
     args = p.parse_args()
     t0 = time.perf_counter()
     if args.part == "table":
         data = part_table(args)
-        name = "explore_cartpole.json"
+        name = f"explore_cartpole{args.tag}.json"
     else:
         data = {"results": part_coverage(args) if args.part == "coverage" else part_zeroshot(args)}
-        name = f"explore_cartpole_{args.part}" + (f"_{args.which}" if args.part == "zeroshot" else "") + ".json"
+        name = f"explore_cartpole_{args.part}" + (f"_{args.which}" if args.part == "zeroshot" else "") + f"{args.tag}.json"
         print(json.dumps(data["results"], indent=1)[:3000])
     data["meta"] = {"args": vars(args), "threads": torch.get_num_threads(), "loadavg_1min": os.getloadavg()[0],
                     "wall_s": time.perf_counter() - t0, "torch": torch.__version__, "machine": platform.machine()}

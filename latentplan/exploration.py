@@ -196,29 +196,32 @@ def load_explored(path: str | os.PathLike, *, device: str = "cpu") -> tuple[RSSM
     return model, ensemble.eval(), config
 
 
-def coverage(points: np.ndarray, low: tuple[float, float], high: tuple[float, float],
-             bins: tuple[int, int] = (20, 20)) -> tuple[float, np.ndarray]:
+def coverage(points: np.ndarray, low: tuple[float, ...], high: tuple[float, ...],
+             bins: tuple[int, ...] = (20, 20)) -> tuple[float, np.ndarray]:
     """The share of a regular grid's cells visited by `points` (e.g. cart position x pole angle).
 
     Args:
-        points: `[N, 2]` visited states; points outside `[low, high]` are clipped into the border cells.
-        low, high: the grid's bounds per coordinate.
-        bins: cells per coordinate.
+        points: `[N, D]` visited states; points outside `[low, high]` are clipped into the border cells.
+        low, high: the grid's bounds per coordinate (length D).
+        bins: cells per coordinate (length D).
 
     Returns:
-        `(share in [0, 1], counts [bins[0], bins[1]])`.
+        `(share in [0, 1], counts)`, `counts` of shape `bins`.
 
     Raises:
-        ValueError: `points` is not `[N, 2]` or a bound is not `low < high`.
+        ValueError: `points` is not `[N, D]` with D = len(bins) = len(low) = len(high), or a bound
+            is not `low < high`.
     """
     points = np.asarray(points, dtype=float)
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"coverage: points must be [N, 2]; got {points.shape}")
+    d = len(bins)
+    if points.ndim != 2 or points.shape[1] != d or len(low) != d or len(high) != d:
+        raise ValueError(f"coverage: points must be [N, {d}] with {d} bounds each; got points {points.shape}, "
+                         f"low {low}, high {high}")
     lo, hi = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
     if not (lo < hi).all():
         raise ValueError(f"coverage: need low < high; got {low} and {high}")
     n = np.asarray(bins)
     idx = np.clip(np.floor((points - lo) / (hi - lo) * n).astype(int), 0, n - 1)
     counts = np.zeros(tuple(n), dtype=int)
-    np.add.at(counts, (idx[:, 0], idx[:, 1]), 1)
+    np.add.at(counts, tuple(idx.T), 1)
     return float((counts > 0).mean()), counts

@@ -135,6 +135,11 @@ def test_coverage_counts_visited_cells():
     assert share == 0.5 and counts.tolist() == [[2, 0], [2, 0]]
     with pytest.raises(ValueError, match="low < high"):
         coverage(np.zeros((1, 2)), (0, 0), (0, 1))
+    # three dimensions: 2 of 8 cells
+    share3, _ = coverage(np.array([[0.1, 0.1, 0.1], [0.9, 0.9, 0.9]]), (0, 0, 0), (1, 1, 1), (2, 2, 2))
+    assert share3 == 0.25
+    with pytest.raises(ValueError, match=r"points must be \[N, 2\]"):
+        coverage(np.zeros((1, 3)), (0, 0), (1, 1))
 
 
 TINY = dict(
