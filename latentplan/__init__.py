@@ -24,11 +24,13 @@ _EXPORTS: dict[str, tuple[str, str]] = {
         "CEM", "MCTS", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
         "GradientPlanner", "ILQR", "ILQRConfig", "MCTSConfig", "MPPI", "MPPIConfig", "Objective", "Plan", "Planner",
         "Policy", "PolicyConfig", "PolicyPlanner",
-        "Reward", "Shared", "ValueConfig", "ValueFunction", "ValueLearner", "check_reward", "learned_reward", "reward",
+        "Reward", "Shared", "ValueConfig", "ValueFunction", "ValueLearner", "check_reward", "disagreement", "learned_reward",
+        "reward",
         "shared",
     )},
     **{name: ("latentplan.worldmodels", name) for name in (
-        "AnalyticModel", "FusedRSSM", "LatentState", "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "WorldModel",
+        "AnalyticModel", "EnsembleConfig", "FusedRSSM", "LatentState", "PredictorEnsemble", "ReplayBuffer", "RSSMConfig",
+        "RSSMWorldModel", "WorldModel",
     )},
     "Agent": ("latentplan.evaluation", "Agent"),
     "EpisodeStats": ("latentplan.evaluation", "EpisodeStats"),
@@ -50,7 +52,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 
 #: submodules reachable as attributes before they are imported (`lp.io.load_policy`, `lp.registry`)
 _SUBMODULES = frozenset({
-    "cli", "compare", "config", "control", "distillation", "envs", "evaluation", "io", "planners", "plots",
+    "cli", "compare", "config", "control", "distillation", "envs", "evaluation", "exploration", "io", "planners", "plots",
     "registry", "statistics", "training", "worldmodels",
 })
 
@@ -88,7 +90,7 @@ def train(config=None, **overrides):
     import dataclasses
 
     from latentplan.config import TrainConfig
-    from latentplan.training import Trainer
+    from latentplan.exploration import make_trainer
 
     config = dataclasses.replace(config or TrainConfig(), **overrides)
-    return Trainer(config).run()
+    return make_trainer(config).run()  # explore=True: Plan2Explore's task-free collection

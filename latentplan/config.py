@@ -11,6 +11,7 @@ from latentplan.planners.cem import CEMConfig
 from latentplan.planners.distill import DistillConfig
 from latentplan.planners.validate import check_choice, check_int, check_positive, check_range
 from latentplan.planners.value import ValueConfig
+from latentplan.worldmodels.ensemble import EnsembleConfig
 from latentplan.worldmodels.rssm import RSSMConfig
 
 __all__ = ["TrainConfig", "demo_config", "RESUMABLE_CHANGES"]
@@ -77,6 +78,12 @@ class TrainConfig:
         distill_every: one `Distiller.update` (relabel a few beliefs, take gradient steps) every
             this many model updates.
         distillation: the distiller's settings (`DistillConfig`).
+        explore: task-free training (Plan2Explore, Sekar et al. 2020; `latentplan train
+            --explore`, `latentplan.exploration`): collect by planning for the disagreement of
+            a predictor ensemble alone, trained beside the world model; the env's reward is
+            stored and the reward head trained on it for later use, but never planned for
+            while collecting. Evaluations plan for the learned reward head (zero-shot).
+        ensemble: the predictor ensemble of `explore` (`EnsembleConfig`; K = 5).
     """
 
     env: str = "dmc:cartpole-swingup"
@@ -113,6 +120,8 @@ class TrainConfig:
     distill: Literal["none", "cem"] = "none"
     distill_every: int = 10
     distillation: DistillConfig = field(default_factory=lambda: DistillConfig(labels_per_update=32, steps_per_update=10))
+    explore: bool = False
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     def __post_init__(self) -> None:
         check_choice(self, "obs", ("state", "pixels"))
@@ -128,6 +137,8 @@ class TrainConfig:
         check_range(self, "exploration_noise", 0.0, math.inf, high_open=True)
         if self.plan_with_value and self.value_every == 0:
             raise ValueError("TrainConfig.plan_with_value needs a critic: set value_every > 0")
+        if self.explore and (self.value_every or self.distill != "none"):
+            raise ValueError("TrainConfig.explore trains no critic and distils no policy: set value_every 0, distill none")
 
     def to_dict(self) -> dict:
         """Plain-Python form (for checkpoints and `config.json`)."""
@@ -147,6 +158,8 @@ class TrainConfig:
             d["value"] = ValueConfig(**{**d["value"], "hidden": tuple(d["value"].get("hidden", (200, 200)))})
         if "distillation" in d:
             d["distillation"] = DistillConfig.from_dict(d["distillation"])
+        if "ensemble" in d:
+            d["ensemble"] = EnsembleConfig(**d["ensemble"])
         return cls(**d)
 
 

@@ -177,6 +177,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig) -> None:
+        if config.explore and type(self) is Trainer:
+            raise ValueError("TrainConfig.explore needs latentplan.exploration.ExploreTrainer (or make_trainer)")
         self.config = config
         self.run_dir = Path(config.run_dir)
         self.device = resolve_device(config.device)
@@ -394,6 +396,7 @@ class Trainer:
             return self._skip_update(out)  # the weights stay as they were
         self.optimizer.step()
         self.nonfinite_in_a_row = 0
+        out.update(self._after_update(batch, terms))
         if self.value_learner is not None and self.updates % c.value_every == 0:
             # the behaviour is the agent's own planner with the agent's own objective
             info = self.value_learner.update(self.model, terms.posterior, self.planner,
@@ -404,6 +407,11 @@ class Trainer:
             info = self.distiller.update(self.model, terms.posterior, self.planner, self.objective, generator=self.generator)
             out["distill_loss"] = info["loss"]
         return out
+
+    def _after_update(self, batch: dict[str, torch.Tensor], terms) -> dict[str, float]:
+        """Hook after every applied ELBO step, for parts trained beside the world model on the same
+        batch and `ELBOTerms` (`latentplan.exploration.ExploreTrainer`); returns metrics to log."""
+        return {}
 
     def _skip_update(self, out: dict[str, float]) -> dict[str, float]:
         """Count an update skipped for a non-finite loss or gradient; stop after too many in a row."""

@@ -5,6 +5,7 @@ sampled MCTS, a distilled policy; their objective, reward terms and the learned 
 from .ascent import AscentConfig, ascend, require_differentiable
 from .base import Plan, Planner, Policy
 from .cem import CEM, CEMConfig, colored_noise
+from .disagreement import disagreement
 from .distill import DistillConfig, Distiller
 from .gradient import GradientConfig, GradientPlanner
 from .ilqr import ILQR, ILQRConfig, box_qp
@@ -21,7 +22,8 @@ __all__ = [
     "GradientPlanner", "ILQR", "ILQRConfig", "ImaginedRollout", "MCTS", "MCTSConfig", "MPPI", "MPPIConfig", "Objective",
     "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm",
     "Shared", "shared",
-    "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "colored_noise", "lambda_returns",
+    "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "colored_noise", "disagreement",
+    "lambda_returns",
     "learned_reward", "mppi_weights",
     "policy_rollout", "posterior_beliefs", "rank_returns", "require_differentiable", "reward",
 ]

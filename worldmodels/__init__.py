@@ -2,6 +2,7 @@
 filtering stored episodes into beliefs."""
 
 from .analytic import AnalyticModel
+from .ensemble import EnsembleConfig, PredictorEnsemble
 from .fused import FusedRSSM
 from .networks import MLP, ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
 from .replay import Episode, ReplayBuffer
@@ -10,7 +11,7 @@ from .filtering import filter_episodes
 from .state import LatentState, WorldModel, WorldModelBase
 
 __all__ = [
-    "AnalyticModel", "ConvDecoder", "ConvEncoder", "ELBOTerms", "Episode", "FusedRSSM", "LatentState", "MLP",
-    "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "WorldModel", "WorldModelBase", "filter_episodes",
+    "AnalyticModel", "ConvDecoder", "ConvEncoder", "ELBOTerms", "EnsembleConfig", "Episode", "FusedRSSM", "LatentState", "MLP",
+    "PredictorEnsemble", "ReplayBuffer", "RSSMConfig", "RSSMWorldModel", "WorldModel", "WorldModelBase", "filter_episodes",
     "postprocess_image", "preprocess_image",
 ]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from latentplan.config import TrainConfig
 from latentplan.io import RunFolderLocked
-from latentplan.training import NonFiniteTraining, Trainer, TrainSummary
+from latentplan.exploration import make_trainer
+from latentplan.training import NonFiniteTraining, TrainSummary
 
 __all__ = ["run_demo", "run_train", "summary_table"]
 
@@ -44,7 +45,7 @@ def run_train(config: TrainConfig, args: list[str], *, command: str = "train") -
         or another process trains there), the checkpoint does not fit, or the run diverged.
     """
     try:
-        summary = Trainer(config).run()
+        summary = make_trainer(config).run()  # an ExploreTrainer with --explore
     except (ValueError, FileNotFoundError, FileExistsError, RunFolderLocked, NonFiniteTraining) as e:
         # a bad setting (unknown env, ...), a taken or locked run folder, a checkpoint that does not fit
         # (CheckpointError and CheckpointMismatch are ValueErrors), a diverged run: one line, exit 2

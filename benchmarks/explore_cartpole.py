@@ -1,0 +1,209 @@
+"""Plan2Explore on cartpole-swingup from state: coverage of the state space and zero-shot planning.
+
+Train the two models first (the demo's RSSM and CEM, the same episodes and seeds; only the
+collection objective differs), e.g.
+
+    latentplan train --run-dir runs/task    ... --episodes 30 (the demo preset's other fields)
+    latentplan train --run-dir runs/explore ... --episodes 30 --explore
+
+then
+
+    OMP_NUM_THREADS=1 python benchmarks/explore_cartpole.py --task-run runs/task --explore-run runs/explore \
+        --episodes 30 --part coverage
+    OMP_NUM_THREADS=1 python benchmarks/explore_cartpole.py ... --part zeroshot --which explore   # and task
+
+Parts:
+
+1. `coverage`: the share of a 20 x 20 grid over cart position [-1.8, 1.8] m (the rail's limits)
+   x pole angle [-pi, pi] visited by the first `--episodes` training episodes of each run (all
+   decisions' true observations, seed episodes included), and by as many episodes of uniform
+   random actions with the same env seeds: equal env steps. A picture of the three visit maps.
+2. `zeroshot`: one model (`--which`) plans with CEM (the demo's) for (a) the swing-up reward written
+   in torch (`rewards_cartpole.swingup_reward`, on the decoded state), (b) its learned reward head
+   (for the explored model: trained on the explored data, never planned for while collecting),
+   `--eval-episodes` fixed-seed episodes each, env return; and (c) the cart-at-target reward
+   (`rewards_cartpole.goal_reward`) for each of `--targets`, one episode each: the goal reward
+   summed over the episode on the true states, and over the last 63 decisions |x - target| and
+   the share with the pole up (cos > 0.9).
+
+Each part writes `benchmarks/results/explore_cartpole_<part>[_<which>]<tag>.json`; `--part table`
+merges them into the markdown tables printed (and `explore_cartpole<tag>.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import latentplan as lp  # noqa: E402
+from latentplan.exploration import coverage  # noqa: E402
+from rewards_cartpole import (  # noqa: E402
+    ACTION_REPEAT, goal_reward, run, swingup_reward, tail_metrics,
+)
+
+RESULTS = Path("benchmarks/results")
+LOW, HIGH, BINS = (-1.8, -math.pi), (1.8, math.pi), (20, 20)
+#: the grids measured: (name, low, high, bins) over (x, angle) or (x, angle, x velocity, angular velocity)
+GRIDS = (
+    ("x, angle 20x20", LOW, HIGH, BINS),
+    ("x, angle 40x40", LOW, HIGH, (40, 40)),
+    ("x, angle, x vel, angle vel 10^4", (*LOW, -8.0, -30.0), (*HIGH, 8.0, 30.0), (10, 10, 10, 10)),
+)
+
+
+def states_of(episodes: list[dict]) -> np.ndarray:
+    """`[N, 4]` (cart x, pole angle, cart velocity, pole angular velocity) of every stored observation."""
+    obs = np.concatenate([e["obs"] for e in episodes])
+    return np.stack([obs[:, 0], np.arctan2(obs[:, 2], obs[:, 1]), obs[:, 3], obs[:, 4]], axis=1)
+
+
+def stored_episodes(run_dir: str, n: int) -> list[dict]:
+    files = sorted((Path(run_dir) / "episodes").glob("*.npz"))[:n]
+    if len(files) < n:
+        raise SystemExit(f"{run_dir} holds {len(files)} episodes; --episodes asks for {n}")
+    return [dict(np.load(f)) for f in files]
+
+
+def random_episodes(n: int, seed: int) -> list[dict]:
+    """`n` episodes of uniform random actions with the training runs' env seeds."""
+    env = lp.make_env("dmc:cartpole-swingup", seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    return [lp.run_episode(env, None, seed=seed * 1_000_003 + i, generator=g)[0] for i in range(n)]
+
+
+def part_coverage(args) -> dict:
+    sources = {
+        "exploration (disagreement)": stored_episodes(args.explore_run, args.episodes),
+        "random actions": random_episodes(args.episodes, args.seed),
+        "task-driven (learned reward)": stored_episodes(args.task_run, args.episodes),
+    }
+    out, maps = {}, {}
+    for name, eps in sources.items():
+        pts = states_of(eps)
+        share, counts = coverage(pts[:, :2], LOW, HIGH, BINS)
+        out[name] = {"coverage": share, "cells": int((counts > 0).sum()), "observations": int(len(pts)),
+                     "env_steps": int(sum(len(e["obs"]) - 1 for e in eps) * ACTION_REPEAT),
+                     "max_abs_x": float(np.abs(pts[:, 0]).max()),
+                     "max_abs_x_velocity": float(np.abs(pts[:, 2]).max()),
+                     "max_abs_angle_velocity": float(np.abs(pts[:, 3]).max()),
+                     "grids": {g: coverage(pts[:, :len(b)], lo, hi, b)[0] for g, lo, hi, b in GRIDS}}
+        maps[name] = counts
+    picture(maps, out, args.figure)
+    return out
+
+
+def picture(maps: dict, out: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.6), sharey=True)
+    for ax, (name, counts) in zip(axes, maps.items()):
+        ax.imshow(np.log1p(counts.T), origin="lower", aspect="auto", cmap="viridis",
+                  extent=(LOW[0], HIGH[0], LOW[1], HIGH[1]))
+        ax.set_title(f"{name}\ncoverage {100 * out[name]['coverage']:.1f} %", fontsize=9)
+        ax.set_xlabel("cart position x (m)")
+    axes[0].set_ylabel("pole angle (rad, 0 = upright)")
+    fig.suptitle("cartpole-swingup: visits per cell (log), equal env steps", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def goal_return(episode: dict, target: float) -> float:
+    """`goal_reward` of `rewards_cartpole` summed over the episode on the true arrival states."""
+    obs, act = torch.as_tensor(episode["obs"][1:]), torch.as_tensor(episode["action"][1:])
+    named = {"cart_x": obs[:, 0], "pole_cos": obs[:, 1], "pole_angvel": obs[:, 4]}
+    return float(goal_reward(named, act, {"target_x": target}).sum())  # the user function itself
+
+
+def part_zeroshot(args) -> dict:
+    run_dir = args.explore_run if args.which == "explore" else args.task_run
+    run_dir = getattr(args, f"{args.which}_checkpoint") or run_dir
+    model, _, _ = lp.load_checkpoint(run_dir)
+    env = lp.make_env("dmc:cartpole-swingup", seed=args.seed)
+    seeds = [args.seed * 1_000_003 + 30_000_000 + i for i in range(args.eval_episodes)]
+    out: dict = {"checkpoint": str(run_dir)}
+    for label, rewards in (("swingup_known", [swingup_reward]), ("learned_head", None)):
+        t0 = time.perf_counter()
+        rets = [run(model, env, rewards=rewards, context=None, seed=s)[1].ret for s in seeds]
+        out[label] = {"returns": rets, "mean": float(np.mean(rets)), "wall_s": time.perf_counter() - t0}
+        print(f"  {args.which} {label}: {np.round(rets, 1)}", flush=True)
+    goals = []
+    for i, t in enumerate(args.targets):
+        ep, st = run(model, env, rewards=[goal_reward], context={"target_x": t}, seed=seeds[0] + 100 + i)
+        goals.append({"target_x": t, "goal_return": goal_return(ep, t), "env_return": st.ret, **tail_metrics(ep, t)})
+        print(f"  {args.which} goal {t:+.2f}: {goals[-1]}", flush=True)
+    out["goal"] = goals
+    return out
+
+
+def part_table(args) -> dict:
+    cov = json.loads((RESULTS / f"explore_cartpole_coverage{args.tag}.json").read_text())
+    zs = {w: json.loads((RESULTS / f"explore_cartpole_zeroshot_{w}{args.tag}.json").read_text())
+          for w in ("explore", "task")}
+    print("| data source | " + " | ".join(g for g, *_ in GRIDS) + " | max abs x, x vel, angle vel | env steps |")
+    print("|---|" + "---|" * (len(GRIDS) + 2))
+    for name, r in cov["results"].items():
+        grids = " | ".join(f"{100 * r['grids'][g]:.1f} %" for g, *_ in GRIDS)
+        print(f"| {name} | {grids} | {r['max_abs_x']:.2f}, {r['max_abs_x_velocity']:.1f}, "
+              f"{r['max_abs_angle_velocity']:.1f} | {r['env_steps']:,} |")
+    print("\n| model | swing-up, known reward | swing-up, learned head | goal return (mean over targets) | "
+          "mean abs(x - target), last 63 | frac cos > 0.9, last 63 |")
+    print("|---|---|---|---|---|---|")
+    for w, z in zs.items():
+        r = z["results"]
+        g = r["goal"]
+        print(f"| {w} | {r['swingup_known']['mean']:.1f} {np.round(r['swingup_known']['returns'], 1).tolist()} | "
+              f"{r['learned_head']['mean']:.1f} {np.round(r['learned_head']['returns'], 1).tolist()} | "
+              f"{np.mean([x['goal_return'] for x in g]):.1f} | {np.mean([x['mean_abs_x_error'] for x in g]):.3f} | "
+              f"{np.mean([x['frac_cos_gt_0.9'] for x in g]):.2f} |")
+    ratio = zs["explore"]["results"]["swingup_known"]["mean"] / zs["task"]["results"]["swingup_known"]["mean"]
+    print(f"\nzero-shot known swing-up, explored / task-trained: {ratio:.3f} (issue's bar: >= 0.90)")
+    return {"coverage": cov, "zeroshot": zs, "ratio_known_swingup": ratio}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task-run", default="runs/task")
+    p.add_argument("--explore-run", default="runs/explore")
+    p.add_argument("--task-checkpoint", default=None, help="a checkpoint file to use instead of the run's last")
+    p.add_argument("--explore-checkpoint", default=None, help="a checkpoint file to use instead of the run's last")
+    p.add_argument("--episodes", type=int, default=30, help="training episodes compared (equal env steps)")
+    p.add_argument("--eval-episodes", type=int, default=3)
+    p.add_argument("--targets", type=float, nargs="+", default=[1.0, -1.0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--part", choices=("coverage", "zeroshot", "table"), required=True)
+    p.add_argument("--which", choices=("explore", "task"), default="explore")
+    p.add_argument("--figure", default="docs/img/explore_coverage.png")
+    p.add_argument("--tag", default="", help="suffix of the result files (e.g. _20ep)")
+    args = p.parse_args()
+    t0 = time.perf_counter()
+    if args.part == "table":
+        data = part_table(args)
+        name = f"explore_cartpole{args.tag}.json"
+    else:
+        data = {"results": part_coverage(args) if args.part == "coverage" else part_zeroshot(args)}
+        name = f"explore_cartpole_{args.part}" + (f"_{args.which}" if args.part == "zeroshot" else "") + f"{args.tag}.json"
+        print(json.dumps(data["results"], indent=1)[:3000])
+    data["meta"] = {"args": vars(args), "threads": torch.get_num_threads(), "loadavg_1min": os.getloadavg()[0],
+                    "wall_s": time.perf_counter() - t0, "torch": torch.__version__, "machine": platform.machine()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(data, indent=2))
+    print(f"wrote {RESULTS / name}")
+
+
+if __name__ == "__main__":
+    main()
