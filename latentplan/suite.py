@@ -58,7 +58,8 @@ class SuiteConfig:
         retries: extra attempts for a cell that raised or whose worker died.
         object_store_mb: the local Ray's object store, in MiB (cells return small dicts).
         device: the cells' torch device (`cpu`, `cuda`, `auto`).
-        progress: show the grid's progress bar.
+        progress: show the grid's progress bar (episodes done over all cells, read from their metrics,
+            refreshed every 2 s on Ray and after each cell in-process; cells done and failed).
     """
 
     tasks: tuple[str, ...] = ("planet6",)
@@ -224,7 +225,8 @@ def _failure(cell: Cell, err: BaseException | str, attempts: int) -> dict[str, A
             "error": text[-2000:], "attempts": attempts}
 
 
-def _run_sequential(cells: list[Cell], cfg: SuiteConfig, tick: Callable[[Cell, dict], None]) -> dict[str, dict]:
+def _run_sequential(cells: list[Cell], cfg: SuiteConfig, tick: Callable[[Cell | None, dict | None], None]
+                    ) -> dict[str, dict]:
     out = {}
     for cell in cells:
         for attempt in range(1, cfg.retries + 2):
@@ -254,7 +256,7 @@ def _ray_init(cfg: SuiteConfig):
     return ray, started
 
 
-def _run_ray(cells: list[Cell], cfg: SuiteConfig, tick: Callable[[Cell, dict], None]) -> dict[str, dict]:
+def _run_ray(cells: list[Cell], cfg: SuiteConfig, tick: Callable[[Cell | None, dict | None], None]) -> dict[str, dict]:
     ray, started = _ray_init(cfg)
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(run_cell)
@@ -262,6 +264,8 @@ def _run_ray(cells: list[Cell], cfg: SuiteConfig, tick: Callable[[Cell, dict], N
         out = {}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+            if not ready:
+                tick(None, None)  # refresh the episodes done from the cells' metrics
             for ref in ready:
                 cell, attempt = pending.pop(ref)
                 try:
@@ -277,6 +281,18 @@ def _run_ray(cells: list[Cell], cfg: SuiteConfig, tick: Callable[[Cell, dict], N
     finally:
         if started:
             ray.shutdown()
+
+
+def _episodes_done(cell: Cell) -> int:
+    """Episodes the cell has logged so far (the last row of its `metrics.jsonl`)."""
+    path = Path(cell.config.run_dir) / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            row = json.loads(f.read().splitlines()[-1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return min(int(row.get("episode", 0)), cell.config.episodes)
 
 
 def run_suite(cfg: SuiteConfig) -> SuiteResult:
@@ -300,14 +316,18 @@ def run_suite(cfg: SuiteConfig) -> SuiteResult:
         io.atomic_write_text(out_dir / "grid.json", json.dumps(io.config_dict(cfg), indent=2))
         results = {c.key: {**r, "attempts": 0} for c in cells if (r := done_result(c)) is not None}
         todo = [c for c in cells if c.key not in results]
-        bar = tqdm(total=len(cells), initial=len(results), disable=not cfg.progress, desc="suite", unit="cell")
-        failed = 0
+        bar = tqdm(total=sum(c.config.episodes for c in cells), disable=not cfg.progress, desc="suite", unit="episode")
+        counts = {"done": len(results), "failed": 0}
 
-        def tick(cell: Cell, result: dict) -> None:
-            nonlocal failed
-            failed += result["status"] != "done"
-            bar.update(1)
-            bar.set_postfix_str(f"{cell.key} {result['status']}, {failed} failed")
+        def tick(cell: Cell | None, result: dict | None) -> None:
+            if result is not None:
+                counts[result["status"]] += 1
+            bar.n = sum(_episodes_done(c) for c in cells)
+            bar.set_postfix_str(f"cells {counts['done']}/{len(cells)} done, {counts['failed']} failed"
+                                + (f", last {cell.key}" if cell is not None else ""))
+            bar.refresh()
+
+        tick(None, None)
 
         t0 = time.perf_counter()
         if todo:
