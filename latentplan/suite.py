@@ -58,6 +58,8 @@ class SuiteConfig:
         retries: extra attempts for a cell that raised or whose worker died.
         object_store_mb: the local Ray's object store, in MiB (cells return small dicts).
         device: the cells' torch device (`cpu`, `cuda`, `auto`).
+        gpus_per_cell: GPUs Ray reserves for each cell (e.g. 0.5 puts two cells on one GPU); Ray hides
+            the GPUs from a cell that reserves none, so `device="cuda"` on Ray needs this > 0.
         progress: show the grid's progress bar (episodes done over all cells, read from their metrics,
             refreshed every 2 s on Ray and after each cell in-process; cells done and failed).
     """
@@ -77,6 +79,7 @@ class SuiteConfig:
     retries: int = 1
     object_store_mb: int = 100
     device: str = "cpu"
+    gpus_per_cell: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -85,6 +88,10 @@ class SuiteConfig:
         check_int(self, "steps", "evaluations", "workers", "threads", "object_store_mb", minimum=1)
         check_int(self, "retries", "final_eval_episodes", minimum=0)
         check_int(self, "action_repeat", minimum=1, optional=True)
+        g = float(self.gpus_per_cell)
+        if g < 0 or (g > 1 and not g.is_integer()):
+            raise ValueError(f"SuiteConfig.gpus_per_cell must be a fraction in [0, 1] or a whole number, "
+                             f"got {self.gpus_per_cell}")
         unknown = [r for r in self.recipes if r not in RECIPES]
         if unknown or not self.recipes:
             raise ValueError(f"SuiteConfig.recipes: unknown {unknown or 'empty list'}; recipes: {', '.join(RECIPES)}")
@@ -259,7 +266,7 @@ def _ray_init(cfg: SuiteConfig):
 def _run_ray(cells: list[Cell], cfg: SuiteConfig, tick: Callable[[Cell | None, dict | None], None]) -> dict[str, dict]:
     ray, started = _ray_init(cfg)
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(run_cell)
+        remote = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_cell, max_retries=0)(run_cell)
         pending = {remote.remote(cell): (cell, 1) for cell in cells}
         out = {}
         while pending:

@@ -101,6 +101,8 @@ def test_aggregate_over_one_seed_uses_its_episodes():
 def test_bad_grids_are_refused_with_what_exists(tmp_path):
     with pytest.raises(ValueError, match="planet, demo, fast, tiny"):
         SuiteConfig(recipes=("plannet",))
+    with pytest.raises(ValueError, match="gpus_per_cell"):
+        SuiteConfig(gpus_per_cell=1.5)
     with pytest.raises(ValueError, match="distinct"):
         SuiteConfig(seeds=(0, 0))
     with pytest.raises(ValueError, match="planet6"):
