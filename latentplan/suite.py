@@ -159,6 +159,16 @@ def cells_of(cfg: SuiteConfig) -> list[Cell]:
     return cells
 
 
+def curves(run_dir: str | os.PathLike) -> dict[str, list[list[float]]]:
+    """A run's learning curves from its `metrics.jsonl`: `curve` (noise-free evaluations) and
+    `train_curve` (every collected episode, exploration noise and seed episodes included), each
+    `[[env_steps, return], ...]`."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = io.read_jsonl(path) if path.exists() else []
+    return {"curve": [[r["env_steps"], r["eval_return"]] for r in rows if "eval_return" in r],
+            "train_curve": [[r["env_steps"], r["train_return"]] for r in rows if "train_return" in r]}
+
+
 def done_result(cell: Cell) -> dict | None:
     """The cell's stored result if it finished with exactly this configuration, else `None`."""
     path = Path(cell.config.run_dir) / RESULT
@@ -166,7 +176,9 @@ def done_result(cell: Cell) -> dict | None:
         result = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return result if result.get("config") == _comparable(cell.config) else None
+    if result.get("config") != _comparable(cell.config):
+        return None
+    return {**result, **curves(cell.config.run_dir)}
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -174,8 +186,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     Returns:
         `{"task", "recipe", "seed", "status": "done", "final_returns", "final_return", "final_return_ci",
-        "episodes", "env_steps", "wall_s", "best_eval_return", "curve": [[env_steps, eval_return], ...],
-        "config"}`.
+        "episodes", "env_steps", "wall_s", "best_eval_return", "curve", "train_curve" (see `curves`), "config"}`.
 
     Raises:
         whatever the training raises (the grid retries and reports it).
@@ -190,15 +201,13 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         summary = Trainer(cell.config).run()
     finally:
         torch.set_num_threads(threads)
-    rows = io.read_jsonl(Path(cell.config.run_dir) / "metrics.jsonl")
     result = {
         "task": cell.task, "recipe": cell.recipe, "seed": cell.seed, "status": "done",
         "final_returns": list(summary.final_returns), "final_return": summary.final_return,
         "final_return_ci": None if summary.final_return_ci is None else list(summary.final_return_ci),
         "episodes": summary.episodes, "env_steps": summary.env_steps, "wall_s": summary.wall_s,
         "best_eval_return": summary.best_eval_return,
-        "curve": [[r["env_steps"], r["eval_return"]] for r in rows if "eval_return" in r],
-        "config": _comparable(cell.config),
+        **curves(cell.config.run_dir), "config": _comparable(cell.config),
     }
     io.atomic_write_text(Path(cell.config.run_dir) / RESULT, json.dumps(result, indent=2))
     return result

@@ -5,7 +5,9 @@ t-interval: over seeds, each seed's mean over its evaluation episodes, when two 
 finished; over the evaluation episodes of the one seed otherwise, and the table says which),
 environment steps, episodes and wall time per cell, and the cells that failed. The figure has one
 panel per task: each recipe's evaluation returns against environment steps, each seed thin and
-their mean (over seeds that evaluated at the same steps) thick.
+their mean (over seeds that evaluated at the same steps) thick, its training episodes as faint dots
+(with exploration noise; the first are the random seed episodes), and the final evaluation's mean
+over seeds as an open diamond.
 """
 
 from __future__ import annotations
@@ -76,10 +78,11 @@ def markdown_table(rows: list[dict[str, Any]], cells: list[dict[str, Any]] | Non
 
 
 def plot_suite_curves(cells: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """One figure, one panel per task: evaluation return against environment steps per recipe.
+    """One figure, one panel per task: returns against environment steps per recipe (see the module doc).
 
     Args:
-        cells: the cells' results (each with `task`, `recipe`, `curve` `[[env_steps, return], ...]`).
+        cells: the cells' results (each with `task`, `recipe`, `status`, `final_returns`, `env_steps`,
+            `curve` and optionally `train_curve`, both `[[env_steps, return], ...]`).
         path: the PNG to write.
         title: the figure's title (e.g. the step budget).
     """
@@ -93,8 +96,16 @@ def plot_suite_curves(cells: list[dict[str, Any]], path: str | Path, *, title: s
     axes = np.atleast_1d(fig.subplots(nrows, cols, squeeze=False)).ravel()
     for ax, task in zip(axes, tasks):
         for i, recipe in enumerate(recipes):
-            curves = [np.asarray(c["curve"], dtype=float) for c in cells
-                      if c["task"] == task and c["recipe"] == recipe and c["status"] == "done" and c["curve"]]
+            done = [c for c in cells if c["task"] == task and c["recipe"] == recipe and c["status"] == "done"]
+            for c in done:
+                if c.get("train_curve"):
+                    tr = np.asarray(c["train_curve"], dtype=float)
+                    ax.plot(tr[:, 0], tr[:, 1], ".", color=f"C{i}", alpha=0.25, ms=3)
+            finals = [float(np.mean(c["final_returns"])) for c in done if c["final_returns"]]
+            if finals:
+                x = max(c["env_steps"] for c in done)
+                ax.plot([x], [np.mean(finals)], "D", color=f"C{i}", ms=6, mfc="none")
+            curves = [np.asarray(c["curve"], dtype=float) for c in done if c["curve"]]
             for cv in curves:
                 ax.plot(cv[:, 0], cv[:, 1], color=f"C{i}", alpha=0.3, lw=0.8)
             if curves and all(len(cv) == len(curves[0]) and np.array_equal(cv[:, 0], curves[0][:, 0]) for cv in curves):
@@ -103,7 +114,7 @@ def plot_suite_curves(cells: list[dict[str, Any]], path: str | Path, *, title: s
                         label=f"{recipe} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("environment steps", fontsize=8)
-        ax.set_ylabel("evaluation return", fontsize=8)
+        ax.set_ylabel("episode return", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
         if ax.get_legend_handles_labels()[0]:

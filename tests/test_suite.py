@@ -38,6 +38,7 @@ def test_tiny_grid_in_process(tiny_grid):
     for c in result.cells:
         assert c["episodes"] == 3 and c["env_steps"] == 600 and len(c["final_returns"]) == 2
         assert [s for s, _ in c["curve"]] == [400, 600]  # evaluations after episodes 2 and 3
+        assert [s for s, _ in c["train_curve"]] == [200, 400, 600]  # every collected episode
     stored = json.loads((out / "results.json").read_text())
     (row,) = stored["rows"]
     per_seed = [np.mean(c["final_returns"]) for c in result.cells]
