@@ -6,7 +6,7 @@ import difflib
 import math
 
 import gymnasium
-from gymnasium.envs.registration import load_env_creator
+from gymnasium.envs.registration import EnvSpec, load_env_creator
 
 from .dmc import DEFAULT_DMC_ACTION_REPEAT, PLANET_ACTION_REPEAT, add_aliases, dmc_names, load_dmc
 from .wrappers import ActionRepeat, FlatObservation, NormalizeActions, PlanningEnv
@@ -26,7 +26,7 @@ def available_envs() -> list[str]:
     return dmc_names()
 
 
-def _load_gym(gym_id: str, *, pixels: bool):
+def _load_gym(gym_id: str, *, pixels: bool, render_mode: str | None = None):
     try:
         spec = gymnasium.spec(gym_id)
     except gymnasium.error.Error as err:
@@ -35,21 +35,21 @@ def _load_gym(gym_id: str, *, pixels: bool):
         raise ValueError(
             f"unknown Gymnasium id {gym_id!r} ({err}); close matches: {close}; registered ids: {', '.join(ids)}"
         ) from err
-    if not pixels:
+    creator = spec.entry_point
+    if isinstance(creator, str):
+        creator = load_env_creator(creator)
+    modes = list(getattr(creator, "metadata", {}).get("render_modes") or [])
+    if not (pixels or render_mode):
         env = gymnasium.make(spec)
     else:
-        creator = spec.entry_point
-        if isinstance(creator, str):
-            creator = load_env_creator(creator)
-        modes = list(getattr(creator, "metadata", {}).get("render_modes") or [])
         if "rgb_array" not in modes:
             raise ValueError(
                 f"gym:{gym_id} cannot render 'rgb_array' frames (render modes: {modes}), "
-                "so obs='pixels' is unavailable; use obs='state'"
+                "so obs='pixels' and render_mode='rgb_array' are unavailable; use obs='state'"
             )
         env = gymnasium.make(spec, render_mode="rgb_array")
     limit = env.spec.max_episode_steps if env.spec is not None else None
-    return env, limit, env.render
+    return env, limit, env.render, ["rgb_array"] if "rgb_array" in modes else []
 
 
 def make(
@@ -59,6 +59,7 @@ def make(
     action_repeat: int | None = None,
     seed: int | None = 0,
     image_size: int = 64,
+    render_mode: str | None = None,
 ) -> gymnasium.Env:
     """Build an environment with ``[-1, 1]`` actions and flat-state or pixel observations.
 
@@ -75,6 +76,8 @@ def make(
             first ``reset()`` acts as ``reset(seed=seed)``; later unseeded resets
             continue the stream; ``reset(seed=k)`` reseeds.
         image_size: side ``S`` of pixel observations, in pixels.
+        render_mode: ``None`` or ``"rgb_array"`` (Gymnasium's convention: ``env.render()``
+            returns the simulator's frame, uint8 ``[H, W, 3]``); the observation is unchanged.
 
     Returns:
         A ``gymnasium.Env`` (a :class:`PlanningEnv`) with ``action_space`` =
@@ -85,13 +88,16 @@ def make(
         slice of the state vector, plus aliases such as ``pole_cos`` for known
         tasks). ``step`` sums rewards over the repeated steps, stops early at
         termination/truncation, and puts ``"state"`` and ``"env_steps"`` in info.
+        ``env.spec`` rebuilds the same env (``env.spec.make()``, entry point this
+        function, the arguments as its ``kwargs``), so Gymnasium's ``check_env`` and
+        vector envs work on it.
 
     Raises:
         ValueError: unknown prefix (lists ``"dmc:"``, ``"gym:"``), unknown
             dm_control task (lists ``available_envs()``) or Gymnasium id, bad
-            ``obs`` (lists ``"state"``, ``"pixels"``), bad ``action_repeat`` or
-            ``image_size``, a non-Box action space, or ``obs="pixels"`` on a gym
-            env without ``rgb_array`` rendering.
+            ``obs`` (lists ``"state"``, ``"pixels"``), bad ``action_repeat``,
+            ``image_size`` or ``render_mode``, a non-Box action space, or pixels /
+            ``render_mode="rgb_array"`` on a gym env without ``rgb_array`` rendering.
         RuntimeError: dm_control cannot be imported or cannot render (the message
             says to set ``MUJOCO_GL=egl`` or ``osmesa``).
     """
@@ -99,6 +105,8 @@ def make(
         raise ValueError(f"obs must be one of {list(OBS_MODES)}, got {obs!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
+    if render_mode not in (None, "rgb_array"):
+        raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
     pixels = obs == "pixels"
     prefix, sep, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
     if not sep or prefix + ":" not in PREFIXES:
@@ -108,9 +116,10 @@ def make(
         domain, _, task = rest.partition("-")
         base, keys, limit, render_fn = load_dmc(domain, task, seed=seed, image_size=image_size)
         default_repeat = PLANET_ACTION_REPEAT.get(domain, DEFAULT_DMC_ACTION_REPEAT)
+        render_modes = ["rgb_array"]
     else:
         domain, keys = None, None
-        base, limit, render_fn = _load_gym(rest, pixels=pixels)
+        base, limit, render_fn, render_modes = _load_gym(rest, pixels=pixels, render_mode=render_mode)
         default_repeat = 1
     repeat = default_repeat if action_repeat is None else action_repeat
 
@@ -125,6 +134,30 @@ def make(
         base.close()
         raise
     max_steps = None if limit is None else math.ceil(limit / repeat)
+    # the spec that rebuilds this env: set on the simulator, so every wrapper above appends its own
+    kwargs = {"name": name, "obs": obs, "action_repeat": action_repeat, "seed": seed, "image_size": image_size,
+              "render_mode": render_mode}
+    _set_spec(env, EnvSpec(id=spec_id(name), entry_point="latentplan.envs.registry:make", kwargs=kwargs,
+                           max_episode_steps=None, order_enforce=False, disable_env_checker=True))
     return PlanningEnv(
-        env, env_name=name, action_repeat=repeat, max_episode_steps=max_steps, obs_slices=slices, seed=seed
+        env, env_name=name, action_repeat=repeat, max_episode_steps=max_steps, obs_slices=slices, seed=seed,
+        render_mode=render_mode, render_modes=render_modes,
     )
+
+
+def _set_spec(env: gymnasium.Env, spec: EnvSpec) -> None:
+    """Give the simulator under ``env`` the spec ``spec`` and drop the specs the wrappers cached."""
+    env.unwrapped.spec = spec
+    layer = env
+    while isinstance(layer, gymnasium.Wrapper):
+        layer._cached_spec = None
+        layer = layer.env
+
+
+def spec_id(name: str) -> str:
+    """The Gymnasium id of a ``make`` name: ``"dmc:cartpole-swingup"`` -> ``"latentplan/cartpole-swingup-v0"``,
+    ``"gym:Pendulum-v1"`` -> ``"latentplan/gym-Pendulum-v1"`` (``/`` in a namespaced gym id becomes ``.``)."""
+    prefix, _, rest = name.partition(":")
+    if prefix == "dmc":
+        return f"latentplan/{rest}-v0"
+    return "latentplan/gym-" + rest.replace("/", ".")

@@ -6,6 +6,11 @@ The stack built by ``make`` is, from the inside out::
 
 so frames are rendered once per decision (not once per repeated step) and the
 action checks see exactly what the caller passed.
+
+Every wrapper records its constructor arguments (`gymnasium.utils.RecordConstructorArgs`), so a
+Gymnasium env wrapped in them keeps a spec that `env.spec.make()` can rebuild, and Gymnasium's
+`check_env` passes on the stack (`FlatObservation` does not record its `render_fn`, a callable:
+a pixel `FlatObservation` is rebuilt through `latentplan.envs.make`, whose spec the stack carries).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 from gymnasium import spaces
+from gymnasium.utils import RecordConstructorArgs
 
 
 def validate_action(action: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -58,7 +64,7 @@ def _resize_chw(frame: np.ndarray, size: int) -> np.ndarray:
     return y[0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-class FlatObservation(gymnasium.Wrapper):
+class FlatObservation(gymnasium.Wrapper, RecordConstructorArgs):
     """Expose a flat float32 state vector, or rendered pixels, as the observation.
 
     The inner observation (a ``Box``, or a ``Dict`` of ``Box`` entries as produced
@@ -97,6 +103,8 @@ class FlatObservation(gymnasium.Wrapper):
         render_fn: Callable[[], np.ndarray] | None = None,
         name: str = "env",
     ):
+        keys = None if keys is None else list(keys)
+        RecordConstructorArgs.__init__(self, keys=keys, pixels=pixels, image_size=image_size, name=name)
         super().__init__(env)
         self.name = name
         space = env.observation_space
@@ -198,7 +206,7 @@ class FlatObservation(gymnasium.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-class ActionRepeat(gymnasium.Wrapper):
+class ActionRepeat(gymnasium.Wrapper, RecordConstructorArgs):
     """Apply each action ``repeat`` times and sum the rewards.
 
     Stops early when the inner env terminates or truncates mid-repeat; the
@@ -215,6 +223,7 @@ class ActionRepeat(gymnasium.Wrapper):
     """
 
     def __init__(self, env: gymnasium.Env, repeat: int):
+        RecordConstructorArgs.__init__(self, repeat=repeat)
         super().__init__(env)
         if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
             raise ValueError(f"action_repeat must be an int >= 1, got {repeat!r}")
@@ -236,7 +245,7 @@ class ActionRepeat(gymnasium.Wrapper):
         return obs, total, terminated, truncated, {**info, "env_steps": n}
 
 
-class NormalizeActions(gymnasium.ActionWrapper):
+class NormalizeActions(gymnasium.ActionWrapper, RecordConstructorArgs):
     """Expose a float32 ``Box`` action space in ``[-1, 1]^m``.
 
     Incoming actions are checked with :func:`validate_action`, clipped to
@@ -253,6 +262,7 @@ class NormalizeActions(gymnasium.ActionWrapper):
     """
 
     def __init__(self, env: gymnasium.Env):
+        RecordConstructorArgs.__init__(self)
         super().__init__(env)
         inner = env.action_space
         if not isinstance(inner, spaces.Box):
@@ -272,7 +282,7 @@ class NormalizeActions(gymnasium.ActionWrapper):
         return u.astype(self.env.action_space.dtype)
 
 
-class PlanningEnv(gymnasium.Wrapper):
+class PlanningEnv(gymnasium.Wrapper, RecordConstructorArgs):
     """Outermost wrapper returned by :func:`make`: metadata, seeding, episode checks.
 
     Attributes:
@@ -282,6 +292,10 @@ class PlanningEnv(gymnasium.Wrapper):
             or ``None`` when the simulator has no time limit.
         obs_slices: name -> slice into the float32 state vector (the observation
             in state mode, ``info["state"]`` in pixel mode).
+        render_mode: ``"rgb_array"`` when asked for at construction (``render()``
+            then returns the simulator's frame), else ``None``.
+        metadata: ``{"render_modes": ["rgb_array"], ...}`` when the simulator can
+            render frames, so Gymnasium's ``check_env`` tests that mode through the spec.
 
     Seeding: the first ``reset()`` without a seed behaves as ``reset(seed=seed)``
     with the constructor's ``seed``; later unseeded resets continue that random
@@ -305,8 +319,16 @@ class PlanningEnv(gymnasium.Wrapper):
         max_episode_steps: int | None,
         obs_slices: dict[str, slice],
         seed: int | None,
+        render_mode: str | None = None,
+        render_modes: Sequence[str] = (),
     ):
+        RecordConstructorArgs.__init__(
+            self, env_name=env_name, action_repeat=action_repeat, max_episode_steps=max_episode_steps,
+            obs_slices=dict(obs_slices), seed=seed, render_mode=render_mode, render_modes=list(render_modes),
+        )
         super().__init__(env)
+        self._render_mode = render_mode
+        self.metadata = {**env.metadata, "render_modes": list(render_modes)}
         self.env_name = env_name
         self.action_repeat = int(action_repeat)
         self.max_episode_steps = max_episode_steps
@@ -315,6 +337,22 @@ class PlanningEnv(gymnasium.Wrapper):
         self._needs_reset = True
         if seed is not None:
             self.action_space.seed(seed)
+
+    @property
+    def spec(self):
+        """The env's ``EnvSpec``. For an env built by :func:`latentplan.envs.make` it is that call
+        (entry point ``latentplan.envs.registry:make``, its arguments as ``kwargs``, no additional
+        wrappers, since ``make`` builds them), so ``env.spec.make(**overrides)`` rebuilds the whole
+        stack; otherwise Gymnasium's usual spec, with this wrapper appended."""
+        inner = self.env.unwrapped.spec
+        if inner is not None and inner.entry_point == "latentplan.envs.registry:make":
+            return inner
+        return super().spec
+
+    @property
+    def render_mode(self) -> str | None:
+        """The render mode asked for at construction (``"rgb_array"`` or ``None``)."""
+        return self._render_mode
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start an episode; returns ``(obs, info)`` (see the class doc for seeding)."""

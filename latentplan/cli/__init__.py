@@ -6,6 +6,7 @@ dataclass, so `latentplan <command> --help` lists every field with its documenta
     latentplan compare  planners on one checkpoint at equal budgets (`CompareConfig`)
     latentplan control  a planner as a real-time controller of a simulated robot (`ControlConfig`)
     latentplan distill  a planner distilled into a policy network (`DistillRunConfig`)
+    latentplan suite    a grid of training runs, tasks x recipes x seeds, on Ray (`SuiteConfig`)
 
 Each command's runner lives in its own module of this package and is imported only when run.
 """
@@ -53,6 +54,8 @@ COMMANDS: dict[str, Command] = {
                        "a planner as a real-time controller of a simulated robot"),
     "distill": Command("latentplan.distillation:DistillRunConfig", "latentplan.cli.distill:run", None,
                        "distil a planner into a policy network on a checkpoint"),
+    "suite": Command("latentplan.suite:SuiteConfig", "latentplan.cli.suite:run", "latentplan.suite:SuiteConfig",
+                     "a grid of training runs (tasks x recipes x seeds) on Ray or in-process: one table, one figure"),
 }
 
 
