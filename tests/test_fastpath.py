@@ -2,15 +2,19 @@
 seed; the restructured ELBO is the per-step ELBO; `compile="auto"` picks modes as documented."""
 
 import dataclasses
+import importlib.util
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import latentplan as lp
 from latentplan.planners import fused_search
 from latentplan.worldmodels import FusedRSSM, LatentState
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(seed=0, deter=12, stoch=4, action_dim=2):
@@ -91,6 +95,7 @@ def test_auto_compiles_only_large_repeated_cpu_decisions(monkeypatch):
     model = _model()
     state = _beliefs(model, 1)
     cfg = lp.CEMConfig(horizon=5, iterations=3, candidates=24, elites=5)
+    monkeypatch.delenv("LATENTPLAN_COMPILE", raising=False)  # conftest switches compiling off for the suite
     search = fused_search.FusedCEMSearch()
     assert all(search.auto_mode(cfg, 1) is None for _ in range(30))  # 360 transitions: small, stays eager
     monkeypatch.setattr(fused_search, "AUTO_COMPILE_MIN_EVALS", 300)
@@ -115,6 +120,7 @@ def test_a_failed_auto_compile_warns_and_gives_the_uncompiled_fused_plan(monkeyp
         return step
 
     monkeypatch.setattr(fused_search, "_compiled_iteration", broken)
+    monkeypatch.delenv("LATENTPLAN_COMPILE", raising=False)
     monkeypatch.setattr(fused_search, "AUTO_COMPILE_MIN_EVALS", 1)
     monkeypatch.setattr(fused_search, "AUTO_COMPILE_AFTER", 0)
     planner = lp.CEM(horizon=5, iterations=3, candidates=24, elites=5)
@@ -141,28 +147,17 @@ def test_compiled_fused_search_gives_the_eager_plan():
     torch.testing.assert_close(compiled.actions, eager.actions, atol=1e-5, rtol=1e-5)
 
 
-def _reference_elbo(model, obs, action, reward, is_first, generator):
-    """PlaNet's ELBO written step by step, as `RSSMWorldModel.elbo` computed it before its loop was
-    restructured: prior and posterior inside the loop, KL per step."""
-    c = model.config
-    b, t = action.shape[:2]
-    embed = model.embed(obs.flatten(0, 1)).unflatten(0, (b, t))
-    deter, stoch = torch.zeros(b, c.deter), torch.zeros(b, c.stoch)
-    feats, kls = [], []
-    for i in range(t):
-        keep = (~is_first[:, i]).float()[:, None]
-        x = F.elu(model.pre_gru(torch.cat([stoch * keep, action[:, i] * keep], -1)))
-        deter = model.gru(x, deter * keep)
-        p_mean, p_std = model._gaussian(model.prior_out(F.elu(model.prior_hidden(deter))))
-        q_mean, q_std = model._gaussian(model.post_out(F.elu(model.post_hidden(torch.cat([deter, embed[:, i]], -1)))))
-        stoch = q_mean + q_std * torch.randn(b, c.stoch, generator=generator)
-        kls.append((torch.log(p_std / q_std) + (q_std**2 + (q_mean - p_mean) ** 2) / (2 * p_std**2) - 0.5).sum(-1))
-        feats.append(torch.cat([deter, stoch], -1))
-    f = torch.stack(feats, 1).flatten(0, 1)
-    recon = 0.5 * (((model.decoder(f) - obs.flatten(0, 1)) / c.observation_std) ** 2).sum(-1).mean()
-    rew = 0.5 * (((model.reward_head(f).squeeze(-1) - reward.flatten()) / c.reward_std) ** 2).mean()
-    kl = torch.stack(kls, 1).mean()
-    return recon + c.reward_scale * rew + c.kl_scale * torch.clamp(kl, min=c.free_nats), kl
+def _stepwise_elbo():
+    """`benchmarks/train_speed.py`'s `stepwise_elbo`: the ELBO computed step by step, prior and
+    posterior inside the loop, as `RSSMWorldModel.elbo` did before its loop was restructured."""
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports floor.py beside it
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module.stepwise_elbo
 
 
 def test_elbo_equals_the_stepwise_elbo_with_its_gradients():
@@ -175,7 +170,7 @@ def test_elbo_equals_the_stepwise_elbo_with_its_gradients():
     is_first[1, 3] = True  # an episode starts inside a chunk: the belief and action are reset there
     terms = model.elbo(obs, action, reward, is_first, generator=torch.Generator().manual_seed(5))
     grads = torch.autograd.grad(terms.loss, list(model.parameters()), allow_unused=True)
-    ref_loss, ref_kl = _reference_elbo(model, obs, action, reward, is_first, torch.Generator().manual_seed(5))
+    ref_loss, ref_kl = _stepwise_elbo()(model, obs, action, reward, is_first, torch.Generator().manual_seed(5))
     ref_grads = torch.autograd.grad(ref_loss, list(model.parameters()), allow_unused=True)
     torch.testing.assert_close(terms.loss, ref_loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(terms.kl, ref_kl.detach(), atol=1e-6, rtol=1e-5)

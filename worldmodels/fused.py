@@ -248,24 +248,25 @@ def prior_returns(
     """
     n, h, a = actions.shape
     d = deter.shape[1]
-    action_part = (actions.reshape(n * h, a) @ w["pre_a"] + w["pre_b"]).reshape(n, h, -1)
+    # biases go into the products (addmm), as nn.Linear does: no extra pass over the outputs
+    action_part = torch.addmm(w["pre_b"], actions.transpose(0, 1).reshape(h * n, a), w["pre_a"]).reshape(h, n, -1)
     feats = []
     for t in range(h):
-        x = F.elu(action_part[:, t] + stoch @ w["pre_s"])
-        gi = x @ w["gru_wi"] + w["gru_bi"]  # [N, 3D]: r, z, n parts of the input
-        gh = deter @ w["gru_wh"] + w["gru_bh"]  # [N, 3D]: r, z, n parts of the hidden state
+        x = F.elu(torch.addmm(action_part[t], stoch, w["pre_s"]))
+        gi = torch.addmm(w["gru_bi"], x, w["gru_wi"])  # [N, 3D]: r, z, n parts of the input
+        gh = torch.addmm(w["gru_bh"], deter, w["gru_wh"])  # [N, 3D]: r, z, n parts of the hidden state
         rz = torch.sigmoid(gi[:, : 2 * d] + gh[:, : 2 * d])
         cand = torch.tanh(gi[:, 2 * d:] + rz[:, :d] * gh[:, 2 * d:])
         z = rz[:, d:]
         deter = (1.0 - z) * cand + z * deter
-        out = F.elu(deter @ w["ph_w"] + w["ph_b"]) @ w["po_w"] + w["po_b"]
+        out = torch.addmm(w["po_b"], F.elu(torch.addmm(w["ph_b"], deter, w["ph_w"])), w["po_w"])
         mean, raw = out.chunk(2, dim=-1)
         stoch = mean + (F.softplus(raw) + min_std) * eps[t]
         feats.append(torch.cat([deter, stoch], dim=-1))
     x = torch.cat(feats, dim=0)  # [H * N, D + S], row t * N + n
-    x = F.elu(x @ w["r0_w"] + w["r0_b"])
-    x = F.elu(x @ w["r1_w"] + w["r1_b"])
-    r = (x @ w["r2_w"] + w["r2_b"]).reshape(h, n)
+    x = F.elu(torch.addmm(w["r0_b"], x, w["r0_w"]))
+    x = F.elu(torch.addmm(w["r1_b"], x, w["r1_w"]))
+    r = torch.addmm(w["r2_b"], x, w["r2_w"]).reshape(h, n)
     if discount == 1.0:
         return r.sum(dim=0)
     weights = discount ** torch.arange(h, device=r.device, dtype=r.dtype)
