@@ -3,6 +3,7 @@
     python benchmarks/plan_speed.py                                # CUDA if present, else CPU (small sweep)
     python benchmarks/plan_speed.py --devices cpu --batches 1 --repeats 5
     python benchmarks/plan_speed.py --devices cuda --batches 1 16 64 --peers --accuracy
+    python benchmarks/plan_speed.py --devices cpu --preset demo --modes eager fused fused_compile
 
 Rows, all on one freshly initialised RSSM of PlaNet's size (GRU 200, stochastic 30, hidden 200;
 A = `--action-dim`, 6 as PlaNet's cheetah) whose weights every row shares (the weights do not
@@ -12,14 +13,27 @@ change the cost):
   in each of `--modes`: `eager` (the plain loop), `static` (the capture-ready search without
   capture), `cuda_graph` (captured once, replayed), `torch_compile`, and the same with the fused
   RSSM step (`FusedRSSM`, fp32 / tf32 / bf16 matrix products);
-- our CEM softmax refit (`refit="mppi"`, registry `cem_softmax`; one iteration from zero is MPPI's update without control cost) at 10,000 samples x H=12, one iteration, B=1;
+- with `--preset demo`, the same rows for the demo's model and planner instead (RSSM with 128
+  units, A = 1, CEM H=12, I=5, J=100, K=10: `latentplan demo`'s decision);
+- the fused search (`fused`: one pure function per CEM iteration, `planners.fused_search`) and
+  the same compiled by inductor (`fused_compile`: C++/OpenMP on the CPU; its compile happens in
+  the first warm-up call and is reported as `first_call_s`);
+- our CEM with the softmax-weighted refit (`refit="mppi"`, registry `cem_softmax`; one iteration
+  from zero is MPPI's update without control cost) at 10,000 samples x H=12, one iteration, B=1
+  (labelled "CEM softmax refit 10k x 12"; MPPI as published is `planners.mppi.MPPI`);
 - our gradient planner (H=12, 8 restarts, 10 Adam steps), B=1;
 - with `--peers`, and when they are installed: torchrl's `CEMPlanner` at PlaNet's settings and
   pytorch_mppi's `MPPI` at 10,000 samples x 12, driven over the same model
   (`benchmarks/peers.py`; never dependencies of latentplan).
 
 Times are medians over `--repeats` decisions after `--warmup` decisions (a capture happens in
-the first warm-up call). On CUDA they are measured with CUDA events around the whole `plan`
+the first warm-up call); on the CPU the process time of the same calls is recorded beside them
+(`cpu_ms_median`), which a machine shared with other work inflates less than the wall time.
+
+**The floor.** In the same run, before and after the rows, the script times the single-precision
+matrix products of one decision alone, at the model's own shapes (`benchmarks/floor.py`), and
+reports every CEM row as a multiple of that floor (`x_floor`: ms per decision / floor ms; the
+floor is the mean of the two measurements, both recorded). On CUDA they are measured with CUDA events around the whole `plan`
 call (Python included: that is the decision's latency); on the CPU with `time.perf_counter`.
 `--accuracy` compares each reduced-precision plan with the fp32 plan of the same seed: the
 return of the chosen first action (estimated by rolling out both plans' sequences 256 times
@@ -33,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import time
@@ -41,11 +56,14 @@ from typing import Callable
 
 import torch
 
+import floor  # benchmarks/floor.py, next to this script
 import latentplan as lp
 from latentplan.worldmodels import FusedRSSM, LatentState
 
 PLANET = lp.CEMConfig(horizon=12, iterations=10, candidates=1000, elites=100)
-MPPI_10K = lp.CEMConfig(horizon=12, iterations=1, candidates=10_000, elites=100, refit="mppi", temperature=1.0)
+DEMO = lp.CEMConfig(horizon=12, iterations=5, candidates=100, elites=10)
+SOFTMAX_10K = lp.CEMConfig(horizon=12, iterations=1, candidates=10_000, elites=100, refit="mppi", temperature=1.0)
+SOFTMAX_LABEL = "CEM softmax refit 10k x 12"
 GRADIENT = lp.GradientConfig(horizon=12, iterations=10, restarts=8, init="zeros")
 
 
@@ -56,8 +74,9 @@ def device_name(device: str) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def time_ms(fn: Callable[[], object], device: str, *, repeats: int, warmup: int) -> list[float]:
-    """Milliseconds of each of `repeats` calls of `fn` after `warmup` calls; CUDA events on CUDA."""
+def time_ms(fn: Callable[[], object], device: str, *, repeats: int, warmup: int, cpu: list | None = None) -> list[float]:
+    """Milliseconds of each of `repeats` calls of `fn` after `warmup` calls; CUDA events on CUDA.
+    On the CPU, the process time of each call is appended to `cpu` when given."""
     for _ in range(warmup):
         fn()
     out = []
@@ -71,16 +90,19 @@ def time_ms(fn: Callable[[], object], device: str, *, repeats: int, warmup: int)
             torch.cuda.synchronize()
             out.append(start.elapsed_time(end))
         else:
-            t0 = time.perf_counter()
+            t0, p0 = time.perf_counter(), time.process_time()
             fn()
             out.append((time.perf_counter() - t0) * 1e3)
+            if cpu is not None:
+                cpu.append((time.process_time() - p0) * 1e3)
     return out
 
 
-def make_model(action_dim: int, device: str, seed: int = 0) -> lp.RSSMWorldModel:
-    """PlaNet's RSSM with vector observations, freshly initialised from `seed`, in eval mode."""
+def make_model(action_dim: int, device: str, seed: int = 0, units: int = 200) -> lp.RSSMWorldModel:
+    """PlaNet's RSSM (`units` = 200; the demo's: 128) with vector observations, freshly initialised
+    from `seed`, in eval mode."""
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(lp.RSSMConfig(), obs_shape=(5,), action_dim=action_dim)
+    cfg = dataclasses.replace(lp.RSSMConfig(deter=units, hidden=units, embed=units), obs_shape=(5,), action_dim=action_dim)
     return lp.RSSMWorldModel(cfg).to(device).eval()
 
 
@@ -102,6 +124,8 @@ MODES = {
     "fused cuda_graph tf32": ("cuda_graph", "tf32"),
     "fused cuda_graph bf16": ("cuda_graph", "bf16"),
     "fused static bf16": ("static", "bf16"),
+    "fused": ("fused", None),
+    "fused_compile": ("fused_compile", None),
 }
 
 
@@ -109,28 +133,50 @@ def _planner_model(model: lp.RSSMWorldModel, precision: str | None):
     return model if precision is None else FusedRSSM(model, precision=precision)
 
 
-def run_ours(model, device, args, rows) -> None:
-    """Time our CEM (every mode, every B), MPPI 10k x 12 and the gradient planner."""
-    name = device_name(device)
-    cuda = device.startswith("cuda")
+def floor_ms(cfg, batch: int, floors: dict, field: str = "ms") -> float | None:
+    """The mean measured floor (wall ms, or with `field="cpu_ms"` process ms) of one decision of
+    `cfg` for `batch` beliefs, or None (for settings the floor does not cover: CEM+GD, the
+    gradient planner)."""
+    if not isinstance(cfg, lp.CEMConfig) or cfg.gradient is not None:
+        return None
+    key = (cfg.candidates, cfg.horizon, cfg.iterations, batch)
+    f = floors.get(key)
+    return None if f is None else statistics.mean(m[field] for m in f)
+
+
+def measure_floors(model, cfgs: list[tuple[lp.CEMConfig, int]], floors: dict) -> None:
+    """Time the floor of every distinct `(config, B)` once more, appending to `floors` (called
+    before and after the rows, so both measurements are recorded)."""
+    distinct = {(cfg.candidates, cfg.horizon, cfg.iterations, b): (cfg, b) for cfg, b in cfgs if cfg.gradient is None}
+    for key, (cfg, b) in distinct.items():
+        shapes = floor.cem_shapes(model.config, action_dim=model.action_dim, rows=b * cfg.candidates,
+                                  horizon=cfg.horizon, iterations=cfg.iterations)
+        floors.setdefault(key, []).append(floor.measure(shapes, repeats=3))
+
+
+def our_jobs(args, cuda: bool) -> list[tuple]:
+    """`(planner name, config, mode label, B)` of every row of ours."""
     modes = [m for m in args.modes if cuda or MODES[m][0] != "cuda_graph"]
-    jobs = []
-    for b in args.batches:
-        for label in modes:
-            jobs.append(("CEM (PlaNet)", PLANET, label, b))
-    for label in [m for m in modes if MODES[m][0] in ("eager", "cuda_graph") and MODES[m][1] in (None, "fp32")]:
-        jobs.append(("MPPI 10k x 12", MPPI_10K, label, 1))
-        jobs.append(("gradient (R8, 10 steps)", GRADIENT, label, 1))
+    cem, cem_name = (DEMO, "CEM (demo)") if args.preset == "demo" else (PLANET, "CEM (PlaNet)")
+    jobs = [(cem_name, cem, label, b) for b in args.batches for label in modes]
+    if args.preset != "demo":
+        for label in [m for m in modes if MODES[m][0] in ("eager", "cuda_graph") and MODES[m][1] in (None, "fp32")]:
+            jobs.append((SOFTMAX_LABEL, SOFTMAX_10K, label, 1))
+            jobs.append(("gradient (R8, 10 steps)", GRADIENT, label, 1))
+    return jobs
+
+
+def run_ours(model, device, args, rows, jobs, floors) -> None:
+    """Time our CEM (every mode, every B), the softmax-refit CEM 10k x 12 and the gradient planner."""
+    name = device_name(device)
     for planner_name, cfg, label, b in jobs:
         mode, precision = MODES[label]
         pm = _planner_model(model, precision)
         state = beliefs(model, b)
         if isinstance(cfg, lp.GradientConfig):
             planner = lp.GradientPlanner(dataclasses.replace(cfg, compile=mode))
-            evals = cfg.model_evals
         else:
             planner = lp.CEM(dataclasses.replace(cfg, compile=mode))
-            evals = cfg.model_evals
         gen = torch.Generator(device=device).manual_seed(0)
         objective = lp.Objective(pm)  # built once: a new Objective per call would also reuse the capture
 
@@ -138,15 +184,24 @@ def run_ours(model, device, args, rows) -> None:
             planner.plan(objective, state, generator=gen)
 
         t0 = time.perf_counter()
-        times = time_ms(decide, device, repeats=args.repeats, warmup=args.warmup)
-        med = statistics.median(times)
-        row = {
-            "device": name, "planner": planner_name, "mode": label, "batch": b, "model_evals_per_env": evals,
-            "ms_median": med, "ms_per_env_decision": med / b, "ms_all": times,
-            "wall_s": time.perf_counter() - t0,
-        }
-        rows.append(row)
-        _print_row(row)
+        decide()  # the first call: a capture or a compile happens here
+        first = time.perf_counter() - t0
+        cpu: list[float] = []
+        times = time_ms(decide, device, repeats=args.repeats, warmup=max(args.warmup - 1, 0), cpu=cpu)
+        rows.append(_row(name, planner_name, label, b, cfg.model_evals, times, cpu, first, time.perf_counter() - t0,
+                         floor_key=(model, cfg, b)))
+
+
+def _row(name, planner, mode, b, evals, times, cpu, first, wall, floor_key) -> dict:
+    med = statistics.median(times)
+    row = {
+        "device": name, "planner": planner, "mode": mode, "batch": b, "model_evals_per_env": evals,
+        "ms_median": med, "ms_per_env_decision": med / b, "ms_all": times,
+        "cpu_ms_median": statistics.median(cpu) if cpu else None, "first_call_s": first, "wall_s": wall,
+        "_floor_key": floor_key,
+    }
+    print(f"  {name}: {planner}, {mode}, B={b}: {med:.2f} ms/decision", flush=True)
+    return row
 
 
 def run_peers(model, device, args, rows) -> None:
@@ -161,7 +216,7 @@ def run_peers(model, device, args, rows) -> None:
     made = [
         ("torchrl CEMPlanner (PlaNet)", PLANET.model_evals,
          lambda: peers.torchrl_cem(model, horizon=12, iterations=10, candidates=1000, elites=100, device=device)),
-        ("pytorch_mppi MPPI 10k x 12", MPPI_10K.model_evals,
+        ("pytorch_mppi MPPI 10k x 12", SOFTMAX_10K.model_evals,
          lambda: peers.pytorch_mppi(model, samples=10_000, horizon=12, device=device)),
     ]
     for label, evals, make in made:
@@ -174,12 +229,12 @@ def run_peers(model, device, args, rows) -> None:
             print(f"({label}: not installed, skipped)")
             continue
         decide, version = peer
-        times = time_ms(lambda: decide(state), device, repeats=args.repeats, warmup=args.warmup)
-        med = statistics.median(times)
-        row = {"device": name, "planner": label, "mode": version, "batch": 1, "model_evals_per_env": evals,
-               "ms_median": med, "ms_per_env_decision": med, "ms_all": times}
-        rows.append(row)
-        _print_row(row)
+        t0 = time.perf_counter()
+        cpu: list[float] = []
+        times = time_ms(lambda: decide(state), device, repeats=args.repeats, warmup=args.warmup, cpu=cpu)
+        cfg = PLANET if label.startswith("torchrl") else SOFTMAX_10K  # the same shapes, for the floor
+        rows.append(_row(name, label, version, 1, evals, times, cpu, None, time.perf_counter() - t0,
+                         floor_key=(model, cfg, 1)))
 
 
 def real_beliefs(model, config, n: int, seed: int = 0) -> LatentState:
@@ -245,9 +300,39 @@ def run_accuracy(model, device, args, states: LatentState | None = None) -> list
     return out
 
 
-def _print_row(row: dict) -> None:
-    print(f"{row['device']:<34} {row['planner']:<28} {row['mode']:<24} {row['batch']:>3} "
-          f"{row['ms_median']:>11.2f} {row['ms_per_env_decision']:>14.3f}", flush=True)
+def finish_rows(rows: list[dict], floors: dict) -> list[dict]:
+    """Add each row's floor (`floor_ms`) and multiple of it (`x_floor`), and the same for the
+    process time (`floor_cpu_ms`, `cpu_x_floor`)."""
+    for row in rows:
+        _, cfg, b = row.pop("_floor_key")
+        f = floor_ms(cfg, b, floors)
+        row["floor_ms"] = f
+        row["x_floor"] = None if f is None else row["ms_median"] / f
+        fc = floor_ms(cfg, b, floors, "cpu_ms")
+        row["floor_cpu_ms"] = fc
+        row["cpu_x_floor"] = None if fc is None or row["cpu_ms_median"] is None else row["cpu_ms_median"] / fc
+    return rows
+
+
+def print_table(rows: list[dict], floors: dict) -> None:
+    """The table: one line per row, with its multiple of the floor where there is one."""
+    header = (f"{'device':<34} {'planner':<28} {'mode':<16} {'B':>3} {'ms/decision':>11} {'floor ms':>8} "
+              f"{'x floor':>7} {'cpu ms':>8} {'cpu x floor':>11} {'first s':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        fl = "" if r["floor_ms"] is None else f"{r['floor_ms']:.1f}"
+        xf = "" if r["x_floor"] is None else f"{r['x_floor']:.2f}"
+        cpu = "" if r["cpu_ms_median"] is None else f"{r['cpu_ms_median']:.1f}"
+        cxf = "" if r["cpu_x_floor"] is None else f"{r['cpu_x_floor']:.2f}"
+        first = "" if r["first_call_s"] is None else f"{r['first_call_s']:.1f}"
+        print(f"{r['device']:<34} {r['planner']:<28} {r['mode']:<16} {r['batch']:>3} {r['ms_median']:>11.2f} "
+              f"{fl:>8} {xf:>7} {cpu:>8} {cxf:>11} {first:>7}")
+    for key, ms in floors.items():
+        j, h, i, b = key
+        print(f"floor J={j} H={h} I={i} B={b}: " + ", ".join(
+            f"{m['ms']:.1f} ms wall, {m['cpu_ms']:.1f} ms cpu ({m['gflops']:.0f} GFLOP/s)" for m in ms)
+              + f"; {ms[0]['gflop']:.1f} GFLOP per decision, {ms[0]['threads']} threads")
 
 
 def main() -> None:
@@ -260,6 +345,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="default 30 on CUDA, 5 on CPU")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--action-dim", type=int, default=6, help="A (PlaNet's cheetah: 6; cartpole: 1)")
+    p.add_argument("--preset", choices=["planet", "demo"], default="planet",
+                   help="planet: PlaNet's RSSM and CEM (default); demo: latentplan demo's model (128 units, A=1) and CEM (I=5, J=100, K=10)")
     p.add_argument("--peers", action="store_true", help="also time torchrl's CEMPlanner and pytorch_mppi when installed")
     p.add_argument("--accuracy", action="store_true", help="compare fused tf32/bf16 plans with fp32 plans")
     p.add_argument("--accuracy-states", type=int, default=16)
@@ -271,23 +358,32 @@ def main() -> None:
     devices = args.devices or (["cuda"] if torch.cuda.is_available() else ["cpu"])
     rows: list[dict] = []
     accuracy: list[dict] = []
-    header = f"{'device':<34} {'planner':<28} {'mode':<24} {'B':>3} {'ms/decision':>11} {'ms/env-decision':>14}"
+    floors: dict = {}
     for dev in devices:
         cuda = dev.startswith("cuda")
         run_args = argparse.Namespace(**vars(args))
         run_args.batches = args.batches or ([1, 16, 64] if cuda else [1])
         run_args.modes = args.modes or (
             ["eager", "cuda_graph", "torch_compile", "fused cuda_graph", "fused cuda_graph tf32", "fused cuda_graph bf16"]
-            if cuda else ["eager", "static", "fused eager"]
+            if cuda else ["eager", "static", "fused", "fused_compile"]
         )
         run_args.repeats = args.repeats or (30 if cuda else 5)
-        model = make_model(args.action_dim, dev)
+        demo = args.preset == "demo"
+        model = make_model(1 if demo else args.action_dim, dev, units=128 if demo else 200)
         if not args.skip_speed:
-            print(header)
-            print("-" * len(header))
-            run_ours(model, dev, run_args, rows)
-            if args.peers:
-                run_peers(model, dev, run_args, rows)
+            jobs = our_jobs(run_args, cuda)
+            cfgs = [(cfg, b) for _, cfg, _, b in jobs if isinstance(cfg, lp.CEMConfig)]
+            cfgs += [(PLANET, 1), (SOFTMAX_10K, 1)] if args.peers and not demo else []
+            if not cuda:
+                measure_floors(model, cfgs, floors)
+            dev_rows: list[dict] = []
+            run_ours(model, dev, run_args, dev_rows, jobs, floors)
+            if args.peers and not demo:
+                run_peers(model, dev, run_args, dev_rows)
+            if not cuda:
+                measure_floors(model, cfgs, floors)
+            rows += finish_rows(dev_rows, floors)
+            print_table(rows[-len(dev_rows):], floors)
         if args.accuracy:
             states = None
             if args.checkpoint:
@@ -298,11 +394,15 @@ def main() -> None:
                 row.setdefault("model", args.checkpoint or "random-weight PlaNet RSSM")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
+    demo = args.preset == "demo"
     meta = {
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-        "action_dim": args.action_dim, "rssm": "PlaNet (deter 200, stoch 30, hidden 200)",
-        "cem": "H=12 I=10 J=1000 K=100", "mppi": "10,000 samples x H=12, 1 iteration",
-        "gradient": "H=12, 8 restarts, 10 Adam steps",
+        "preset": args.preset, "action_dim": 1 if demo else args.action_dim,
+        "rssm": "demo (deter 128, stoch 30, hidden 128)" if demo else "PlaNet (deter 200, stoch 30, hidden 200)",
+        "cem": "H=12 I=5 J=100 K=10" if demo else "H=12 I=10 J=1000 K=100",
+        "softmax_refit": "10,000 samples x H=12, 1 iteration", "gradient": "H=12, 8 restarts, 10 Adam steps",
+        "load_average": list(os.getloadavg()),
+        "floor": {"x".join(map(str, k)) + " (J x H x I x B)": v for k, v in floors.items()},
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows, "accuracy": accuracy}, indent=2))
     print(f"\nwrote {out}")

@@ -20,6 +20,7 @@ from .validate import check_choice, check_int, check_min, check_positive, check_
 from .ascent import AscentConfig, ascend, ascent_evals, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
+from .fused_search import FusedCEMSearch, why_not_fused
 from .objective import Objective, rank_returns
 from .policy import policy_rollout
 
@@ -154,14 +155,22 @@ class CEMConfig:
             `max(1, round(policy_fraction * J))` sequences (the first the policy's mode, the
             others samples), made once per plan call and evaluated again in every iteration.
             In [0, 1]; unused without a proposal.
-        compile: how a plan call runs (`planners.capture`): `"eager"`, the plain loop (anytime:
-            the deadline is checked after every iteration); `"cuda_graph"`, the whole search
-            captured once in a CUDA graph and replayed (all I iterations run; no deadline inside);
-            `"torch_compile"`, the search through `torch.compile`; `"static"`, the capture-ready
-            search without capture (what a graph records; for tests); `"auto"` (default),
-            `"cuda_graph"` on a CUDA device when the settings allow it (not with
-            `gradient`, whose optimiser is not captured), else `"eager"`. On the CPU,
-            `"auto"` is the eager loop, unchanged.
+        compile: how a plan call runs (`planners.capture`, `planners.fused_search`): `"eager"`,
+            the plain loop (anytime: the deadline is checked after every iteration);
+            `"cuda_graph"`, the whole search captured once in a CUDA graph and replayed (all I
+            iterations run; no deadline inside); `"torch_compile"`, the search through
+            `torch.compile`; `"static"`, the capture-ready search without capture (what a graph
+            records; for tests); `"fused"`, the fused search (one pure function per iteration
+            over the `FusedRSSM` weights, noise pre-drawn from the generator; PlaNet's CEM over
+            the default objective only, else ValueError); `"fused_compile"`, that function
+            compiled by `torch.compile` (inductor: C++/OpenMP on the CPU; kernels cached on disk,
+            `fused_search.compile_cache_dir`). Both fused modes give the eager plan of the same
+            seed up to float rounding and check the deadline after every iteration. `"auto"`
+            (default): `"cuda_graph"` on a CUDA device when the settings allow it (not with
+            `gradient`, whose optimiser is not captured); on the CPU `"fused_compile"` for large
+            decisions (>= 50,000 imagined transitions) of covered settings from a planner's
+            17th call on (`FusedCEMSearch.auto_mode`; a failed compile warns and runs the fused
+            search uncompiled), else `"eager"`.
 
     Raises:
         ValueError: on counts < 1, elites > candidates, non-positive stds, or an option out of
@@ -185,7 +194,7 @@ class CEMConfig:
     return_best: bool = False
     gradient: AscentConfig | None = None
     policy_fraction: float = 0.0
-    compile: Literal["auto", "eager", "static", "cuda_graph", "torch_compile"] = "auto"
+    compile: Literal["auto", "eager", "static", "cuda_graph", "torch_compile", "fused", "fused_compile"] = "auto"
 
     def __post_init__(self) -> None:
         check_int(self, "horizon", "iterations", "candidates", "elites", minimum=1)
@@ -207,7 +216,7 @@ class CEMConfig:
         if self.gradient is not None and not isinstance(self.gradient, AscentConfig):
             raise ValueError(f"CEMConfig.gradient must be an AscentConfig or None; got {self.gradient!r}")
         check_range(self, "policy_fraction", 0.0, 1.0)
-        check_choice(self, "compile", ("auto", "eager", "static", "cuda_graph", "torch_compile"))
+        check_choice(self, "compile", ("auto", "eager", "static", "cuda_graph", "torch_compile", "fused", "fused_compile"))
 
     def population(self, i: int) -> int:
         """J_i, the fresh candidates sampled in iteration `i` (0-based), per environment."""
@@ -309,6 +318,7 @@ class CEM:
         self.config = config
         self.proposal = proposal
         self._cache = CaptureCache()
+        self._fast = FusedCEMSearch()
 
     def __repr__(self) -> str:
         return f"CEM({self.config})" if self.proposal is None else f"CEM({self.config}, proposal={type(self.proposal).__name__})"
@@ -342,9 +352,13 @@ class CEM:
         else:
             mean = torch.zeros(b, h, a, device=dev)
             std = torch.full((b, h, a), c.init_std, device=dev)
-        not_capturable = "gradient (CEM+GD's optimiser is not captured)" if c.gradient is not None else None
-        mode = resolve_compile(c.compile, dev, planner="CEM", not_capturable=not_capturable or self._cache.failed)
-        if mode != "eager":
+        mode = self._fused_mode(objective, dev, b)
+        if mode is not None:
+            result, mode = self._fused_search(mode, objective, state, mean, std, generator, deadline)
+        else:
+            not_capturable = "gradient (CEM+GD's optimiser is not captured)" if c.gradient is not None else None
+            mode = resolve_compile(c.compile, dev, planner="CEM", not_capturable=not_capturable or self._cache.failed)
+        if mode not in ("eager", "fused", "fused_compile"):
             try:
                 result = self._captured(mode, objective, state, mean, std, generator)
             except Exception as e:
@@ -361,6 +375,38 @@ class CEM:
             "compile": mode,
         }
         return Plan(mean, value, info)
+
+    def _fused_mode(self, objective: Objective, device: torch.device, batch: int) -> str | None:
+        """`"fused"` or `"fused_compile"` if this call takes the fused search (`planners.fused_search`),
+        else None. Explicit modes raise ValueError when the settings are not covered."""
+        c = self.config
+        if c.compile in ("fused", "fused_compile"):
+            why = why_not_fused(c, objective, self.proposal)
+            if why is not None:
+                raise ValueError(f"CEM: compile={c.compile!r} cannot be used with these settings: {why}")
+            return c.compile
+        if c.compile != "auto" or device.type != "cpu" or why_not_fused(c, objective, self.proposal) is not None:
+            return None
+        return self._fast.auto_mode(c, batch)
+
+    def _fused_search(
+        self, mode: str, objective: Objective, state: LatentState, mean: Tensor, std: Tensor,
+        generator: torch.Generator | None, deadline: float | None,
+    ) -> tuple[tuple[Tensor, Tensor, Tensor, int, int], str]:
+        """Run the fused search; a failed compile under `compile="auto"` warns and runs it uncompiled
+        from the generator's state before the attempt (so the plan is the one the seed gives)."""
+        rng = generator if generator is not None else torch.default_generator
+        before = rng.get_state() if mode == "fused_compile" and state.device.type == "cpu" else None
+        try:
+            return self._fast.run(self.config, objective, state, mean, std, generator, deadline,
+                                  compiled=mode == "fused_compile"), mode
+        except Exception as e:
+            if mode != "fused_compile" or self.config.compile != "auto":
+                raise
+            self._fast.fail(e)
+            if before is not None:
+                rng.set_state(before)
+            return self._fast.run(self.config, objective, state, mean, std, generator, deadline, compiled=False), "fused"
 
     def _captured(
         self, mode: str, objective: Objective, state: LatentState, mean: Tensor, std: Tensor,

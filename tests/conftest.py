@@ -6,6 +6,8 @@ import torch
 # The tests' models are tiny: one thread is faster than two and does not fight other processes.
 torch.set_num_threads(1)
 os.environ.setdefault("MUJOCO_GL", "egl")
+# compile="auto" never compiles in the suite (tests that compile ask for it and are marked slow)
+os.environ.setdefault("LATENTPLAN_COMPILE", "0")
 
 
 @pytest.fixture(scope="session")

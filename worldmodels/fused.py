@@ -18,7 +18,7 @@ from torch import Tensor
 from .rssm import RSSMWorldModel
 from .state import LatentState, WorldModelBase
 
-__all__ = ["FusedRSSM", "Precision"]
+__all__ = ["FusedRSSM", "Precision", "prior_returns"]
 
 Precision = Literal["fp32", "tf32", "bf16"]
 
@@ -90,6 +90,7 @@ class FusedRSSM(WorldModelBase):
         return [
             m.pre_gru.weight, m.pre_gru.bias, m.gru.weight_ih, m.gru.weight_hh, m.gru.bias_ih, m.gru.bias_hh,
             m.prior_hidden.weight, m.prior_hidden.bias, m.prior_out.weight, m.prior_out.bias,
+            *(p for layer in _reward_layers(m) for p in (layer.weight, layer.bias)),
         ]
 
     def refresh(self) -> bool:
@@ -120,6 +121,14 @@ class FusedRSSM(WorldModelBase):
                 "po_w": m.prior_out.weight.t().contiguous().to(mm_dtype),
                 "po_b": m.prior_out.bias.clone(),
             }
+            # for `prior_returns` (the CPU path, where arithmetic, not launches, is the cost): the GRU's
+            # two products without the zero blocks of gru_w, and the reward head
+            new["gru_wi"] = w_ih.t().contiguous()  # [in, 3D]
+            new["gru_wh"] = w_hh.t().contiguous()  # [D, 3D]
+            new["gru_bi"], new["gru_bh"] = b_ih.clone(), b_hh.clone()
+            for i, layer in enumerate(_reward_layers(m)):
+                new[f"r{i}_w"] = layer.weight.t().contiguous()
+                new[f"r{i}_b"] = layer.bias.clone()
             if self._w and all(self._w[k].shape == v.shape and self._w[k].dtype == v.dtype
                                and self._w[k].device == v.device for k, v in new.items()):
                 for k, v in new.items():
@@ -201,3 +210,64 @@ class FusedRSSM(WorldModelBase):
                 stochs.append(stoch)
         visited = LatentState(torch.stack(deters, 1).flatten(0, 1), torch.stack(stochs, 1).flatten(0, 1))
         return visited, LatentState(deter, stoch)
+
+
+def _reward_layers(model: RSSMWorldModel) -> list[torch.nn.Linear]:
+    """The linear layers of the model's reward head (an `MLP`: Linear, ELU, ..., Linear)."""
+    return [layer for layer in model.reward_head.net if isinstance(layer, torch.nn.Linear)]
+
+
+def prior_returns(
+    w: dict[str, Tensor], deter: Tensor, stoch: Tensor, actions: Tensor, eps: Tensor, *, min_std: float,
+    discount: float = 1.0,
+) -> Tensor:
+    """Returns of H imagined prior steps under the learned reward head, with the noise given.
+
+    A pure function of tensors (no generator, no Python state), so that `torch.compile` can fuse
+    it whole: on the CPU inductor turns the elementwise parts of all H steps (ELU, the GRU's gates,
+    softplus, the sample, the reward head's ELUs) into a few C++/OpenMP loops around the matrix
+    products. It is what `Objective(model).returns(state, actions, generator=g)` computes for the
+    default objective (the learned reward, no value, no terminal term) when `eps[t]` holds the
+    `randn(N, S)` that the model's `rollout` would draw at step t: equal up to float rounding
+    (test: tests/test_fastpath.py).
+
+    Args:
+        w: `FusedRSSM(model)._w` in fp32 (after `refresh()`): the fused GRU, prior and reward
+            head weights.
+        deter: `[N, D]`, stoch: `[N, S]` start beliefs.
+        actions: `[N, H, A]` action sequences.
+        eps: `[H, N, S]` standard normal noise of the stochastic states, step-major.
+        min_std: the model's `config.min_std`.
+        discount: γ of the objective: the return is sum_t γ^t r_t.
+
+    Returns:
+        `[N]` returns (non-finite entries left as they are).
+
+    Source: PlaNet's RSSM prior and return (Hafner et al. 2019, Sec. 3 and Appendix A); the GRU
+    as in `FusedRSSM`.
+    """
+    n, h, a = actions.shape
+    d = deter.shape[1]
+    # biases go into the products (addmm), as nn.Linear does: no extra pass over the outputs
+    action_part = torch.addmm(w["pre_b"], actions.transpose(0, 1).reshape(h * n, a), w["pre_a"]).reshape(h, n, -1)
+    feats = []
+    for t in range(h):
+        x = F.elu(torch.addmm(action_part[t], stoch, w["pre_s"]))
+        gi = torch.addmm(w["gru_bi"], x, w["gru_wi"])  # [N, 3D]: r, z, n parts of the input
+        gh = torch.addmm(w["gru_bh"], deter, w["gru_wh"])  # [N, 3D]: r, z, n parts of the hidden state
+        rz = torch.sigmoid(gi[:, : 2 * d] + gh[:, : 2 * d])
+        cand = torch.tanh(gi[:, 2 * d:] + rz[:, :d] * gh[:, 2 * d:])
+        z = rz[:, d:]
+        deter = (1.0 - z) * cand + z * deter
+        out = torch.addmm(w["po_b"], F.elu(torch.addmm(w["ph_b"], deter, w["ph_w"])), w["po_w"])
+        mean, raw = out.chunk(2, dim=-1)
+        stoch = mean + (F.softplus(raw) + min_std) * eps[t]
+        feats.append(torch.cat([deter, stoch], dim=-1))
+    x = torch.cat(feats, dim=0)  # [H * N, D + S], row t * N + n
+    x = F.elu(torch.addmm(w["r0_b"], x, w["r0_w"]))
+    x = F.elu(torch.addmm(w["r1_b"], x, w["r1_w"]))
+    r = torch.addmm(w["r2_b"], x, w["r2_w"]).reshape(h, n)
+    if discount == 1.0:
+        return r.sum(dim=0)
+    weights = discount ** torch.arange(h, device=r.device, dtype=r.dtype)
+    return (r * weights[:, None]).sum(dim=0)

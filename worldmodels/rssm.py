@@ -428,6 +428,35 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         return postprocess_image(self.decode(state)["image"])
 
     # ------------------------------------------------------------------ training
+    def _filter(
+        self, embed: Tensor, action: Tensor, is_first: Tensor, generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The posterior recursion of `elbo` over `[B, T]` steps: `(deter [B*T, D], stoch [B*T, S],
+        posterior mean [B*T, S], posterior std [B*T, S])`, row `b * T + t`. Only what feeds the next step is inside the loop (pre-GRU, GRU, posterior,
+        sample); the action's and the embedding's parts of the linear layers are computed for all
+        steps at once, and the samples' noise drawn first, step by step, in the order the loop used
+        (so the same generator gives the same numbers)."""
+        c = self.config
+        b, t = action.shape[:2]
+        keep = (~is_first.bool()).to(action.dtype)[..., None]  # [B, T, 1]: 0 where an episode starts
+        w_s, w_a = self.pre_gru.weight[:, : c.stoch], self.pre_gru.weight[:, c.stoch:]
+        action_part = F.linear(action * keep, w_a, self.pre_gru.bias)  # [B, T, hidden]
+        w_d, w_e = self.post_hidden.weight[:, : c.deter], self.post_hidden.weight[:, c.deter:]
+        embed_part = F.linear(embed, w_e, self.post_hidden.bias)  # [B, T, hidden]
+        eps = [torch.randn(b, c.stoch, generator=generator, device=action.device, dtype=action.dtype) for _ in range(t)]
+        start = self.initial(b)
+        deter, stoch = start.deter, start.stoch
+        out: list[list[Tensor]] = [[], [], [], []]
+        # unbind, not [:, i]: the backward of T slices would build T zero-filled [B, T, hidden] gradients
+        for k, a_part, e_part, noise in zip(keep.unbind(1), action_part.unbind(1), embed_part.unbind(1), eps):
+            x = F.elu(a_part + F.linear(stoch * k, w_s))
+            deter = self.gru(x, deter * k)
+            q_mean, q_std = self._gaussian(self.post_out(F.elu(e_part + F.linear(deter, w_d))))
+            stoch = q_mean + q_std * noise
+            for seq, x in zip(out, (deter, stoch, q_mean, q_std)):
+                seq.append(x)
+        return tuple(torch.stack(seq, 1).flatten(0, 1) for seq in out)
+
     def elbo(
         self, obs: Tensor, action: Tensor, reward: Tensor, is_first: Tensor,
         *, generator: torch.Generator | None = None, state: Tensor | None = None,
@@ -460,20 +489,11 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
                 f"{list(is_first.shape)}"
             )
         embed = self.embed(obs.flatten(0, 1), noise=generator if generator is not None else True)
-        embed = embed.unflatten(0, (b, t))
-        belief = self.initial(b)
-        deters, stochs, kls = [], [], []
-        for i in range(t):
-            s, a = self._reset(belief, action[:, i], is_first[:, i])
-            deter, p_mean, p_std = self._transition(s, a)
-            q_mean, q_std = self._posterior(deter, embed[:, i])
-            stoch = self._sample(q_mean, q_std, generator)
-            kl = (torch.log(p_std / q_std) + (q_std**2 + (q_mean - p_mean) ** 2) / (2 * p_std**2) - 0.5).sum(-1)
-            belief = LatentState(deter, stoch)
-            deters.append(deter)
-            stochs.append(stoch)
-            kls.append(kl)
-        post = LatentState(torch.stack(deters, 1).flatten(0, 1), torch.stack(stochs, 1).flatten(0, 1))
+        deters, stochs, q_mean, q_std = self._filter(embed.unflatten(0, (b, t)), action, is_first, generator)
+        # the prior p(z_t | h_t) only enters the KL, not the recursion: one batched pass after the loop
+        p_mean, p_std = self._gaussian(self.prior_out(F.elu(self.prior_hidden(deters))))
+        kl = (torch.log(p_std / q_std) + (q_std**2 + (q_mean - p_mean) ** 2) / (2 * p_std**2) - 0.5).sum(-1)
+        post = LatentState(deters, stochs)
         feats = post.features()
         recon_mean = self.decoder(feats)
         if c.is_image:
@@ -482,7 +502,7 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         else:
             recon = 0.5 * (((recon_mean - obs.flatten(0, 1).float()) / c.observation_std) ** 2).sum(-1).mean()
         rew = 0.5 * (((self.reward_head(feats).squeeze(-1) - reward.flatten().float()) / c.reward_std) ** 2).mean()
-        kl = torch.stack(kls, 1).mean()
+        kl = kl.mean()
         loss = recon + c.reward_scale * rew + c.kl_scale * torch.clamp(kl, min=c.free_nats)
         probe = None
         if self.probe_head is not None:

@@ -1,0 +1,181 @@
+"""The CPU fast path: CEM's fused search (and its compiled form) gives the eager plan of the same
+seed; the restructured ELBO is the per-step ELBO; `compile="auto"` picks modes as documented."""
+
+import dataclasses
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import latentplan as lp
+from latentplan.planners import fused_search
+from latentplan.worldmodels import FusedRSSM, LatentState
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model(seed=0, deter=12, stoch=4, action_dim=2):
+    torch.manual_seed(seed)
+    cfg = dataclasses.replace(lp.RSSMConfig(deter=deter, stoch=stoch, hidden=10, embed=10), obs_shape=(3,),
+                              action_dim=action_dim, action_low=(-1.0, -0.5), action_high=(1.0, 0.5))
+    return lp.RSSMWorldModel(cfg).eval()
+
+
+def _beliefs(model, b, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return LatentState(torch.randn(b, model.config.deter, generator=g), torch.randn(b, model.config.stoch, generator=g))
+
+
+def _plan(model, mode, state, objective=None, **cfg):
+    planner = lp.CEM(lp.CEMConfig(**{"horizon": 5, "iterations": 3, "candidates": 24, "elites": 5, **cfg}), compile=mode)
+    return planner.plan(objective or lp.Objective(model), state, generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("settings", [{}, {"momentum": 0.3, "min_std": 0.05}, {"discount": 0.9}])
+def test_fused_search_gives_the_eager_plan(settings):
+    model = _model()
+    state = _beliefs(model, 2)
+    discount = settings.pop("discount", 1.0)
+    objective = lp.Objective(model, discount=discount)
+    eager = _plan(model, "eager", state, objective, **settings)
+    fused = _plan(model, "fused", state, objective, **settings)
+    assert fused.info["compile"] == "fused"
+    torch.testing.assert_close(fused.actions, eager.actions, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.value, eager.value, atol=1e-4, rtol=1e-5)
+    assert fused.info["model_evals"] == eager.info["model_evals"] == 2 * 24 * 5 * 3
+    assert fused.info["iterations"] == 3
+
+
+def test_fused_search_over_a_fused_model_and_the_same_returns_as_the_objective():
+    model = _model(1)
+    state = _beliefs(model, 1)
+    eager = _plan(model, "eager", state)
+    fused = _plan(model, "fused", state, lp.Objective(FusedRSSM(model)))
+    torch.testing.assert_close(fused.actions, eager.actions, atol=1e-5, rtol=1e-5)
+    # prior_returns with the rollout's noise drawn step by step is Objective.returns
+    fm = FusedRSSM(model)
+    actions = torch.rand(6, 5, 2, generator=torch.Generator().manual_seed(2)) - 0.5
+    start = state.expand(6)
+    want = lp.Objective(model).returns(start, actions, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    eps = torch.stack([torch.randn(6, model.config.stoch, generator=g) for _ in range(5)])
+    got = fused_search.prior_returns(fm._w, start.deter, start.stoch, actions, eps, min_std=model.config.min_std)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_search_follows_weight_updates():
+    model = _model(2)
+    state = _beliefs(model, 1)
+    planner = lp.CEM(horizon=4, iterations=2, candidates=16, elites=4, compile="fused")
+    planner.plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.reward_head.net[-1].bias.add_(1.0)  # every step's reward + 1: value + H
+        model.gru.weight_hh.mul_(0.5)
+    eager = _plan(model, "eager", state, horizon=4, iterations=2, candidates=16, elites=4)
+    again = planner.plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(again.actions, eager.actions, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_modes_refuse_settings_they_do_not_cover():
+    model = _model()
+    state = _beliefs(model, 1)
+    with pytest.raises(ValueError, match="noise_beta"):
+        _plan(model, "fused", state, noise_beta=2.0)
+    with pytest.raises(ValueError, match="refit='mppi'"):
+        _plan(model, "fused_compile", state, refit="mppi")
+    upright = lp.reward(lambda obs, ctx: obs["obs"][:, 0])
+    with pytest.raises(ValueError, match="default objective"):
+        _plan(model, "fused", state, lp.Objective(model, rewards=[upright]))
+
+
+def test_auto_compiles_only_large_repeated_cpu_decisions(monkeypatch):
+    model = _model()
+    state = _beliefs(model, 1)
+    cfg = lp.CEMConfig(horizon=5, iterations=3, candidates=24, elites=5)
+    monkeypatch.delenv("LATENTPLAN_COMPILE", raising=False)  # conftest switches compiling off for the suite
+    search = fused_search.FusedCEMSearch()
+    assert all(search.auto_mode(cfg, 1) is None for _ in range(30))  # 360 transitions: small, stays eager
+    monkeypatch.setattr(fused_search, "AUTO_COMPILE_MIN_EVALS", 300)
+    search = fused_search.FusedCEMSearch()
+    modes = [search.auto_mode(cfg, 1) for _ in range(fused_search.AUTO_COMPILE_AFTER + 2)]
+    assert modes[: fused_search.AUTO_COMPILE_AFTER] == [None] * fused_search.AUTO_COMPILE_AFTER
+    assert modes[-2:] == ["fused_compile"] * 2
+    monkeypatch.setenv("LATENTPLAN_COMPILE", "0")
+    assert search.auto_mode(cfg, 1) is None
+    # a plan with compile="auto" on the CPU is the eager one for small decisions
+    plan = lp.CEM(cfg).plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(7))
+    assert plan.info["compile"] == "eager"
+
+
+def test_a_failed_auto_compile_warns_and_gives_the_uncompiled_fused_plan(monkeypatch):
+    model = _model()
+    state = _beliefs(model, 1)
+
+    def broken():
+        def step(*args, **kwargs):
+            raise RuntimeError("no C++ compiler")
+        return step
+
+    monkeypatch.setattr(fused_search, "_compiled_iteration", broken)
+    monkeypatch.delenv("LATENTPLAN_COMPILE", raising=False)
+    monkeypatch.setattr(fused_search, "AUTO_COMPILE_MIN_EVALS", 1)
+    monkeypatch.setattr(fused_search, "AUTO_COMPILE_AFTER", 0)
+    planner = lp.CEM(horizon=5, iterations=3, candidates=24, elites=5)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        plan = planner.plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(7))
+    assert plan.info["compile"] == "fused"
+    torch.testing.assert_close(plan.actions, _plan(model, "eager", state).actions, atol=1e-5, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once; later calls plan eagerly without a word
+        assert planner.plan(lp.Objective(model), state).info["compile"] == "eager"
+    explicit = lp.CEM(horizon=5, iterations=3, candidates=24, elites=5, compile="fused_compile")
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        explicit.plan(lp.Objective(model), state)
+
+
+@pytest.mark.slow
+def test_compiled_fused_search_gives_the_eager_plan():
+    """Compiles a tiny model's iteration with inductor (tens of seconds on two cores)."""
+    model = _model()
+    state = _beliefs(model, 2)
+    eager = _plan(model, "eager", state)
+    compiled = _plan(model, "fused_compile", state)
+    assert compiled.info["compile"] == "fused_compile"
+    torch.testing.assert_close(compiled.actions, eager.actions, atol=1e-5, rtol=1e-5)
+
+
+def _stepwise_elbo():
+    """`benchmarks/train_speed.py`'s `stepwise_elbo`: the ELBO computed step by step, prior and
+    posterior inside the loop, as `RSSMWorldModel.elbo` did before its loop was restructured."""
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports floor.py beside it
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module.stepwise_elbo
+
+
+def test_elbo_equals_the_stepwise_elbo_with_its_gradients():
+    model = _model(4).train()
+    g = torch.Generator().manual_seed(0)
+    b, t = 3, 6
+    obs, action, reward = torch.randn(b, t, 3, generator=g), torch.rand(b, t, 2, generator=g) - 0.5, torch.randn(b, t, generator=g)
+    is_first = torch.zeros(b, t, dtype=torch.bool)
+    is_first[:, 0] = True
+    is_first[1, 3] = True  # an episode starts inside a chunk: the belief and action are reset there
+    terms = model.elbo(obs, action, reward, is_first, generator=torch.Generator().manual_seed(5))
+    grads = torch.autograd.grad(terms.loss, list(model.parameters()), allow_unused=True)
+    ref_loss, ref_kl = _stepwise_elbo()(model, obs, action, reward, is_first, torch.Generator().manual_seed(5))
+    ref_grads = torch.autograd.grad(ref_loss, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(terms.loss, ref_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(terms.kl, ref_kl.detach(), atol=1e-6, rtol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        if want is None:
+            assert got is None or torch.count_nonzero(got) == 0
+        else:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
