@@ -56,7 +56,10 @@ class ILQRConfig:
         line_search: L, the step sizes `1, 1/2, ..., 2^-(L-1)` of the forward pass, all rolled
             out in one batch of `B * L` rows; the best improving one is taken.
         reg_init: initial Levenberg–Marquardt damping mu added to the action Hessian (`Q_uu +
-            mu I`). `0.0`: a pure Newton step, exact in one iteration on an LQ problem.
+            mu I`). `0.0`: a pure Newton step, exact in one iteration on an LQ problem as long
+            as no feedforward step meets a bound in that iteration (box-DDP clamps it and drops the
+            clamped rows of the feedback gain, so from a far start, e.g. zero actions, a bound can
+            bind on the way although the optimum is inside; then it takes 2–3 iterations).
         reg_min: the smallest non-zero mu; a decrease below it sets mu to 0 (Tassa et al. 2012).
         reg_max: the largest mu; an environment whose backward pass still fails there stops.
         reg_factor: mu is multiplied by it after a failed step (not positive definite, or no
