@@ -215,6 +215,21 @@ def _goal_problem(bound, goal, q, r):
                      value=lambda s: -((s.deter @ Qt) * s.deter).sum(-1))
 
 
+def _central_differences(f, params, eps):
+    """`[Y, P]` central differences of `f(*params) -> [Y]` over every entry of every tensor in
+    `params` (P entries in all, in order), each moved by +-eps on a copy."""
+    cols = []
+    for i, p in enumerate(params):
+        for j in range(p.numel()):
+            ends = []
+            for sign in (1.0, -1.0):
+                moved = [q.clone() for q in params]
+                moved[i].view(-1)[j] += sign * eps
+                ends.append(f(*moved))
+            cols.append((ends[0] - ends[1]) / (2 * eps))
+    return torch.stack(cols, 1)
+
+
 def _jacobians(bound, differentiable="implicit", eps=1e-6):
     """d(actions)/d(goal, q, r) of the plan from x0, by the planner (`[H*A, 6]`) and by central
     finite differences of converged plans, with the plans themselves."""
@@ -226,17 +241,10 @@ def _jacobians(bound, differentiable="implicit", eps=1e-6):
     plan = ILQR(cfg, differentiable=differentiable).plan(_goal_problem(bound, *leaves), x0)
     rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(u, leaves, retain_graph=True)])
             for u in plan.actions.reshape(-1)]
-    fd_cols = []
-    for i, p in enumerate(params):
-        for j in range(p.numel()):
-            ends = []
-            for sign in (1.0, -1.0):
-                moved = [q.clone() for q in params]
-                moved[i].view(-1)[j] += sign * eps
-                ends.append(ILQR(cfg).plan(_goal_problem(bound, *moved), x0).actions.reshape(-1))
-            fd_cols.append((ends[0] - ends[1]) / (2 * eps))
+    fd = _central_differences(lambda *q: ILQR(cfg).plan(_goal_problem(bound, *q), x0).actions.reshape(-1),
+                              params, eps)
     plain = ILQR(cfg).plan(_goal_problem(bound, *params), x0)
-    return torch.stack(rows), torch.stack(fd_cols, 1), plan, plain
+    return torch.stack(rows), fd, plan, plain
 
 
 @pytest.mark.parametrize("bound", [1e3, 0.5])
@@ -325,16 +333,7 @@ def test_gradients_reach_the_model_and_the_belief():
     params = [torch.tensor(A), torch.tensor(B), torch.tensor([2.0, -1.5, 1.0], dtype=torch.float64)]
     leaves = [p.clone().requires_grad_(True) for p in params]
     got = torch.cat([g.reshape(-1) for g in torch.autograd.grad(weighted(*leaves, "implicit"), leaves)])
-    eps, want = 1e-6, []
-    for i, p in enumerate(params):
-        for j in range(p.numel()):
-            ends = []
-            for sign in (1.0, -1.0):
-                moved = [q.clone() for q in params]
-                moved[i].view(-1)[j] += sign * eps
-                ends.append(weighted(*moved).item())
-            want.append((ends[0] - ends[1]) / (2 * eps))
-    want = torch.tensor(want, dtype=torch.float64)
+    want = _central_differences(lambda *q: weighted(*q).reshape(1), params, 1e-6)[0]
     err = ((got - want).abs().max() / want.abs().max()).item()
     print(f"model and belief: implicit vs central differences, max relative error {err:.1e}")
     assert err <= 1e-4, err  # measured 5.8e-11
