@@ -345,6 +345,19 @@ class RunLock:
 
     NAME = ".lock"  #: the lock file's name in the run folder
 
+    def _holder(self, wait_s: float = 1.0) -> str:
+        """The holder's line from the lock file. The holder writes it just after taking the lock,
+        so a racer that finds the lock taken waits up to `wait_s` for the line to appear."""
+        import time
+
+        end = time.monotonic() + wait_s
+        while True:
+            self._file.seek(0)
+            line = self._file.read().strip()
+            if line or time.monotonic() >= end:
+                return line or "another process"
+            time.sleep(0.02)
+
     def __init__(self, run_dir: str | os.PathLike) -> None:
         import datetime
         import fcntl
@@ -356,8 +369,7 @@ class RunLock:
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
+            holder = self._holder()
             self._file.close()
             raise RunFolderLocked(f"{self.path.parent} is in use by {holder}; wait for it to finish, or choose "
                                   "another --run-dir") from None
