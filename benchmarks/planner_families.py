@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from latentplan.families import lq_family, trap_family
-from latentplan.planners import CEM, ILQR, MPPI, CEMConfig, GradientPlanner
+from latentplan.planners import CEM, CMAES, ILQR, MPPI, CEMConfig, GradientPlanner
 from latentplan.planners.mcts import MCTS, MCTSConfig
 from latentplan.registry import PRESETS, Budget, make_planner
 
 OUT = Path(__file__).parent / "results" / "planner_families.json"
-PLANNERS = ["cem", "icem", "mppi", "gradient", "ilqr", "mcts"]
+PLANNERS = ["cem", "icem", "cmaes", "mppi", "gradient", "ilqr", "mcts"]
 
 
 def default_planner(name: str, horizon: int):
@@ -50,7 +50,7 @@ def default_planner(name: str, horizon: int):
         return CEM(horizon=horizon)
     if name == "icem":
         return CEM(CEMConfig(horizon=horizon, **PRESETS["icem"][0]))
-    return {"mppi": MPPI, "gradient": GradientPlanner, "ilqr": ILQR, "mcts": MCTS}[name](horizon=horizon)
+    return {"cmaes": CMAES, "mppi": MPPI, "gradient": GradientPlanner, "ilqr": ILQR, "mcts": MCTS}[name](horizon=horizon)
 
 
 def lq_rows(instances: int, seeds: int, planners: list[str], budget: int) -> list[dict]:

@@ -1,7 +1,7 @@
 """latentplan: planning and model-predictive control over one learned latent dynamics model.
 
 The public facade. Layers: `latentplan.envs` (environments), `latentplan.worldmodels` (RSSM,
-analytic models, replay), `latentplan.planners` (CEM with iCEM/softmax-refit/CEM+GD options, MPPI,
+analytic models, replay), `latentplan.planners` (CEM with iCEM/softmax-refit/CEM+GD options, CMA-ES, MPPI,
 the gradient planner, MCTS, the learned value, policy distillation, reward terms, the planner protocol); the
 facade adds the planner registry (`latentplan.registry`), the training loop, the real-time
 controller (`latentplan.control`), the comparison harness (`latentplan.compare`), checkpoints
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 # public name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("latentplan.planners", name) for name in (
-        "CEM", "MCTS", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
+        "CEM", "CMAES", "CMAESConfig", "MCTS", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
         "GradientPlanner", "ILQR", "ILQRConfig", "MCTSConfig", "MPPI", "MPPIConfig", "Objective", "Plan", "Planner",
         "Policy", "PolicyConfig", "PolicyPlanner",
         "Reward", "Shared", "ValueConfig", "ValueFunction", "ValueLearner", "check_reward", "disagreement", "learned_reward",

@@ -29,6 +29,7 @@ import torch
 from latentplan.planners.ascent import VJP_EVALS, AscentConfig
 from latentplan.planners.base import Planner
 from latentplan.planners.cem import CEM, CEMConfig
+from latentplan.planners.cmaes import CMAES, CMAESConfig
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.planners.ilqr import ILQR, ILQRConfig
 from latentplan.planners.mppi import MPPI, MPPIConfig
@@ -37,7 +38,7 @@ from latentplan.planners.validate import check_int, check_positive
 
 __all__ = [
     "Budget", "PlannerBuild", "PlannerNotAvailable", "PlannerSpec", "PRESETS", "available_planners", "load_critic",
-    "load_policy", "make_planner", "mppi_factory", "register_planner",
+    "cmaes_factory", "load_policy", "make_planner", "mppi_factory", "register_planner",
 ]
 
 
@@ -361,6 +362,28 @@ def mppi_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
     return PlannerBuild(MPPI(cfg), True, budget.ms, cfg.model_evals if budget.ms is None else None, repr(cfg))
 
 
+def cmaes_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
+    """Registry factory of `CMAES` (Hansen 2016) at `CMAESConfig`'s defaults, warm-started from the shifted
+    previous plan (with the smaller `warm_start_std`).
+
+    Evaluation budget: `max_evals` = the budget (the search stops before an iteration that would pass it, or
+    earlier when converged, so the budget is an upper bound and `expected_evals` is None). Time budget:
+    `max_evals` of 10^12, stopped by the deadline (or by convergence).
+
+    Raises:
+        ValueError: `max_evals` overridden together with an evaluation budget.
+    """
+    base = {"horizon": horizon, **overrides}
+    if budget.evals is not None:
+        if "max_evals" in overrides:
+            raise ValueError("max_evals is set by the evaluation budget; override population or tol instead")
+        base["max_evals"] = int(budget.evals)
+    elif budget.ms is not None and "max_evals" not in overrides:
+        base["max_evals"] = 10**12
+    cfg = CMAESConfig(**base)
+    return PlannerBuild(CMAES(cfg), True, budget.ms, None, repr(cfg))
+
+
 def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
     """Registry factory of `latentplan.planners.mcts.MCTS` (Sampled MuZero-style tree search).
 
@@ -453,6 +476,7 @@ PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
 for _name, (_preset, _warm) in PRESETS.items():
     register_planner(_name, cem_family(_preset, warm_start=_warm))
 register_planner("mppi", mppi_factory)  # Williams et al. 2017
+register_planner("cmaes", cmaes_factory)  # Hansen & Ostermeier 2001
 register_planner("gradient", gradient_factory)
 register_planner("ilqr", ilqr_factory)
 register_planner("mcts", mcts_factory)

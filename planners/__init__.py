@@ -1,10 +1,11 @@
 """Planners behind one protocol (`Planner.plan(objective, state, ...) -> Plan`): CEM (with iCEM,
-softmax-refit and CEM+GD options), MPPI (Williams et al. 2017), the gradient planner, iLQR / box-DDP,
+softmax-refit and CEM+GD options), CMA-ES (Hansen 2016), MPPI (Williams et al. 2017), the gradient planner, iLQR / box-DDP,
 sampled MCTS, a distilled policy; their objective, reward terms and the learned value."""
 
 from .ascent import AscentConfig, ascend, require_differentiable
 from .base import Plan, Planner, Policy
 from .cem import CEM, CEMConfig, colored_noise
+from .cmaes import CMAES, CMAESConfig, cma_constants
 from .disagreement import disagreement
 from .distill import DistillConfig, Distiller
 from .gradient import GradientConfig, GradientPlanner
@@ -18,11 +19,11 @@ from .rewards import (
 from .value import ImaginedRollout, ValueConfig, ValueFunction, ValueLearner, lambda_returns, posterior_beliefs
 
 __all__ = [
-    "AscentConfig", "BoundReward", "CEM", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
+    "AscentConfig", "BoundReward", "CEM", "CEMConfig", "CMAES", "CMAESConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
     "GradientPlanner", "ILQR", "ILQRConfig", "ImaginedRollout", "MCTS", "MCTSConfig", "MPPI", "MPPIConfig", "Objective",
     "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm",
     "Shared", "shared",
-    "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "colored_noise", "disagreement",
+    "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "cma_constants", "colored_noise", "disagreement",
     "lambda_returns",
     "learned_reward", "mppi_weights",
     "policy_rollout", "posterior_beliefs", "rank_returns", "require_differentiable", "reward",
