@@ -13,7 +13,7 @@ from .mppi import MPPI, MPPIConfig, mppi_weights
 from .objective import Objective, RewardTerm, rank_returns
 from .policy import GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
 from .rewards import (
-    BoundReward, Reward, RewardContext, RewardReport, Shared, check_reward, learned_reward, reward, shared,
+    BoundReward, Reward, RewardContext, RewardReport, Shared, check_reward, continuation, learned_reward, reward, shared,
 )
 from .value import ImaginedRollout, ValueConfig, ValueFunction, ValueLearner, lambda_returns, posterior_beliefs
 
@@ -22,7 +22,8 @@ __all__ = [
     "GradientPlanner", "ILQR", "ILQRConfig", "ImaginedRollout", "MCTS", "MCTSConfig", "MPPI", "MPPIConfig", "Objective",
     "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm",
     "Shared", "shared",
-    "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "colored_noise", "disagreement",
+    "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "colored_noise", "continuation",
+    "disagreement",
     "lambda_returns",
     "learned_reward", "mppi_weights",
     "policy_rollout", "posterior_beliefs", "rank_returns", "require_differentiable", "reward",
