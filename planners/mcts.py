@@ -455,6 +455,8 @@ class MCTS:
             nxt, r, cont = objective.transition(leaf.expand(k), prop.reshape(n * k, a), generator=generator)
             if self.config.leaf == "rollout":
                 child_depth = torch.from_numpy(depths[rows] + 1).to(dev).repeat_interleave(k)
+                if objective.terminates:  # a child where the episode ended needs no rollout: its value does not count
+                    child_depth = torch.where(cont == 0, self.config.horizon, child_depth)
                 w = None if warm is None else warm[rows_t].repeat_interleave(k, dim=0)
                 cur = LatentState(nxt.deter.clone(), nxt.stoch.clone())
                 v, extra = self._rollout(objective, cur, child_depth, prop.reshape(n * k, a), w, low, high,
@@ -520,8 +522,9 @@ class MCTS:
         """`(value [n], evals)`: from the beliefs `cur [n]` at depths `depth [n]`, the better of the two default
         policies' (`_default_action`) discounted returns to the horizon, each plus gamma^(H - depth) times the
         objective's bootstrap there: the value of the best known completion. With a continuation the
-        weights carry prod c of the rollout's steps, as in `Objective.returns`. Both run in one batch of 2n
-        rows. Writes the better completion's actions into `record [n, H, A]` when given."""
+        weights carry prod c of the rollout's steps, as in `Objective.returns`, and a row stops once its
+        episode has ended (unless `record` needs its actions). Both run in one batch of 2n rows. Writes the
+        better completion's actions into `record [n, H, A]` when given."""
         h, n, dt = self.config.horizon, cur.batch, cur.deter.dtype
         two = lambda x: torch.cat([x, x]) if x is not None else None  # noqa: E731
         cur, depth, last, warm = LatentState(two(cur.deter), two(cur.stoch)), two(depth), two(last), two(warm)
@@ -531,7 +534,12 @@ class MCTS:
         acts = None if record is None else two(record)
         evals = 0
         for t in range(int(depth.min()) if n else h, h):
-            rows = torch.nonzero(depth <= t).squeeze(1)
+            busy = depth <= t
+            if record is None and objective.terminates:  # past an episode's end nothing counts: stop those rows
+                busy &= alive != 0
+            rows = torch.nonzero(busy).squeeze(1)
+            if rows.numel() == 0:
+                break
             now = cur.index(rows)
             u = self._default_action(now, t, last[rows], None if warm is None else warm[rows], repeat[rows], low, high)
             nxt, r, cont = objective.transition(now, u, generator=generator)

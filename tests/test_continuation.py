@@ -355,3 +355,19 @@ def test_mcts_never_expands_below_an_episode_end():
     root = tree.first_child[0, 0] + np.arange(3)
     assert plan.info["root_q"][0, 0].item() == 3.0
     assert tree.disc[0, root].tolist() == [0.0, 1.0, 1.0]
+
+
+def test_mcts_spends_no_rollout_steps_past_an_episode_end():
+    """One simulation, H = 4, actions {-1, 0, 1}: the root's 3 children, each valued by two default policies
+    (the action repeated; the highest-prior action, -1 on uniform ties) to the horizon, then the plan's
+    completion (both policies, 3 steps each). Without the continuation: 3 + 3 * (3 + 3) + 6 = 27 steps.
+    With it the rollouts stop where the episode ends: the child at p = -1 none, the child at p = 0
+    3 + 1 (the -1 policy ends at once), the child at p = 1 3 + 2; 3 + 0 + 4 + 5 + 6 = 18."""
+    model = _cliff()
+    evals = {}
+    for end in (off_the_edge, None):
+        obj = Objective(model, rewards=[cliff_reward], continuation=end)
+        plan = MCTS(MCTSConfig(simulations=1, horizon=4), actions=STEPS).plan(obj, _start(model))
+        evals[end is not None] = plan.info["model_evals"]
+        torch.testing.assert_close(plan.value, obj.returns(_start(model), plan.actions))
+    assert evals == {True: 18, False: 27}
