@@ -206,8 +206,9 @@ def objective_key(objective: Objective) -> tuple:
     """What a captured search depends on besides its tensor inputs: the model and value objects,
     the reward terms' structure (user terms by identity, learned and scaled/summed terms by
     structure, so `0.5 * learned_reward()` built anew each call is the same key), the discount,
-    the terminal and continuation terms (as the reward terms), and the context's keys with tensor shapes or plain values (a plain number is part of the key:
-    one that changes every call recaptures every call; pass it as a 0-dim tensor instead).
+    the terminal and continuation terms (as the reward terms), and the context's keys with tensor
+    shapes or plain values (a plain number is part of the key: one that changes every call
+    recaptures every call; pass it as a 0-dim tensor instead).
 
     Raises:
         ValueError: a context value is neither a tensor nor a plain number/string (e.g. a list

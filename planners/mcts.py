@@ -359,7 +359,8 @@ class MCTS:
         fc = tree.first_child[:, :1] + np.arange(k)
         rows = np.arange(b)[:, None]
         prior = tree.prior[rows, fc]
-        finite = np.isfinite(kt.edge_q(tree.reward[rows, fc], tree.disc[rows, fc], tree.node_value[rows, fc])) & (prior > 0)
+        q = kt.edge_q(tree.reward[rows, fc], tree.disc[rows, fc], tree.node_value[rows, fc])
+        finite = np.isfinite(q) & (prior > 0)
         u = torch.rand(b, k, generator=generator, device=dev, dtype=torch.float64).cpu().numpy()
         g = -np.log(-np.log(np.clip(u, 1e-300, 1.0 - 1e-16))) * self.config.gumbel_scale
         with np.errstate(divide="ignore"):

@@ -204,7 +204,7 @@ def rank_returns(returns: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Objective:
-    """The planning objective over one world model: sum_t gamma^t (prod_{k<t} c_k) r_t + gamma^H (prod_{k<H} c_k) (V(s_H) + T(s_H)).
+    """The planning objective over one world model: sum_t gamma^t C_t r_t + gamma^H C_H (V + T)(s_H), C_t = prod_{k<t} c_k.
 
     Built once per plan call. The reward r_t is the sum of the reward terms: the learned reward
     head by default, or user terms (`@reward` functions of decoded quantities or of the latent,

@@ -27,6 +27,11 @@ A term needs the model (to decode) and the per-call context before it can be eva
 gives a `BoundReward` with the internal signature `(next_state [N], action [N, A]) -> [N]`.
 Plain callables with that internal signature are used unchanged.
 
+Episode ends: `@continuation` (`reward(stage="continuation")`) marks a function of the same form
+that returns the probability in [0, 1] (or a bool flag) that the episode continues after the step;
+it goes in `Objective(continuation=...)`, composes with nothing, and its output is checked by
+`check_continuation_output`.
+
 Pixel models: the training loop gives them small probe heads that decode the env's named
 physical quantities from the latent (`RSSMConfig.probe_dim`, targets from the env's state), so a
 pixel model's `decode` serves `obs["cart_x"]` etc. too, and `inputs="decoded"` terms work there
@@ -159,7 +164,8 @@ def check_continuation_output(value: object, name: str, n: int, device: torch.de
         ValueError: `value` is not `[N]`, lives on another device, or has values outside [0, 1]
             (the message names the term and the smallest / largest value).
     """
-    where = f"continuation {name!r} must return a [N={n}] float tensor in [0, 1] (or a bool tensor, True = continues) on {device}"
+    where = (f"continuation {name!r} must return a [N={n}] float tensor in [0, 1] (or a bool tensor, "
+             f"True = continues) on {device}")
     if not isinstance(value, Tensor):
         raise TypeError(f"{where}; returned a {type(value).__name__}")
     if not (value.is_floating_point() or value.dtype == torch.bool):

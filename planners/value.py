@@ -195,7 +195,9 @@ class ImaginedRollout:
         """Concatenate rollouts of equal horizon along N (a rollout without `continues` counts as all ones)."""
         cont = None
         if any(r.continues is not None for r in rollouts):
-            cont = torch.cat([r.continues if r.continues is not None else torch.ones_like(r.rewards) for r in rollouts], 1)
+            cont = torch.cat(
+                [r.continues if r.continues is not None else torch.ones_like(r.rewards) for r in rollouts], 1
+            )
         return ImaginedRollout(
             torch.cat([r.features for r in rollouts], 1), torch.cat([r.rewards for r in rollouts], 1),
             torch.cat([r.actions for r in rollouts], 1), sum(r.planner_evals for r in rollouts), cont,
