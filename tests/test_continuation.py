@@ -371,3 +371,15 @@ def test_mcts_spends_no_rollout_steps_past_an_episode_end():
         evals[end is not None] = plan.info["model_evals"]
         torch.testing.assert_close(plan.value, obj.returns(_start(model), plan.actions))
     assert evals == {True: 18, False: 27}
+
+
+def test_mcts_reuses_a_subtree_only_under_the_same_continuation():
+    model = _cliff()
+    mcts = MCTS(MCTSConfig(simulations=30, horizon=4), actions=STEPS)
+    ends = Objective(model, rewards=[cliff_reward], continuation=off_the_edge)
+    first = mcts.plan(ends, _start(model))
+    nxt = model.imagine_step(_start(model), first.actions[:, 0])
+    same = mcts.plan(Objective(model, rewards=[cliff_reward], continuation=off_the_edge), nxt, warm_start=first.shift())
+    other = mcts.plan(Objective(model, rewards=[cliff_reward]), nxt, warm_start=first.shift())
+    assert (same.info["reused"], other.info["reused"]) == (1, 0)
+    assert same.info["mcts_tree"].disc[0, 0] == 1.0  # the new root's own edge is not part of any Q
