@@ -383,3 +383,24 @@ def test_mcts_reuses_a_subtree_only_under_the_same_continuation():
     other = mcts.plan(Objective(model, rewards=[cliff_reward]), nxt, warm_start=first.shift())
     assert (same.info["reused"], other.info["reused"]) == (1, 0)
     assert same.info["mcts_tree"].disc[0, 0] == 1.0  # the new root's own edge is not part of any Q
+
+
+@pytest.mark.slow
+def test_torch_compile_and_static_cem_plan_a_continuation_as_eager():
+    """The range check reads nothing back while torch.compile traces; the compiled and static searches give
+    the eager plan (bool flags of the latent, an RSSM)."""
+    torch.manual_seed(0)
+    model = lp.RSSMWorldModel(lp.RSSMConfig(deter=16, stoch=4, hidden=16, embed=16, obs_shape=(3,), action_dim=2)).eval()
+    state = LatentState(torch.randn(3, 16, generator=torch.Generator().manual_seed(1)), torch.zeros(3, 4))
+
+    @lp.continuation(inputs="latent", differentiable=False)
+    def alive(s, action, ctx):
+        return s.deter[:, 0] > -0.5
+
+    base = dict(horizon=4, iterations=2, candidates=20, elites=4)
+    plan = {mode: CEM(compile=mode, **base).plan(Objective(model, continuation=alive), state,
+                                                 generator=torch.Generator().manual_seed(1))
+            for mode in ("eager", "static", "torch_compile")}
+    assert torch.equal(plan["static"].actions, plan["eager"].actions)
+    torch.testing.assert_close(plan["torch_compile"].actions, plan["eager"].actions, atol=1e-4, rtol=1e-4)
+    assert plan["torch_compile"].info["compile"] == "torch_compile"
