@@ -24,8 +24,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
         "CEM", "CMAES", "CMAESConfig", "MCTS", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
         "GradientPlanner", "ILQR", "ILQRConfig", "MCTSConfig", "MPPI", "MPPIConfig", "Objective", "Plan", "Planner",
         "Policy", "PolicyConfig", "PolicyPlanner",
-        "Reward", "Shared", "ValueConfig", "ValueFunction", "ValueLearner", "check_reward", "disagreement", "learned_reward",
-        "reward",
+        "Reward", "Shared", "ValueConfig", "ValueFunction", "ValueLearner", "check_reward", "continuation", "disagreement",
+        "learned_reward", "reward",
         "shared",
     )},
     **{name: ("latentplan.worldmodels", name) for name in (

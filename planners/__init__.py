@@ -14,7 +14,7 @@ from .mppi import MPPI, MPPIConfig, mppi_weights
 from .objective import Objective, RewardTerm, rank_returns
 from .policy import GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
 from .rewards import (
-    BoundReward, Reward, RewardContext, RewardReport, Shared, check_reward, learned_reward, reward, shared,
+    BoundReward, Reward, RewardContext, RewardReport, Shared, check_reward, continuation, learned_reward, reward, shared,
 )
 from .value import ImaginedRollout, ValueConfig, ValueFunction, ValueLearner, lambda_returns, posterior_beliefs
 
@@ -23,7 +23,8 @@ __all__ = [
     "GradientPlanner", "ILQR", "ILQRConfig", "ImaginedRollout", "MCTS", "MCTSConfig", "MPPI", "MPPIConfig", "Objective",
     "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm",
     "Shared", "shared",
-    "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "cma_constants", "colored_noise", "disagreement",
+    "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "cma_constants", "colored_noise",
+    "continuation", "disagreement",
     "lambda_returns",
     "learned_reward", "mppi_weights",
     "policy_rollout", "posterior_beliefs", "rank_returns", "require_differentiable", "reward",

@@ -75,9 +75,11 @@ def optimizer_class(name: str, owner: str = "optimizer") -> type[torch.optim.Opt
 def require_differentiable(objective: Objective, planner: str) -> None:
     """Refuse an objective that has a term marked non-differentiable.
 
-    A reward term (an entry of `objective.rewards`) or the terminal value function declares itself
-    non-differentiable with an attribute `differentiable = False`; gradient ascent through it
-    would silently follow a zero or meaningless gradient, so gradient planners refuse it.
+    A reward term (an entry of `objective.rewards`), the terminal value function, the terminal
+    term or the continuation declares itself non-differentiable with an attribute
+    `differentiable = False`; gradient ascent through it would silently follow a zero or
+    meaningless gradient, so gradient planners refuse it. (A hard, bool continuation is such a
+    term: its gradient is zero almost everywhere, so the ascent would not see the episode end.)
 
     Args:
         objective: the `Objective` about to be maximised by gradient steps.
@@ -92,6 +94,8 @@ def require_differentiable(objective: Objective, planner: str) -> None:
         terms.append(objective.value)
     if getattr(objective, "terminal", None) is not None:
         terms.append(objective.terminal)
+    if getattr(objective, "continuation", None) is not None:
+        terms.append(objective.continuation)
     for term in terms:
         if getattr(term, "differentiable", True) is False:
             # a composite term (e.g. `a + 0.5 * b`) may expose its parts through `leaves()`
@@ -102,8 +106,9 @@ def require_differentiable(objective: Objective, planner: str) -> None:
             if callable(leaves):
                 parts = [callable_name(leaf) for leaf in leaves() if getattr(leaf, "differentiable", True) is False]
             culprit = f" (non-differentiable part: {', '.join(map(repr, parts))})" if parts and parts != [callable_name(term)] else ""
+            kind = "continuation" if term is getattr(objective, "continuation", None) else "reward term"
             raise ValueError(
-                f"{planner}: reward term {callable_name(term)!r} is marked differentiable=False{culprit}; "
+                f"{planner}: {kind} {callable_name(term)!r} is marked differentiable=False{culprit}; "
                 "gradient-based planning needs a differentiable objective (use CEM without "
                 "gradient refinement, or drop the term)"
             )

@@ -206,8 +206,9 @@ def objective_key(objective: Objective) -> tuple:
     """What a captured search depends on besides its tensor inputs: the model and value objects,
     the reward terms' structure (user terms by identity, learned and scaled/summed terms by
     structure, so `0.5 * learned_reward()` built anew each call is the same key), the discount,
-    and the context's keys with tensor shapes or plain values (a plain number is part of the key:
-    one that changes every call recaptures every call; pass it as a 0-dim tensor instead).
+    the terminal and continuation terms (as the reward terms), and the context's keys with tensor
+    shapes or plain values (a plain number is part of the key: one that changes every call
+    recaptures every call; pass it as a 0-dim tensor instead).
 
     Raises:
         ValueError: a context value is neither a tensor nor a plain number/string (e.g. a list
@@ -218,6 +219,7 @@ def objective_key(objective: Objective) -> tuple:
         id(objective.model), tuple(_term_key(t) for t in objective.rewards), objective.discount,
         id(objective.value), ctx, objective.context.batch,
         None if objective.terminal is None else _term_key(objective.terminal),
+        None if getattr(objective, "continuation", None) is None else _term_key(objective.continuation),
     )
 
 
@@ -226,7 +228,8 @@ class StaticObjective:
 
     A captured graph reads every tensor at the address it had during capture; the context
     tensors of a new `Objective` live elsewhere. `StaticObjective(objective, device).objective`
-    is an equivalent objective (same model, reward terms, discount, value, batch) whose context
+    is an equivalent objective (same model, reward terms, discount, value, terminal and continuation
+    terms, batch) whose context
     tensors are device copies owned here; `load(other)` copies another objective's context values
     (same `objective_key`) into them before a replay.
     """
@@ -246,6 +249,7 @@ class StaticObjective:
             objective.model, rewards=terms, discount=objective.discount, value=objective.value,
             context=context, batch=objective.context.batch,
             terminal=None if objective.terminal is None else objective.terminal.term,
+            continuation=objective.continuation,
         )
 
     def load(self, objective: Objective) -> None:

@@ -18,7 +18,7 @@ The mean and std are refitted in place in buffers of their own.
 
 It serves the settings it covers (`why_not_fused`): PlaNet's CEM (top-K refit, white noise,
 optionally `momentum` and `min_std`) over the default objective (the learned reward head, any
-discount, no value, no terminal term) of an `RSSMWorldModel` (or its fp32 `FusedRSSM` view).
+discount, no value, no terminal term, no continuation) of an `RSSMWorldModel` (or its fp32 `FusedRSSM` view).
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ def why_not_fused(config: Any, objective: Objective, proposal: Any) -> str | Non
         return f"the fused search runs float32 models; this one is {model.pre_gru.weight.dtype}"
     terms = objective.rewards
     plain = len(terms) == 1 and isinstance(terms[0], BoundReward) and type(terms[0].term) is LearnedReward
-    if not plain or objective.bootstraps:
-        return "the fused search computes the default objective only (the learned reward, no value, no terminal term)"
+    if not plain or objective.bootstraps or getattr(objective, "terminates", False):
+        return ("the fused search computes the default objective only (the learned reward, no value, no terminal "
+                "term, no continuation)")
     return None
 
 

@@ -318,7 +318,11 @@ class ILQR:
 
     Raises:
         ValueError: (in `plan`) a warm start of the wrong shape, naming `warm_start.actions`;
-            an objective with a term marked non-differentiable (`require_differentiable`).
+            an objective with a term marked non-differentiable (`require_differentiable`);
+            an objective with stage="transition" reward terms; an objective with a
+            `continuation` (episode ends make the return a product-weighted sum, not the sum
+            of stage rewards that the backward pass needs: iLQR plans smooth objectives
+            without termination).
         torch.linalg.LinAlgError: (in the backward pass of a differentiable plan) the Hessian on
             the free entries is not positive definite (U* is not a strict local optimum).
     """
@@ -345,6 +349,13 @@ class ILQR:
         c = self.config
         differentiate = c.differentiable is not None and torch.is_grad_enabled()
         require_differentiable(objective, "ILQR")
+        if getattr(objective, "terminates", False):
+            raise ValueError(
+                f"ILQR: the objective has a continuation ({callable_name(objective.continuation)!r}): the return "
+                "sum_t gamma^t (prod_k<t c_k) r_t is not a sum of stage rewards, which iLQR's backward pass "
+                "needs; iLQR plans a smooth objective without episode ends. Use CEM / MPPI / MCTS / "
+                "GradientPlanner (all honour it), or fold the termination into the reward"
+            )
         if objective.needs_prev:
             names = [callable_name(t) for t in objective.rewards if getattr(t, "needs_prev", False)]
             raise ValueError(

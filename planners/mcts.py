@@ -35,7 +35,7 @@ from latentplan.worldmodels.state import LatentState
 
 from . import mcts_tree as kt
 from .base import Plan, Policy
-from .objective import Objective
+from .objective import Objective, discounted
 from .validate import check_choice, check_int, check_positive
 
 __all__ = ["MCTS", "MCTSConfig"]
@@ -359,7 +359,8 @@ class MCTS:
         fc = tree.first_child[:, :1] + np.arange(k)
         rows = np.arange(b)[:, None]
         prior = tree.prior[rows, fc]
-        finite = np.isfinite(tree.reward[rows, fc] + tree.node_value[rows, fc]) & (prior > 0)
+        q = kt.edge_q(tree.reward[rows, fc], tree.disc[rows, fc], tree.node_value[rows, fc])
+        finite = np.isfinite(q) & (prior > 0)
         u = torch.rand(b, k, generator=generator, device=dev, dtype=torch.float64).cpu().numpy()
         g = -np.log(-np.log(np.clip(u, 1e-300, 1.0 - 1e-16))) * self.config.gumbel_scale
         with np.errstate(divide="ignore"):
@@ -401,7 +402,7 @@ class MCTS:
         tree, reused = self._start_tree(state, warm_start, a, key)
         tree.objective_key = key
         gamma, gumbel = float(objective.discount), c.root == "gumbel"
-        qmin, qmax = kt.q_bounds(tree, gamma)
+        qmin, qmax = kt.q_bounds(tree)
         leaves, depths = np.zeros(b, np.int64), np.zeros(b, np.int64)
         picks, root_new = np.full(b, -1, np.int64), np.zeros((b, k))
         scores, logits, m = np.zeros((b, k)), None, None
@@ -411,12 +412,12 @@ class MCTS:
             if gumbel and (tree.first_child[:, 0] >= 0).all():
                 if logits is None:
                     logits, m = self._root_logits(tree, generator, dev)
-                kt.root_scores(tree.first_child, k, tree.visits, tree.node_value, tree.reward, gamma, logits,
+                kt.root_scores(tree.first_child, k, tree.visits, tree.node_value, tree.reward, tree.disc, logits,
                                c.c_visit, c.c_scale, scores)
                 step = root_new.sum(1).astype(np.int64)
                 target = np.array([self._pick_target(int(mi), int(s)) for mi, s in zip(m, step)], np.int64)
                 kt.gumbel_pick(scores, root_new, target, picks)
-            kt.descend(tree.first_child, k, tree.visits, tree.node_value, tree.reward, tree.prior, qmin, qmax, gamma,
+            kt.descend(tree.first_child, k, tree.visits, tree.node_value, tree.reward, tree.prior, qmin, qmax, tree.disc,
                        c.c1, c.c2, c.horizon, picks, leaves, depths)
             went = (picks >= 0) & (depths > 0)
             root_new[np.nonzero(went)[0], picks[went]] += 1
@@ -442,7 +443,7 @@ class MCTS:
         """Expand the leaves above the depth limit (one batched model call) and back up every row."""
         b, k, a = tree.first_child.shape[0], self.children, low.shape[0]
         expand = depths < self.config.horizon
-        rew, val = np.zeros((b, k)), np.zeros((b, k))
+        rew, val, dsc = np.zeros((b, k)), np.zeros((b, k)), np.full((b, k), gamma)
         prior, valid = np.zeros((b, k)), np.ones((b, k), dtype=np.bool_)
         if expand.any():
             rows = np.nonzero(expand)[0]
@@ -452,9 +453,11 @@ class MCTS:
             leaf = LatentState(tree.deter[rows_t, leaf_t], tree.stoch[rows_t, leaf_t])
             prop, pri, ok = self._propose(leaf, depths[rows], None if warm is None else warm[rows_t], low, high, generator)
             n = rows.shape[0]
-            nxt, r = objective.step(leaf.expand(k), prop.reshape(n * k, a), generator=generator)
+            nxt, r, cont = objective.transition(leaf.expand(k), prop.reshape(n * k, a), generator=generator)
             if self.config.leaf == "rollout":
                 child_depth = torch.from_numpy(depths[rows] + 1).to(dev).repeat_interleave(k)
+                if objective.terminates:  # a child where the episode ended needs no rollout: its value does not count
+                    child_depth = torch.where(cont == 0, self.config.horizon, child_depth)
                 w = None if warm is None else warm[rows_t].repeat_interleave(k, dim=0)
                 cur = LatentState(nxt.deter.clone(), nxt.stoch.clone())
                 v, extra = self._rollout(objective, cur, child_depth, prop.reshape(n * k, a), w, low, high,
@@ -468,13 +471,14 @@ class MCTS:
             tree.acts[rows_t[:, None], slots] = prop
             rew[rows] = r.reshape(n, k).double().cpu().numpy()
             val[rows] = v.reshape(n, k).double().cpu().numpy()
+            if objective.terminates:  # gamma * c of every new edge; 0 where the episode ends
+                dsc[rows] = gamma * cont.reshape(n, k).double().cpu().numpy()
             prior[rows] = pri.double().cpu().numpy()
             valid[rows] = ok.cpu().numpy()
             stats["evals"] += n * k
             stats["levels"] = max(stats["levels"], int(depths[rows].max()) + 1)
-        stats["nonfinite"] += kt.expand_backup(leaves, expand, tree.size, rew, val, prior, valid, *tree.arrays()[:1],
-                                               tree.parent, tree.visits, tree.value_sum, tree.node_value, tree.reward,
-                                               tree.v0, tree.prior, qmin, qmax, gamma, self.config.backup == "max")
+        stats["nonfinite"] += kt.expand_backup(leaves, expand, tree.size, rew, val, dsc, prior, valid, *tree.arrays(),
+                                               qmin, qmax, self.config.backup == "max")
         tree.size[expand] += k
 
     def _root_choice(self, tree, gamma, logits, root_new, scores) -> np.ndarray:
@@ -484,7 +488,7 @@ class MCTS:
         if logits is None:
             return np.full(b, -1, np.int64)
         c = self.config
-        kt.root_scores(tree.first_child, k, tree.visits, tree.node_value, tree.reward, gamma, logits,
+        kt.root_scores(tree.first_child, k, tree.visits, tree.node_value, tree.reward, tree.disc, logits,
                        c.c_visit, c.c_scale, scores)
         ok = np.isfinite(scores)
         most = np.where(ok, root_new, -1).max(1, keepdims=True)
@@ -518,27 +522,39 @@ class MCTS:
                  gamma: float, generator, record: Tensor | None = None) -> tuple[Tensor, int]:
         """`(value [n], evals)`: from the beliefs `cur [n]` at depths `depth [n]`, the better of the two default
         policies' (`_default_action`) discounted returns to the horizon, each plus gamma^(H - depth) times the
-        objective's bootstrap there: the value of the best known completion. Both run in one batch of 2n
-        rows. Writes the better completion's actions into `record [n, H, A]` when given."""
+        objective's bootstrap there: the value of the best known completion. With a continuation the
+        weights carry prod c of the rollout's steps, as in `Objective.returns`, and a row stops once its
+        episode has ended (unless `record` needs its actions). Both run in one batch of 2n rows. Writes the
+        better completion's actions into `record [n, H, A]` when given."""
         h, n, dt = self.config.horizon, cur.batch, cur.deter.dtype
         two = lambda x: torch.cat([x, x]) if x is not None else None  # noqa: E731
         cur, depth, last, warm = LatentState(two(cur.deter), two(cur.stoch)), two(depth), two(last), two(warm)
         repeat = torch.arange(2 * n, device=cur.device) < n
         value = torch.zeros(2 * n, device=cur.device, dtype=dt)
+        alive = torch.ones(2 * n, device=cur.device, dtype=dt)  # prod c over the rollout's steps so far
         acts = None if record is None else two(record)
         evals = 0
         for t in range(int(depth.min()) if n else h, h):
-            rows = torch.nonzero(depth <= t).squeeze(1)
+            busy = depth <= t
+            if record is None and objective.terminates:  # past an episode's end nothing counts: stop those rows
+                busy &= alive != 0
+            rows = torch.nonzero(busy).squeeze(1)
+            if rows.numel() == 0:
+                break
             now = cur.index(rows)
             u = self._default_action(now, t, last[rows], None if warm is None else warm[rows], repeat[rows], low, high)
-            nxt, r = objective.step(now, u, generator=generator)
-            value[rows] += (gamma ** (t - depth[rows]).to(dt)) * r.to(dt)
+            nxt, r, cont = objective.transition(now, u, generator=generator)
+            if objective.terminates:
+                value[rows] += discounted(r.to(dt), (gamma ** (t - depth[rows]).to(dt)) * alive[rows])
+                alive[rows] = alive[rows] * cont.to(dt)
+            else:
+                value[rows] += (gamma ** (t - depth[rows]).to(dt)) * r.to(dt)
             cur.deter[rows], cur.stoch[rows], last[rows] = nxt.deter, nxt.stoch, u
             if acts is not None:
                 acts[rows, t] = u
             evals += int(rows.numel())
         if objective.bootstraps:
-            value = value + (gamma ** (h - depth).to(dt)) * objective.bootstrap(cur).to(dt)
+            value = value + discounted(objective.bootstrap(cur).to(dt), (gamma ** (h - depth).to(dt)) * alive)
         ranked = torch.where(torch.isfinite(value), value, torch.full_like(value, float("-inf")))
         second = ranked[n:] > ranked[:n]
         if record is not None:
@@ -548,13 +564,19 @@ class MCTS:
     def _complete(self, objective, state, tree, nodes, warm, low, high, gamma, generator) -> tuple[Tensor, Tensor, int]:
         """`(actions [B, H, A], value [B], evals)`: the path's actions, completed past its end from its last
         belief by the default policy through the model; the value is the path's discounted rewards (as the
-        tree evaluated them), plus the completion's, plus gamma^H times the bootstrap at the end."""
+        tree evaluated them: r_t weighted by the product of the edges' gamma * c above it), plus the
+        completion's, weighted by the product over the whole path, plus the bootstrap at the end."""
         b, h, dev, dt = state.batch, self.config.horizon, state.device, state.deter.dtype
         ar = np.arange(b)
         length = (nodes >= 0).sum(1)
         safe = np.maximum(nodes, 0)
-        value = (np.where(nodes >= 0, tree.reward[ar[:, None], safe], 0.0) * gamma ** np.arange(h)).sum(1)
+        on = nodes >= 0
+        d = np.where(on, tree.disc[ar[:, None], safe], 1.0)  # [B, H] gamma * c of the path's edges
+        weight = np.cumprod(np.concatenate([np.ones((b, 1)), d], 1), 1)  # [B, H + 1] prod of the edges above
+        r = np.where(on, tree.reward[ar[:, None], safe], 0.0)
+        value = np.where(on & (weight[:, :-1] != 0), r * weight[:, :-1], 0.0).sum(1)
         value = torch.from_numpy(value).to(dev, dt)
+        path_weight = torch.from_numpy(weight[ar, length]).to(dev, dt)
         bi = torch.arange(b, device=dev)
         actions = tree.acts[bi[:, None], torch.from_numpy(safe).to(dev)].clone()
         last = torch.from_numpy(np.where(length > 0, nodes[ar, np.maximum(length - 1, 0)], 0)).to(dev)
@@ -562,18 +584,18 @@ class MCTS:
         depth = torch.from_numpy(length).to(dev)
         tail, evals = self._rollout(objective, cur, depth, tree.acts[bi, last], warm, low, high, gamma, generator,
                                     record=actions)
-        return actions, value + (gamma ** depth.to(dt)) * tail, evals
+        return actions, value + discounted(tail, path_weight), evals
 
     def _result(self, objective, state, tree, choice, warm, low, high, gamma, generator, stats, info, t0) -> Plan:
         b, k, h, dev = state.batch, self.children, self.config.horizon, state.device
         nodes = np.zeros((b, h), dtype=np.int64)
-        kt.principal_path(tree.first_child, k, tree.visits, tree.node_value, tree.reward, gamma, h, choice,
+        kt.principal_path(tree.first_child, k, tree.visits, tree.node_value, tree.reward, tree.disc, h, choice,
                           self.config.backup == "max", nodes)
         actions, value, tail = self._complete(objective, state, tree, nodes, warm, low, high, gamma, generator)
         ar = np.arange(b)
         root = tree.first_child[:, :1] + np.arange(k)  # [B, K] the root's children
         n_k = tree.visits[ar[:, None], root]
-        q_k = tree.reward[ar[:, None], root] + gamma * tree.node_value[ar[:, None], root]
+        q_k = kt.edge_q(tree.reward[ar[:, None], root], tree.disc[ar[:, None], root], tree.node_value[ar[:, None], root])
         chosen = np.where(nodes[:, 0] >= 0, nodes[:, 0] - root[:, 0], 0)
         tree.root_child = np.where(nodes[:, 0] >= 0, chosen, -1)
         info = dict(info, model_evals=stats["evals"] + tail)

@@ -11,10 +11,15 @@ is unexpanded, `size[b]` the nodes in use):
 - `reward[b, n]`     r of the edge into n (parent state, action -> n)
 - `v0[b, n]`         the objective's bootstrap value of n's state, computed when n was created
 - `prior[b, n]`      the prior probability of the edge into n (0 for an invalid action)
+- `disc[b, n]`       gamma * c(n), the discount of the edge into n: the objective's discount times
+  its continuation c of the step into n (`Objective.transition`; c = 1 without a continuation),
+  so a node where the episode ends has `disc` 0 and is absorbing
 - `parent[b, n]`     parent index (-1 for the root)
 
-Q(parent, n) = r(n) + gamma * U(n). Non-finite rewards and values, and invalid (masked) actions,
-are stored as -inf, so such edges rank last and no NaN can arise.
+Q(parent, n) = r(n) + disc(n) * U(n) (`r(n)` alone when `disc(n)` is 0: nothing after an episode's
+end counts, not even a non-finite value). Non-finite rewards and values, and invalid (masked)
+actions, are stored as -inf, so such edges rank last and no NaN can arise. The search never
+expands an absorbing node: the descent stops there as at the depth limit.
 
 Kernels: pUCT descent (MuZero, Schrittwieser et al. 2020, Appendix B) with an optional Gumbel
 pick at the root (Danihelka et al. 2022, "Policy improvement by planning with Gumbel", ICLR:
@@ -32,7 +37,7 @@ from numba import njit
 import torch
 from torch import Tensor
 
-__all__ = ["Tree", "halving_schedule", "q_bounds", "root_policy", "start_tree"]
+__all__ = ["Tree", "edge_q", "halving_schedule", "q_bounds", "root_policy", "start_tree"]
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Tree:
     reward: np.ndarray
     v0: np.ndarray
     prior: np.ndarray
+    disc: np.ndarray
     size: np.ndarray
     deter: Tensor
     stoch: Tensor
@@ -69,14 +75,15 @@ class Tree:
         d[:, 0], s[:, 0] = deter, stoch
         return cls(
             np.full((b, cap), -1, np.int64), np.full((b, cap), -1, np.int64), np.zeros((b, cap)), np.zeros((b, cap)),
-            np.zeros((b, cap)), np.zeros((b, cap)), np.zeros((b, cap)), np.zeros((b, cap)), np.ones(b, np.int64),
-            d, s, deter.new_zeros(b, cap, a), children, horizon,
+            np.zeros((b, cap)), np.zeros((b, cap)), np.zeros((b, cap)), np.zeros((b, cap)), np.ones((b, cap)),
+            np.ones(b, np.int64), d, s, deter.new_zeros(b, cap, a), children, horizon,
         )
 
     def arrays(self) -> tuple:
-        """The numpy arrays in the kernels' order: first_child, parent, visits, value_sum, node_value, reward, v0, prior."""
+        """The numpy arrays in the kernels' order: first_child, parent, visits, value_sum, node_value, reward, v0, prior,
+        disc."""
         return (self.first_child, self.parent, self.visits, self.value_sum, self.node_value, self.reward, self.v0,
-                self.prior)
+                self.prior, self.disc)
 
 
 def halving_schedule(considered: int, simulations: int) -> np.ndarray:
@@ -103,7 +110,21 @@ def halving_schedule(considered: int, simulations: int) -> np.ndarray:
 
 
 @njit(cache=True)
-def root_scores(first_child, n_children, visits, node_value, reward, discount, logits, c_visit, c_scale, out):
+def _q(r, d, v):
+    """Q of an edge with reward r, discount d (gamma * c) and child value v: r alone at an episode's end."""
+    if d == 0.0:
+        return r
+    return r + d * v
+
+
+def edge_q(reward: np.ndarray, disc: np.ndarray, node_value: np.ndarray) -> np.ndarray:
+    """Q = r + disc * U of edges (arrays of one shape), r alone where `disc` is 0 (the numpy `_q`)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(disc == 0.0, reward, reward + disc * node_value)
+
+
+@njit(cache=True)
+def root_scores(first_child, n_children, visits, node_value, reward, disc, logits, c_visit, c_scale, out):
     """`out [B, K]` = g + logits + sigma(q_hat) of every root child (Gumbel MuZero's score):
     `logits [B, K]` holds the Gumbel noise plus the prior logits (-inf for invalid actions), q_hat the
     child's Q min-max normalised over the root's finite Q values, sigma(q) = (c_visit + max N) c_scale q.
@@ -113,13 +134,13 @@ def root_scores(first_child, n_children, visits, node_value, reward, discount, l
         fc = first_child[b, 0]
         lo, hi, nmax = np.inf, -np.inf, 0.0
         for k in range(n_children):
-            q = reward[b, fc + k] + discount * node_value[b, fc + k]
+            q = _q(reward[b, fc + k], disc[b, fc + k], node_value[b, fc + k])
             if math.isfinite(q):
                 lo = min(lo, q)
                 hi = max(hi, q)
             nmax = max(nmax, visits[b, fc + k])
         for k in range(n_children):
-            q = reward[b, fc + k] + discount * node_value[b, fc + k]
+            q = _q(reward[b, fc + k], disc[b, fc + k], node_value[b, fc + k])
             if math.isfinite(q) and math.isfinite(logits[b, k]):
                 qn = (q - lo) / (hi - lo) if hi > lo else 0.5
                 out[b, k] = logits[b, k] + (c_visit + nmax) * c_scale * qn
@@ -145,12 +166,13 @@ def gumbel_pick(scores, root_new, target, picks):
 
 
 @njit(cache=True)
-def descend(first_child, n_children, visits, node_value, reward, prior, qmin, qmax, discount, c1, c2, horizon,
+def descend(first_child, n_children, visits, node_value, reward, prior, qmin, qmax, disc, c1, c2, horizon,
             root_pick, leaves, depths):
     """pUCT descent (MuZero, Appendix B) from the root of every environment to a node without children;
     writes the node and its depth to `leaves[b]`, `depths[b]`. At the root, `root_pick[b] >= 0` is taken
     instead (the Gumbel pick). A node whose children all have a non-finite Q (every action invalid or
-    NaN) is a dead end: the descent stops there with depth `horizon`, so it is not expanded again."""
+    NaN) is a dead end, and a node where the episode ends (`disc` 0) is absorbing: the descent stops
+    there with depth `horizon`, so it is not expanded (again)."""
     nb = first_child.shape[0]
     for b in range(nb):
         node = 0
@@ -165,7 +187,7 @@ def descend(first_child, n_children, visits, node_value, reward, prior, qmin, qm
             best_score = -np.inf
             for k in range(n_children):
                 c = fc + k
-                q = reward[b, c] + discount * node_value[b, c]
+                q = _q(reward[b, c], disc[b, c], node_value[b, c])
                 if math.isfinite(q):
                     qn = (q - lo) / (hi - lo) if hi > lo else 0.0
                     score = qn + prior[b, c] * explore / (1.0 + visits[b, c])
@@ -179,6 +201,9 @@ def descend(first_child, n_children, visits, node_value, reward, prior, qmin, qm
                 break
             node = fc + best
             d += 1
+            if disc[b, node] == 0.0:  # the episode ends on the way into node: nothing below it counts
+                d = horizon
+                break
         leaves[b] = node
         depths[b] = d
 
@@ -193,27 +218,30 @@ def _widen(qmin, qmax, b, q):
 
 
 @njit(cache=True)
-def _best_child(first_child, n_children, node_value, reward, discount, b, node):
+def _best_child(first_child, n_children, node_value, reward, disc, b, node):
     g = -np.inf
     fc = first_child[b, node]
     for k in range(n_children):
-        q = reward[b, fc + k] + discount * node_value[b, fc + k]
+        q = _q(reward[b, fc + k], disc[b, fc + k], node_value[b, fc + k])
         if math.isfinite(q) and q > g:
             g = q
     return g
 
 
 @njit(cache=True)
-def expand_backup(leaves, expand, start, child_reward, child_value, child_prior, valid, first_child, parent,
-                  visits, value_sum, node_value, reward, v0, prior, qmin, qmax, discount, use_max):
+def expand_backup(leaves, expand, start, child_reward, child_value, child_disc, child_prior, valid, first_child,
+                  parent, visits, value_sum, node_value, reward, v0, prior, disc, qmin, qmax, use_max):
     """Attach the K evaluated children `[B, K]` at node `start[b]` on to the leaves that `expand`, then back up.
 
-    The value backed up from an expanded leaf is its one-step lookahead max_k (r_k + gamma v_k) over the
-    new valid children (its own v0 if none is finite); from a leaf that is not expanded, v0. Going up the
-    path, every node gets N += 1 and W += G with G <- r + gamma G (MuZero's backup); U is W / N, or with
-    `use_max` the best child's r + gamma U recomputed bottom-up (a Bellman backup). The min-max bounds of
-    the Q values are widened with every new Q. A child with a NaN/inf reward or value, or an invalid
-    action (`valid[b, k]` False), is stored as -inf; returns the number of the former.
+    `child_disc [B, K]` is gamma * c of each new edge (c the objective's continuation). The value backed
+    up from an expanded leaf is its one-step lookahead max_k (r_k + disc_k v_k) over the new valid
+    children (its own v0 if none is finite); from a leaf that is not expanded (at the depth limit, a
+    dead end, or absorbing), v0. Going up the path, every node gets N += 1 and W += G with
+    G <- r + disc G (MuZero's backup, with the edge's discount gamma * c); U is W / N, or with `use_max`
+    the best child's r + disc U recomputed bottom-up (a Bellman backup). The min-max bounds of the Q
+    values are widened with every new Q. A child with a NaN/inf reward or value (the value only where
+    it counts: `disc` > 0), or an invalid action (`valid[b, k]` False), is stored as -inf; returns the
+    number of the former.
     """
     nb, nk = child_reward.shape
     bad = 0
@@ -226,24 +254,30 @@ def expand_backup(leaves, expand, start, child_reward, child_value, child_prior,
                 c = s + k
                 r = child_reward[b, k]
                 v = child_value[b, k]
+                dk = child_disc[b, k]
+                if dk == 0.0 and not math.isfinite(v):
+                    v = 0.0  # the episode ends here: the value after it does not count
                 if not valid[b, k]:
                     r = -np.inf
                     v = -np.inf
-                elif not (math.isfinite(r) and math.isfinite(v)):
+                elif not (math.isfinite(r) and math.isfinite(v) and math.isfinite(dk)):
                     bad += 1
                     if not math.isfinite(r):
                         r = -np.inf
-                    if not math.isfinite(v):
+                    if not math.isfinite(v) or not math.isfinite(dk):
                         v = -np.inf
+                    if not math.isfinite(dk):
+                        dk = 1.0
                 reward[b, c] = r
+                disc[b, c] = dk
                 v0[b, c] = v
                 node_value[b, c] = v
                 prior[b, c] = child_prior[b, k]
                 parent[b, c] = leaf
                 visits[b, c] = 0.0
                 value_sum[b, c] = 0.0
-                _widen(qmin, qmax, b, r + discount * v)
-            g = _best_child(first_child, nk, node_value, reward, discount, b, leaf)
+                _widen(qmin, qmax, b, _q(r, dk, v))
+            g = _best_child(first_child, nk, node_value, reward, disc, b, leaf)
             if not math.isfinite(g):
                 g = v0[b, leaf]
         else:
@@ -254,20 +288,20 @@ def expand_backup(leaves, expand, start, child_reward, child_value, child_prior,
             value_sum[b, node] += g
             if use_max:
                 if first_child[b, node] >= 0:
-                    u = _best_child(first_child, nk, node_value, reward, discount, b, node)
+                    u = _best_child(first_child, nk, node_value, reward, disc, b, node)
                     node_value[b, node] = u if math.isfinite(u) else v0[b, node]
             else:
                 node_value[b, node] = value_sum[b, node] / visits[b, node]
             if node == 0:
                 break
-            _widen(qmin, qmax, b, reward[b, node] + discount * node_value[b, node])
-            g = reward[b, node] + discount * g
+            _widen(qmin, qmax, b, _q(reward[b, node], disc[b, node], node_value[b, node]))
+            g = _q(reward[b, node], disc[b, node], g)
             node = parent[b, node]
     return bad
 
 
 @njit(cache=True)
-def principal_path(first_child, n_children, visits, node_value, reward, discount, horizon, root_choice, by_q, nodes):
+def principal_path(first_child, n_children, visits, node_value, reward, disc, horizon, root_choice, by_q, nodes):
     """`nodes [B, H]`: the plan's path from the root: `root_choice[b]` first, then at every level the child
     with the best Q (`by_q`, with the "max" backup) or the most visits (ties: the higher Q); edges with a
     non-finite Q rank last; -1 past the expanded part."""
@@ -285,7 +319,7 @@ def principal_path(first_child, n_children, visits, node_value, reward, discount
             best_q = -np.inf
             for k in range(n_children):
                 c = fc + k
-                q = reward[b, c] + discount * node_value[b, c]
+                q = _q(reward[b, c], disc[b, c], node_value[b, c])
                 n = visits[b, c] if math.isfinite(q) else -0.5
                 if by_q:
                     n = 0.0 if math.isfinite(q) else -0.5
@@ -295,7 +329,7 @@ def principal_path(first_child, n_children, visits, node_value, reward, discount
                     best = k
             if t == 0 and root_choice[b] >= 0:
                 best = root_choice[b]
-            if not math.isfinite(reward[b, fc + best] + discount * node_value[b, fc + best]):
+            if not math.isfinite(_q(reward[b, fc + best], disc[b, fc + best], node_value[b, fc + best])):
                 for u in range(t, horizon):  # every action here is invalid or non-finite: the path ends
                     nodes[b, u] = -1
                 break
@@ -304,8 +338,8 @@ def principal_path(first_child, n_children, visits, node_value, reward, discount
 
 
 @njit(cache=True)
-def extract(first_child, parent, visits, value_sum, node_value, reward, v0, prior, size, roots, n_children,
-            nf, npar, nvis, nsum, nval, nrew, nv0, npri, nsize, src):
+def extract(first_child, parent, visits, value_sum, node_value, reward, v0, prior, disc, size, roots, n_children,
+            nf, npar, nvis, nsum, nval, nrew, nv0, npri, ndisc, nsize, src):
     """Copy, for every environment with `roots[b] >= 0`, the subtree below node `roots[b]` into the new
     arrays (`n*`), breadth first, with that node as the new root (index 0); `src[b, i]` is the old index
     of new node i (-1 unused), for the caller to move the beliefs and actions. Rows with `roots[b] < 0`
@@ -328,6 +362,7 @@ def extract(first_child, parent, visits, value_sum, node_value, reward, v0, prio
             nrew[b, new] = reward[b, old]
             nv0[b, new] = v0[b, old]
             npri[b, new] = prior[b, old]
+            ndisc[b, new] = disc[b, old]
             fc = first_child[b, old]
             if fc >= 0:
                 nf[b, new] = n_new
@@ -338,29 +373,33 @@ def extract(first_child, parent, visits, value_sum, node_value, reward, v0, prio
             head += 1
         npar[b, 0] = -1
         nrew[b, 0] = 0.0
+        ndisc[b, 0] = 1.0
         nsize[b] = n_new
 
 
-def q_bounds(tree: Tree, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+def q_bounds(tree: Tree) -> tuple[np.ndarray, np.ndarray]:
     """`(qmin [B], qmax [B])` the min-max bounds of the finite Q values already in the tree (a reused subtree's)."""
-    q = tree.reward + gamma * tree.node_value
+    q = edge_q(tree.reward, tree.disc, tree.node_value)
     used = (np.arange(q.shape[1])[None] < tree.size[:, None]) & (tree.parent >= 0) & np.isfinite(q)
     return np.where(used, q, np.inf).min(1), np.where(used, q, -np.inf).max(1)
 
 
 def objective_key(objective) -> tuple:
-    """What a kept tree's rewards and values depend on: the objective's discount, its terms (by identity of
-    the user functions) and its context values (copied); a tree is reused only under an equal key."""
+    """What a kept tree's rewards, values and discounts depend on: the objective's discount, its terms (by
+    identity of the user functions, the terminal and continuation terms included) and its context values
+    (copied); a tree is reused only under an equal key."""
     terms = tuple(getattr(t, "term", t) for t in objective.rewards)
     context = tuple((k, v.detach().clone() if isinstance(v, torch.Tensor) else getattr(v, "value", v))
                     for k, v in objective.context.values.items())
-    return (objective.discount, terms, objective.value, getattr(objective.terminal, "term", objective.terminal), context)
+    cont = getattr(objective, "continuation", None)
+    return (objective.discount, terms, objective.value, getattr(objective.terminal, "term", objective.terminal),
+            getattr(cont, "term", cont), context)
 
 
 def _same_key(a: tuple | None, b: tuple | None) -> bool:
-    if a is None or b is None or len(a) != len(b) or a[:4] != b[:4] or len(a[4]) != len(b[4]):
+    if a is None or b is None or len(a) != len(b) or a[:5] != b[:5] or len(a[5]) != len(b[5]):
         return False
-    for (ka, va), (kb, vb) in zip(a[4], b[4]):
+    for (ka, va), (kb, vb) in zip(a[5], b[5]):
         if ka != kb:
             return False
         if isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor):
@@ -410,7 +449,7 @@ def start_tree(old: object, state, children: int, horizon: int, simulations: int
     extract(*old.arrays(), old.size, roots, k, *new.arrays(), new.size, src)
     size = int(new.size.max()) + extra
     pad = ((0, 0), (0, max(0, size - cap)))
-    for name in ("first_child", "parent", "visits", "value_sum", "node_value", "reward", "v0", "prior"):
+    for name in ("first_child", "parent", "visits", "value_sum", "node_value", "reward", "v0", "prior", "disc"):
         arr = getattr(new, name)
         setattr(new, name, np.pad(arr, pad, constant_values=-1 if arr.dtype == np.int64 else 0)[:, :size])
     keep = torch.from_numpy(np.pad(src, pad, constant_values=-1)[:, :size]).to(state.device)

@@ -12,14 +12,23 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState, WorldModel
 
 from .base import callable_name
-from .rewards import BoundReward, Reward, RewardContext, check_reward_output, learned_reward
+from .rewards import (
+    BoundReward, Reward, RewardContext, UserReward, check_continuation_output, check_reward_output, learned_reward,
+)
 
-__all__ = ["Objective", "PriorMeanModel", "RewardTerm", "rank_returns"]
+__all__ = ["Continuation", "Objective", "PriorMeanModel", "RewardTerm", "discounted", "rank_returns"]
 
 RewardTerm = Callable[[LatentState, Tensor], Tensor]
 """The internal reward-term signature: `(next_state [N], action [N, A]) -> reward [N]` (the reward
 of taking `action` and arriving in `next_state`). `Objective.rewards` holds such callables: the
 `BoundReward` of every `Reward` it was given, and plain callables as they were given."""
+
+
+Continuation = Callable[[LatentState, Tensor], Tensor]
+"""The internal continuation signature: `(next_state [N], action [N, A]) -> c [N]` in [0, 1] (or bool),
+the probability that the episode continues after taking `action` and arriving in `next_state`.
+`Objective.continuation` holds the `BoundReward` of an `@lp.continuation` term, or a plain callable
+as it was given."""
 
 
 class PriorMeanModel:
@@ -85,6 +94,13 @@ def _check_value(value: object) -> None:
 
 def _check_term(term: object, index: int) -> None:
     where = f"Objective: rewards[{index}]"
+    if isinstance(term, Reward) or isinstance(getattr(term, "term", None), Reward):
+        inner = term if isinstance(term, Reward) else term.term
+        if inner.is_continuation:
+            raise TypeError(
+                f"{where} {inner.name!r} is a continuation term (the probability that the episode goes on): "
+                "pass it as Objective(continuation=...)"
+            )
     if isinstance(term, Reward):
         if term.is_terminal:
             raise TypeError(
@@ -113,12 +129,63 @@ def _check_terminal(terminal: object) -> None:
             "@lp.reward(stage='terminal') (or lp.learned_reward(), or a composition of them); "
             f"got {terminal!r:.80} (a plain callable state -> [N] is a value=)"
         )
+    if terminal.is_continuation:
+        raise TypeError(
+            f"Objective: terminal= {terminal.name!r} is a continuation term (the probability that the episode "
+            "goes on), not a reward on the final state: pass it as Objective(continuation=...)"
+        )
     wrong = [leaf.name for leaf in terminal.leaves() if leaf.stage != "terminal" and leaf.name != "learned_reward"]
     if wrong:
         raise TypeError(
             f"Objective: terminal= {terminal.name!r} has per-step parts {wrong} (they take an action): "
             "mark a reward on the final state @lp.reward(stage='terminal'), fn(obs, ctx) -> [N]"
         )
+
+
+def _check_continuation(term: object) -> None:
+    if term is None:
+        return
+    inner = term.term if isinstance(term, BoundReward) else term
+    if isinstance(inner, Reward):
+        if not (isinstance(inner, UserReward) and inner.stage == "continuation"):
+            stages = sorted({leaf.stage for leaf in inner.leaves()})
+            raise TypeError(
+                f"Objective: continuation= {inner.name!r} is a reward term (stage {'/'.join(stages)}); a "
+                "continuation is the probability in [0, 1] that the episode goes on after a step: mark the "
+                "function @lp.continuation (fn(obs, action, ctx) -> [N] float in [0, 1] or bool), or give a "
+                "callable (next_state, action) -> [N]"
+            )
+        return
+    if isinstance(term, (bool, int, float)) or not callable(term):
+        raise TypeError(
+            "Objective: continuation= must be an @lp.continuation term (fn(obs, action, ctx) -> [N] float in "
+            f"[0, 1] or bool) or a callable (next_state, action) -> [N]; got {term!r:.80}"
+        )
+    if not _takes_positional(term, 2):
+        raise TypeError(
+            f"Objective: continuation= {callable_name(term)!r} cannot be called as (next_state, action): a plain "
+            "callable takes exactly those two; wrap fn(obs, action, ctx) with @lp.continuation"
+        )
+
+
+def discounted(x: Tensor, weight: Tensor | float) -> Tensor:
+    """`x * weight`, with the rows whose weight is exactly 0 set to 0 whatever `x` holds there.
+
+    Rewards and bootstraps after a terminal step have weight 0 (gamma^t times a continuation
+    product that reached 0); they do not count, even if they are NaN or inf (0 * inf would be
+    NaN), and no NaN reaches a gradient through them.
+
+    Args:
+        x: `[N]` (or any shape) rewards or bootstrap values.
+        weight: broadcastable weights (a tensor or a float).
+
+    Returns:
+        `x * weight` where `weight != 0`, else 0.
+    """
+    if not isinstance(weight, Tensor):
+        return x * weight if weight != 0 else torch.zeros_like(x)
+    alive = weight != 0
+    return torch.where(alive, x, torch.zeros_like(x)) * weight
 
 
 def rank_returns(returns: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,7 +204,7 @@ def rank_returns(returns: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Objective:
-    """The planning objective over one world model: sum_t gamma^t r_t + gamma^H V(s_H).
+    """The planning objective over one world model: sum_t gamma^t C_t r_t + gamma^H C_H (V + T)(s_H), C_t = prod_{k<t} c_k.
 
     Built once per plan call. The reward r_t is the sum of the reward terms: the learned reward
     head by default, or user terms (`@reward` functions of decoded quantities or of the latent,
@@ -170,9 +237,26 @@ class Objective:
         context: the reward context (see above); `None` is empty.
         batch: B, the number of environments the plan call is for (needed for `[B, ...]`
             context values).
+        continuation: optional term giving, per imagined step, the probability c_t in [0, 1]
+            that the episode continues after the step s_t --a_t--> s_{t+1} (Dreamer's continue
+            predictor; MuZero-style terminal flags): an `@lp.continuation` function
+            `fn(obs, action, ctx) -> [N]` of the decoded arrival state (or of the latent, with
+            `inputs="latent"`), or a plain callable `(next_state [N], action [N, A]) -> [N]`.
+            Either may return floats in [0, 1] or a bool tensor (True = not done). `None`: the
+            episode never ends inside the horizon (every c_t = 1, the return as without it).
 
-    The return is sum_t gamma^t r_t + gamma^H (V(s_H) + T(s_H)), with r_t the per-step terms
-    (`stage="arrival"` terms read s_{t+1}; `stage="transition"` terms read s_t and s_{t+1}).
+    The return is
+
+        sum_{t<H} gamma^t (prod_{k<t} c_k) r_t + gamma^H (prod_{k<H} c_k) (V(s_H) + T(s_H)),
+
+    with r_t the per-step terms of step t (`stage="arrival"` terms read s_{t+1};
+    `stage="transition"` terms read s_t and s_{t+1}) and c_k the continuation of step k (1 for
+    every k without `continuation`). **The step that ends the episode counts its reward**: if
+    c_t = 0, r_t (the reward of the transition into the terminal state s_{t+1}) is in the return
+    with weight gamma^t prod_{k<t} c_k, and every later reward r_{t+1}, ..., r_{H-1} and the
+    bootstrap V + T have weight 0 (they are left out, NaN or inf included: `discounted`). A
+    soft c_t in (0, 1) weighs what follows by the probability of getting there (the expected
+    return under independent continuation draws, as Dreamer's imagined returns).
 
     Dtype: the return has the model state's dtype; user terms' outputs are cast to it and
     floating context tensors are cast to it before the functions see them (`RewardContext`).
@@ -187,13 +271,19 @@ class Objective:
             needs a model method (`decode`, `reward`) the model lacks; `value` is a reward term
             or not a callable of one state; `terminal` is not a `Reward` of terminal-stage parts
             (or `learned_reward()`). A term returns a non-tensor or a non-floating tensor (in
-            `step`/`returns`, naming the term).
+            `step`/`returns`, naming the term). `continuation` is not an `@lp.continuation` term
+            or a callable of `(next_state, action)`, or a continuation term is given as a reward
+            or terminal term (here). In `transition`/`returns`/`continues`: the continuation's
+            output is not a bool or floating `[N]` tensor on the action's device with values in
+            [0, 1] (`TypeError` / `ValueError` naming the term; `check_continuation_output`).
 
     NaN or inf from a reward is not an error: it propagates to the return, which planners rank
     as `-inf` (`rank_returns`) and count in `Plan.info["nonfinite"]`.
 
     Source: the return of PlaNet's planner (Hafner et al. 2019, Sec. 3); the bootstrap as in
-    MuZero / TD-MPC; user reward terms: docs/rewards.md.
+    MuZero / TD-MPC; the continuation as Dreamer's discount predictor (Hafner et al. 2021,
+    DreamerV2, Sec. 2: imagined returns weighted by the cumulative product of predicted
+    discounts) and MuZero's terminal states; user reward terms: docs/rewards.md.
     """
 
     def __init__(
@@ -206,11 +296,13 @@ class Objective:
         context: Mapping[str, Any] | None = None,
         batch: int | None = None,
         terminal: Reward | None = None,
+        continuation: Continuation | Reward | None = None,
     ) -> None:
         if not 0.0 < discount <= 1.0:
             raise ValueError(f"Objective: discount must be in (0, 1]; got {discount}")
         _check_value(value)
         _check_terminal(terminal)
+        _check_continuation(continuation)
         self.model = model
         self.context = RewardContext(model, context, batch=batch)
         if rewards is None:
@@ -230,21 +322,31 @@ class Objective:
         self.discount = float(discount)
         self.value = value
         self.terminal: BoundReward | None = None if terminal is None else self.context.bind(terminal)
+        if isinstance(continuation, BoundReward):
+            continuation = continuation.term  # bound anew to this objective's context
+        self.continuation: Continuation | None = None if continuation is None else self.context.bind(continuation)
 
     def __repr__(self) -> str:
         names = [callable_name(t) for t in self.rewards]
         terminal = None if self.terminal is None else self.terminal.name
+        cont = None if self.continuation is None else callable_name(self.continuation)
         return (
             f"Objective(rewards={names}, discount={self.discount}, value={self.value is not None}, "
-            f"terminal={terminal!r}, "
+            f"terminal={terminal!r}, continuation={cont!r}, "
             f"context={list(self.context.values)}, batch={self.context.batch})"
         )
 
     @property
     def differentiable(self) -> bool:
-        """False if any reward term (or the value, or the terminal term) is marked `differentiable = False`."""
-        parts = [*self.rewards, *(t for t in (self.value, self.terminal) if t is not None)]
+        """False if any reward term (or the value, the terminal term, or the continuation) is marked
+        `differentiable = False`."""
+        parts = [*self.rewards, *(t for t in (self.value, self.terminal, self.continuation) if t is not None)]
         return all(getattr(t, "differentiable", True) is not False for t in parts)
+
+    @property
+    def terminates(self) -> bool:
+        """True if the objective has a `continuation` term: an episode may end inside the horizon."""
+        return self.continuation is not None
 
     @property
     def bootstraps(self) -> bool:
@@ -290,12 +392,47 @@ class Objective:
             total = r if total is None else total + r
         return torch.zeros(n, device=action.device, dtype=next_state.deter.dtype) if total is None else total
 
+    def continues(self, next_state: LatentState, action: Tensor) -> Tensor:
+        """`[N]` c, the probability that the episode continues after taking `action [N, A]` and
+        arriving in `next_state [N]`: the continuation term's output, checked and cast to the
+        state's dtype (a bool output becomes 1.0 / 0.0); ones without a continuation.
+
+        Raises:
+            TypeError / ValueError: the output is not a bool or floating `[N]` tensor on the
+                action's device with values in [0, 1] (naming the term; `check_continuation_output`).
+        """
+        n, dtype = action.shape[0], next_state.deter.dtype
+        if self.continuation is None:
+            return torch.ones(n, device=action.device, dtype=dtype)
+        if isinstance(self.continuation, BoundReward):  # checked and cast inside (UserReward)
+            return self.continuation(next_state, action)
+        return check_continuation_output(
+            self.continuation(next_state, action), callable_name(self.continuation), n, action.device, dtype
+        )
+
     def step(
         self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[LatentState, Tensor]:
-        """One imagined transition: `state [N]`, `action [N, A]` -> (next state, reward `[N]`)."""
+        """One imagined transition: `state [N]`, `action [N, A]` -> (next state, reward `[N]`).
+
+        The continuation is not part of the result: planners that honour episode ends call
+        `transition` (or `continues` on the next state)."""
         nxt = self.model.imagine_step(state, action, generator=generator)
         return nxt, self.stage_reward(nxt, action, state)
+
+    def transition(
+        self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[LatentState, Tensor, Tensor]:
+        """One imagined transition with its continuation: `state [N]`, `action [N, A]` ->
+        (next state, reward `[N]`, continuation `[N]`), the continuation from `continues`
+        (ones without a term). H calls give `returns` as
+        `sum_t gamma^t (prod_{k<t} c_k) r_t + gamma^H (prod_{k<H} c_k) bootstrap(s_H)`.
+
+        Raises:
+            As `stage_reward` and `continues`.
+        """
+        nxt, r = self.step(state, action, generator=generator)
+        return nxt, r, self.continues(nxt, action)
 
     def bootstrap(self, state: LatentState) -> Tensor:
         """`[N]` the horizon part V(state) + T(state) (`value` and `terminal`, each if given), or
@@ -328,16 +465,19 @@ class Objective:
             generator: randomness of the model's stochastic transitions.
 
         Returns:
-            `[N]` sum_{t<H} gamma^t r_t + gamma^H (V(s_H) + T(s_H)). Non-finite entries are left as they are;
+            `[N]` sum_{t<H} gamma^t (prod_{k<t} c_k) r_t + gamma^H (prod_{k<H} c_k) (V(s_H) + T(s_H)),
+            c_k = 1 without a continuation (see the class: the reward of the step that ends the
+            episode counts, nothing after it). Non-finite entries are left as they are;
             planners rank them with `rank_returns`.
 
         The model's `rollout(state, actions, generator=) -> (visited [N*H], final [N])` gives
         all H steps at once (`WorldModelBase` loops `imagine_step`; the RSSM's fused view does
-        better), and the reward terms see all `N * H` visited beliefs in one call. The result
-        equals H calls of `step` up to float summation order.
+        better), and the reward terms (and the continuation) see all `N * H` visited beliefs in
+        one call. The result equals H calls of `transition` up to float summation order.
 
         Raises:
-            ValueError: if `actions` is not `[N, H, A]` for this state and model.
+            ValueError: if `actions` is not `[N, H, A]` for this state and model; the
+                continuation's output is not `[N * H]` in [0, 1] (naming the term).
         """
         n = state.batch
         if actions.dim() != 3 or actions.shape[0] != n or actions.shape[2] != self.action_dim:
@@ -357,15 +497,22 @@ class Objective:
                     torch.cat([s[:, None], v.reshape(n, h, -1)[:, :-1]], dim=1).reshape(n * h, -1)
                     for s, v in ((start.deter, visited.deter), (start.stoch, visited.stoch))
                 ))
-            r = self.stage_reward(visited, actions.reshape(n * h, -1), prev).reshape(n, h)
+            flat = actions.reshape(n * h, -1)
+            r = self.stage_reward(visited, flat, prev).reshape(n, h)
             weights = self.discount ** torch.arange(h, device=actions.device, dtype=r.dtype)
-            total = (r * weights).sum(dim=1)
-            scale = self.discount**h
+            if self.continuation is None:
+                total = (r * weights).sum(dim=1)
+                scale: Tensor | float = self.discount**h
+            else:  # weight of r_t: gamma^t prod_{k<t} c_k; of the bootstrap: gamma^H prod_{k<H} c_k
+                c = self.continues(visited, flat).reshape(n, h)
+                alive = torch.cumprod(torch.cat([torch.ones_like(c[:, :1]), c], dim=1), dim=1)  # [N, H + 1]
+                total = discounted(r, weights * alive[:, :-1]).sum(dim=1)
+                scale = self.discount**h * alive[:, -1]
         else:  # no step: only the value of the start
             total = torch.zeros(n, device=actions.device, dtype=state.deter.dtype)
             scale = 1.0
         if self.bootstraps:
-            total = total + scale * self.bootstrap(state)
+            total = total + discounted(self.bootstrap(state), scale)
         return total
 
 

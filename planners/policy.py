@@ -26,7 +26,7 @@ from latentplan.worldmodels.state import LatentState
 
 from .validate import check_int
 from .base import Plan, Policy
-from .objective import Objective
+from .objective import Objective, discounted
 
 __all__ = ["GaussianPolicy", "PolicyConfig", "PolicyPlanner", "gaussian_log_density", "policy_rollout"]
 
@@ -276,7 +276,8 @@ def policy_rollout(
 
     Returns:
         `(actions [N, H, A], returns [N] or None, model_evals)`: the closed-loop sequence taken,
-        its return `sum_t gamma^t r_t + gamma^H V(s_H)` (same as `objective.returns` on the
+        its return `sum_t gamma^t (prod_{k<t} c_k) r_t + gamma^H (prod_{k<H} c_k) (V + T)(s_H)`
+        (c_k the objective's continuation, 1 without one; same as `objective.returns` on the
         same model samples), and the imagined transitions spent (`N * H` or `N * (H - 1)`).
 
     Raises:
@@ -288,21 +289,27 @@ def policy_rollout(
     acts = []
     total = torch.zeros(n, device=state.device) if with_returns else None
     scale, evals = 1.0, 0
+    alive: Tensor | None = None  # prod_{k<t} c_k, with a continuation
     for t in range(horizon):
         a = policy.act(state, generator=generator, deterministic=deterministic)
         if a.shape != (n, a_dim):
             raise ValueError(f"policy_rollout: the policy's act must return [N={n}, A={a_dim}]; got {tuple(a.shape)}")
         acts.append(a)
         if with_returns:
-            state, r = objective.step(state, a, generator=generator)
-            total = total + scale * r
+            if objective.terminates:
+                state, r, c = objective.transition(state, a, generator=generator)
+                total = total + discounted(r, scale if alive is None else scale * alive)
+                alive = c if alive is None else alive * c
+            else:
+                state, r = objective.step(state, a, generator=generator)
+                total = total + scale * r
             scale *= objective.discount
             evals += n
         elif t < horizon - 1:
             state = objective.model.imagine_step(state, a, generator=generator)
             evals += n
     if with_returns and objective.bootstraps:
-        total = total + scale * objective.bootstrap(state)
+        total = total + discounted(objective.bootstrap(state), scale if alive is None else scale * alive)
     return torch.stack(acts, dim=1), total, evals
 
 

@@ -27,6 +27,11 @@ A term needs the model (to decode) and the per-call context before it can be eva
 gives a `BoundReward` with the internal signature `(next_state [N], action [N, A]) -> [N]`.
 Plain callables with that internal signature are used unchanged.
 
+Episode ends: `@continuation` (`reward(stage="continuation")`) marks a function of the same form
+that returns the probability in [0, 1] (or a bool flag) that the episode continues after the step;
+it goes in `Objective(continuation=...)`, composes with nothing, and its output is checked by
+`check_continuation_output`.
+
 Pixel models: the training loop gives them small probe heads that decode the env's named
 physical quantities from the latent (`RSSMConfig.probe_dim`, targets from the env's state), so a
 pixel model's `decode` serves `obs["cart_x"]` etc. too, and `inputs="decoded"` terms work there
@@ -54,14 +59,14 @@ from latentplan.worldmodels.state import LatentState, WorldModel
 from .base import callable_name
 
 __all__ = [
-    "BoundReward", "Reward", "RewardContext", "RewardReport", "Shared", "check_reward", "check_reward_output",
-    "learned_reward", "reward", "shared",
+    "BoundReward", "Reward", "RewardContext", "RewardReport", "Shared", "check_continuation_output", "check_reward",
+    "check_reward_output", "continuation", "learned_reward", "reward", "shared",
 ]
 
 Inputs = Literal["decoded", "latent"]
 _INPUTS = ("decoded", "latent")
-Stage = Literal["arrival", "transition", "terminal"]
-_STAGES = ("arrival", "transition", "terminal")
+Stage = Literal["arrival", "transition", "terminal", "continuation"]
+_STAGES = ("arrival", "transition", "terminal", "continuation")
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,46 @@ def check_reward_output(value: object, name: str, n: int, device: torch.device) 
     )
 
 
+
+
+def check_continuation_output(value: object, name: str, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Check what a continuation term returned and cast it: a `[N]` bool or floating tensor on the
+    action's device with values in [0, 1] (the probability that the episode continues).
+
+    A bool tensor (True = not done, MuZero-style terminal flags negated) becomes 1.0 / 0.0. The
+    range check reads the values back (one host synchronisation per call); it is skipped while a
+    CUDA graph is captured or `torch.compile` traces (`_recording`), where nothing may be read
+    back. NaN is not an error: like a NaN reward it propagates into the return, which planners
+    rank as `-inf`.
+
+    Args:
+        value: the term's output.
+        name: the term's name, put in the message.
+        n: N, the number of rows evaluated.
+        device: the device of the action (and so of the evaluation).
+        dtype: the evaluated state's floating dtype; the result is cast to it.
+
+    Returns:
+        `[N]` the continuation probabilities in `dtype`.
+
+    Raises:
+        TypeError: `value` is not a tensor, or is neither bool nor floating (e.g. int64).
+        ValueError: `value` is not `[N]`, lives on another device, or has values outside [0, 1]
+            (the message names the term and the smallest / largest value).
+    """
+    where = (f"continuation {name!r} must return a [N={n}] float tensor in [0, 1] (or a bool tensor, "
+             f"True = continues) on {device}")
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{where}; returned a {type(value).__name__}")
+    if not (value.is_floating_point() or value.dtype == torch.bool):
+        raise TypeError(f"{where}; returned dtype {value.dtype}")
+    if value.shape != (n,) or value.device != device:
+        raise ValueError(f"{where}; returned shape {tuple(value.shape)} on {value.device}")
+    value = value.to(dtype) if dtype.is_floating_point else value.float()
+    if not _recording() and bool(((value < 0.0) | (value > 1.0)).any()):
+        lo, hi = torch.aminmax(value.detach().nan_to_num(0.5))
+        raise ValueError(f"{where}; returned values in [{float(lo):.4g}, {float(hi):.4g}]")
+    return value
 
 
 # --------------------------------------------------------------------------- context
@@ -398,6 +443,11 @@ class Reward:
         return any(leaf.stage == "transition" for leaf in self.leaves())
 
     @property
+    def is_continuation(self) -> bool:
+        """True if a part of this term is a `stage="continuation"` term (it belongs in `continuation=`)."""
+        return any(leaf.stage == "continuation" for leaf in self.leaves())
+
+    @property
     def is_terminal(self) -> bool:
         """True if a part of this term is a `stage="terminal"` term (it belongs in `terminal=`)."""
         return any(leaf.stage == "terminal" for leaf in self.leaves())
@@ -512,7 +562,7 @@ class UserReward(Reward):
 
         first = view(state)
         try:
-            if self.stage == "arrival":
+            if self.stage in ("arrival", "continuation"):
                 out = self.fn(first, action, ctx)
             elif self.stage == "transition":
                 if prev is None:
@@ -530,6 +580,8 @@ class UserReward(Reward):
                 f"and context keys {sorted(ctx)}"
             )
             raise
+        if self.stage == "continuation":
+            return check_continuation_output(out, self.name, n, device, dtype)
         out = check_reward_output(out, self.name, n, device)
         # dtype follows the model: a float32 output on a float64 state (or the reverse) is cast
         return out if out.dtype == dtype or not dtype.is_floating_point else out.to(dtype)
@@ -548,6 +600,16 @@ class LearnedReward(Reward):
         return check_reward_output(context.model.reward(state), self.name, state.batch, state.device)
 
 
+def _refuse_continuation(term: Reward, expression: str) -> None:
+    """Continuation terms are probabilities, not rewards: sums and weights of them mean nothing."""
+    if any(leaf.stage == "continuation" for leaf in term.leaves()):
+        raise TypeError(
+            f"cannot compose the continuation term {term.name!r} ({expression}): a continuation is a "
+            "probability in [0, 1], not a reward; combine conditions inside one @lp.continuation function "
+            "(e.g. multiply probabilities, or & bool flags) and pass it as Objective(continuation=...)"
+        )
+
+
 class ScaledReward(Reward):
     """`weight * term`; made by `*`, `/` and unary `-` on terms.
 
@@ -557,6 +619,7 @@ class ScaledReward(Reward):
     """
 
     def __init__(self, weight: float, term: Reward) -> None:
+        _refuse_continuation(term, f"{weight:g} * {term.name}")
         self.weight = float(weight)
         self.term = term
         self.differentiable = term.differentiable
@@ -590,6 +653,8 @@ class SumReward(Reward):
         flat: list[Reward] = []
         for t in terms:
             flat.extend(t.terms if isinstance(t, SumReward) else (t,))
+        for t in flat:
+            _refuse_continuation(t, " + ".join(u.name for u in flat))
         stages = {leaf.stage for t in flat for leaf in t.leaves() if not isinstance(leaf, LearnedReward)}
         if "terminal" in stages and len(stages) > 1:
             raise TypeError(
@@ -690,6 +755,10 @@ def reward(fn=None, *, inputs="decoded", stage="arrival", differentiable=True, n
             stage cost on the current state such as `x_t^T Q x_t + u_t^T R u_t`.
             `"terminal"`: `fn(obs, ctx)`, the final state of a rollout; such a term goes in
             `Objective(terminal=...)`, not in `rewards=`, and cannot be added to per-step terms.
+            `"continuation"`: `fn(obs, action, ctx)` as `"arrival"`, but returning the
+            probability in [0, 1] that the episode continues after arriving in `obs` (or a bool
+            tensor, True = not done); such a term goes in `Objective(continuation=...)` and
+            composes with nothing (`continuation` is the same with this stage).
         differentiable: False if gradients through `fn` are meaningless (it thresholds,
             uses `argmax`, NumPy, ...); gradient planners then refuse the term.
         name: the term's name in messages and expressions; default `fn.__name__`.
@@ -699,7 +768,7 @@ def reward(fn=None, *, inputs="decoded", stage="arrival", differentiable=True, n
 
     Raises:
         ValueError: `inputs` is not `"decoded"` or `"latent"`; `stage` is not one of
-            `"arrival"`, `"transition"`, `"terminal"`.
+            `"arrival"`, `"transition"`, `"terminal"`, `"continuation"`.
         TypeError: `fn` is not callable (e.g. `@reward("latent")` instead of
             `@reward(inputs="latent")`) or is already a term.
     """
@@ -718,6 +787,53 @@ def reward(fn=None, *, inputs="decoded", stage="arrival", differentiable=True, n
         return UserReward(f, inputs=inputs, differentiable=differentiable, name=name, stage=stage)
 
     return wrap if fn is None else wrap(fn)
+
+
+@overload
+def continuation(
+    fn: Callable[..., Tensor], *, inputs: Inputs = "decoded", differentiable: bool = True, name: str | None = None,
+) -> UserReward: ...
+@overload
+def continuation(
+    fn: None = None, *, inputs: Inputs = "decoded", differentiable: bool = True, name: str | None = None,
+) -> Callable[[Callable[..., Tensor]], UserReward]: ...
+def continuation(fn=None, *, inputs="decoded", differentiable=True, name=None):
+    """Turn a user function into a continuation term for `Objective(continuation=...)`: the
+    probability that the episode continues after an imagined step (`reward(stage="continuation")`).
+
+    The function is written as an arrival reward, `fn(obs, action, ctx)` (decoded quantities of
+    the state the action arrives in; `fn(state, action, ctx)` with `inputs="latent"`), and
+    returns `[N]` on the action's device: floats in [0, 1] (Dreamer's continue predictor, a
+    probability) or a bool tensor, True where the episode goes on (MuZero-style terminal
+    flags, negated: `return ~done`). The output is checked on every call
+    (`check_continuation_output`). A hard (bool or thresholded) continuation has a zero gradient
+    almost everywhere: mark it `differentiable=False` and gradient planners refuse it rather than
+    walk past the edge they cannot see.
+
+    ```python
+    @lp.continuation
+    def alive(obs, action, ctx):
+        return obs["height"] > 0.2          # bool [N]: False once the robot has fallen
+    objective = lp.Objective(model, rewards=[upright], continuation=alive)
+    ```
+
+    Args:
+        fn: the function, as above.
+        inputs: `"decoded"` or `"latent"`.
+        differentiable: as in `reward`.
+        name: the term's name in messages; default `fn.__name__`.
+
+    Returns:
+        A `UserReward` with `stage="continuation"` (or, without `fn`, a decorator making one).
+        It does not compose (`+`, `*` raise `TypeError`).
+
+    Raises:
+        ValueError, TypeError: as `reward`.
+
+    Source: Dreamer's discount/continue predictor (Hafner et al. 2021, DreamerV2, Sec. 2;
+    DreamerV3, 2023), MuZero's terminal handling (Schrittwieser et al. 2020).
+    """
+    return reward(fn, inputs=inputs, stage="continuation", differentiable=differentiable, name=name)
 
 
 def learned_reward() -> LearnedReward:

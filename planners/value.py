@@ -27,7 +27,7 @@ from latentplan.worldmodels.state import LatentState, WorldModel
 
 from .validate import check_int, check_positive, check_range
 from .base import Planner, Policy
-from .objective import Objective
+from .objective import Objective, discounted
 
 __all__ = ["ImaginedRollout", "ValueConfig", "ValueFunction", "ValueLearner", "lambda_returns", "posterior_beliefs"]
 
@@ -157,12 +157,23 @@ class ImaginedRollout:
         actions: `[T, N, A]` the behaviour's actions.
         planner_evals: imagined transitions spent by a planner behaviour to choose the actions
             (0 for a policy); the rollout itself is `T * N` more.
+        continues: `[T, N]` the objective's continuation c_t of the step from s_t (the
+            probability that the episode goes on after it; `Objective(continuation=...)`), or
+            `None`: every step continues (c_t = 1).
     """
 
     features: Tensor
     rewards: Tensor
     actions: Tensor
     planner_evals: int = 0
+    continues: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.continues is not None and self.continues.shape != self.rewards.shape:
+            raise ValueError(
+                f"ImaginedRollout: continues must be [T, N] like rewards {tuple(self.rewards.shape)}; "
+                f"got {tuple(self.continues.shape)}"
+            )
 
     @property
     def horizon(self) -> int:
@@ -176,30 +187,51 @@ class ImaginedRollout:
 
     def index(self, idx: Tensor) -> "ImaginedRollout":
         """The trajectories `idx` (an index tensor or mask over N)."""
-        return ImaginedRollout(self.features[:, idx], self.rewards[:, idx], self.actions[:, idx], 0)
+        return ImaginedRollout(self.features[:, idx], self.rewards[:, idx], self.actions[:, idx], 0,
+                               None if self.continues is None else self.continues[:, idx])
 
     @staticmethod
     def cat(rollouts: Sequence["ImaginedRollout"]) -> "ImaginedRollout":
-        """Concatenate rollouts of equal horizon along N."""
+        """Concatenate rollouts of equal horizon along N (a rollout without `continues` counts as all ones)."""
+        cont = None
+        if any(r.continues is not None for r in rollouts):
+            cont = torch.cat(
+                [r.continues if r.continues is not None else torch.ones_like(r.rewards) for r in rollouts], 1
+            )
         return ImaginedRollout(
             torch.cat([r.features for r in rollouts], 1), torch.cat([r.rewards for r in rollouts], 1),
-            torch.cat([r.actions for r in rollouts], 1), sum(r.planner_evals for r in rollouts),
+            torch.cat([r.actions for r in rollouts], 1), sum(r.planner_evals for r in rollouts), cont,
         )
 
+    def weights(self) -> Tensor:
+        """`[T, N]` the probability of reaching s_t: prod_{k<t} c_k (1 at t = 0; all ones without
+        `continues`). Dreamer weighs the critic's loss at s_t by it (Hafner et al. 2021, DreamerV2, Eq. 6)."""
+        if self.continues is None:
+            return torch.ones_like(self.rewards)
+        c = self.continues
+        return torch.cumprod(torch.cat([torch.ones_like(c[:1]), c[:-1]], 0), 0)
 
-def lambda_returns(rewards: Tensor, values: Tensor, discount: float, td_lambda: float) -> Tensor:
+
+def lambda_returns(
+    rewards: Tensor, values: Tensor, discount: float, td_lambda: float, continues: Tensor | None = None
+) -> Tensor:
     """λ-returns of trajectories, computed backwards.
 
-    `G_T = V(s_T)`, `G_t = r_{t+1} + γ ((1 - λ) V(s_{t+1}) + λ G_{t+1})`: the exponentially
+    `G_T = V(s_T)`, `G_t = r_{t+1} + γ c_t ((1 - λ) V(s_{t+1}) + λ G_{t+1})`: the exponentially
     weighted average, with weights (1 - λ) λ^(n-1), of the n-step returns bootstrapped with V,
     the rest of the weight on the return bootstrapped at T (Sutton & Barto 2018, Eq. 12.3;
-    Dreamer's V_λ, Hafner et al. 2020, Eq. 6).
+    Dreamer's V_λ, Hafner et al. 2020, Eq. 6), with Dreamer's continuation c_t (DreamerV2:
+    the predicted discount γ c_t in place of γ). c_t = 0 ends the episode after the step from
+    s_t: G_t is that step's reward alone (the reward into the terminal state counts; what
+    follows does not, NaN included).
 
     Args:
         rewards: `[T, N]` with `rewards[t]` the reward of the step from s_t to s_{t+1}.
         values: `[T + 1, N]` bootstrap values V(s_0) .. V(s_T) (V(s_0) is not used).
         discount: γ.
         td_lambda: λ in [0, 1].
+        continues: optional `[T, N]` c_t in [0, 1], the probability that the episode continues
+            after the step from s_t (`ImaginedRollout.continues`); `None`: all ones.
 
     Returns:
         `[T, N]` the λ-return G_t of every s_t, t < T.
@@ -212,10 +244,18 @@ def lambda_returns(rewards: Tensor, values: Tensor, discount: float, td_lambda: 
             f"lambda_returns: rewards must be [T, N] and values [T + 1, N]; "
             f"got {tuple(rewards.shape)} and {tuple(values.shape)}"
         )
+    if continues is not None and continues.shape != rewards.shape:
+        raise ValueError(
+            f"lambda_returns: continues must be [T, N] like rewards {tuple(rewards.shape)}; got {tuple(continues.shape)}"
+        )
     out = torch.empty_like(rewards)
     g = values[-1]
     for t in range(rewards.shape[0] - 1, -1, -1):
-        g = rewards[t] + discount * ((1.0 - td_lambda) * values[t + 1] + td_lambda * g)
+        ahead = (1.0 - td_lambda) * values[t + 1] + td_lambda * g
+        if continues is None:
+            g = rewards[t] + discount * ahead
+        else:
+            g = rewards[t] + discounted(ahead, discount * continues[t].to(rewards.dtype))
         out[t] = g
     return out
 
@@ -231,14 +271,19 @@ class ValueLearner:
        current imagined beliefs, is followed for its whole action sequence (or
        `config.replan_every` steps) before planning again; an object with both `act` and
        `plan` is used as a policy. Rewards come from `objective` (`Objective(model)`, the
-       learned reward, by default); the planner plans with the same objective;
-    3. computes λ-returns with the target network's values (`lambda_returns`);
+       learned reward, by default); the planner plans with the same objective, and its
+       continuation (`Objective(continuation=...)`), if any, gives c_t of every step;
+    3. computes λ-returns with the target network's values (`lambda_returns`; with a
+       continuation, γ c_t in place of γ, as Dreamer);
     4. takes one Adam step on ½ (f(s_t) - (G_t - μ) / σ)² averaged over the rollout's beliefs
-       s_0 .. s_{T-1} (PopArt's μ, σ; without normalisation f is V and μ = 0, σ = 1);
+       s_0 .. s_{T-1} (PopArt's μ, σ; without normalisation f is V and μ = 0, σ = 1); with a
+       continuation the average is weighted by w_t = prod_{k<t} c_k, the probability of
+       reaching s_t (Dreamer), so beliefs past an episode's end do not count (PopArt's moments
+       are weighted alike);
     5. moves the target network towards the critic every `target_period` updates.
 
-    Trajectories whose rewards or target values are NaN/inf are left out of the loss (counted
-    as `nonfinite`).
+    Trajectories whose rewards or target values are NaN/inf (where w_t > 0) are left out of
+    the loss (counted as `nonfinite`).
 
     Args:
         config: `ValueConfig` (defaults if `None`).
@@ -289,7 +334,10 @@ class ValueLearner:
     ) -> ImaginedRollout:
         """Roll `behaviour` out in `model` for `horizon` (default `config.horizon`) steps from
         every belief of `start` (`[N]` rows, detached). Returns an `ImaginedRollout` with
-        `features [T + 1, N, F]`, `rewards [T, N]`, `actions [T, N, A]`."""
+        `features [T + 1, N, F]`, `rewards [T, N]`, `actions [T, N, A]`, and `continues [T, N]`
+        when the objective has a continuation (`Objective.transition`; else None). The rollout
+        runs all T steps past an episode's end (the batch stays rectangular); `learn` gives those
+        steps no weight."""
         objective = objective or Objective(model)
         horizon = self.config.horizon if horizon is None else int(horizon)
         use_policy = callable(getattr(behaviour, "act", None))
@@ -298,7 +346,7 @@ class ValueLearner:
         state = start.detach()
         n, a = state.batch, model.action_dim
         low, high = model.action_low.to(state.device), model.action_high.to(state.device)
-        feats, rewards, actions = [state.features()], [], []
+        feats, rewards, actions, conts = [state.features()], [], [], []
         plan_actions, j, planner_evals = None, 0, 0
         period = self.config.replan_every
         for _ in range(horizon):
@@ -314,12 +362,14 @@ class ValueLearner:
             if not isinstance(act, Tensor) or act.shape != (n, a):
                 raise ValueError(f"ValueLearner: the behaviour's actions must be [N={n}, A={a}]; got {getattr(act, 'shape', act)}")
             act = torch.maximum(torch.minimum(act, high), low)
-            state, r = objective.step(state, act, generator=generator)
+            state, r, cont = objective.transition(state, act, generator=generator)
             feats.append(state.features())
             rewards.append(r)
             actions.append(act)
+            conts.append(cont)
         return ImaginedRollout(
-            torch.stack(feats).detach(), torch.stack(rewards).detach(), torch.stack(actions).detach(), planner_evals
+            torch.stack(feats).detach(), torch.stack(rewards).detach(), torch.stack(actions).detach(), planner_evals,
+            torch.stack(conts).detach() if objective.terminates and conts else None,
         )
 
     # ------------------------------------------------------------------ learning
@@ -345,14 +395,19 @@ class ValueLearner:
         feats = rollout.features.to(self.device)
         rewards = rollout.rewards.to(self.device).float()
         t, n = rewards.shape
+        cont = None if rollout.continues is None else rollout.continues.to(self.device).float()
         with torch.no_grad():
             v_targ = self.target(feats.reshape((t + 1) * n, -1)).reshape(t + 1, n)
-            targets = lambda_returns(rewards, v_targ, c.discount, c.td_lambda)
-            ok = torch.isfinite(targets).all(0)
+            targets = lambda_returns(rewards, v_targ, c.discount, c.td_lambda, cont)
+            # s_t weighs prod_{k<t} c_k (Dreamer); beliefs past an episode's end weigh 0, whatever their targets
+            w = rollout.weights().to(self.device).float()
+            reached = w > 0
+            targets = torch.where(reached, targets, torch.zeros_like(targets))
+            ok = (torch.isfinite(targets) | ~reached).all(0)
             n_bad = int((~ok).sum())
             if c.normalize and bool(ok.any()):
-                tv = targets[:, ok]
-                m1, m2 = float(tv.mean()), float((tv * tv).mean())
+                tv, wv = targets[:, ok], w[:, ok]
+                m1, m2 = float((wv * tv).sum() / wv.sum()), float((wv * tv * tv).sum() / wv.sum())
                 if self._stats_ready:
                     m1_old = float(self.value.loc)
                     m2_old = float(self.value.scale) ** 2 + m1_old**2
@@ -360,7 +415,9 @@ class ValueLearner:
                     m2 = (1 - c.norm_rate) * m2_old + c.norm_rate * m2
                 self._popart(m1, m2)
                 self._stats_ready = True
-        info = {"nonfinite": float(n_bad), "reward_mean": float(rewards[:, ok].mean()) if ok.any() else float("nan")}
+        info = {"nonfinite": float(n_bad),
+                "reward_mean": float((w[:, ok] * rewards[:, ok].nan_to_num(0.0)).sum() / w[:, ok].sum())
+                if ok.any() else float("nan")}
         if not bool(ok.any()):
             info.update(value_loss=float("nan"), value_mean=float("nan"), target_mean=float("nan"),
                         target_std=float("nan"), return_scale=float(self.value.scale), grad_norm=0.0)
@@ -368,7 +425,8 @@ class ValueLearner:
         f = feats[:-1][:, ok]
         goal = ((targets[:, ok] - self.value.loc) / self.value.scale).detach()
         pred = self.value.normalized(f.reshape(-1, f.shape[-1])).reshape(goal.shape)
-        loss = 0.5 * ((pred - goal) ** 2).mean()
+        wk = w[:, ok]
+        loss = 0.5 * (wk * (pred - goal) ** 2).sum() / wk.sum()  # the plain mean when every w is 1
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.value.parameters(), c.grad_clip)
@@ -380,9 +438,10 @@ class ValueLearner:
                     p_t.lerp_(p, c.tau)
         with torch.no_grad():
             value_mean = float((self.value.loc + self.value.scale * pred).mean())
+        kept = targets[:, ok][wk > 0]
         info.update(
-            value_loss=float(loss.detach()), value_mean=value_mean, target_mean=float(targets[:, ok].mean()),
-            target_std=float(targets[:, ok].std()) if targets[:, ok].numel() > 1 else 0.0,
+            value_loss=float(loss.detach()), value_mean=value_mean, target_mean=float(kept.mean()),
+            target_std=float(kept.std()) if kept.numel() > 1 else 0.0,
             return_scale=float(self.value.scale), grad_norm=float(grad_norm),
         )
         return info

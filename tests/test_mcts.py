@@ -308,18 +308,37 @@ def test_gumbel_root_halves_the_considered_arms():
     assert plan.first_action.item() == 0.5
 
 
+def _soft_end(s, a):
+    """A continuation in (0, 1): the episode goes on with probability sigmoid(3 - |x|^2)."""
+    return torch.sigmoid(3.0 - (s.deter**2).sum(-1))
+
+
+def _hard_end(s, a):
+    """Bool flags: the episode ends on arriving where |x_0| > 0.6 (some paths from these starts do)."""
+    return s.deter[:, 0].abs() <= 0.6
+
+
+@pytest.mark.parametrize("end", [None, _soft_end, _hard_end], ids=["no-end", "soft-end", "hard-end"])
 @pytest.mark.parametrize("kw", [dict(), dict(leaf="value"), dict(backup="mean", root="puct"), dict(children=3)])
-def test_plan_value_is_the_objectives_return_of_the_plan_with_bootstrap(kw):
+def test_plan_value_is_the_objectives_return_of_the_plan_with_bootstrap(kw, end):
     """`plan.value == objective.returns(state, plan.actions)` to float rounding, with a discount, a
-    value and a terminal term (the bootstrap), whatever the depth the tree reached."""
+    value and a terminal term (the bootstrap), whatever the depth the tree reached; with a continuation
+    (soft, or bool flags that end some paths) the tree's edges carry gamma * c and the same holds."""
     prob = lq_family(2, seed=3)[0]
     model, obj, start = prob.build(torch.float64)
     m = torch.as_tensor(prob.Qf - prob.Q)
-    obj = Objective(model, rewards=obj.rewards, discount=0.95, value=lambda s: -((s.deter @ m) * s.deter).sum(-1) + 1.0)
+    obj = Objective(model, rewards=obj.rewards, discount=0.95, value=lambda s: -((s.deter @ m) * s.deter).sum(-1) + 1.0,
+                    continuation=end)
     state = model.from_observation(torch.as_tensor(np.stack([prob.x0, -0.5 * prob.x0])))
     plan = MCTS(MCTSConfig(horizon=prob.horizon, simulations=40, **kw)).plan(obj, state, generator=torch.Generator().manual_seed(0))
     assert plan.actions.dtype == torch.float64 and plan.info["max_depth"] < prob.horizon  # the plan was completed
     torch.testing.assert_close(plan.value, obj.returns(state, plan.actions), rtol=1e-10, atol=1e-10)
+    tree = plan.info["mcts_tree"]
+    used = np.arange(tree.disc.shape[1])[None] < tree.size[:, None]
+    if end is _hard_end:  # some edges end the episode, and nothing was expanded below them
+        assert (used & (tree.disc == 0)).any() and (tree.first_child[used & (tree.disc == 0)] == -1).all()
+    elif end is None:
+        assert (tree.disc[used & (tree.parent >= 0)] == 0.95).all()
 
 
 def test_plan_value_includes_a_terminal_term_in_the_discrete_mode():
