@@ -122,3 +122,24 @@ def test_registry_sizes_it_by_the_budget():
     assert timed.planner.config.max_evals == 10**12 and timed.planner.config.population == 20
     with pytest.raises(ValueError, match="max_evals is set by the evaluation budget"):
         make_planner("cmaes:max_evals=10", model, Budget(evals=6_000), horizon=prob.horizon)
+
+
+def test_a_continuation_keeps_it_off_the_cliff_but_plateaus_can_hold_it():
+    """The cliff world of tests/test_continuation.py (H = 4; exact optimum 5 with the episode ending at the cliff,
+    12 without). CMA-ES is a local search: with the continuation its first step is away from the cliff on every
+    seed, but on this piecewise-constant reward it converges on a plateau worth 4 on some seeds (documented)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_continuation import _cliff, _start, cliff_reward, off_the_edge
+
+    model = _cliff()
+    objective = lp.Objective(model, rewards=[cliff_reward], continuation=off_the_edge)
+    values = []
+    for seed in range(4):
+        plan = CMAES(horizon=4, max_evals=20_000).plan(objective, _start(model), generator=torch.Generator().manual_seed(seed))
+        assert plan.first_action.item() > 0.5  # never towards the edge first
+        torch.testing.assert_close(plan.value, objective.returns(_start(model), plan.actions))
+        values.append(plan.value.item())
+    assert set(values) <= {4.0, 5.0} and values.count(5.0) >= 1
