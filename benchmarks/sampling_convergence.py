@@ -13,6 +13,8 @@ open loop; excess = J(u) / J* - 1 of the returned plan, `LQProblem.excess`):
   excess, the mean model evaluations and how often each stop ended the search.
 - `registry`: the registry's `cem`, `cem_gd` and `icem` at the budget with J capped at 100, 150, 300,
   1000 or not (beyond the cap the budget buys iterations; `cem_family(max_candidates=)`).
+- `demo`: whether the stops can trigger at the demo's CEM config (300 swing-up decisions on the analytic
+  cart-pole with the demo's bounds +-1: the largest relative std after its 5th iteration).
 - `mppi`: `MPPI` with one update per call (the paper's; K = 1000, and K fitted to the budget as the
   registry does) against iterating one decision to convergence or the budget (K = 1000 and 250,
   tol in {0, 1e-3, 1e-2}).
@@ -145,9 +147,50 @@ def registry_part(family: list, seeds: int) -> list[dict]:
     return rows
 
 
+def demo_part(steps: int = 300) -> list[dict]:
+    """Whether the stops can trigger at the demo's CEM (`demo_config().planner`: H = 12, I = 5, J = 100,
+    K = 10): its budget is 6,000 < `max_evals`, and in `steps` closed-loop decisions of a swing-up on the
+    analytic cart-pole with the demo's action bounds (+-1) the largest relative std after the last
+    iteration is recorded (the convergence stop needs it below `tol`)."""
+    import latentplan.planners.cem as cem_module
+    from latentplan import AnalyticModel, Objective
+    from latentplan.config import demo_config
+
+    cfg = demo_config().planner
+    seen: list[float] = []
+    original = cem_module.converged
+
+    def spy(std, low, high, tol):
+        seen.append(float((std / ((high - low) / 2)).amax()))
+        return original(std, low, high, tol)
+
+    cem_module.converged = spy
+    try:
+        model = AnalyticModel.cartpole(max_force=1.0)
+        planner, objective = CEM(cfg, compile="eager"), Objective(model)
+        x = torch.tensor([[0.0, 0.0, -1.0, 0.0, 0.0]])  # hanging down
+        g = torch.Generator().manual_seed(0)
+        finals, stops = [], {}
+        for _ in range(steps):
+            s = model.from_observation(x)
+            seen.clear()
+            plan = planner.plan(objective, s, generator=g)
+            finals.append(seen[-1])
+            stops[plan.info["stopped"]] = stops.get(plan.info["stopped"], 0) + 1
+            x = model.imagine_step(s, plan.actions[:, 0]).deter
+    finally:
+        cem_module.converged = original
+    row = {"label": "demo CEM on the analytic cart-pole", "config": repr(cfg), "model_evals": cfg.model_evals,
+           "stopped": stops, "final_rel_std_min": min(finals), "final_rel_std_median": float(np.median(finals))}
+    print(f"demo CEM: {cfg.model_evals} evals per decision (max_evals {cfg.max_evals}); stopped {stops}; "
+          f"relative std after the last iteration: min {row['final_rel_std_min']:.3f}, median "
+          f"{row['final_rel_std_median']:.3f} (tol {cfg.tol})")
+    return [row]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["cem", "registry", "mppi", "colour", "all"], default="all")
+    ap.add_argument("--part", choices=["cem", "registry", "mppi", "colour", "demo", "all"], default="all")
     ap.add_argument("--instances", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -159,6 +202,8 @@ def main() -> None:
     print(f"LQ family: {args.instances} instances x {args.seeds} seeds, budget {BUDGET} evals; excess J/J* - 1")
     if args.part in ("cem", "all"):
         rows["cem"] = cem_part(lq, args.seeds)
+    if args.part in ("demo", "all"):
+        rows["demo"] = demo_part()
     if args.part in ("registry", "all"):
         rows["registry"] = registry_part(lq, args.seeds)
     if args.part in ("mppi", "all"):

@@ -262,10 +262,11 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool, max_candidates: i
     K = J // 5 for small J, unless overridden. Then the search runs until the budget is spent
     (`max_evals` = E, `iterations` a cap of 100,000) or the distribution has converged (`tol`).
     With a cap, large budgets iterate further instead of drawing more candidates per iteration
-    (`cem` and `cem_gd`: J <= 300, so 120,000 with H = 12 gives CEM J = 300, I = 33), which
-    measured closer to the optimum on the LQ family (docs/planners.md, "Stopping"); budgets up
-    to 6,000 at H = 12 give exactly the former sizes (the cartpole tables of docs/benchmarks.md). Overriding `iterations` fixes
-    I (J is fitted to it, as before). Time budget: J = 100 (unless overridden) and I = 100,000
+    (`cem`: J <= 300, so 120,000 with H = 12 gives J = 300, I = 33; `cem_gd`: J <= 150; `icem`:
+    J <= 1000), which measured closer to the optimum on the LQ family (docs/planners.md,
+    "Stopping"); budgets up to 6,000 at H = 12 give exactly the former sizes (the cartpole tables
+    of docs/benchmarks.md). Overriding `iterations` (or a preset that sets it, `planet`) fixes I
+    (J is fitted to it, as before); `max_evals=None` turns the budget stop off. Time budget: J = 100 (unless overridden) and I = 100,000
     iterations, stopped by the deadline (no `max_evals`, unless an evaluation budget is given
     too). Overriding `candidates` together with an evaluation budget is an error.
 
@@ -487,7 +488,7 @@ PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
 }
 #: the largest J of a preset under an evaluation budget (beyond it the budget buys iterations; measured on the
 #: LQ family at 120,000 evaluations: docs/planners.md, "Stopping"); absent: J grows with the budget
-MAX_CANDIDATES: dict[str, int] = {"cem": 300, "cem_gd": 300}
+MAX_CANDIDATES: dict[str, int] = {"cem": 300, "cem_gd": 150, "icem": 1000}
 for _name, (_preset, _warm) in PRESETS.items():
     register_planner(_name, cem_family(_preset, warm_start=_warm, max_candidates=MAX_CANDIDATES.get(_name)))
 register_planner("mppi", mppi_factory)  # Williams et al. 2017

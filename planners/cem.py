@@ -99,7 +99,10 @@ def colored_noise(
 @dataclass(frozen=True)
 class CEMConfig:
     """Settings of `CEM`. Defaults are PlaNet's (Hafner et al. 2019, Appendix); every option added
-    after PlaNet defaults to "off", and with all of them off the planner is exactly PlaNet's CEM.
+    after PlaNet defaults to "off" except the two stops, `max_evals` (120,000, which PlaNet's 10
+    iterations of 1000 candidates at H = 12 exactly fill) and `tol` (which ends the search only
+    once the sampling std has collapsed); `CEMConfig(max_evals=None, tol=0.0)` with every option
+    off is exactly PlaNet's CEM.
 
     Attributes:
         horizon: H, planning steps per sequence (PlaNet: 12).
@@ -165,8 +168,8 @@ class CEMConfig:
             In [0, 1]; unused without a proposal.
         compile: how a plan call runs (`planners.capture`, `planners.fused_search`): `"eager"`,
             the plain loop (anytime: the deadline is checked after every iteration);
-            `"cuda_graph"`, the whole search captured once in a CUDA graph and replayed (all I
-            iterations run; no deadline inside); `"torch_compile"`, the search through
+            `"cuda_graph"`, the whole search captured once in a CUDA graph and replayed (all
+            `planned_iterations` run; no deadline or convergence stop inside); `"torch_compile"`, the search through
             `torch.compile`; `"static"`, the capture-ready search without capture (what a graph
             records; for tests); `"fused"`, the fused search (one pure function per iteration
             over the `FusedRSSM` weights, noise pre-drawn from the generator; PlaNet's CEM over
@@ -187,13 +190,15 @@ class CEMConfig:
             passes, counted as `model_evals`): an iteration that would take the total past it is
             not started (the first always runs). Default 120,000, PlaNet's H * I * J = 12 * 10 *
             1000. `None`: no cap (only `iterations` counts). The count is fixed by the settings
-            (`planned_iterations`), so captured and fused searches run it too.
+            (`planned_iterations`), so captured and fused searches run it too. A proposal
+            policy's rollout ((H - 1) * `policy_candidates`) is not counted against it.
         tol: the convergence stop: after an iteration, the search ends when the largest sampling
             std of every environment, relative to half the action range ((high - low) / 2 per
             action dimension; 1 where the range is infinite), is below `tol`: the distribution
             has shrunk to a point and more iterations would only resample it. 0 turns it off
             (PlaNet's fixed count). Default 1e-3, measured on the LQ family (docs/planners.md,
-            "Stopping"): at 1e-3 the plans equal those of the full budget; above 1e-2 they are
+            "Stopping"): at 1e-3 the worst case equalled the full budget's and the median was
+            within 0.5 percentage points, with 14-46 % fewer evaluations; from 1e-2 plans got
             worse. It never triggers when `min_std` / half-range >= tol. Eager and fused searches
             only (it reads the std on the host, one sync per iteration on a GPU).
 
