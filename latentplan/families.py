@@ -29,7 +29,7 @@ from latentplan.planners import Objective, Planner
 from latentplan.worldmodels import AnalyticModel
 
 __all__ = ["LQProblem", "TrapProblem", "distill_gain", "gain_error", "least_squares_gain", "lq_family", "lq_gains",
-           "trap_family"]
+           "smoothness", "trap_family"]
 
 
 def _spd(rng: np.random.Generator, n: int, cond: float, scale: float = 1.0) -> np.ndarray:
@@ -137,6 +137,14 @@ class LQProblem:
         return model, objective, model.from_observation(torch.as_tensor(self.x0[None], dtype=dtype))
 
 
+def smoothness(actions) -> float:
+    """The lag-1 autocorrelation of a plan `[H, m]` (e.g. `LQProblem.u_star`) along time,
+    sum_t u_t . u_{t+1} / sum_t u_t . u_t, in [-1, 1]: near 1 for smooth sequences, negative for
+    ones that alternate in sign from step to step (where coloured noise with β > 0 has little power)."""
+    u = np.asarray(actions, dtype=np.float64).reshape(len(actions), -1)
+    return float((u[1:] * u[:-1]).sum() / max((u * u).sum(), 1e-300))
+
+
 def lq_gains(A, B, Q, R, Qf, horizon) -> np.ndarray:
     """`[H, m, n]` the finite-horizon Riccati gains K_t (u_t = -K_t x_t optimal) for the cost of
     `LQProblem`, by the backward recursion in float64; K_0 is the first action's gain."""
@@ -221,26 +229,30 @@ def distill_gain(problem: LQProblem, teacher: Planner, *, states: int = 128, ste
 
 
 def lq_family(count: int = 20, seed: int = 0, *, max_dim: int = 6, max_actions: int = 3, max_horizon: int = 20,
-              max_cond: float = 100.0, u_max: float = 0.6) -> list[LQProblem]:
+              max_cond: float = 100.0, u_max: float = 0.6, max_angle: float = 90.0) -> list[LQProblem]:
     """`count` random LQ problems (see the module docstring), reproducible from `seed`.
 
     n is drawn from 2..max_dim, m from 1..min(max_actions, n), H from 8..max_horizon; the spectral
-    radius of A from [0.9, 1.1], the rotation up to 90 degrees per step; the condition numbers of Q,
-    R and Qf - Q from [1, max_cond]. x0 is a random direction scaled so that max |u*| = u_max.
+    radius of A from [0.9, 1.1], the rotation from 0.2 to 1 times `max_angle` degrees per step; the
+    condition numbers of Q, R and Qf - Q from [1, max_cond]. x0 is a random direction scaled so
+    that max |u*| = u_max. The default 90 degrees gives optimal actions that often change sign
+    from one step to the next; a small `max_angle` (e.g. 10) gives smooth ones (`smoothness`),
+    from the same random draws otherwise.
 
     Raises:
-        ValueError: `count` < 1, `max_dim` < 2, `max_actions` < 1 or `max_horizon` < 8.
+        ValueError: `count` < 1, `max_dim` < 2, `max_actions` < 1, `max_horizon` < 8 or `max_angle`
+            not in (0, 180].
     """
-    if count < 1 or max_dim < 2 or max_actions < 1 or max_horizon < 8:
-        raise ValueError(f"lq_family: need count >= 1, max_dim >= 2, max_actions >= 1, max_horizon >= 8; got "
-                         f"{count}, {max_dim}, {max_actions}, {max_horizon}")
+    if count < 1 or max_dim < 2 or max_actions < 1 or max_horizon < 8 or not 0.0 < max_angle <= 180.0:
+        raise ValueError(f"lq_family: need count >= 1, max_dim >= 2, max_actions >= 1, max_horizon >= 8, "
+                         f"0 < max_angle <= 180; got {count}, {max_dim}, {max_actions}, {max_horizon}, {max_angle}")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
         n = int(rng.integers(2, max_dim + 1))
         m = int(rng.integers(1, min(max_actions, n) + 1))
         h = int(rng.integers(8, max_horizon + 1))
-        A = _dynamics(rng, n, (0.9, 1.1), math.pi / 2)
+        A = _dynamics(rng, n, (0.9, 1.1), math.radians(max_angle))
         B = rng.normal(size=(n, m)) / math.sqrt(n)
         Q = _spd(rng, n, rng.uniform(1.0, max_cond))
         R = _spd(rng, m, rng.uniform(1.0, max_cond), scale=rng.uniform(0.1, 1.0))

@@ -191,9 +191,11 @@ class FusedCEMSearch:
     def run(
         self, config: Any, objective: Objective, state: LatentState, mean: Tensor, std: Tensor,
         generator: torch.Generator | None, deadline: float | None, *, compiled: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    ) -> tuple[Tensor, Tensor, Tensor, int, int, str]:
         """The CEM iterations, fused (and `compiled`): `(actions [B, H, A], value [B], nonfinite,
-        iterations, model_evals)`, as `CEM._search`."""
+        iterations, model_evals, stopped)`, as `CEM._search`: at most `planned_iterations` (the
+        budget `max_evals`), ending early at the deadline or when converged (`tol`), as there."""
+        from .cem import converged
         c = config
         fused, w = self._weights(objective.model)
         b, h, a = mean.shape
@@ -210,7 +212,9 @@ class FusedCEMSearch:
         nonfinite = torch.zeros((), dtype=torch.long, device=dev)
         value = torch.zeros(b, device=dev)
         iterations = 0
-        for _ in range(c.iterations):
+        planned = c.planned_iterations
+        stopped = "budget" if planned < c.iterations else "iterations"
+        for _ in range(planned):
             noise.normal_(generator=generator)  # what colored_noise(beta=0), i.e. torch.randn, draws
             for t in range(h):
                 eps[t].normal_(generator=generator)  # what the model's rollout draws at step t
@@ -222,7 +226,11 @@ class FusedCEMSearch:
             std.copy_(new_std)
             nonfinite += nf
             iterations += 1
-            if deadline is not None and time.perf_counter() >= deadline:
+            if c.tol > 0 and bool(converged(std, low, high, c.tol)):
+                stopped = "converged"
                 break
-        return mean, value, nonfinite, iterations, iterations * b * j * h
+            if deadline is not None and time.perf_counter() >= deadline:
+                stopped = "deadline" if iterations < planned else stopped
+                break
+        return mean, value, nonfinite, iterations, iterations * b * j * h, stopped
 

@@ -102,8 +102,8 @@ def test_cem_search_has_no_host_sync():
     mean, std = torch.zeros(3, 5, 2), torch.ones(3, 5, 2)
     with no_host_sync():
         out = cem._search(_objective(model, 0.2), state, mean, std, model.action_low, model.action_high,
-                          torch.Generator().manual_seed(0), None)
-    assert out[0].shape == (3, 5, 2) and out[3] == 3
+                          torch.Generator().manual_seed(0), None, converge=False)  # as captured modes run it
+    assert out[0].shape == (3, 5, 2) and out[3] == 3 and out[5] == "iterations"
 
 
 def test_gradient_ascent_has_no_host_sync():
@@ -349,3 +349,18 @@ def test_a_capture_that_does_not_reproduce_the_eager_plan_is_refused(monkeypatch
     grad = lp.GradientPlanner(compile="static", horizon=3, iterations=2, restarts=2)
     with pytest.raises(CaptureMismatch, match="GradientPlanner"):
         grad.plan(lp.Objective(_model()), _state(), generator=torch.Generator().manual_seed(0))
+
+
+def test_static_cem_honours_the_budget():
+    """A captured search runs the static count `planned_iterations` (min of `iterations` and what
+    `max_evals` allows) and, without the convergence stop it cannot take, gives the eager plan."""
+    model = _model()
+    state = _state()
+    base = dict(horizon=6, iterations=40, candidates=40, elites=6, max_evals=4 * 6 * 40 + 5, tol=0.0)
+    pe = lp.CEM(compile="eager", **base).plan(_objective(model, torch.tensor([0.5, -0.2, 0.0])), state,
+                                              generator=torch.Generator().manual_seed(5))
+    ps = lp.CEM(compile="static", **base).plan(_objective(model, torch.tensor([0.5, -0.2, 0.0])), state,
+                                               generator=torch.Generator().manual_seed(5))
+    assert torch.equal(pe.actions, ps.actions)
+    assert ps.info["iterations"] == pe.info["iterations"] == 4 and ps.info["stopped"] == pe.info["stopped"] == "budget"
+    assert ps.info["model_evals"] == pe.info["model_evals"] == 3 * 4 * 6 * 40

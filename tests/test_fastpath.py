@@ -179,3 +179,19 @@ def test_elbo_equals_the_stepwise_elbo_with_its_gradients():
             assert got is None or torch.count_nonzero(got) == 0
         else:
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_search_honours_the_budget_and_the_convergence_stop():
+    """The fused search runs `planned_iterations` (the budget `max_evals`) and stops on `tol` after the
+    same iteration as the eager search, with the eager plan of the same seed."""
+    model = _model()
+    state = _beliefs(model, 2)
+    per_iteration = 5 * 24  # H * J per environment
+    for settings, stopped, iterations in [(dict(iterations=50, max_evals=3 * per_iteration + 10, tol=0.0), "budget", 3),
+                                          (dict(iterations=50, max_evals=None, tol=0.2), "converged", None)]:
+        eager = _plan(model, "eager", state, **settings)
+        fused = _plan(model, "fused", state, **settings)
+        assert fused.info["stopped"] == eager.info["stopped"] == stopped
+        assert fused.info["iterations"] == eager.info["iterations"] == (iterations or eager.info["iterations"]) < 50
+        assert fused.info["model_evals"] == eager.info["model_evals"] == 2 * per_iteration * eager.info["iterations"]
+        torch.testing.assert_close(fused.actions, eager.actions, atol=1e-5, rtol=1e-5)

@@ -45,11 +45,11 @@ def test_defaults_reach_the_lq_optimum_within_two_percent():
     Measured excess on the three starts: 0.93 %, 1.35 %, 0.24 % (seed 0; seeds 0-4: at most
     1.8 %). What remains is mostly the control cost's pull towards zero, (λ/2) uᵀΣ⁻¹u."""
     env, model, obj, state, P, K = _setup()
-    plan = MPPI(iterations=10).plan(obj, state, generator=_gen(0))
+    plan = MPPI(iterations=10, max_evals=None, tol=0.0).plan(obj, state, generator=_gen(0))  # exactly 10 updates
     excess = _excess(env, P, plan.actions)
     assert max(excess) < 0.02, excess
     assert plan.info["iterations"] == 10
-    assert plan.info["model_evals"] == 3 * 12 * (10 * 1000 + 1) == 3 * MPPIConfig(iterations=10).model_evals
+    assert plan.info["model_evals"] == 3 * 12 * (10 * 1000 + 1) == 3 * MPPIConfig(iterations=10, max_evals=None).model_evals
     assert plan.info["nonfinite"] == 0
     # the value is the objective's return of exactly the returned sequence
     torch.testing.assert_close(plan.value, obj.returns(state, plan.actions))
@@ -152,3 +152,32 @@ def test_per_dimension_noise_must_match_the_action_dimension():
         MPPI(noise_std=(1.0, 2.0)).plan(obj, state)
     with pytest.raises(ValueError, match=r"warm_start.actions must be \[B=3, H=12, A=1\]"):
         MPPI().plan(obj, state, warm_start=Plan(torch.zeros(3, 5, 1), torch.zeros(3)))
+
+
+def test_budget_and_convergence_stops_spend_at_most_max_evals_and_say_why():
+    """Over three LQ instances: MPPI iterated with `iterations` a large cap stops at the last update
+    whose H (n K + 1) fits in `max_evals` (`stopped="budget"`); the default one update per call
+    reports `"iterations"`; with a noise std of 1e-4 every update moves the nominal by less than
+    1e-3 of the half range, so `tol=1e-3` stops after the first (`"converged"`), at H (K + 1)
+    evaluations instead of the cap of 50 updates."""
+    from latentplan.families import lq_family
+
+    for prob in lq_family(3, seed=0):
+        _, objective, start = prob.build()
+        h = prob.horizon
+        cfg = MPPIConfig(horizon=h, samples=100, iterations=10_000, max_evals=9_000, tol=0.0)
+        plan = MPPI(cfg).plan(objective, start, generator=_gen(0))
+        n = plan.info["iterations"]
+        assert plan.info["stopped"] == "budget" and n == cfg.planned_iterations == (9_000 // h - 1) // 100
+        assert plan.info["model_evals"] == cfg.model_evals == h * (n * 100 + 1) <= 9_000 < h * ((n + 1) * 100 + 1)
+        one = MPPI(horizon=h).plan(objective, start, generator=_gen(0))
+        assert (one.info["stopped"], one.info["iterations"], one.info["model_evals"]) == ("iterations", 1, h * 1001)
+        tiny = MPPI(MPPIConfig(horizon=h, samples=100, iterations=50, noise_std=1e-4, tol=1e-3))
+        plan = tiny.plan(objective, start, generator=_gen(0))
+        assert plan.info["stopped"] == "converged" and plan.info["iterations"] == 1
+        assert plan.info["model_evals"] == h * 101
+    # the first update always runs, even past the budget
+    assert MPPIConfig(samples=1000, max_evals=10).planned_iterations == 1
+    for kwargs, field in [(dict(max_evals=0), r"MPPIConfig\.max_evals"), (dict(tol=-1.0), r"MPPIConfig\.tol")]:
+        with pytest.raises(ValueError, match=field):
+            MPPIConfig(**kwargs)

@@ -135,3 +135,36 @@ def test_mppi_is_the_published_planner_and_cem_softmax_the_renamed_refit():
         make_planner("mppi", model, Budget(evals=20), horizon=12)
     soft = make_planner("cem_softmax", model, Budget(evals=6000), horizon=12)
     assert type(soft.planner) is CEM and soft.planner.config.refit == "mppi"
+
+
+def test_cem_family_spends_large_budgets_on_iterations_and_keeps_small_sizes():
+    """Under an evaluation budget the CEM family fits J to five iterations, caps it (`MAX_CANDIDATES`)
+    and lets `max_evals` = the budget decide the iterations; 6,000 evaluations at H = 12 keep the
+    sizes the cartpole tables were measured with. `planet` is PlaNet's fixed count; a time budget
+    leaves the evaluations uncapped."""
+    from latentplan.planners import CEMConfig
+    from latentplan.registry import MAX_CANDIDATES
+
+    def config(spec, **budget):
+        build = make_planner(spec, None, Budget(**budget), horizon=12)
+        return build.planner.config, build.expected_evals
+
+    cfg, expected = config("cem", evals=6000)
+    assert (cfg.candidates, cfg.elites, cfg.planned_iterations, cfg.max_evals, expected) == (100, 10, 5, 6000, 6000)
+    cfg, expected = config("icem", evals=6000)
+    assert (cfg.candidates, cfg.planned_iterations, expected) == (144, 5, 5988)
+    assert (cfg.noise_beta, cfg.white_fraction) == (2.0, 0.5)
+    cfg, expected = config("cem_gd", evals=6000)
+    assert (cfg.candidates, cfg.elites, cfg.planned_iterations, expected) == (34, 6, 5, 5640)
+    assert MAX_CANDIDATES == {"cem": 300, "cem_gd": 150, "icem": 1000}
+    cfg, expected = config("cem", evals=120_000)
+    assert (cfg.candidates, cfg.elites, cfg.planned_iterations, expected) == (300, 10, 33, 33 * 12 * 300)
+    cfg, expected = config("cem_softmax", evals=120_000)  # no cap: five iterations of the fitted J
+    assert (cfg.candidates, cfg.planned_iterations, expected) == (2000, 5, 120_000)
+    cfg, expected = config("planet", evals=120_000)
+    assert (cfg.candidates, cfg.elites, cfg.iterations, cfg.max_evals, cfg.tol) == (1000, 100, 10, None, 0.0)
+    assert config("planet")[0] == CEMConfig(max_evals=None, tol=0.0)  # PlaNet's planner exactly
+    cfg, _ = config("cem:iterations=10", evals=120_000)  # a fixed count: J fitted to it
+    assert (cfg.candidates, cfg.planned_iterations) == (1000, 10)
+    cfg, expected = config("cem", ms=50.0)
+    assert cfg.max_evals is None and cfg.iterations == 100_000 and expected is None
