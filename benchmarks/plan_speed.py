@@ -22,9 +22,9 @@ change the cost):
   from zero is MPPI's update without control cost) at 10,000 samples x H=12, one iteration, B=1
   (labelled "CEM softmax refit 10k x 12"; MPPI as published is `planners.mppi.MPPI`);
 - our gradient planner (H=12, 8 restarts, 10 Adam steps), B=1;
-- with `--peers`, and when they are installed: torchrl's `CEMPlanner` at PlaNet's settings and
-  pytorch_mppi's `MPPI` at 10,000 samples x 12, driven over the same model
-  (`benchmarks/peers.py`; never dependencies of latentplan).
+- with `--peers`, and when they are installed: torchrl's `CEMPlanner` and stable-worldmodel's
+  `CEMSolver` at PlaNet's settings, and pytorch_mppi's `MPPI` at 10,000 samples x 12, driven over
+  the same model (`benchmarks/peers.py`; never dependencies of latentplan).
 
 Times are medians over `--repeats` decisions after `--warmup` decisions (a capture happens in
 the first warm-up call); on the CPU the process time of the same calls is recorded beside them
@@ -205,7 +205,8 @@ def _row(name, planner, mode, b, evals, times, cpu, first, wall, floor_key) -> d
 
 
 def run_peers(model, device, args, rows) -> None:
-    """Time torchrl's CEMPlanner and pytorch_mppi's MPPI over the same model, when installed."""
+    """Time torchrl's CEMPlanner, stable-worldmodel's CEMSolver and pytorch_mppi's MPPI over the same
+    model, when installed."""
     try:
         import peers  # benchmarks/peers.py, next to this script
     except ImportError:
@@ -216,6 +217,8 @@ def run_peers(model, device, args, rows) -> None:
     made = [
         ("torchrl CEMPlanner (PlaNet)", PLANET.model_evals,
          lambda: peers.torchrl_cem(model, horizon=12, iterations=10, candidates=1000, elites=100, device=device)),
+        ("stable-worldmodel CEMSolver (PlaNet)", PLANET.model_evals,
+         lambda: peers.swm_cem(model, horizon=12, iterations=10, candidates=1000, elites=100, device=device)),
         ("pytorch_mppi MPPI 10k x 12", SOFTMAX_10K.model_evals,
          lambda: peers.pytorch_mppi(model, samples=10_000, horizon=12, device=device)),
     ]
@@ -232,7 +235,7 @@ def run_peers(model, device, args, rows) -> None:
         t0 = time.perf_counter()
         cpu: list[float] = []
         times = time_ms(lambda: decide(state), device, repeats=args.repeats, warmup=args.warmup, cpu=cpu)
-        cfg = PLANET if label.startswith("torchrl") else SOFTMAX_10K  # the same shapes, for the floor
+        cfg = SOFTMAX_10K if label.startswith("pytorch_mppi") else PLANET  # the same shapes, for the floor
         rows.append(_row(name, label, version, 1, evals, times, cpu, None, time.perf_counter() - t0,
                          floor_key=(model, cfg, 1)))
 
@@ -347,7 +350,7 @@ def main() -> None:
     p.add_argument("--action-dim", type=int, default=6, help="A (PlaNet's cheetah: 6; cartpole: 1)")
     p.add_argument("--preset", choices=["planet", "demo"], default="planet",
                    help="planet: PlaNet's RSSM and CEM (default); demo: latentplan demo's model (128 units, A=1) and CEM (I=5, J=100, K=10)")
-    p.add_argument("--peers", action="store_true", help="also time torchrl's CEMPlanner and pytorch_mppi when installed")
+    p.add_argument("--peers", action="store_true", help="also time torchrl's CEMPlanner, stable-worldmodel's CEMSolver and pytorch_mppi when installed")
     p.add_argument("--accuracy", action="store_true", help="compare fused tf32/bf16 plans with fp32 plans")
     p.add_argument("--accuracy-states", type=int, default=16)
     p.add_argument("--checkpoint", default=None,
