@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import os
 import sys
 import time
-import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,21 +45,15 @@ PAIRS = [("cem", "CEMSolver"), ("icem", "ICEMSolver"), ("mppi", "MPPISolver"), (
 
 
 def load_solvers():
-    """The module `stable_worldmodel.solver`, imported without running the package's `__init__`.
+    """The module `stable_worldmodel.solver`, imported without running the package's `__init__`
+    (`peers.load_swm_solvers`).
 
     Raises:
         ImportError: stable-worldmodel is not installed.
     """
-    spec = importlib.util.find_spec("stable_worldmodel")
-    if spec is None or spec.submodule_search_locations is None:
-        raise ImportError("stable-worldmodel is not installed: pip install --no-deps stable-worldmodel==0.1.1 loguru")
-    if "stable_worldmodel" not in sys.modules:
-        pkg = types.ModuleType("stable_worldmodel")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["stable_worldmodel"] = pkg
-    import stable_worldmodel.solver as solver
+    import peers  # benchmarks/peers.py, next to this script
 
-    return solver
+    return peers.load_swm_solvers()
 
 
 class LQCost:

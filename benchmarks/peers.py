@@ -14,13 +14,20 @@ the one of `lp.Objective(model)` with its defaults: the undiscounted sum over H 
 of `model.reward` of each step's next belief. Both peers draw their noise, and the model its latent
 samples, from torch's global generator: seed with `torch.manual_seed` for repeatable decisions.
 
+`swm_cem` drives stable-worldmodel 0.1.1's `CEMSolver` (its planning solvers optimise candidates
+`[B, S, H, A]` against a `Costable`'s `get_cost`) over the same model; only its `solver` package is
+loaded (`load_swm_solvers`), so it needs `pip install --no-deps stable-worldmodel==0.1.1 loguru`
+and nothing of its data stack.
+
 `mpc_pytorch` is different: not a sampling planner over the latent but mpc.pytorch's box-DDP
 (`mpc.mpc.MPC`, Amos et al. 2018) on a model with known dynamics and a quadratic cost, compared
 with our `ILQR` by `benchmarks/ilqr_mpc.py` (converged cost and wall time on the same problem).
 
 `mppi_update_agreement` checks that our `MPPI` and pytorch_mppi make the same update from the same
 noise (`python benchmarks/peers.py` prints it on the LQ test system: within 3e-6 in action units
-with pytorch-mppi 0.9.1).
+with pytorch-mppi 0.9.1). The same command prints the first actions of our CEM and of the two peer
+CEMs at PlaNet's settings on that system (with torchrl 0.14.1 and stable-worldmodel 0.1.1 they
+were within 0.07 of ours, from independent samples: the same problem solved alike).
 
 The peers are never dependencies of latentplan: they are imported inside the adapters only. A peer
 that is installed but cannot be imported (e.g. a wheel built for another torch) gives a
@@ -37,7 +44,8 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState, WorldModel
 
-__all__ = ["Decide", "mpc_pytorch", "torchrl_cem", "pytorch_mppi", "mppi_update_agreement"]
+__all__ = ["Decide", "mpc_pytorch", "torchrl_cem", "pytorch_mppi", "swm_cem", "load_swm_solvers",
+           "mppi_update_agreement"]
 
 Decide = Callable[[LatentState], Tensor]
 """`decide(state [B]) -> first actions [B, A]`: one planning decision per belief."""
@@ -239,6 +247,129 @@ def pytorch_mppi(
             return ctrl.command(state.features().to(device), shift_nominal_trajectory=False).reshape(b, a)
 
     return decide_batched, version + " (MPPI_Batched)"
+
+
+def load_swm_solvers():
+    """The module `stable_worldmodel.solver`, imported without running the package's `__init__`
+    (which imports its data and environment stack: lancedb, torchvision, ...); the solvers need only
+    torch, numpy, gymnasium and loguru.
+
+    Returns:
+        the module, with `CEMSolver`, `ICEMSolver`, `MPPISolver`, `GradientSolver`, ...
+
+    Raises:
+        ImportError: stable-worldmodel (or loguru) is not installed.
+    """
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("stable_worldmodel")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ImportError("stable-worldmodel is not installed: pip install --no-deps stable-worldmodel==0.1.1 loguru")
+    if "stable_worldmodel" not in sys.modules:
+        pkg = types.ModuleType("stable_worldmodel")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["stable_worldmodel"] = pkg
+    import stable_worldmodel.solver as solver
+
+    return solver
+
+
+def swm_cem(
+    model: WorldModel, *, horizon: int, iterations: int, candidates: int, elites: int, device: torch.device | str,
+    seed: int = 0,
+) -> tuple[Decide, str] | None:
+    """stable-worldmodel's `CEMSolver` (stable-worldmodel 0.1.1) over `model`: its cross-entropy method
+    planning the same objective as `lp.Objective(model)`.
+
+    Written against stable-worldmodel 0.1.1 (installed with `--no-deps`, plus loguru), the version it
+    was tested with on torch 2.13.0+cpu.
+
+    The model is given to the solver as a `Costable` whose `get_cost(info_dict, candidates [B, J, H, A])`
+    clips the candidates into `[model.action_low, model.action_high]` (the solver samples unclipped,
+    as our planners clip before the model sees them), rolls each of them out for H prior steps from
+    the belief `info_dict["latent"]` `[B, J, D + S]` (`model.imagine_step`, which samples z from
+    torch's global generator) and returns minus the undiscounted sum of `model.reward` of each
+    step's next belief, `[B, J]`: minus the return of `lp.Objective(model)`.
+
+    The solver starts every call from mean 0 and std `var_scale` = 1 (cold start; its
+    `init_action` is not given), samples `candidates` sequences per belief from its own generator
+    (seeded with `seed` once, at construction), sets the first candidate to the mean, keeps the
+    `elites` of lowest cost, refits mean and std (with Bessel's correction) for `iterations`
+    steps, and returns its final mean `[B, H, A]`; the decision is its first action, clipped into
+    the bounds. Besides the Costable's rollout this is what it measures: the solver's own sampling,
+    top-K and refits, one `print` of its solve time per call (sent to a discarded buffer) and its
+    `inference_mode`.
+
+    Args:
+        model: any `WorldModel` on `device`.
+        horizon: H, planning steps.
+        iterations: refits of the sampling distribution (the solver's `n_steps`).
+        candidates: J, sequences per iteration and belief (`num_samples`).
+        elites: K, sequences the distribution is refitted to (`topk`).
+        device: where the solver runs.
+        seed: the seed of the solver's candidate generator.
+
+    Returns:
+        `(decide, version)`, or None if stable-worldmodel's solvers cannot be imported.
+        `decide(state [B]) -> first actions [B, A]` plans all B beliefs in one `solve` call (the
+        solver's `batch_size` is set to B on each call). `version` is e.g.
+        `"stable-worldmodel 0.1.1"`.
+
+    Raises:
+        ValueError: if `model` is not on `device`, or `elites > candidates`.
+    """
+    try:
+        solvers = load_swm_solvers()
+    except ImportError as exc:
+        return _unavailable("stable-worldmodel", exc)
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    import gymnasium
+    import numpy as np
+
+    device = torch.device(device)
+    _check_device(model, device, "swm_cem")
+    if not 1 <= elites <= candidates:
+        raise ValueError(f"peers.swm_cem: need 1 <= elites <= candidates; got elites={elites}, candidates={candidates}")
+    deter_dim, _ = _latent_dims(model)
+    step = _LatentStep(model, deter_dim)
+    low, high = model.action_low.to(device), model.action_high.to(device)
+    a = low.shape[0]
+
+    class LatentCost:
+        """stable-worldmodel's `Costable`: minus the model's imagined return of clipped candidates."""
+
+        def get_cost(self, info_dict: dict, cand: Tensor) -> Tensor:
+            b, j, h, _ = cand.shape
+            latent = info_dict["latent"].reshape(b * j, -1)
+            actions = torch.maximum(torch.minimum(cand, high), low).reshape(b * j, h, a)
+            ret = torch.zeros(b * j, device=cand.device, dtype=cand.dtype)
+            for t in range(h):
+                latent = step.transition(latent, actions[:, t])
+                ret = ret + step.reward(latent)
+            return -ret.reshape(b, j)
+
+        criterion = get_cost
+
+    solver = solvers.CEMSolver(LatentCost(), num_samples=candidates, var_scale=1.0, n_steps=iterations, topk=elites,
+                               device=device, seed=seed)
+    space = gymnasium.spaces.Box(low.cpu().numpy(), high.cpu().numpy(), dtype=np.float32)
+    space = gymnasium.spaces.Box(np.broadcast_to(space.low, (1, a)), np.broadcast_to(space.high, (1, a)),
+                                 dtype=np.float32)
+    solver.configure(action_space=space, n_envs=1, config=SimpleNamespace(horizon=horizon, action_block=1))
+
+    def decide(state: LatentState) -> Tensor:
+        solver.batch_size = state.batch
+        with contextlib.redirect_stdout(io.StringIO()):
+            out = solver.solve({"latent": state.features().to(device)})
+        first = out["actions"][:, 0].to(device)
+        return torch.maximum(torch.minimum(first, high), low)
+
+    return decide, f"stable-worldmodel {_dist_version('stable-worldmodel') or '(unknown version)'}"
 
 
 def mpc_pytorch(
@@ -444,7 +575,7 @@ def _unavailable(dist: str, exc: ImportError) -> None:
     return None
 
 
-if __name__ == "__main__":  # python benchmarks/peers.py: the MPPI cross-check on the LQ test system
+if __name__ == "__main__":  # python benchmarks/peers.py: the cross-checks on the LQ test system
     from latentplan.envs.lqr import LinearQuadratic
     from latentplan.worldmodels import AnalyticModel
 
@@ -456,3 +587,16 @@ if __name__ == "__main__":  # python benchmarks/peers.py: the MPPI cross-check o
         out = mppi_update_agreement(lq_model, belief, u0, samples=1000, noise_sigma=sigma, lambda_=lam)
         print("pytorch-mppi not installed" if out is None else
               f"noise_sigma={sigma} lambda={lam}: max |U_ours - U_peer| = {out[0]:.2e} ({out[1]})")
+    # the CEMs at PlaNet's settings from two beliefs: ours and the two peers' first actions
+    from latentplan.planners import CEM, CEMConfig, Objective
+
+    two = lq_model.from_observation(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    torch.manual_seed(0)
+    ours = CEM(CEMConfig(horizon=12, iterations=10, candidates=1000, elites=100)).plan(
+        Objective(lq_model), two, generator=torch.Generator().manual_seed(0)).actions[:, 0, 0]
+    print(f"CEM H=12 I=10 J=1000 K=100, first actions from x0 = (1, 0) and (0, 1): ours {ours.tolist()}")
+    for make in (torchrl_cem, swm_cem):
+        peer = make(lq_model, horizon=12, iterations=10, candidates=1000, elites=100, device="cpu")
+        if peer is not None:
+            first = peer[0](two)[:, 0]
+            print(f"  {peer[1]}: {first.tolist()} (max |difference| {(first - ours).abs().max().item():.3f})")

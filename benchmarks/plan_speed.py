@@ -22,12 +22,13 @@ change the cost):
   from zero is MPPI's update without control cost) at 10,000 samples x H=12, one iteration, B=1
   (labelled "CEM softmax refit 10k x 12"; MPPI as published is `planners.mppi.MPPI`);
 - our gradient planner (H=12, 8 restarts, 10 Adam steps), B=1;
-- with `--peers`, and when they are installed: torchrl's `CEMPlanner` at PlaNet's settings and
-  pytorch_mppi's `MPPI` at 10,000 samples x 12, driven over the same model
-  (`benchmarks/peers.py`; never dependencies of latentplan).
+- with `--peers`, and when they are installed: torchrl's `CEMPlanner` and stable-worldmodel's
+  `CEMSolver` at PlaNet's settings, and pytorch_mppi's `MPPI` at 10,000 samples x 12, driven over
+  the same model (`benchmarks/peers.py`; never dependencies of latentplan).
 
 Times are medians over `--repeats` decisions after `--warmup` decisions (a capture happens in
-the first warm-up call); on the CPU the process time of the same calls is recorded beside them
+the first warm-up call), one row after the other, or with `--interleave` round-robin over all rows
+after all warm-ups (on a machine whose load changes, every row then sees the same load); on the CPU the process time of the same calls is recorded beside them
 (`cpu_ms_median`), which a machine shared with other work inflates less than the wall time.
 
 **The floor.** In the same run, before and after the rows, the script times the single-precision
@@ -38,6 +39,10 @@ call (Python included: that is the decision's latency); on the CPU with `time.pe
 `--accuracy` compares each reduced-precision plan with the fp32 plan of the same seed: the
 return of the chosen first action (estimated by rolling out both plans' sequences 256 times
 under the fp32 model) and the distance between the first actions.
+
+With `--peers` it also prints each peer's time over ours (`peer_ratios`: against our fastest
+PlaNet CEM row, and for pytorch_mppi also against the softmax refit of the same shapes; with
+`--interleave` also the median of the ratios within each round).
 
 Prints a table and writes the rows to `--json` (default benchmarks/results/plan_speed.json).
 """
@@ -166,9 +171,12 @@ def our_jobs(args, cuda: bool) -> list[tuple]:
     return jobs
 
 
-def run_ours(model, device, args, rows, jobs, floors) -> None:
-    """Time our CEM (every mode, every B), the softmax-refit CEM 10k x 12 and the gradient planner."""
+def prepare_ours(model, device, args, jobs) -> list[dict]:
+    """Our CEM (every mode, every B), the softmax-refit CEM 10k x 12 and the gradient planner, each
+    built and called once (a capture or a compile happens in that first call, timed as
+    `first_call_s`): one entry per row with its `decide` closure, for `time_rows`."""
     name = device_name(device)
+    out = []
     for planner_name, cfg, label, b in jobs:
         mode, precision = MODES[label]
         pm = _planner_model(model, precision)
@@ -180,45 +188,38 @@ def run_ours(model, device, args, rows, jobs, floors) -> None:
         gen = torch.Generator(device=device).manual_seed(0)
         objective = lp.Objective(pm)  # built once: a new Objective per call would also reuse the capture
 
-        def decide() -> None:
+        def decide(planner=planner, objective=objective, state=state, gen=gen) -> None:
             planner.plan(objective, state, generator=gen)
 
         t0 = time.perf_counter()
         decide()  # the first call: a capture or a compile happens here
         first = time.perf_counter() - t0
-        cpu: list[float] = []
-        times = time_ms(decide, device, repeats=args.repeats, warmup=max(args.warmup - 1, 0), cpu=cpu)
-        rows.append(_row(name, planner_name, label, b, cfg.model_evals, times, cpu, first, time.perf_counter() - t0,
-                         floor_key=(model, cfg, b)))
+        out.append({"name": name, "planner": planner_name, "mode": label, "batch": b, "evals": cfg.model_evals,
+                    "decide": decide, "first": first, "warmup": max(args.warmup - 1, 0), "t0": t0,
+                    "floor_key": (model, cfg, b)})
+        print(f"  built {planner_name}, {label}, B={b} (first call {first:.1f} s)", flush=True)
+    return out
 
 
-def _row(name, planner, mode, b, evals, times, cpu, first, wall, floor_key) -> dict:
-    med = statistics.median(times)
-    row = {
-        "device": name, "planner": planner, "mode": mode, "batch": b, "model_evals_per_env": evals,
-        "ms_median": med, "ms_per_env_decision": med / b, "ms_all": times,
-        "cpu_ms_median": statistics.median(cpu) if cpu else None, "first_call_s": first, "wall_s": wall,
-        "_floor_key": floor_key,
-    }
-    print(f"  {name}: {planner}, {mode}, B={b}: {med:.2f} ms/decision", flush=True)
-    return row
-
-
-def run_peers(model, device, args, rows) -> None:
-    """Time torchrl's CEMPlanner and pytorch_mppi's MPPI over the same model, when installed."""
+def prepare_peers(model, device, args) -> list[dict]:
+    """torchrl's CEMPlanner, stable-worldmodel's CEMSolver and pytorch_mppi's MPPI over the same
+    model, those that are installed, as entries for `time_rows` (their first call is a warm-up)."""
     try:
         import peers  # benchmarks/peers.py, next to this script
     except ImportError:
         print("(benchmarks/peers.py not found: peers skipped)")
-        return
+        return []
     name = device_name(device)
     state = beliefs(model, 1)
     made = [
         ("torchrl CEMPlanner (PlaNet)", PLANET.model_evals,
          lambda: peers.torchrl_cem(model, horizon=12, iterations=10, candidates=1000, elites=100, device=device)),
+        ("stable-worldmodel CEMSolver (PlaNet)", PLANET.model_evals,
+         lambda: peers.swm_cem(model, horizon=12, iterations=10, candidates=1000, elites=100, device=device)),
         ("pytorch_mppi MPPI 10k x 12", SOFTMAX_10K.model_evals,
          lambda: peers.pytorch_mppi(model, samples=10_000, horizon=12, device=device)),
     ]
+    out = []
     for label, evals, make in made:
         try:
             peer = make()
@@ -229,12 +230,48 @@ def run_peers(model, device, args, rows) -> None:
             print(f"({label}: not installed, skipped)")
             continue
         decide, version = peer
-        t0 = time.perf_counter()
-        cpu: list[float] = []
-        times = time_ms(lambda: decide(state), device, repeats=args.repeats, warmup=args.warmup, cpu=cpu)
-        cfg = PLANET if label.startswith("torchrl") else SOFTMAX_10K  # the same shapes, for the floor
-        rows.append(_row(name, label, version, 1, evals, times, cpu, None, time.perf_counter() - t0,
-                         floor_key=(model, cfg, 1)))
+        cfg = SOFTMAX_10K if label.startswith("pytorch_mppi") else PLANET  # the same shapes, for the floor
+        out.append({"name": name, "planner": label, "mode": version, "batch": 1, "evals": evals,
+                    "decide": lambda decide=decide: decide(state), "first": None, "warmup": args.warmup,
+                    "t0": time.perf_counter(), "floor_key": (model, cfg, 1)})
+    return out
+
+
+def time_rows(entries: list[dict], device: str, args, rows: list[dict]) -> None:
+    """Time every entry's decisions and append its row to `rows`. By default one entry after the
+    other (`--warmup` then `--repeats` calls each); with `--interleave`, all warm-ups first and then
+    the timed calls round-robin (entry 1, 2, ..., n, 1, 2, ...), so that a machine whose load
+    changes during the run slows every row alike and the ratios between rows stay meaningful."""
+    if not args.interleave:
+        for e in entries:
+            cpu: list[float] = []
+            times = time_ms(e["decide"], device, repeats=args.repeats, warmup=e["warmup"], cpu=cpu)
+            rows.append(_row(e["name"], e["planner"], e["mode"], e["batch"], e["evals"], times, cpu, e["first"],
+                             time.perf_counter() - e["t0"], floor_key=e["floor_key"]))
+        return
+    for e in entries:
+        for _ in range(e["warmup"]):
+            e["decide"]()
+    wall = {id(e): [] for e in entries}
+    cpu = {id(e): [] for e in entries}
+    for _ in range(args.repeats):
+        for e in entries:
+            wall[id(e)] += time_ms(e["decide"], device, repeats=1, warmup=0, cpu=cpu[id(e)])
+    for e in entries:
+        rows.append(_row(e["name"], e["planner"], e["mode"], e["batch"], e["evals"], wall[id(e)], cpu[id(e)],
+                         e["first"], time.perf_counter() - e["t0"], floor_key=e["floor_key"]))
+
+
+def _row(name, planner, mode, b, evals, times, cpu, first, wall, floor_key) -> dict:
+    med = statistics.median(times)
+    row = {
+        "device": name, "planner": planner, "mode": mode, "batch": b, "model_evals_per_env": evals,
+        "ms_median": med, "ms_per_env_decision": med / b, "ms_all": times,
+        "cpu_ms_median": statistics.median(cpu) if cpu else None, "cpu_ms_all": cpu, "first_call_s": first,
+        "wall_s": wall, "_floor_key": floor_key,
+    }
+    print(f"  {name}: {planner}, {mode}, B={b}: {med:.2f} ms/decision", flush=True)
+    return row
 
 
 def real_beliefs(model, config, n: int, seed: int = 0) -> LatentState:
@@ -314,6 +351,32 @@ def finish_rows(rows: list[dict], floors: dict) -> list[dict]:
     return rows
 
 
+def peer_ratios(rows: list[dict], paired: bool = False) -> list[dict]:
+    """Each peer's time over ours, for wall and process time: against our fastest `CEM (PlaNet)` row
+    (by process time, else wall time) and, for pytorch_mppi, also against our softmax-refit row
+    (the same 10k x 12 shapes). `median_ratio` is the ratio of the medians; with `paired` (rows
+    timed with `--interleave`) `paired_median_ratio` is the median over rounds of the ratio within a
+    round (the same load)."""
+    key = (lambda r: r["cpu_ms_median"]) if all(r["cpu_ms_median"] for r in rows) else (lambda r: r["ms_median"])
+    cem = [r for r in rows if r["planner"] == "CEM (PlaNet)"]
+    ours_cem = min(cem, key=key) if cem else None
+    softmax = next((r for r in rows if r["planner"] == SOFTMAX_LABEL and r["mode"] == "eager"), None)
+    out = []
+    for peer in [r for r in rows if r["planner"].split(" ")[0] in ("torchrl", "stable-worldmodel", "pytorch_mppi")]:
+        refs = [ours_cem] + ([softmax] if peer["planner"].startswith("pytorch_mppi") else [])
+        for ref in [r for r in refs if r is not None]:
+            row = {"peer": peer["planner"], "ours": f"{ref['planner']}, {ref['mode']}"}
+            for field, all_field, name in (("ms_median", "ms_all", "wall"), ("cpu_ms_median", "cpu_ms_all", "cpu")):
+                if peer.get(field) is None or ref.get(field) is None:
+                    continue
+                row[f"{name}_median_ratio"] = peer[field] / ref[field]
+                if paired and len(peer.get(all_field) or []) == len(ref.get(all_field) or []) > 0:
+                    row[f"{name}_paired_median_ratio"] = statistics.median(
+                        p / o for p, o in zip(peer[all_field], ref[all_field]))
+            out.append(row)
+    return out
+
+
 def print_table(rows: list[dict], floors: dict) -> None:
     """The table: one line per row, with its multiple of the floor where there is one."""
     header = (f"{'device':<34} {'planner':<28} {'mode':<16} {'B':>3} {'ms/decision':>11} {'floor ms':>8} "
@@ -347,7 +410,9 @@ def main() -> None:
     p.add_argument("--action-dim", type=int, default=6, help="A (PlaNet's cheetah: 6; cartpole: 1)")
     p.add_argument("--preset", choices=["planet", "demo"], default="planet",
                    help="planet: PlaNet's RSSM and CEM (default); demo: latentplan demo's model (128 units, A=1) and CEM (I=5, J=100, K=10)")
-    p.add_argument("--peers", action="store_true", help="also time torchrl's CEMPlanner and pytorch_mppi when installed")
+    p.add_argument("--peers", action="store_true", help="also time torchrl's CEMPlanner, stable-worldmodel's CEMSolver and pytorch_mppi when installed")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the rows' decisions round-robin after all warm-ups (ratios robust to a changing load)")
     p.add_argument("--accuracy", action="store_true", help="compare fused tf32/bf16 plans with fp32 plans")
     p.add_argument("--accuracy-states", type=int, default=16)
     p.add_argument("--checkpoint", default=None,
@@ -356,9 +421,11 @@ def main() -> None:
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "plan_speed.json"))
     args = p.parse_args()
     devices = args.devices or (["cuda"] if torch.cuda.is_available() else ["cpu"])
+    load_start = list(os.getloadavg())
     rows: list[dict] = []
     accuracy: list[dict] = []
     floors: dict = {}
+    ratios: list[dict] = []
     for dev in devices:
         cuda = dev.startswith("cuda")
         run_args = argparse.Namespace(**vars(args))
@@ -377,13 +444,21 @@ def main() -> None:
             if not cuda:
                 measure_floors(model, cfgs, floors)
             dev_rows: list[dict] = []
-            run_ours(model, dev, run_args, dev_rows, jobs, floors)
+            entries = prepare_ours(model, dev, run_args, jobs)
             if args.peers and not demo:
-                run_peers(model, dev, run_args, dev_rows)
+                entries += prepare_peers(model, dev, run_args)
+            time_rows(entries, dev, run_args, dev_rows)
             if not cuda:
                 measure_floors(model, cfgs, floors)
             rows += finish_rows(dev_rows, floors)
             print_table(rows[-len(dev_rows):], floors)
+            for r in peer_ratios(dev_rows, paired=args.interleave):
+                ratios.append(r)
+                paired = " (paired by round: " + ", ".join(
+                    f"{r[k]:.2f} {k.split('_')[0]}" for k in ("wall_paired_median_ratio", "cpu_paired_median_ratio")
+                    if k in r) + ")" if args.interleave else ""
+                print(f"{r['peer']} / ours ({r['ours']}): {r.get('wall_median_ratio', float('nan')):.2f} wall, "
+                      f"{r.get('cpu_median_ratio', float('nan')):.2f} process time{paired}")
         if args.accuracy:
             states = None
             if args.checkpoint:
@@ -401,10 +476,10 @@ def main() -> None:
         "rssm": "demo (deter 128, stoch 30, hidden 128)" if demo else "PlaNet (deter 200, stoch 30, hidden 200)",
         "cem": "H=12 I=5 J=100 K=10" if demo else "H=12 I=10 J=1000 K=100",
         "softmax_refit": "10,000 samples x H=12, 1 iteration", "gradient": "H=12, 8 restarts, 10 Adam steps",
-        "load_average": list(os.getloadavg()),
+        "load_average": list(os.getloadavg()), "load_average_start": load_start, "interleave": args.interleave,
         "floor": {"x".join(map(str, k)) + " (J x H x I x B)": v for k, v in floors.items()},
     }
-    out.write_text(json.dumps({"meta": meta, "rows": rows, "accuracy": accuracy}, indent=2))
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "peer_ratios": ratios, "accuracy": accuracy}, indent=2))
     print(f"\nwrote {out}")
 
 

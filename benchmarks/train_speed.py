@@ -9,6 +9,11 @@ Rows (one freshly initialised RSSM with vector observations, O = 5):
 - `elbo`: `RSSMWorldModel.elbo` as it is (the posterior recursion keeps only what feeds the next
   step inside the loop; the prior, the KL and the linear layers' action and embedding parts run
   batched over all steps);
+- `compiled`: `elbo` with its pure part (`RSSMWorldModel.elbo_core`) compiled by `torch.compile`
+  (inductor: C++/OpenMP on the CPU), forward and backward, as `TrainConfig.compile_update` runs
+  it; its compile happens in the first warm-up update, reported as `first_s` (wall) and
+  `first_cpu_s` (this process's time: dynamo's tracing and AOT's lowering; the C++ compiles run in
+  subprocesses);
 - `stepwise`: the same ELBO computed step by step, prior and posterior inside the loop
   (`stepwise_elbo`: how `elbo` computed it before; the tests check that both give the same loss and
   gradients), for a before/after ratio in one run.
@@ -92,10 +97,12 @@ def make(preset: str, seed: int = 0):
 
 
 def update_fn(kind: str, model, opt, batch, generator):
-    """One update of `kind` (`elbo` or `stepwise`) as a closure."""
+    """One update of `kind` (`elbo`, `compiled` or `stepwise`) as a closure."""
+    core = torch.compile(model.elbo_core) if kind == "compiled" else None
+
     def update() -> None:
-        if kind == "elbo":
-            loss = model.elbo(*batch, generator=generator).loss
+        if kind in ("elbo", "compiled"):
+            loss = model.elbo(*batch, generator=generator, core=core).loss
         else:
             loss, _ = stepwise_elbo(model, *batch, generator=generator)
         opt.zero_grad(set_to_none=True)
@@ -106,12 +113,18 @@ def update_fn(kind: str, model, opt, batch, generator):
 
 
 def measure_rows(preset: str, kinds: list[str], repeats: int, warmup: int) -> list[dict]:
-    """Time every kind, interleaved update by update (so load affects them alike)."""
+    """Time every kind, interleaved update by update (so load affects them alike). The first
+    warm-up update of each kind is timed apart (`first_s`, `first_cpu_s`: for `compiled` the
+    compile, whose C++ compiles run in subprocesses and are not in this process's time)."""
     fns, wall, cpu = {}, {k: [] for k in kinds}, {k: [] for k in kinds}
+    first = {}
     for k in kinds:
         model, opt, batch = make(preset)
         fns[k] = update_fn(k, model, opt, batch, torch.Generator().manual_seed(1))
-        for _ in range(warmup):
+        t0, p0 = time.perf_counter(), time.process_time()
+        fns[k]()
+        first[k] = (time.perf_counter() - t0, time.process_time() - p0)
+        for _ in range(warmup - 1):
             fns[k]()
     for _ in range(repeats):
         for k in kinds:
@@ -121,14 +134,14 @@ def measure_rows(preset: str, kinds: list[str], repeats: int, warmup: int) -> li
             cpu[k].append((time.process_time() - p0) * 1e3)
     return [{"preset": preset, "kind": k, "ms_median": statistics.median(wall[k]), "ms_all": wall[k],
              "cpu_ms_median": statistics.median(cpu[k]), "updates_per_s": 1e3 / statistics.median(wall[k]),
-             "threads": torch.get_num_threads()} for k in kinds]
+             "first_s": first[k][0], "first_cpu_s": first[k][1], "threads": torch.get_num_threads()} for k in kinds]
 
 
 def main() -> None:
     """Parse flags, measure the floor and the rows, print the table, write the JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="demo")
-    p.add_argument("--kinds", nargs="*", default=["elbo", "stepwise"], choices=["elbo", "stepwise"])
+    p.add_argument("--kinds", nargs="*", default=["elbo", "stepwise"], choices=["elbo", "compiled", "stepwise"])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "train_speed.json"))
@@ -140,13 +153,14 @@ def main() -> None:
     rows = measure_rows(args.preset, args.kinds, args.repeats, args.warmup)
     floors.append(floor.measure(shapes, repeats=3))
     f_ms, f_cpu = statistics.mean(f["ms"] for f in floors), statistics.mean(f["cpu_ms"] for f in floors)
-    header = f"{'preset':<8} {'kind':<10} {'ms/update':>9} {'updates/s':>9} {'x floor':>7} {'cpu ms':>7} {'cpu x floor':>11}"
+    header = (f"{'preset':<8} {'kind':<10} {'ms/update':>9} {'updates/s':>9} {'x floor':>7} {'cpu ms':>7} "
+              f"{'cpu x floor':>11} {'first s':>7} {'first cpu s':>11}")
     print(header)
     print("-" * len(header))
     for r in rows:
         r.update(floor_ms=f_ms, x_floor=r["ms_median"] / f_ms, floor_cpu_ms=f_cpu, cpu_x_floor=r["cpu_ms_median"] / f_cpu)
         print(f"{r['preset']:<8} {r['kind']:<10} {r['ms_median']:>9.2f} {r['updates_per_s']:>9.1f} {r['x_floor']:>7.2f} "
-              f"{r['cpu_ms_median']:>7.1f} {r['cpu_x_floor']:>11.2f}")
+              f"{r['cpu_ms_median']:>7.1f} {r['cpu_x_floor']:>11.2f} {r['first_s']:>7.1f} {r['first_cpu_s']:>11.1f}")
     print(f"floor ({b} chunks x {t} steps, forward + backward products): "
           + ", ".join(f"{f['ms']:.1f} ms wall, {f['cpu_ms']:.1f} ms cpu ({f['gflops']:.0f} GFLOP/s)" for f in floors)
           + f"; {floors[0]['gflop']:.2f} GFLOP per update, {torch.get_num_threads()} threads")

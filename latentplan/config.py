@@ -50,6 +50,11 @@ class TrainConfig:
         lr: Adam learning rate (PlaNet: 1e-3).
         adam_eps: Adam epsilon (PlaNet: 1e-4).
         grad_clip: gradient-norm clip (PlaNet: 1000).
+        compile_update: compile the ELBO's forward and backward (`RSSMWorldModel.elbo_core`) with
+            `torch.compile` (inductor: C++/OpenMP on the CPU, Triton on CUDA) for every model
+            update. The same loss and gradients up to float rounding (the noise is drawn outside
+            the compiled function from the run's generator); the first update pays the compile.
+            Off by default: see docs/benchmarks.md ("The compiled training step") for when it pays.
         max_nonfinite_updates: a model update whose loss or gradient is NaN or infinite is skipped
             (the weights stay as they were) and counted (`skipped_updates` in metrics.jsonl); this
             many in a row stop the run with `NonFiniteTraining`, keeping the last good checkpoint.
@@ -104,6 +109,7 @@ class TrainConfig:
     lr: float = 1e-3
     adam_eps: float = 1e-4
     grad_clip: float = 1000.0
+    compile_update: bool = False
     max_nonfinite_updates: int = 10
     run_dir: str = "runs/latentplan"
     resume: bool = False
@@ -165,7 +171,8 @@ class TrainConfig:
 
 RESUMABLE_CHANGES = frozenset(
     {"episodes", "resume", "overwrite", "device", "tensorboard", "progress", "max_wall_minutes", "run_dir",
-     "checkpoint_every", "eval_every", "eval_episodes", "final_eval_episodes", "max_nonfinite_updates"}
+     "checkpoint_every", "eval_every", "eval_episodes", "final_eval_episodes", "max_nonfinite_updates",
+     "compile_update"}
 )
 """Fields that may differ between a checkpoint's config and the config that resumes it."""
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from latentplan import envs as lp_envs
 from latentplan.planners.cem import CEM
 from latentplan.planners.distill import Distiller
+from latentplan.planners.fused_search import compile_cache_dir
 from latentplan.planners.objective import Objective
 from latentplan.planners.value import ValueLearner
 from latentplan.worldmodels.replay import ReplayBuffer
@@ -219,6 +220,11 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model = RSSMWorldModel(self.model_config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
+        # TrainConfig.compile_update: the ELBO's pure part compiled (traced on the first update)
+        self._elbo_core = None
+        if config.compile_update:
+            compile_cache_dir()  # the kernels on disk, shared with the planners' compiles
+            self._elbo_core = torch.compile(self.model.elbo_core)
         # the probe heads are clipped on their own: their large gradients must not shrink the world model's
         probe = self.model.probe_head
         self._probe_params = list(probe.parameters()) if probe is not None else []
@@ -383,7 +389,7 @@ class Trainer:
         self.model.train()
         terms = self.model.elbo(
             batch["obs"], batch["action"], batch["reward"], batch["is_first"], generator=self.generator,
-            state=batch.get("state") if self.model.probe_head is not None else None,
+            state=batch.get("state") if self.model.probe_head is not None else None, core=self._elbo_core,
         )
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()

@@ -195,3 +195,78 @@ def test_fused_search_honours_the_budget_and_the_convergence_stop():
         assert fused.info["iterations"] == eager.info["iterations"] == (iterations or eager.info["iterations"]) < 50
         assert fused.info["model_evals"] == eager.info["model_evals"] == 2 * per_iteration * eager.info["iterations"]
         torch.testing.assert_close(fused.actions, eager.actions, atol=1e-5, rtol=1e-5)
+
+
+def _elbo_batch(b=3, t=6):
+    g = torch.Generator().manual_seed(0)
+    obs, action, reward = torch.randn(b, t, 3, generator=g), torch.rand(b, t, 2, generator=g) - 0.5, torch.randn(b, t, generator=g)
+    is_first = torch.zeros(b, t, dtype=torch.bool)
+    is_first[:, 0] = True
+    is_first[1, 3] = True
+    return obs, action, reward, is_first
+
+
+def _loss_and_grads(model, batch, core=None, seed=5):
+    terms = model.elbo(*batch, generator=torch.Generator().manual_seed(seed), core=core)
+    return terms, torch.autograd.grad(terms.loss, list(model.parameters()), allow_unused=True)
+
+
+def test_elbo_noise_is_the_elbos_randomness_and_elbo_core_its_pure_part():
+    model = _model(4).train()
+    batch = _elbo_batch()
+    obs, action, reward, is_first = batch
+    enc_in, eps = model.elbo_noise(obs, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the posterior noise, drawn step by step as the loop used it
+    want = torch.stack([torch.randn(3, model.config.stoch, generator=g) for _ in range(6)])
+    assert torch.equal(eps, want) and eps.shape == (6, 3, model.config.stoch)
+    assert torch.equal(enc_in, obs.flatten(0, 1))
+    loss, recon, rew, kl, deter, stoch, probe = model.elbo_core(enc_in, obs.flatten(0, 1), action, reward, is_first, eps)
+    terms = model.elbo(*batch, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(loss, terms.loss) and torch.equal(kl, terms.kl) and float(probe) == 0.0
+    assert torch.equal(deter, terms.posterior.deter) and deter.shape == (18, model.config.deter)
+    # an explicit core is called in place of elbo_core: a core that doubles the loss doubles it
+    doubled = model.elbo(*batch, generator=torch.Generator().manual_seed(5),
+                         core=lambda *a: (2 * model.elbo_core(*a)[0], *model.elbo_core(*a)[1:]))
+    torch.testing.assert_close(doubled.loss, 2 * terms.loss)
+
+
+@pytest.mark.slow
+def test_compiled_elbo_core_gives_the_eager_loss_and_gradients():
+    model = _model(4).train()
+    batch = _elbo_batch()
+    first, _ = _loss_and_grads(model, batch, seed=5)
+    compiled_core = torch.compile(model.elbo_core)
+    for seed in (5, 5, 6):  # the second call reuses the compiled graph; a new seed gives new noise
+        ref, ref_grads = _loss_and_grads(model, batch, seed=seed)
+        got, grads = _loss_and_grads(model, batch, core=compiled_core, seed=seed)
+        torch.testing.assert_close(got.loss, ref.loss, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.kl, ref.kl, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.posterior.stoch, ref.posterior.stoch, atol=1e-5, rtol=1e-5)
+        for g, w in zip(grads, ref_grads):
+            if w is None:
+                assert g is None or torch.count_nonzero(g) == 0
+            else:
+                torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(ref.loss, first.loss)  # seed 6's noise is not seed 5's
+
+
+@pytest.mark.slow
+def test_compile_update_trains_as_the_eager_update(tmp_path):
+    """Two short training runs, one with `compile_update`: the same mean losses of their updates."""
+    import json
+
+    def losses(compile_update: bool, name: str) -> list[float]:
+        config = lp.demo_config(
+            run_dir=str(tmp_path / name), episodes=3, seed_episodes=1, updates_per_episode=3, batch_size=4,
+            chunk_length=8, final_eval_episodes=0, progress=False, device="cpu", max_wall_minutes=None,
+            eval_every=100, compile_update=compile_update,
+            model=lp.RSSMConfig(deter=16, stoch=4, hidden=16, embed=16),
+            planner=lp.CEMConfig(horizon=3, iterations=2, candidates=16, elites=4),
+        )
+        lp.train(config)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    eager, compiled = losses(False, "eager"), losses(True, "compiled")
+    assert len(eager) == 2 and len(compiled) == 2  # two trained episodes of 3 updates each
+    assert compiled == pytest.approx(eager, rel=1e-4)

@@ -429,26 +429,26 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
 
     # ------------------------------------------------------------------ training
     def _filter(
-        self, embed: Tensor, action: Tensor, is_first: Tensor, generator: torch.Generator | None,
+        self, embed: Tensor, action: Tensor, is_first: Tensor, eps: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The posterior recursion of `elbo` over `[B, T]` steps: `(deter [B*T, D], stoch [B*T, S],
-        posterior mean [B*T, S], posterior std [B*T, S])`, row `b * T + t`. Only what feeds the next step is inside the loop (pre-GRU, GRU, posterior,
-        sample); the action's and the embedding's parts of the linear layers are computed for all
-        steps at once, and the samples' noise drawn first, step by step, in the order the loop used
-        (so the same generator gives the same numbers)."""
+        posterior mean [B*T, S], posterior std [B*T, S])`, row `b * T + t`. Only what feeds the
+        next step is inside the loop (pre-GRU, GRU, posterior, sample); the action's and the
+        embedding's parts of the linear layers are computed for all steps at once. `eps [T, B, S]`
+        is the samples' standard-normal noise, drawn by the caller (`elbo_noise`), so that this is
+        a pure function of tensors (`torch.compile` traces it without a graph break)."""
         c = self.config
-        b, t = action.shape[:2]
         keep = (~is_first.bool()).to(action.dtype)[..., None]  # [B, T, 1]: 0 where an episode starts
         w_s, w_a = self.pre_gru.weight[:, : c.stoch], self.pre_gru.weight[:, c.stoch:]
         action_part = F.linear(action * keep, w_a, self.pre_gru.bias)  # [B, T, hidden]
         w_d, w_e = self.post_hidden.weight[:, : c.deter], self.post_hidden.weight[:, c.deter:]
         embed_part = F.linear(embed, w_e, self.post_hidden.bias)  # [B, T, hidden]
-        eps = [torch.randn(b, c.stoch, generator=generator, device=action.device, dtype=action.dtype) for _ in range(t)]
-        start = self.initial(b)
-        deter, stoch = start.deter, start.stoch
+        b = action.shape[0]
+        deter = action.new_zeros(b, c.deter)  # the initial belief (`initial`), without a device query
+        stoch = action.new_zeros(b, c.stoch)
         out: list[list[Tensor]] = [[], [], [], []]
         # unbind, not [:, i]: the backward of T slices would build T zero-filled [B, T, hidden] gradients
-        for k, a_part, e_part, noise in zip(keep.unbind(1), action_part.unbind(1), embed_part.unbind(1), eps):
+        for k, a_part, e_part, noise in zip(keep.unbind(1), action_part.unbind(1), embed_part.unbind(1), eps.unbind(0)):
             x = F.elu(a_part + F.linear(stoch * k, w_s))
             deter = self.gru(x, deter * k)
             q_mean, q_std = self._gaussian(self.post_out(F.elu(e_part + F.linear(deter, w_d))))
@@ -457,9 +457,73 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
                 seq.append(x)
         return tuple(torch.stack(seq, 1).flatten(0, 1) for seq in out)
 
+    def elbo_noise(self, obs: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """The randomness of one ELBO evaluation, drawn from `generator` in the order `elbo` uses it.
+
+        Args:
+            obs: `[B, T, *obs_shape]` observations.
+            generator: the posterior samples' and image dequantisation noise's randomness (torch's
+                global generator when None).
+
+        Returns:
+            `(encoder_input [B*T, *obs_shape] float, eps [T, B, S])`: the encoder's input (images
+            preprocessed with dequantisation noise, `preprocess_image`; vectors as float) and the
+            posterior samples' standard-normal noise, drawn step by step (the numbers `elbo` drew
+            before this split, for the same generator).
+        """
+        c = self.config
+        b, t = obs.shape[:2]
+        flat = obs.flatten(0, 1)
+        enc_in = preprocess_image(flat, c.image_bits, noise=generator if generator is not None else True) \
+            if c.is_image else flat.float()
+        eps = torch.stack([torch.randn(b, c.stoch, generator=generator, device=obs.device, dtype=enc_in.dtype)
+                           for _ in range(t)])
+        return enc_in, eps
+
+    def elbo_core(
+        self, encoder_input: Tensor, target: Tensor, action: Tensor, reward: Tensor, is_first: Tensor, eps: Tensor,
+        probe_target: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """The ELBO as a pure function of tensors (no randomness, no host reads): what `elbo`
+        computes after drawing its noise, and what `torch.compile` compiles for
+        `TrainConfig.compile_update`.
+
+        Args:
+            encoder_input: `[B*T, *obs_shape]` float, from `elbo_noise`.
+            target: `[B*T, *obs_shape]` float, the reconstruction target (images preprocessed
+                without noise; vectors as float).
+            action: `[B, T, A]`; reward: `[B, T]`; is_first: `[B, T]` bool (as `elbo`'s).
+            eps: `[T, B, S]` the posterior samples' noise, from `elbo_noise`.
+            probe_target: `[B*T, probe_dim]` float for a model with probe heads, else None.
+
+        Returns:
+            `(loss, reconstruction, reward_nll, kl, deter [B*T, D], stoch [B*T, S], probe_nll)`,
+            scalars except the posterior beliefs; `probe_nll` is a zero scalar without probes. Not
+            detached.
+        """
+        c = self.config
+        b, t = action.shape[:2]
+        embed = self.encoder(encoder_input)
+        deters, stochs, q_mean, q_std = self._filter(embed.unflatten(0, (b, t)), action, is_first, eps)
+        # the prior p(z_t | h_t) only enters the KL, not the recursion: one batched pass after the loop
+        p_mean, p_std = self._gaussian(self.prior_out(F.elu(self.prior_hidden(deters))))
+        kl = (torch.log(p_std / q_std) + (q_std**2 + (q_mean - p_mean) ** 2) / (2 * p_std**2) - 0.5).sum(-1)
+        feats = torch.cat([deters, stochs], dim=-1)
+        recon_mean = self.decoder(feats)
+        recon = 0.5 * (((recon_mean - target) / c.observation_std) ** 2).flatten(1).sum(-1).mean()
+        rew = 0.5 * (((self.reward_head(feats).squeeze(-1) - reward.flatten().float()) / c.reward_std) ** 2).mean()
+        kl = kl.mean()
+        loss = recon + c.reward_scale * rew + c.kl_scale * torch.clamp(kl, min=c.free_nats)
+        probe = loss.new_zeros(())
+        if self.probe_head is not None and probe_target is not None:
+            est = self.probe_head(feats.detach() if c.probe_detach else feats)
+            probe = 0.5 * (((est - probe_target) / c.probe_std) ** 2).sum(-1).mean()
+            loss = loss + probe
+        return loss, recon, rew, kl, deters, stochs, probe
+
     def elbo(
         self, obs: Tensor, action: Tensor, reward: Tensor, is_first: Tensor,
-        *, generator: torch.Generator | None = None, state: Tensor | None = None,
+        *, generator: torch.Generator | None = None, state: Tensor | None = None, core=None,
     ) -> ELBOTerms:
         """PlaNet's ELBO on a batch of sequences (reconstruction, reward, KL with free nats), plus
         the probe heads' auxiliary loss when the model has probes.
@@ -472,6 +536,9 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
             generator: randomness of the posterior samples and image dequantisation noise.
             state: `[B, T, probe_dim]` the environment's physical state at each step, the probe
                 targets (required when `config.probe_dim > 0`, ignored otherwise).
+            core: the function that computes the terms once the noise is drawn: `self.elbo_core`
+                (None, the default) or a compiled version of it, `torch.compile(model.elbo_core)`
+                (`Trainer` passes one when `TrainConfig.compile_update` is set).
 
         Returns:
             `ELBOTerms`, with `loss` to minimise.
@@ -488,23 +555,7 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
                 f"is_first [B, T]; got {list(obs.shape)}, {list(action.shape)}, {list(reward.shape)}, "
                 f"{list(is_first.shape)}"
             )
-        embed = self.embed(obs.flatten(0, 1), noise=generator if generator is not None else True)
-        deters, stochs, q_mean, q_std = self._filter(embed.unflatten(0, (b, t)), action, is_first, generator)
-        # the prior p(z_t | h_t) only enters the KL, not the recursion: one batched pass after the loop
-        p_mean, p_std = self._gaussian(self.prior_out(F.elu(self.prior_hidden(deters))))
-        kl = (torch.log(p_std / q_std) + (q_std**2 + (q_mean - p_mean) ** 2) / (2 * p_std**2) - 0.5).sum(-1)
-        post = LatentState(deters, stochs)
-        feats = post.features()
-        recon_mean = self.decoder(feats)
-        if c.is_image:
-            target = preprocess_image(obs.flatten(0, 1), c.image_bits)
-            recon = 0.5 * (((recon_mean - target) / c.observation_std) ** 2).flatten(1).sum(-1).mean()
-        else:
-            recon = 0.5 * (((recon_mean - obs.flatten(0, 1).float()) / c.observation_std) ** 2).sum(-1).mean()
-        rew = 0.5 * (((self.reward_head(feats).squeeze(-1) - reward.flatten().float()) / c.reward_std) ** 2).mean()
-        kl = kl.mean()
-        loss = recon + c.reward_scale * rew + c.kl_scale * torch.clamp(kl, min=c.free_nats)
-        probe = None
+        probe_target = None
         if self.probe_head is not None:
             if state is None or tuple(state.shape) != (b, t, c.probe_dim):
                 got = "none" if state is None else list(state.shape)
@@ -512,11 +563,13 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
                     f"RSSMWorldModel.elbo: a model with probe heads needs state [B, T, probe_dim={c.probe_dim}] "
                     f"targets (the env's info['state']); got {got}"
                 )
-            target = state.flatten(0, 1).float()
-            if not torch.isfinite(target).all():
+            probe_target = state.flatten(0, 1).float()
+            if not torch.isfinite(probe_target).all():
                 raise ValueError("RSSMWorldModel.elbo: probe targets (state) contain NaN or inf")
-            est = self.probe_head(feats.detach() if c.probe_detach else feats)
-            probe = 0.5 * (((est - target) / c.probe_std) ** 2).sum(-1).mean()
-            loss = loss + probe
-            probe = probe.detach()
+        enc_in, eps = self.elbo_noise(obs, generator)
+        target = preprocess_image(obs.flatten(0, 1), c.image_bits) if c.is_image else obs.flatten(0, 1).float()
+        loss, recon, rew, kl, deters, stochs, probe = (core or self.elbo_core)(
+            enc_in, target, action, reward, is_first, eps, probe_target)
+        post = LatentState(deters, stochs)
+        probe = probe.detach() if self.probe_head is not None else None
         return ELBOTerms(loss, recon.detach(), rew.detach(), kl.detach(), post.detach(), probe)
