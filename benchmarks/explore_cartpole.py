@@ -24,7 +24,21 @@ Parts:
    `--eval-episodes` fixed-seed episodes each, env return; and (c) the cart-at-target reward
    (`rewards_cartpole.goal_reward`) for each of `--targets`, one episode each: the goal reward
    summed over the episode on the true states, and over the last 63 decisions |x - target| and
-   the share with the pole up (cos > 0.9).
+   the share with the pole up (cos > 0.9). `--rewards` runs a subset of (a), (b), (c).
+
+3. `diagnose`: why the explored model plans worse for the swing-up. (a) The share of each run's
+   first `--episodes` episodes' observations in the states the swing-up task ends in: pole up
+   (cos > 0.9), up and slow (also |angle vel| < 2 rad/s), balanced (cos > 0.95, |angle vel| < 1,
+   |x vel| < 1, |x| < 0.5). (b) Each model's open-loop error on held-out episodes: episode
+   `--episodes` of either run (collected after the last update of a model taken at that
+   episode, so neither model trained on it); from every belief along it (posterior means),
+   `--horizon` prior-mean steps with the recorded actions, decoded: the error of the known
+   swing-up reward per decision, of its sum over the horizon (what CEM ranks candidates by),
+   and of the decoded (x, cos, angle vel), split by whether the start state's pole is up.
+
+4. `summary --tags T1 T2 ...`: the ratio explored / task-trained of the known swing-up return
+   for each tag (one training seed each) and over them: the mean of the ratios and the ratio of
+   the means, with the per-episode returns; the goal metrics side by side.
 
 Each part writes `benchmarks/results/explore_cartpole_<part>[_<which>]<tag>.json`; `--part table`
 merges them into the markdown tables printed (and `explore_cartpole<tag>.json`).
@@ -137,16 +151,94 @@ def part_zeroshot(args) -> dict:
     seeds = [args.seed * 1_000_003 + 30_000_000 + i for i in range(args.eval_episodes)]
     out: dict = {"checkpoint": str(run_dir)}
     for label, rewards in (("swingup_known", [swingup_reward]), ("learned_head", None)):
+        if label.split("_")[-1] not in args.rewards:
+            continue
         t0 = time.perf_counter()
         rets = [run(model, env, rewards=rewards, context=None, seed=s)[1].ret for s in seeds]
         out[label] = {"returns": rets, "mean": float(np.mean(rets)), "wall_s": time.perf_counter() - t0}
         print(f"  {args.which} {label}: {np.round(rets, 1)}", flush=True)
     goals = []
-    for i, t in enumerate(args.targets):
+    for i, t in enumerate(args.targets if "goal" in args.rewards else []):
         ep, st = run(model, env, rewards=[goal_reward], context={"target_x": t}, seed=seeds[0] + 100 + i)
         goals.append({"target_x": t, "goal_return": goal_return(ep, t), "env_return": st.ret, **tail_metrics(ep, t)})
         print(f"  {args.which} goal {t:+.2f}: {goals[-1]}", flush=True)
-    out["goal"] = goals
+    if goals:
+        out["goal"] = goals
+    return out
+
+
+def state_shares(pts: np.ndarray) -> dict:
+    """Shares of `[N, 4]` (x, angle, x vel, angle vel) states in the swing-up task's end states."""
+    x, ang, xv, av = pts.T
+    cos = np.cos(ang)
+    return {"pole up (cos > 0.9)": float((cos > 0.9).mean()),
+            "up and slow (|angle vel| < 2)": float(((cos > 0.9) & (np.abs(av) < 2)).mean()),
+            "balanced (cos > 0.95, |angle vel| < 1, |x vel| < 1, |x| < 0.5)":
+                float(((cos > 0.95) & (np.abs(av) < 1) & (np.abs(xv) < 1) & (np.abs(x) < 0.5)).mean())}
+
+
+@torch.no_grad()
+def open_loop_errors(model, episode: dict, horizon: int) -> dict:
+    """Open-loop prediction errors of `model` along one stored episode (see `diagnose`).
+
+    Beliefs are posterior means filtered along the episode; from each belief at t (t + horizon
+    within the episode) the prior mean is rolled `horizon` steps with the recorded actions
+    `action[t+1 .. t+horizon]` and decoded. Errors against the true observations `obs[t+k]`:
+    per-decision known swing-up reward (8 x the step formula, as planned with), its sum over
+    the horizon, and the decoded cart x, pole cos, pole angular velocity; split by the start
+    state's pole (cos > 0.9 or not). Returns means of absolute errors per group.
+    """
+    obs = torch.as_tensor(episode["obs"], dtype=torch.float32)
+    act = torch.as_tensor(episode["action"], dtype=torch.float32)
+    first = torch.as_tensor(episode["is_first"]).bool()
+    state = model.initial(1)
+    beliefs = []
+    for t in range(len(obs)):
+        state = model.observe(state, act[t:t + 1], obs[t:t + 1], first[t:t + 1], sample=False)
+        beliefs.append(state)
+    starts = list(range(len(obs) - horizon))
+    state = type(state)(torch.cat([beliefs[t].deter for t in starts]), torch.cat([beliefs[t].stoch for t in starts]))
+    idx = torch.tensor(starts)
+    r_pred, r_true, s_err = [], [], []
+    for k in range(1, horizon + 1):
+        a = act[idx + k]
+        state = model.imagine_step(state, a, sample=False)
+        dec = model.decode(state)
+        true = obs[idx + k]
+        named_true = {"cart_x": true[:, 0], "pole_cos": true[:, 1], "pole_angvel": true[:, 4]}
+        named_pred = {n: dec[n].reshape(-1) for n in named_true}
+        r_pred.append(swingup_reward(named_pred, a, {}))  # the reward planned with, on the decoded state
+        r_true.append(swingup_reward(named_true, a, {}))
+        s_err.append(torch.stack([(named_pred[n] - named_true[n]).abs() for n in named_true], -1))
+    r_pred, r_true, s_err = torch.stack(r_pred, 1), torch.stack(r_true, 1), torch.stack(s_err, 1)  # [N, H(, 3)]
+    up = obs[idx, 1] > 0.9
+    out = {}
+    for group, mask in (("all", torch.ones_like(up)), ("start pole up", up), ("start pole down", ~up)):
+        if not mask.any():
+            continue
+        out[group] = {
+            "starts": int(mask.sum()),
+            "reward_abs_err_per_decision": float((r_pred - r_true)[mask].abs().mean()),
+            "horizon_return_abs_err": float((r_pred - r_true)[mask].sum(1).abs().mean()),
+            "horizon_return_true": float(r_true[mask].sum(1).mean()),
+            "x_abs_err": float(s_err[mask][..., 0].mean()),
+            "cos_abs_err": float(s_err[mask][..., 1].mean()),
+            "angle_vel_abs_err": float(s_err[mask][..., 2].mean()),
+        }
+    return out
+
+
+def part_diagnose(args) -> dict:
+    runs = {"explore": args.explore_run, "task": args.task_run}
+    out: dict = {"state_shares": {}, "open_loop": {}, "horizon": args.horizon}
+    for w, run_dir in runs.items():
+        out["state_shares"][w] = state_shares(states_of(stored_episodes(run_dir, args.episodes)))
+    out["state_shares"]["random"] = state_shares(states_of(random_episodes(args.episodes, args.seed)))
+    tests = {f"{w} run, episode {args.episodes}": stored_episodes(run_dir, args.episodes)[-1] for w, run_dir in runs.items()}
+    for w, run_dir in runs.items():
+        model, _, _ = lp.load_checkpoint(getattr(args, f"{w}_checkpoint") or run_dir)
+        model.eval()
+        out["open_loop"][f"{w} model"] = {name: open_loop_errors(model, ep, args.horizon) for name, ep in tests.items()}
     return out
 
 
@@ -175,6 +267,39 @@ def part_table(args) -> dict:
     return {"coverage": cov, "zeroshot": zs, "ratio_known_swingup": ratio}
 
 
+def part_summary(args) -> dict:
+    rows = []
+    print("| tag | explored, known swing-up | task-trained, known swing-up | ratio | explored, learned head | "
+          "task-trained, learned head | goal return explored / task | mean abs(x - target) explored / task |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tag in args.tags:
+        z = {w: json.loads((RESULTS / f"explore_cartpole_zeroshot_{w}{tag}.json").read_text())["results"]
+             for w in ("explore", "task")}
+        row = {"tag": tag}
+        for w in ("explore", "task"):
+            row[w] = {"known": z[w]["swingup_known"]["returns"], "learned": z[w]["learned_head"]["returns"],
+                      "goal_return": float(np.mean([g["goal_return"] for g in z[w]["goal"]])),
+                      "mean_abs_x_error": float(np.mean([g["mean_abs_x_error"] for g in z[w]["goal"]])),
+                      "frac_cos_gt_0.9": float(np.mean([g["frac_cos_gt_0.9"] for g in z[w]["goal"]]))}
+        row["ratio"] = float(np.mean(row["explore"]["known"]) / np.mean(row["task"]["known"]))
+        rows.append(row)
+        e, t = row["explore"], row["task"]
+        print(f"| {tag} | {np.mean(e['known']):.1f} {np.round(e['known'], 1).tolist()} | "
+              f"{np.mean(t['known']):.1f} {np.round(t['known'], 1).tolist()} | {100 * row['ratio']:.1f} % | "
+              f"{np.mean(e['learned']):.1f} | {np.mean(t['learned']):.1f} | {e['goal_return']:.1f} / {t['goal_return']:.1f} | "
+              f"{e['mean_abs_x_error']:.3f} / {t['mean_abs_x_error']:.3f} |")
+    ratios = [r["ratio"] for r in rows]
+    pooled = {w: float(np.mean([x for r in rows for x in r[w]["known"]])) for w in ("explore", "task")}
+    out = {"rows": rows, "mean_ratio": float(np.mean(ratios)), "min_ratio": float(np.min(ratios)),
+           "max_ratio": float(np.max(ratios)), "pooled_means": pooled,
+           "ratio_of_pooled_means": pooled["explore"] / pooled["task"],
+           "goal_return_mean": {w: float(np.mean([r[w]["goal_return"] for r in rows])) for w in ("explore", "task")}}
+    print(f"\nratio explored / task-trained, known swing-up: per tag {np.round(100 * np.array(ratios), 1).tolist()} %, "
+          f"mean {100 * out['mean_ratio']:.1f} %; of the pooled means {pooled['explore']:.1f} / {pooled['task']:.1f} "
+          f"= {100 * out['ratio_of_pooled_means']:.1f} % (bar: >= 90 %)")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task-run", default="runs/task")
@@ -184,18 +309,22 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=30, help="training episodes compared (equal env steps)")
     p.add_argument("--eval-episodes", type=int, default=3)
     p.add_argument("--targets", type=float, nargs="+", default=[1.0, -1.0])
+    p.add_argument("--rewards", nargs="+", choices=("known", "head", "goal"), default=["known", "head", "goal"],
+                   help="zeroshot: which of the three to run (known swing-up reward, learned head, goals)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--part", choices=("coverage", "zeroshot", "table"), required=True)
+    p.add_argument("--part", choices=("coverage", "zeroshot", "diagnose", "table", "summary"), required=True)
+    p.add_argument("--tags", nargs="+", default=[], help="summary: the tags (one per training seed) to merge")
+    p.add_argument("--horizon", type=int, default=12, help="diagnose: open-loop steps (the demo CEM's H)")
     p.add_argument("--which", choices=("explore", "task"), default="explore")
     p.add_argument("--figure", default="docs/img/explore_coverage.png")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _20ep)")
     args = p.parse_args()
     t0 = time.perf_counter()
-    if args.part == "table":
-        data = part_table(args)
-        name = f"explore_cartpole{args.tag}.json"
+    if args.part in ("table", "summary"):
+        data = part_table(args) if args.part == "table" else part_summary(args)
+        name = f"explore_cartpole{'_summary' if args.part == 'summary' else ''}{args.tag}.json"
     else:
-        data = {"results": part_coverage(args) if args.part == "coverage" else part_zeroshot(args)}
+        data = {"results": {"coverage": part_coverage, "zeroshot": part_zeroshot, "diagnose": part_diagnose}[args.part](args)}
         name = f"explore_cartpole_{args.part}" + (f"_{args.which}" if args.part == "zeroshot" else "") + f"{args.tag}.json"
         print(json.dumps(data["results"], indent=1)[:3000])
     data["meta"] = {"args": vars(args), "threads": torch.get_num_threads(), "loadavg_1min": os.getloadavg()[0],
