@@ -114,7 +114,7 @@ class CMAES:
     half-range · x). Bounds: a candidate is evaluated at its projection into the box (clip) and the
     mean is projected after each update; the candidate's unprojected step drives the adaptation, so
     the box never biases C. Each iteration also evaluates the current mean (one more row), which
-    gives the plan's value. Non-finite returns rank last (`rank_returns`) and are counted.
+    counts for `return_best`; the returned mean is evaluated once more for the plan's value. Non-finite returns rank last (`rank_returns`) and are counted.
 
     `plan(objective, state [B], warm_start=None, generator=None, deadline=None) -> Plan`:
     `actions [B, H, A]` the final mean (or, with `return_best`, the best sequence evaluated),
@@ -181,7 +181,6 @@ class CMAES:
         nonfinite = torch.zeros((), dtype=torch.long, device=dev)
         best_ret = torch.full((b,), float("-inf"), device=dev, dtype=dt)
         best_x = mean.clone()
-        value = best_ret.clone()
         iterations, stopped = 0, "budget"
         while True:
             z = torch.randn((b, lam, d), generator=generator, device=dev, dtype=torch.float32).to(dt)
@@ -192,7 +191,6 @@ class CMAES:
             ret, nf = rank_returns(objective.returns(starts, actions, generator=generator).reshape(b, rows).to(dt))
             nonfinite = nonfinite + nf
             iterations += 1
-            value = ret[:, -1]
             top_ret, top = ret.max(dim=1)
             better = top_ret > best_ret
             best_ret = torch.where(better, top_ret, best_ret)
@@ -237,8 +235,7 @@ class CMAES:
             out, value = best_x, best_ret
         else:
             out = mean
-            # the updated mean has not been evaluated: its value is the last evaluated mean's unless
-            # evaluated once more (one more row of H transitions)
+            # the final mean has not been evaluated yet: one more row of H transitions gives its value
             value, nf = rank_returns(objective.returns(state, (centre + half * mean).reshape(b, h, a),
                                                        generator=generator).to(dt))
             nonfinite = nonfinite + nf
