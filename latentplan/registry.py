@@ -311,27 +311,42 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool, max_candidates: i
 
 
 def gradient_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
-    """Registry factory of `GradientPlanner` (R = 10 restarts, Adam, tanh squashing, warm start).
+    """Registry factory of `GradientPlanner` (R = 10 restarts, warm start; L-BFGS with tanh squashing
+    unless `optimizer` is overridden).
 
-    Evaluation budget: iterations = (evals // (H R) - 1) // (1 + VJP_EVALS) (the planner spends
-    H R (iterations (1 + VJP_EVALS) + 1), a backward pass counted as VJP_EVALS = 2 forward passes).
-    Time budget: 100,000 iterations, stopped by the deadline.
+    Evaluation budget: L-BFGS gets `max_evals` = the budget (it stops earlier when converged, so the
+    budget is an upper bound and `expected_evals` is None); a first-order optimizer gets
+    iterations = (evals // (H R) - 1) // (1 + VJP_EVALS), spent exactly (H R (iterations
+    (1 + VJP_EVALS) + 1), a backward pass counted as VJP_EVALS = 2 forward passes). Time budget:
+    100,000 iterations and no evaluation budget, stopped by the deadline (or, L-BFGS, by
+    convergence).
+
+    Raises:
+        ValueError: `iterations` or `max_evals` overridden together with an evaluation budget, or a
+            budget too small for one step of the R restarts.
     """
     base = {"horizon": horizon, "iterations": 50, "restarts": 10, **overrides}
+    lbfgs = str(base.get("optimizer", "lbfgs")).lower() == "lbfgs"
     if budget.evals is not None:
-        if "iterations" in overrides:
-            raise ValueError("iterations is set by the evaluation budget; override restarts instead")
+        if "iterations" in overrides or "max_evals" in overrides:
+            raise ValueError("iterations and max_evals are set by the evaluation budget; override restarts instead")
         per = base["horizon"] * base["restarts"]
         iters = (int(budget.evals) // per - 1) // (1 + VJP_EVALS)
-        if iters < 1:
+        least = (1 + VJP_EVALS) * per if lbfgs else (2 + VJP_EVALS) * per
+        if int(budget.evals) < least:
             raise ValueError(f"a budget of {budget.evals} model evaluations is too small for the gradient "
-                             f"planner with H={base['horizon']}, R={base['restarts']} "
-                             f"(needs at least {(2 + VJP_EVALS) * per})")
-        base["iterations"] = iters
-    elif budget.ms is not None and "iterations" not in overrides:
-        base["iterations"] = _ANYTIME_ITERATIONS
+                             f"planner with H={base['horizon']}, R={base['restarts']} (needs at least {least})")
+        if lbfgs:
+            base["iterations"], base["max_evals"] = _ANYTIME_ITERATIONS, int(budget.evals)
+        else:
+            base["iterations"], base["max_evals"] = iters, None
+    elif budget.ms is not None:
+        if "iterations" not in overrides:
+            base["iterations"] = _ANYTIME_ITERATIONS
+        base.setdefault("max_evals", None)  # the deadline decides
     cfg = GradientConfig(**base)
-    return PlannerBuild(GradientPlanner(cfg), True, budget.ms, cfg.model_evals if budget.ms is None else None, repr(cfg))
+    expected = cfg.model_evals if budget.ms is None and not cfg.lbfgs else None
+    return PlannerBuild(GradientPlanner(cfg), True, budget.ms, expected, repr(cfg))
 
 
 def ilqr_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:

@@ -165,6 +165,9 @@ class Ascent:
         grad_first: mean over rows of |dJ/da_0| at the first step, 0-dim.
         grad_last: mean over rows of |dJ/da_{H-1}| at the first step, 0-dim.
         grad_end: mean over rows of |dJ/da_{0:H}| at the last step, 0-dim.
+        stopped: why the search ended, when the optimiser decides it (`planners.lbfgs`:
+            `"converged"`, `"budget"`, `"deadline"` or `"iterations"`); `None` from `ascend`, whose
+            step count is fixed before it starts.
     """
 
     actions: Tensor
@@ -176,6 +179,7 @@ class Ascent:
     grad_first: Tensor
     grad_last: Tensor
     grad_end: Tensor
+    stopped: str | None = None
 
 
 def ascent_evals(rows: int, horizon: int, steps: int) -> int:

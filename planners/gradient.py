@@ -22,8 +22,10 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_choice, check_int, check_positive
-from .ascent import Ascent, AscentConfig, ascend, ascent_evals, optimizer_class, project, require_differentiable
+from .validate import check_choice, check_int, check_positive, check_range
+from .ascent import (VJP_EVALS, Ascent, AscentConfig, ascend, ascent_evals, optimizer_class, project,
+                     require_differentiable)
+from .lbfgs import lbfgs_ascend
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
 from .objective import Objective
@@ -41,18 +43,27 @@ class GradientConfig:
 
     Attributes:
         horizon: H, planning steps per sequence (PlaNet's planners use 12).
-        iterations: optimizer steps per plan call (each is one forward and one backward pass
-            through the model over `B * restarts` sequences).
+        iterations: the most optimizer iterations per plan call (a cap: the budget `max_evals`,
+            the convergence stop `tol` and the deadline may end the search earlier). A first-order
+            step is one forward and one backward pass through the model over `B * restarts`
+            sequences; an L-BFGS iteration is one such pass per line-search trial (usually one).
         restarts: R, sequences optimised side by side per environment (in one batch of
             `B * R` rows); the best one is returned. Restart 0 starts from `init`, the others
             from random sequences (see `init`).
-        lr: learning rate of the optimizer, in units of the optimised variable (action units
-            for `squash="clip"`, pre-tanh units for `squash="tanh"`).
-        optimizer: name of a `torch.optim` class, case-insensitive (`"adam"`, `"sgd"`,
-            `"rmsprop"`, `"adamw"`, ...; not LBFGS or SparseAdam). Built with `lr` only.
+        lr: the step size. `None` (default): 1.0 for `"lbfgs"` (the first trial step of the first
+            iteration, scaled by `min(1, 1 / |g|_1)`; later iterations try the quasi-Newton step
+            of length 1), 0.1 for the first-order optimizers, whose learning rate it is, in units
+            of the optimised variable (action units for `squash="clip"`, pre-tanh units for
+            `squash="tanh"`).
+        optimizer: `"lbfgs"` (default): batched limited-memory BFGS with a backtracking line
+            search (`planners.lbfgs`; Liu & Nocedal 1989), which learns the return's curvature
+            and converges on ill-conditioned problems where first-order steps crawl; it needs
+            `squash="tanh"` and runs eagerly (no capture). Otherwise the name of a `torch.optim`
+            class, case-insensitive (`"adam"`, `"sgd"`, `"rmsprop"`, `"adamw"`, ...; not
+            torch's LBFGS or SparseAdam), built with `lr` only.
         squash: how actions stay in bounds. `"tanh"`: optimise an unbounded u and use
             `action = low + (high - low) * (tanh(u) + 1) / 2`; `"clip"`: optimise the actions
-            and project them onto `[low, high]` after every step.
+            and project them onto `[low, high]` after every step (first-order optimizers only).
         init: start of restart 0. `"zeros"`: the zero action (clipped into the bounds; a
             passed warm start is ignored); `"warm_start"`: the `warm_start` plan's actions
             (e.g. `previous_plan.shift()`) when one is passed, else zeros; `"random"`: random
@@ -63,53 +74,112 @@ class GradientConfig:
             central 90 % of the action box (so tanh is not saturated), drawn from `generator`.
         grad_clip: if set, each sequence's gradient (w.r.t. the optimised variable, over all
             `H * A` entries) is rescaled to at most this norm before the step. Per sequence, so
-            environments in a batch never influence each other. `None`: no clipping.
+            environments in a batch never influence each other. `None`: no clipping. First-order
+            optimizers only.
         use_mean: roll out with the prior means of the model's stochastic latents instead of
             reparameterised samples (`imagine_step(..., sample=False)`). Models without a
-            stochastic part are unaffected.
+            stochastic part are unaffected. (L-BFGS otherwise fixes one sample path per plan
+            call: common random numbers.)
+        max_evals: the budget, in model evaluations per decision and environment with a
+            backward pass counted as `VJP_EVALS` = 2 forward transitions (default 120,000,
+            PlaNet's CEM budget); no step or evaluation starts that would pass it (the first
+            always runs). `None`: no budget.
+        tol: L-BFGS's convergence stop: a sequence stops when an iteration changes its return
+            by at most `tol * max(1, |return|)` (or its line search fails twice running); the
+            search ends when every sequence has stopped. 0: off. Ignored by the first-order
+            optimizers.
+        history: m, the curvature pairs L-BFGS keeps per sequence.
         compile: how a plan call runs (`planners.capture`): `"eager"`, the plain loop (anytime:
-            the deadline is checked after every step); `"cuda_graph"`, all `iterations` steps
+            the deadline is checked after every step); `"cuda_graph"`, all planned steps
             (forward, backward, optimiser) captured once in a CUDA graph and replayed, the
             optimiser built with `capturable=True`; `"torch_compile"`; `"static"`, the
             capture-ready loop without capture (for tests); `"auto"` (default): `"cuda_graph"`
-            on a CUDA device, else `"eager"`.
+            on a CUDA device for the first-order optimizers, else `"eager"`. L-BFGS (its line
+            search decides how many passes run) is eager only.
 
     Raises:
-        ValueError: on a non-positive count or rate, an unknown `squash`/`init`, or an
-            optimizer name that is not a usable `torch.optim` class.
+        ValueError: on a non-positive count or rate, an unknown `squash`/`init`, an optimizer
+            name that is neither `"lbfgs"` nor a usable `torch.optim` class, or `"lbfgs"` with
+            `squash="clip"`, `grad_clip` or a captured `compile` mode.
+
+    Source: the defaults (L-BFGS, 8 restarts, 120,000 evaluations) were chosen on the LQ family
+    of `latentplan.families` (docs/planners.md, "The gradient planner's optimiser").
     """
 
     horizon: int = 12
-    iterations: int = 50
+    iterations: int = 1000
     restarts: int = 8
-    lr: float = 0.1
-    optimizer: str = "adam"
+    lr: float | None = None
+    optimizer: str = "lbfgs"
     squash: Literal["tanh", "clip"] = "tanh"
     init: Literal["zeros", "warm_start", "random", "policy"] = "warm_start"
     grad_clip: float | None = None
     use_mean: bool = False
+    max_evals: int | None = 120_000
+    tol: float = 1e-9
+    history: int = 20
     compile: Literal["auto", "eager", "static", "cuda_graph", "torch_compile"] = "auto"
 
     def __post_init__(self) -> None:
-        check_int(self, "horizon", "iterations", "restarts", minimum=1)
-        check_positive(self, "lr")
+        check_int(self, "horizon", "iterations", "restarts", "history", minimum=1)
+        check_int(self, "max_evals", minimum=1, optional=True)
+        check_positive(self, "lr", optional=True)
         check_positive(self, "grad_clip", optional=True)
+        check_range(self, "tol", 0.0, math.inf)
         check_choice(self, "squash", ("tanh", "clip"))
         check_choice(self, "init", ("zeros", "warm_start", "random", "policy"))
-        optimizer_class(self.optimizer, "GradientConfig.optimizer")
         check_choice(self, "compile", ("auto", "eager", "static", "cuda_graph", "torch_compile"))
+        if self.lbfgs:
+            wrong = [f"{k}={v!r}" for k, v, ok in (
+                ("squash", self.squash, self.squash == "tanh"), ("grad_clip", self.grad_clip, self.grad_clip is None),
+                ("compile", self.compile, self.compile in ("auto", "eager"))) if not ok]
+            if wrong:
+                raise ValueError(
+                    f"GradientConfig: optimizer='lbfgs' needs squash='tanh', no grad_clip and compile 'auto' or "
+                    f"'eager' (its line search decides how many passes run); got {', '.join(wrong)}. "
+                    "Use a first-order optimizer (e.g. optimizer='adam') for these"
+                )
+        else:
+            optimizer_class(self.optimizer, "GradientConfig.optimizer")
+
+    @property
+    def lbfgs(self) -> bool:
+        """Whether the optimiser is the batched L-BFGS (`planners.lbfgs`)."""
+        return self.optimizer.lower() == "lbfgs"
+
+    @property
+    def step_size(self) -> float:
+        """`lr`, or its default for the optimiser (1.0 for L-BFGS, 0.1 otherwise)."""
+        return self.lr if self.lr is not None else (1.0 if self.lbfgs else 0.1)
+
+    @property
+    def planned_iterations(self) -> int:
+        """First-order optimizers: the steps a plan call runs without a deadline, `iterations`
+        cut to the budget (`(max_evals // (H R) - 1) // (1 + VJP_EVALS)`, at least 1). L-BFGS:
+        `iterations` (a cap; its stops decide)."""
+        if self.lbfgs or self.max_evals is None:
+            return self.iterations
+        fit = (self.max_evals // (self.horizon * self.restarts) - 1) // (1 + VJP_EVALS)
+        return max(1, min(self.iterations, fit))
 
     @property
     def ascent(self) -> AscentConfig:
-        """The settings of this planner's gradient ascent (`planners.ascent.ascend`)."""
-        return AscentConfig(self.iterations, self.lr, self.optimizer, self.squash, self.grad_clip)
+        """The settings of this planner's first-order gradient ascent (`planners.ascent.ascend`),
+        `planned_iterations` steps. Raises ValueError for `optimizer="lbfgs"`."""
+        if self.lbfgs:
+            raise ValueError("GradientConfig.ascent: optimizer='lbfgs' does not run planners.ascent.ascend")
+        return AscentConfig(self.planned_iterations, self.step_size, self.optimizer, self.squash, self.grad_clip)
 
     @property
-    def model_evals(self) -> int:
-        """Model evaluations per decision and environment, backward passes included:
-        `H * R * (iterations * (1 + VJP_EVALS) + 1)` (`planners.ascent.ascent_evals`; a backward pass
-        through the model counts as `VJP_EVALS` = 2 forward transitions)."""
-        return ascent_evals(self.restarts, self.horizon, self.iterations)
+    def model_evals(self) -> int | None:
+        """Model evaluations per decision and environment, backward passes included. First-order
+        optimizers: exactly `H * R * (planned_iterations * (1 + VJP_EVALS) + 1)`
+        (`planners.ascent.ascent_evals`; a backward pass counts as `VJP_EVALS` = 2 forward
+        transitions). L-BFGS: at most `max_evals` (it stops when converged; `None` without a
+        budget)."""
+        if self.lbfgs:
+            return self.max_evals
+        return ascent_evals(self.restarts, self.horizon, self.planned_iterations)
 
 
 class GradientPlanner:
@@ -194,7 +264,8 @@ class GradientPlanner:
                 f"GradientPlanner.plan: warm_start.actions must be [B={b}, H={h}, A={a}]; "
                 f"got {tuple(warm_start.actions.shape)}"
             )
-        mode = resolve_compile(c.compile, dev, planner="GradientPlanner", not_capturable=self._cache.failed)
+        not_capturable = "optimizer='lbfgs' (its line search decides the passes)" if c.lbfgs else self._cache.failed
+        mode = resolve_compile(c.compile, dev, planner="GradientPlanner", not_capturable=not_capturable)
         original = objective
         if c.use_mean:
             objective = objective.with_prior_means(state)
@@ -202,7 +273,7 @@ class GradientPlanner:
         state = LatentState(state.deter.detach().clone(), state.stoch.detach().clone())
 
         mid, half = (low + high) / 2, (high - low) / 2
-        u = torch.rand(b, r, h, a, generator=generator, device=dev)
+        u = torch.rand(b, r, h, a, generator=generator, device=dev).to(low.dtype)  # the model's dtype (float64 plans in float64)
         init = mid + 0.9 * half * (2 * u - 1)  # [B, R, H, A]
         proposal_evals = 0
         if c.init == "policy":
@@ -224,7 +295,12 @@ class GradientPlanner:
                 out = self._captured(mode, original, objective, state, init.reshape(b * r, h, a), generator)
             except Exception as e:
                 mode = self._cache.fall_back("GradientPlanner", c.compile, e)  # re-raises unless "auto"
-        if mode == "eager":
+        if mode == "eager" and c.lbfgs:
+            out = lbfgs_ascend(objective, state.expand(r), init.reshape(b * r, h, a), iterations=c.iterations,
+                               lr=c.step_size, history=c.history, tol=c.tol,
+                               max_evals=None if c.max_evals is None else c.max_evals * b, low=low, high=high,
+                               generator=generator, deadline=deadline)
+        elif mode == "eager":
             out = ascend(objective, state.expand(r), init.reshape(b * r, h, a), **vars(c.ascent), low=low, high=high,
                          generator=generator, deadline=deadline)
 
@@ -242,6 +318,8 @@ class GradientPlanner:
             "grad_norm_end": float(out.grad_end),
             "vanishing": g_first < _VANISHING,
             "exploding": (not math.isfinite(g_first)) or g_first > _EXPLODING,
+            "stopped": out.stopped or ("deadline" if out.steps < c.planned_iterations else
+                                       "budget" if c.planned_iterations < c.iterations else "iterations"),
             "plan_ms": (time.perf_counter() - t0) * 1e3,
             "compile": mode,
         }
@@ -284,6 +362,6 @@ class GradientPlanner:
                             planner="GradientPlanner", atol=1e-3)
         n, h = init.shape[:2]
         return Ascent(
-            o["actions"], o["returns"], c.iterations, ascent_evals(n, h, c.iterations), o["nonfinite"],
+            o["actions"], o["returns"], c.planned_iterations, ascent_evals(n, h, c.planned_iterations), o["nonfinite"],
             o["nonfinite_grads"], o["grad_first"], o["grad_last"], o["grad_end"],
         )

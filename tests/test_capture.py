@@ -79,7 +79,7 @@ def test_static_cem_with_a_fused_model_matches_within_float_tolerance():
 
 
 @pytest.mark.parametrize(
-    "options", [dict(), dict(use_mean=True, squash="clip", grad_clip=1.0, optimizer="sgd")], ids=["adam-tanh", "sgd-clip-mean"]
+    "options", [dict(optimizer="adam"), dict(use_mean=True, squash="clip", grad_clip=1.0, optimizer="sgd")], ids=["adam-tanh", "sgd-clip-mean"]
 )
 def test_static_gradient_planner_gives_the_eager_plan(options):
     model = _model()
@@ -274,7 +274,7 @@ def test_cuda_graph_replay_does_not_sync():
 def test_cuda_graph_gradient_planner_replays_the_eager_plan():
     model = _model().cuda()
     state = _state(device="cuda")
-    base = dict(horizon=5, iterations=6, restarts=4)
+    base = dict(horizon=5, iterations=6, restarts=4, optimizer="adam")
     pe = lp.GradientPlanner(compile="eager", **base).plan(
         lp.Objective(model), state, generator=torch.Generator(device="cuda").manual_seed(3))
     pg = lp.GradientPlanner(compile="cuda_graph", **base).plan(
@@ -346,7 +346,7 @@ def test_a_capture_that_does_not_reproduce_the_eager_plan_is_refused(monkeypatch
     cem = lp.CEM(compile="static", horizon=3, iterations=2, candidates=10, elites=2)
     with pytest.raises(CaptureMismatch, match="'mean' differs by up to 0.01"):
         cem.plan(lp.Objective(_model()), _state(), generator=torch.Generator().manual_seed(0))
-    grad = lp.GradientPlanner(compile="static", horizon=3, iterations=2, restarts=2)
+    grad = lp.GradientPlanner(optimizer="adam", compile="static", horizon=3, iterations=2, restarts=2)
     with pytest.raises(CaptureMismatch, match="GradientPlanner"):
         grad.plan(lp.Objective(_model()), _state(), generator=torch.Generator().manual_seed(0))
 

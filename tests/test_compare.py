@@ -61,6 +61,12 @@ def test_evaluation_budgets_are_met_by_every_planner_as_measured():
         if r["planner"] == "cem_gd":
             assert 0.9 * r["expected_evals"] <= r["model_evals_per_decision"] < r["expected_evals"], r
             assert r["evals_match"] is False
+        elif r["planner"] == "gradient":
+            # L-BFGS stops when converged or before an evaluation (forward + backward over the R = 10
+            # restarts: 3 * 4 * 10) would pass the budget: the budget is an upper bound, nothing is expected
+            assert r["expected_evals"] is None and r["evals_match"] is None
+            assert r["model_evals_per_decision"] <= 600 and r["model_evals_per_decision"] % (3 * 4 * 10) == 0, r
+            continue
         else:
             assert r["model_evals_per_decision"] == r["expected_evals"], r
             assert r["evals_match"] is True
@@ -69,8 +75,11 @@ def test_evaluation_budgets_are_met_by_every_planner_as_measured():
         assert 600 - step < r["expected_evals"] <= 600
     by = {r["planner"]: r for r in res.rows}
     assert by["cem"]["expected_evals"] == 600 and "candidates=30" in by["cem"]["description"]  # 4 * 5 * 30
-    # a backward pass counts as 2 forward: 4 * 10 * (4 * 3 + 1)
-    assert by["gradient"]["expected_evals"] == 520 and "iterations=4" in by["gradient"]["description"]
+    assert "max_evals=600" in by["gradient"]["description"]
+    # a first-order optimizer spends the budget exactly; a backward pass counts as 2 forward: 4 * 10 * (4 * 3 + 1)
+    adam = compare(point_model(), ["gradient:optimizer=adam"], episodes=1, budgets=[Budget(evals=600)], horizon=4,
+                   env=point_env, progress=False).rows[0]
+    assert adam["expected_evals"] == adam["model_evals_per_decision"] == 520 and "iterations=4" in adam["description"]
 
 
 def test_every_planner_sees_the_same_seeds_and_the_interval_is_scipys():

@@ -143,7 +143,7 @@ def test_a_soft_continuation_is_differentiable_and_the_gradient_planner_finds_th
     (g,) = torch.autograd.grad(obj.returns(_start(model), u).sum(), u)
     s = 1 / (1 + math.exp(-0.3))
     torch.testing.assert_close(g[0, :, 0], torch.tensor([1 + s + s * (1 - s) * (0.3 - 0.4), s], dtype=torch.float64))
-    plan = GradientPlanner(horizon=2, iterations=60, restarts=2, lr=0.1, squash="clip").plan(
+    plan = GradientPlanner(optimizer="adam", horizon=2, iterations=60, restarts=2, lr=0.1, squash="clip").plan(
         obj, _start(model), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(plan.actions[0, :, 0], torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-3)
     assert plan.value.item() == pytest.approx(1 + 2 / (1 + math.exp(-1)), abs=1e-3)

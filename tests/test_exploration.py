@@ -91,7 +91,7 @@ def test_disagreement_term_exact_returns_and_composition():
 @pytest.mark.parametrize("make", [
     lambda: CEM(CEMConfig(horizon=3, iterations=4, candidates=64, elites=8)),
     lambda: MPPI(MPPIConfig(horizon=3, iterations=4, samples=64)),
-    lambda: GradientPlanner(GradientConfig(horizon=3, iterations=30, restarts=4, lr=0.3)),
+    lambda: GradientPlanner(GradientConfig(optimizer="adam", horizon=3, iterations=30, restarts=4, lr=0.3)),
 ], ids=["cem", "mppi", "gradient"])
 def test_planners_maximise_disagreement(make):
     """Disagreement (u + 1)^2 / 4 is largest at u = 1 (1 per step): every planner finds it."""

@@ -176,7 +176,7 @@ def test_gradient_planner_reaches_lq_optimum_within_one_percent(squash, steps, l
     steps at twice the rate: <= 1.01); model_evals = B * R * H * (3 steps + 1): every step a forward
     and a backward pass, the backward counted as VJP_EVALS = 2 forward passes."""
     mats, model, state, obj = _lq_setup()
-    planner = GradientPlanner(GradientConfig(horizon=12, iterations=steps, restarts=4, lr=lr, squash=squash))
+    planner = GradientPlanner(GradientConfig(optimizer="adam", horizon=12, iterations=steps, restarts=4, lr=lr, squash=squash))
     plan = planner.plan(obj, state, generator=_gen(0))
     excess = _excess(mats, plan)
     assert max(excess) < excess_max, excess
@@ -239,7 +239,7 @@ def test_gradient_planner_actions_stay_within_bounds(squash):
 
     model = AnalyticModel(lambda x, u: u, lambda x: -((x - target) ** 2).sum(-1), 2, low, high)
     obj = Objective(model, rewards=[lambda s, a: model.reward(s), spy])
-    planner = GradientPlanner(GradientConfig(horizon=4, iterations=40, restarts=5, lr=1.0, squash=squash, init="random"))
+    planner = GradientPlanner(GradientConfig(optimizer="adam", horizon=4, iterations=40, restarts=5, lr=1.0, squash=squash, init="random"))
     plan = planner.plan(obj, model.initial(3), generator=_gen(0))
     every = torch.cat(seen + [plan.actions.reshape(-1, 2)])
     assert (every >= low).all() and (every <= high).all()
@@ -249,7 +249,7 @@ def test_gradient_planner_actions_stay_within_bounds(squash):
 def test_gradient_planner_is_seed_reproducible_and_varies_with_the_seed():
     """Exact: the same seed gives bit-identical plans (random restarts), another seed does not."""
     mats, model, state, obj = _lq_setup()
-    planner = GradientPlanner(GradientConfig(horizon=12, iterations=5, restarts=3, lr=0.05, init="random"))
+    planner = GradientPlanner(GradientConfig(optimizer="adam", horizon=12, iterations=5, restarts=3, lr=0.05, init="random"))
     p1 = planner.plan(obj, state, generator=_gen(7))
     p2 = planner.plan(obj, state, generator=_gen(7))
     p3 = planner.plan(obj, state, generator=_gen(8))
@@ -266,7 +266,7 @@ def test_gradient_planner_through_a_stochastic_rssm():
     model = RSSMWorldModel(RSSMConfig(obs_shape=(3,), action_dim=2, deter=16, stoch=4, hidden=16, embed=16))
     state = model.initial(2)
     obj = Objective(model)
-    planner = GradientPlanner(GradientConfig(horizon=5, iterations=10, restarts=2, lr=0.1, init="zeros"))
+    planner = GradientPlanner(GradientConfig(optimizer="adam", horizon=5, iterations=10, restarts=2, lr=0.1, init="zeros"))
     p1 = planner.plan(obj, state, generator=_gen(1))
     p2 = planner.plan(obj, state, generator=_gen(1))
     assert torch.equal(p1.actions, p2.actions)
@@ -279,14 +279,14 @@ def test_gradient_planner_through_a_stochastic_rssm():
     planned = obj.returns(state.expand(256), p1.actions.repeat_interleave(256, 0), generator=_gen(2)).reshape(2, 256).mean(1)
     assert (planned > zero).all()
     # use_mean=True rolls out prior means: restart 0 (from zeros) no longer depends on the seed
-    mean_planner = GradientPlanner(GradientConfig(horizon=5, iterations=10, restarts=1, lr=0.1, init="zeros", use_mean=True))
+    mean_planner = GradientPlanner(GradientConfig(optimizer="adam", horizon=5, iterations=10, restarts=1, lr=0.1, init="zeros", use_mean=True))
     m1 = mean_planner.plan(obj, state, generator=_gen(1))
     m2 = mean_planner.plan(obj, state, generator=_gen(2))
     assert torch.equal(m1.actions, m2.actions) and torch.equal(m1.value, m2.value)
     assert not torch.equal(m1.actions, torch.zeros_like(m1.actions))
     # a deterministic model (no stochastic part) accepts use_mean: samples are the means
     _, lq_model, lq_state, lq_obj = _lq_setup()
-    out = GradientPlanner(GradientConfig(horizon=12, iterations=2, use_mean=True)).plan(lq_obj, lq_state)
+    out = GradientPlanner(GradientConfig(optimizer="adam", horizon=12, iterations=2, use_mean=True)).plan(lq_obj, lq_state)
     assert out.actions.shape == (3, 12, 1)
 
 
@@ -301,7 +301,7 @@ def test_gradient_norm_diagnostics_are_exact_and_flag_vanishing_and_exploding():
             model, rewards=[lambda s, a: torch.zeros(a.shape[0])],
             value=lambda s: -((s.deter[:, 0] - 1.0) ** 2),
         )
-        cfg = GradientConfig(horizon=12, iterations=3, restarts=1, lr=0.01, squash="clip", init="zeros")
+        cfg = GradientConfig(optimizer="adam", horizon=12, iterations=3, restarts=1, lr=0.01, squash="clip", init="zeros")
         plan = GradientPlanner(cfg).plan(obj, model.initial(1), generator=_gen(0))
         info = plan.info
         assert math.isclose(info["grad_norm_first"], 2 * c**11, rel_tol=1e-4)
@@ -331,7 +331,7 @@ def test_non_differentiable_reward_term_is_refused_by_gradient_planners_only():
     for term, label in [(lookup_table_reward, "lookup_table_reward"), (Collision(), "collision_checker")]:
         obj = Objective(model, rewards=[lambda s, a: model.reward(s), term])
         with pytest.raises(ValueError, match=f"GradientPlanner.*{label}"):
-            GradientPlanner(GradientConfig(horizon=2, iterations=1)).plan(obj, model.initial(1))
+            GradientPlanner(GradientConfig(optimizer="adam", horizon=2, iterations=1)).plan(obj, model.initial(1))
         with pytest.raises(ValueError, match=f"CEM \\(gradient refinement\\).*{label}"):
             CEM(CEMConfig(horizon=2, iterations=1, candidates=8, elites=2, gradient=AscentConfig(iterations=1))).plan(
                 obj, model.initial(1))
@@ -373,7 +373,7 @@ def test_all_nan_returns_give_minus_inf_value_not_nan():
     assert torch.isfinite(plan.actions).all()
     assert torch.equal(plan.value, torch.full((2,), float("-inf")))
     assert plan.info["nonfinite"] == 3 * 2 * 16
-    g = GradientPlanner(GradientConfig(horizon=2, iterations=3, restarts=2)).plan(obj, model.initial(2), generator=_gen(0))
+    g = GradientPlanner(GradientConfig(optimizer="adam", horizon=2, iterations=3, restarts=2)).plan(obj, model.initial(2), generator=_gen(0))
     assert torch.equal(g.value, torch.full((2,), float("-inf")))
     assert g.info["nonfinite"] == 2 * 2 * 4 and g.info["nonfinite_grads"] == 2 * 2 * 3
     assert torch.isfinite(g.actions).all()
@@ -384,7 +384,7 @@ def test_gradient_planner_never_prefers_a_nan_sequence():
     restarts into the NaN region; the returned sequence is still the best finite one seen (<= 0,
     close to 0), NaNs are counted and their gradients dropped."""
     model = _nan_model()
-    planner = GradientPlanner(GradientConfig(horizon=2, iterations=30, restarts=4, lr=0.05, squash="clip", init="random"))
+    planner = GradientPlanner(GradientConfig(optimizer="adam", horizon=2, iterations=30, restarts=4, lr=0.05, squash="clip", init="random"))
     plan = planner.plan(Objective(model), model.initial(2), generator=_gen(0))
     assert (plan.actions <= 0).all() and plan.actions.max() > -0.1
     assert torch.isfinite(plan.value).all()
@@ -405,7 +405,7 @@ def test_deadline_in_the_past_runs_exactly_one_iteration_or_step():
                    refit="mppi")
     plan = CEM(gd).plan(obj, state, generator=_gen(0), deadline=past)
     assert plan.info["iterations"] == 1 and plan.info["model_evals"] == 3 * 12 * (100 + 10 * (3 * 3 + 1))
-    plan = GradientPlanner(GradientConfig(horizon=12, iterations=50, restarts=2)).plan(
+    plan = GradientPlanner(GradientConfig(optimizer="adam", horizon=12, iterations=50, restarts=2)).plan(
         obj, state, generator=_gen(0), deadline=past)
     assert plan.info["iterations"] == 1 and plan.info["model_evals"] == 3 * 2 * 12 * (3 + 1)
 
@@ -416,7 +416,7 @@ def test_warm_start_with_include_mean_and_return_best_is_never_worse():
     for a tiny, noisy CEM that alone lands far from it; the same warm start also seeds
     GradientPlanner's restart 0 (init='warm_start')."""
     mats, model, state, obj = _lq_setup()
-    good = GradientPlanner(GradientConfig(horizon=12, iterations=100, restarts=1, lr=0.05)).plan(obj, state, generator=_gen(0))
+    good = GradientPlanner(GradientConfig(optimizer="adam", horizon=12, iterations=100, restarts=1, lr=0.05)).plan(obj, state, generator=_gen(0))
     warm_value = obj.returns(state, good.actions)
     tiny = CEMConfig(horizon=12, iterations=2, candidates=8, elites=2, include_mean=True, return_best=True, noise_beta=1.0)
     plan = CEM(tiny).plan(obj, state, warm_start=good, generator=_gen(1))
@@ -424,7 +424,7 @@ def test_warm_start_with_include_mean_and_return_best_is_never_worse():
     assert max(_excess(mats, plan)) < 0.001
     alone = CEM(tiny).plan(obj, state, generator=_gen(1))
     assert max(_excess(mats, alone)) > 0.1
-    one = GradientPlanner(GradientConfig(horizon=12, iterations=1, restarts=1, lr=1e-6, squash="clip"))
+    one = GradientPlanner(GradientConfig(optimizer="adam", horizon=12, iterations=1, restarts=1, lr=1e-6, squash="clip"))
     again = one.plan(obj, state, warm_start=good, generator=_gen(2))
     torch.testing.assert_close(again.actions, good.actions, atol=1e-5, rtol=0)
 
@@ -462,7 +462,9 @@ def test_bad_options_raise_naming_the_field():
     for kwargs, field in [
         (dict(restarts=0), "restarts"), (dict(lr=-1.0), "lr"), (dict(squash="sigmoid"), "squash"),
         (dict(init="ones"), "init"), (dict(grad_clip=0.0), "grad_clip"), (dict(optimizer="nope"), "optimizer"),
-        (dict(optimizer="LBFGS"), "optimizer"),
+        (dict(optimizer="SparseAdam"), "optimizer"), (dict(max_evals=0), "max_evals"), (dict(tol=-1.0), "tol"),
+        (dict(history=0), "history"), (dict(optimizer="lbfgs", squash="clip"), "squash='clip'"),
+        (dict(grad_clip=1.0), "grad_clip=1.0"), (dict(compile="static"), "compile='static'"),
     ]:
         with pytest.raises(ValueError, match=field):
             GradientConfig(**kwargs)

@@ -124,7 +124,7 @@ def test_gradient_planner_starts_from_the_policy_rollout():
     x0 = np.array([[0.6, -0.3]])
     state = model.from_observation(torch.tensor(x0, dtype=torch.float32))
     h = 5
-    planner = GradientPlanner(GradientConfig(horizon=h, iterations=1, restarts=1, lr=1e-6, init="policy"), proposal=LQRPolicy(K))
+    planner = GradientPlanner(GradientConfig(optimizer="adam", horizon=h, iterations=1, restarts=1, lr=1e-6, init="policy"), proposal=LQRPolicy(K))
     plan = planner.plan(factory(model), state, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(plan.actions[..., 0].numpy(), closed_loop(env.A, env.B, K, x0, h)[..., 0], rtol=1e-3, atol=1e-4)
     # one step (forward + backward, the backward counted as 2 forward), a last forward, the policy's rollout
