@@ -110,8 +110,11 @@ def lbfgs_ascend(
         deadline: absolute `time.perf_counter()` time after which no further iteration starts.
 
     Returns:
-        An `Ascent` whose `steps` counts iterations and `model_evals` the evaluations actually
-        run (`lbfgs_evaluation_cost(N, H)` each).
+        An `Ascent` whose `steps` counts iterations, `model_evals` the evaluations actually run
+        (`lbfgs_evaluation_cost(N, H)` each), `grad_first`/`grad_last` are taken at the start
+        sequences and `grad_end` at the last accepted ones (gradients w.r.t. the actions), and
+        `stopped` is `"converged"` (every row stopped), `"budget"`, `"deadline"` or `"iterations"`.
+        The deadline is also checked between the line search's trials.
 
     Raises:
         ValueError: from `objective.returns` on actions that are not `[N, H, A]`.
@@ -133,9 +136,9 @@ def lbfgs_ascend(
     best_act = project(actions.detach(), low, high).clone()
     best_ret = torch.full((n,), float("-inf"), device=dev, dtype=dtype)
 
-    def evaluate(u: Tensor, first: bool = False):
-        """Returns `[N]` (non-finite as -inf), their gradient w.r.t. u `[N, D]` (zero where not
-        finite) and, at the first evaluation, the gradient w.r.t. the actions `[N, H, A]`."""
+    def evaluate(u: Tensor):
+        """Returns `[N]` (non-finite as -inf), their gradient w.r.t. u `[N, D]` and w.r.t. the
+        actions `[N, H, A]` (both zero where not finite)."""
         nonlocal best_act, best_ret
         counters["evals"] += 1
         with torch.enable_grad():
@@ -159,14 +162,14 @@ def lbfgs_ascend(
         best_ret = torch.where(better, ranked, best_ret)
         best_act = torch.where(better[:, None, None], act.detach(), best_act)
         grad = torch.where(ok[:, None], g_u.reshape(n, d), torch.zeros(n, d, device=dev, dtype=dtype))
-        return ranked, grad, (g_a if first else None)
+        return ranked, grad, torch.where(ok[:, None, None], g_a, torch.zeros_like(g_a))
 
     def room() -> bool:
         return max_evals is None or (counters["evals"] + 1) * cost <= max_evals
 
     # minimise F = -return; g = dF/du
     u = _to_unbounded(project(actions.detach(), low, high), low, high).reshape(n, d).to(dtype)
-    ret, grad, g_act = evaluate(u, first=True)
+    ret, grad, g_act = evaluate(u)
     grad_first = g_act[:, 0].norm(dim=-1).mean()
     grad_last = g_act[:, -1].norm(dim=-1).mean()
     f, g = -ret, -grad
@@ -207,17 +210,20 @@ def lbfgs_ascend(
         first_step = lr * torch.clamp(1.0 / g.abs().sum(1).clamp_min(1e-30), max=1.0)
         step = torch.where(has_pairs & ~bad, torch.ones_like(f), first_step)
         pending = active.clone()
-        new_u, new_f, new_g = u.clone(), f.clone(), g.clone()
-        for _ in range(_MAX_TRIALS):
+        new_u, new_f, new_g, new_act_g = u.clone(), f.clone(), g.clone(), g_act.clone()
+        for trial_index in range(_MAX_TRIALS):
             if not bool(pending.any()) or not room():
                 break
+            if trial_index and deadline is not None and time.perf_counter() >= deadline:
+                break  # the rows still searching count as a failed line search
             trial = u + step[:, None] * direction
-            t_ret, t_grad, _ = evaluate(trial)
+            t_ret, t_grad, t_act_g = evaluate(trial)
             t_f = -t_ret
             accept = pending & torch.isfinite(t_f) & (t_f <= f + _C1 * step * slope)
             new_u = torch.where(accept[:, None], trial, new_u)
             new_f = torch.where(accept, t_f, new_f)
             new_g = torch.where(accept[:, None], -t_grad, new_g)
+            new_act_g = torch.where(accept[:, None, None], t_act_g, new_act_g)
             pending = pending & ~accept
             step = torch.where(pending, step / 2, step)
         moved = active & ~pending
@@ -241,7 +247,7 @@ def lbfgs_ascend(
         has_pairs = has_pairs & ~retry
         gamma = torch.where(retry, torch.ones_like(gamma), gamma)
         failed_once = retry
-        u, f, g = new_u, new_f, new_g
+        u, f, g, g_act = new_u, new_f, new_g, new_act_g
         active = active & ~converged & ~stuck & (g.abs().amax(dim=1) > 0)
         done += 1
         if deadline is not None and time.perf_counter() >= deadline:
@@ -250,8 +256,7 @@ def lbfgs_ascend(
     else:
         if not bool(active.any()):
             stopped = "converged"
-    zero = torch.zeros((), device=dev)
-    grad_end = g.norm(dim=1).mean() if done else zero
+    grad_end = g_act.flatten(1).norm(dim=1).mean()
     return Ascent(
         best_act, best_ret, done, counters["evals"] * cost, counters["nonfinite"],
         counters["bad_grads"], grad_first, grad_last, grad_end, stopped,

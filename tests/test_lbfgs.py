@@ -4,6 +4,8 @@ numbers through a stochastic model, non-finite returns."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,14 @@ def test_the_budget_and_the_convergence_stop():
     assert capped.info["stopped"] == "budget"
     assert capped.info["model_evals"] == 3 * 4 * per_eval
     assert GradientConfig(max_evals=500).model_evals == 500 and GradientConfig(max_evals=None).model_evals is None
+    # a deadline already passed: one iteration (its first trial) runs, then the search stops
+    late = GradientPlanner(horizon=2, restarts=2, max_evals=None).plan(Objective(model), state, generator=_gen(0),
+                                                                       deadline=time.perf_counter())
+    assert late.info["stopped"] == "deadline" and late.info["iterations"] == 1
+    assert late.info["model_evals"] == 3 * 2 * per_eval  # the start and one trial
+    # the gradient w.r.t. the actions: |dJ/da_0| = 2 |0.3 - 0| at the zero start, ~0 at the optimum
+    one = GradientPlanner(horizon=2, restarts=1, init="zeros", max_evals=None).plan(Objective(model), state)
+    assert one.info["grad_norm_first"] == pytest.approx(0.6, rel=1e-5) and one.info["grad_norm_end"] < 1e-4
 
 
 def test_rows_are_independent_and_match_the_exact_optimum():
