@@ -179,7 +179,7 @@ def main() -> None:
 
     # 5. the gradient planner's warm start
     if args.gradient:
-        gcfg = lp.GradientConfig(horizon=H, iterations=10, restarts=4, init="zeros")
+        gcfg = lp.GradientConfig(horizon=H, iterations=10, restarts=4, init="zeros", optimizer="adam", max_evals=None)  # as measured
         grows = []
         for name, planner in (("Gradient (zeros)", lp.GradientPlanner(gcfg)),
                               ("Gradient (policy)", lp.GradientPlanner(dataclasses.replace(gcfg, init="policy"), proposal=policy))):

@@ -69,7 +69,7 @@ PLANET = lp.CEMConfig(horizon=12, iterations=10, candidates=1000, elites=100)
 DEMO = lp.CEMConfig(horizon=12, iterations=5, candidates=100, elites=10)
 SOFTMAX_10K = lp.CEMConfig(horizon=12, iterations=1, candidates=10_000, elites=100, refit="mppi", temperature=1.0)
 SOFTMAX_LABEL = "CEM softmax refit 10k x 12"
-GRADIENT = lp.GradientConfig(horizon=12, iterations=10, restarts=8, init="zeros")
+GRADIENT = lp.GradientConfig(horizon=12, iterations=10, restarts=8, init="zeros", optimizer="adam", max_evals=None)  # capture-ready
 
 
 def device_name(device: str) -> str:

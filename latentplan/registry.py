@@ -319,14 +319,17 @@ def gradient_factory(model: Any, budget: Budget, horizon: int, overrides: dict) 
     iterations = (evals // (H R) - 1) // (1 + VJP_EVALS), spent exactly (H R (iterations
     (1 + VJP_EVALS) + 1), a backward pass counted as VJP_EVALS = 2 forward passes). Time budget:
     100,000 iterations and no evaluation budget, stopped by the deadline (or, L-BFGS, by
-    convergence).
+    convergence). Neither: `GradientConfig`'s defaults for L-BFGS, 50 steps for a first-order
+    optimizer.
 
     Raises:
         ValueError: `iterations` or `max_evals` overridden together with an evaluation budget, or a
             budget too small for one step of the R restarts.
     """
-    base = {"horizon": horizon, "iterations": 50, "restarts": 10, **overrides}
+    base = {"horizon": horizon, "restarts": 10, **overrides}
     lbfgs = str(base.get("optimizer", "lbfgs")).lower() == "lbfgs"
+    if not lbfgs:
+        base.setdefault("iterations", 50)
     if budget.evals is not None:
         if "iterations" in overrides or "max_evals" in overrides:
             raise ValueError("iterations and max_evals are set by the evaluation budget; override restarts instead")

@@ -6,7 +6,9 @@ Hafner et al. 2019 (PlaNet, Sec. 5) and of Bharadhwaj, Xie & Shkurti 2020, "Mode
 Control via Cross-Entropy and Gradient-Based Optimization" (L4DC), whose CEM+GD hybrid shares the
 inner loop (`planners.ascent.ascend`; see `CEMConfig.gradient`). Stochastic latents are
 differentiated with the reparameterisation trick (Kingma & Welling 2014): the model's noise comes
-from the planner's `generator`, so the gradient is that of one sampled rollout per sequence and step.
+from the planner's `generator`, so the gradient is that of one sampled rollout per sequence (fresh
+noise at every step of a first-order optimizer; one fixed draw for the whole L-BFGS search, common
+random numbers). The default optimiser is batched L-BFGS (`planners.lbfgs`; Liu & Nocedal 1989).
 """
 
 from __future__ import annotations
@@ -175,10 +177,11 @@ class GradientConfig:
         """Model evaluations per decision and environment, backward passes included. First-order
         optimizers: exactly `H * R * (planned_iterations * (1 + VJP_EVALS) + 1)`
         (`planners.ascent.ascent_evals`; a backward pass counts as `VJP_EVALS` = 2 forward
-        transitions). L-BFGS: at most `max_evals` (it stops when converged; `None` without a
+        transitions). L-BFGS: at most `max_evals` for each environment's own search, or one
+        evaluation `3 * H * R` when that alone is more (it stops when converged; `None` without a
         budget)."""
         if self.lbfgs:
-            return self.max_evals
+            return None if self.max_evals is None else max(self.max_evals, (1 + VJP_EVALS) * self.horizon * self.restarts)
         return ascent_evals(self.restarts, self.horizon, self.planned_iterations)
 
 
@@ -189,10 +192,12 @@ class GradientPlanner:
     batch) to maximise `Objective.returns` by backpropagation through the imagined rollout;
     stochastic latents are reparameterised samples drawn with `generator` (or prior means, see
     `GradientConfig.use_mean`). The best sequence seen for each environment (over restarts and
-    steps, including a final evaluation) is returned; with a stochastic model each evaluation
-    uses fresh noise, so this maximum is an optimistic estimate. Actions never leave the
-    model's bounds (`squash`). Anytime: `deadline` is checked after every step, and at least
-    one step runs. Gradients are taken w.r.t. the actions only (`torch.autograd.grad`): the
+    steps; a first-order optimizer adds a final evaluation) is returned. With a stochastic model a
+    first-order optimizer draws fresh noise at every evaluation, so this maximum is an optimistic
+    estimate; L-BFGS (the default) evaluates every sequence of one call on the same draw (common
+    random numbers), so its maximum is that of one sample path. Actions never leave the model's
+    bounds (`squash`). Anytime: `deadline` is checked after every step (L-BFGS: also between its
+    line search's trials), and at least one step runs. Gradients are taken w.r.t. the actions only (`torch.autograd.grad`): the
     model's parameters never get a `.grad`, and `plan` works inside `torch.no_grad()`.
 
     Args:
@@ -204,10 +209,16 @@ class GradientPlanner:
     `actions [B, H, A]`, `value [B]` (the objective's estimate of that sequence's return,
     `-inf` if no finite return was seen) and `info` keys:
 
-    - `iterations`: optimizer steps run; `model_evals`: imagined transitions with the backward
-      passes weighted as `VJP_EVALS` = 2 forward transitions each,
-      `B * R * H * (iterations * (1 + VJP_EVALS) + 1)`, plus
-      `B * (H - 1)` for the proposal's rollout with `init="policy"`;
+    - `iterations`: optimizer steps (L-BFGS: iterations) run; `model_evals`: imagined transitions
+      computed, with the backward passes weighted as `VJP_EVALS` = 2 forward transitions each:
+      first-order, `B * R * H * (iterations * (1 + VJP_EVALS) + 1)`; L-BFGS, `B * R * H *
+      (1 + VJP_EVALS)` per evaluation (one per line-search trial, plus the start); plus
+      `B * (H - 1)` for the proposal's rollout with `init="policy"`. Each environment's L-BFGS
+      search keeps to `max_evals` by itself (its restarts are one budget group), so its search
+      does not depend on the other environments in the batch (its random restarts are drawn
+      from `generator` in environment order);
+    - `stopped`: why the search ended: `"budget"` (`max_evals`), `"deadline"`, `"converged"`
+      (L-BFGS: every sequence stopped by itself, see `GradientConfig.tol`) or `"iterations"`;
     - `nonfinite`: NaN/inf returns seen (ranked as -inf, never chosen over a finite one);
       `nonfinite_grads`: (sequence, step) pairs whose gradient was NaN/inf and was dropped;
     - `grad_norm_first` / `grad_norm_last`: mean over the B * R sequences of the norm of the
@@ -298,7 +309,7 @@ class GradientPlanner:
         if mode == "eager" and c.lbfgs:
             out = lbfgs_ascend(objective, state.expand(r), init.reshape(b * r, h, a), iterations=c.iterations,
                                lr=c.step_size, history=c.history, tol=c.tol,
-                               max_evals=None if c.max_evals is None else c.max_evals * b, low=low, high=high,
+                               max_evals=c.max_evals, group=r, low=low, high=high,
                                generator=generator, deadline=deadline)
         elif mode == "eager":
             out = ascend(objective, state.expand(r), init.reshape(b * r, h, a), **vars(c.ascent), low=low, high=high,

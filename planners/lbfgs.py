@@ -77,6 +77,7 @@ def lbfgs_ascend(
     history: int = 20,
     tol: float = 1e-9,
     max_evals: int | None = None,
+    group: int | None = None,
     low: Tensor | None = None,
     high: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -84,10 +85,11 @@ def lbfgs_ascend(
 ) -> Ascent:
     """Maximise `objective.returns` over `actions [N, H, A]` from `state [N]` by batched L-BFGS.
 
-    Rows are independent (their own curvature pairs, step lengths and stops); each evaluation is
-    one batched forward and backward pass over all N rows, and rows that have stopped keep their
-    point. The best sequence seen per row is returned (every accepted point is one that was
-    evaluated, so no final pass is needed).
+    Rows are independent: each has its own curvature pairs, step lengths and stop, and a row's
+    results are read only from the evaluations of its own line search (a row that is not searching
+    is evaluated at its own point, and nothing of that evaluation is kept). Each evaluation is one
+    batched forward and backward pass over all N rows. The best sequence seen per row is returned
+    (every accepted point is one that was evaluated, so no final pass is needed).
 
     Args:
         objective: what is maximised (its model must be differentiable in the actions).
@@ -97,27 +99,39 @@ def lbfgs_ascend(
             search's trials).
         lr: the first trial step length of a row's first iteration, scaled by `min(1, 1/|g|_1)`
             (later iterations try 1, the quasi-Newton step).
-        history: m, curvature pairs kept per row.
+        history: m, curvature pairs kept per row (a row's last m iterations; an iteration that
+            stores no pair leaves an empty slot).
         tol: a row stops when an iteration changes its return by at most
-            `tol * max(1, |return|)`; 0 turns the stop off (rows still stop when their line
-            search fails twice in a row or their gradient is exactly zero).
-        max_evals: the budget in model evaluations over all N rows, a backward pass counted as
-            `VJP_EVALS` forward transitions (`lbfgs_evaluation_cost` per evaluation); no
-            evaluation starts that would pass it (the first always runs). `None`: no budget.
+            `tol * max(1, |return|)`; 0 turns this stop off. A row also stops when its gradient
+            is exactly zero or not finite, or when a line search along the plain gradient fails
+            (one along the quasi-Newton direction that fails is retried along the gradient, with
+            the row's curvature pairs dropped).
+        max_evals: the budget of each group of `group` rows (an environment's restarts), in model
+            evaluations with a backward pass counted as `VJP_EVALS` forward transitions: a group
+            takes part in no evaluation that would bring its own count, `lbfgs_evaluation_cost(group,
+            H)` for each evaluation in which one of its rows searched, past `max_evals` (the first
+            evaluation always runs). Groups never share a budget, so a group's plan does not depend
+            on the others. `None`: no budget.
+        group: rows per budget group (the planner passes its restarts R; rows `k * group ...
+            (k + 1) * group - 1` are group k). `None`: all N rows are one group.
         low, high: `[A]` action bounds on the actions' device (default: the model's).
         generator: the randomness of the model's reparameterised samples; every evaluation uses
             the same draw (common random numbers), seeded from it.
-        deadline: absolute `time.perf_counter()` time after which no further iteration starts.
+        deadline: absolute `time.perf_counter()` time after which no further iteration, and no
+            further trial of a line search after its first, starts.
 
     Returns:
-        An `Ascent` whose `steps` counts iterations, `model_evals` the evaluations actually run
-        (`lbfgs_evaluation_cost(N, H)` each), `grad_first`/`grad_last` are taken at the start
-        sequences and `grad_end` at the last accepted ones (gradients w.r.t. the actions), and
-        `stopped` is `"converged"` (every row stopped), `"budget"`, `"deadline"` or `"iterations"`.
-        The deadline is also checked between the line search's trials.
+        An `Ascent` whose `steps` counts iterations, `model_evals` the evaluations computed
+        (`lbfgs_evaluation_cost(N, H)` each: with several groups, a group that has stopped is still
+        computed while others search, so this can exceed the groups' own counts),
+        `grad_first`/`grad_last` are taken at the start sequences and `grad_end` at the final
+        ones (gradients w.r.t. the actions), and `stopped` is `"budget"` (a group's budget ended
+        its search), else `"deadline"`, else `"converged"` (every row stopped by itself: see
+        `tol`), else `"iterations"`.
 
     Raises:
-        ValueError: from `objective.returns` on actions that are not `[N, H, A]`.
+        ValueError: if `group` does not divide N; from `objective.returns` on actions that are not
+            `[N, H, A]`.
 
     Source: Liu & Nocedal 1989, "On the limited memory BFGS method for large scale
     optimization"; Nocedal & Wright 2006, Algorithms 7.4-7.5 and the Armijo backtracking of
@@ -126,21 +140,30 @@ def lbfgs_ascend(
     """
     n, h, a = actions.shape
     dev, dtype = actions.device, actions.dtype
+    group = n if group is None else group
+    if group < 1 or n % group:
+        raise ValueError(f"lbfgs_ascend: group={group} must divide the {n} rows")
     low = objective.model.action_low.to(dev) if low is None else low
     high = objective.model.action_high.to(dev) if high is None else high
     noise = _common_noise(generator, dev)
-    cost = lbfgs_evaluation_cost(n, h)
     d = h * a
-    counters = {"evals": 0, "nonfinite": torch.zeros((), dtype=torch.long, device=dev),
-                "bad_grads": torch.zeros((), dtype=torch.long, device=dev)}
+    tiny = torch.finfo(dtype).tiny
+    owner = torch.arange(n, device=dev) // group  # [N] each row's group
+    counts = torch.zeros(n // group, dtype=torch.long, device=dev)  # [G] evaluations each group took part in
+    group_cost = lbfgs_evaluation_cost(group, h)
+    evals = 0
+    nonfinite = torch.zeros((), dtype=torch.long, device=dev)
+    bad_grads = torch.zeros((), dtype=torch.long, device=dev)
     best_act = project(actions.detach(), low, high).clone()
     best_ret = torch.full((n,), float("-inf"), device=dev, dtype=dtype)
 
-    def evaluate(u: Tensor):
-        """Returns `[N]` (non-finite as -inf), their gradient w.r.t. u `[N, D]` and w.r.t. the
-        actions `[N, H, A]` (both zero where not finite)."""
-        nonlocal best_act, best_ret
-        counters["evals"] += 1
+    def evaluate(u: Tensor, rows: Tensor):
+        """Evaluate all rows at u `[N, D]`; keep the results of `rows` `[N]` bool only. Returns the
+        returns `[N]` (non-finite as -inf), whether return and gradient are finite `[N]`, and the
+        gradients w.r.t. u `[N, D]` and w.r.t. the actions `[N, H, A]` (zero where not finite)."""
+        nonlocal best_act, best_ret, evals, nonfinite, bad_grads, counts
+        evals += 1
+        counts = counts + rows.reshape(-1, group).any(dim=1).long()  # the groups of rows are contiguous
         with torch.enable_grad():
             var = u.detach().reshape(n, h, a).requires_grad_(True)
             act = _squash(var, low, high)
@@ -153,23 +176,25 @@ def lbfgs_ascend(
                 g_u = g_a = None
         g_u = torch.zeros_like(var) if g_u is None else g_u
         g_a = torch.zeros_like(var) if g_a is None else g_a
-        ok = finite & torch.isfinite(g_u).flatten(1).all(dim=1)
-        counters["bad_grads"] = counters["bad_grads"] + (finite & ~ok).sum()
-        ranked, nf = rank_returns(ret.detach())
-        counters["nonfinite"] = counters["nonfinite"] + nf
-        ranked = torch.where(ok, ranked, torch.full_like(ranked, float("-inf")))
-        better = ranked > best_ret
+        ok = finite & torch.isfinite(g_u).flatten(1).all(dim=1) & torch.isfinite(g_a).flatten(1).all(dim=1)
+        ranked, _ = rank_returns(ret.detach())
+        nonfinite = nonfinite + (rows & ~finite).sum()
+        bad_grads = bad_grads + (rows & finite & ~ok).sum()
+        better = rows & (ranked > best_ret)  # a finite return counts even where its gradient does not
         best_ret = torch.where(better, ranked, best_ret)
         best_act = torch.where(better[:, None, None], act.detach(), best_act)
         grad = torch.where(ok[:, None], g_u.reshape(n, d), torch.zeros(n, d, device=dev, dtype=dtype))
-        return ranked, grad, torch.where(ok[:, None, None], g_a, torch.zeros_like(g_a))
+        return ranked, ok, grad, torch.where(ok[:, None, None], g_a, torch.zeros_like(g_a))
 
-    def room() -> bool:
-        return max_evals is None or (counters["evals"] + 1) * cost <= max_evals
+    def room() -> Tensor:
+        """`[N]` whether each row's group may take part in one more evaluation."""
+        if max_evals is None:
+            return torch.ones(n, dtype=torch.bool, device=dev)
+        return ((counts + 1) * group_cost <= max_evals)[owner]
 
     # minimise F = -return; g = dF/du
     u = _to_unbounded(project(actions.detach(), low, high), low, high).reshape(n, d).to(dtype)
-    ret, grad, g_act = evaluate(u)
+    ret, ok, grad, g_act = evaluate(u, torch.ones(n, dtype=torch.bool, device=dev))
     grad_first = g_act[:, 0].norm(dim=-1).mean()
     grad_last = g_act[:, -1].norm(dim=-1).mean()
     f, g = -ret, -grad
@@ -178,17 +203,16 @@ def lbfgs_ascend(
     rho = torch.zeros(history, n, device=dev, dtype=dtype)  # 0: no pair in this slot for this row
     gamma = torch.ones(n, device=dev, dtype=dtype)
     has_pairs = torch.zeros(n, dtype=torch.bool, device=dev)
-    active = torch.isfinite(f) & (g.abs().amax(dim=1) > 0)
-    failed_once = torch.zeros(n, dtype=torch.bool, device=dev)
+    active = ok & (g.abs().amax(dim=1) > 0)
+    budget_hit = torch.zeros(n, dtype=torch.bool, device=dev)
     newest = -1
     done = 0
-    stopped = "iterations"
+    late = False
     while done < iterations:
+        out_of_budget = active & ~room()
+        budget_hit |= out_of_budget
+        active = active & ~out_of_budget
         if not bool(active.any()):
-            stopped = "converged"
-            break
-        if not room():
-            stopped = "budget"
             break
         # two-loop recursion: direction = -H g, H the L-BFGS inverse Hessian (per row)
         q = g.clone()
@@ -204,60 +228,73 @@ def lbfgs_ascend(
             r = r + s_mem[i] * (al - be)[:, None]
         direction = torch.where(has_pairs[:, None], -r, -g)
         slope = (g * direction).sum(1)
-        bad = slope >= 0  # not a descent direction (rounding): fall back to the gradient
+        bad = ~(slope < 0) | ~torch.isfinite(direction).all(dim=1)  # not a descent direction: use the gradient
         direction = torch.where(bad[:, None], -g, direction)
         slope = torch.where(bad, -(g * g).sum(1), slope)
-        first_step = lr * torch.clamp(1.0 / g.abs().sum(1).clamp_min(1e-30), max=1.0)
-        step = torch.where(has_pairs & ~bad, torch.ones_like(f), first_step)
+        quasi_newton = has_pairs & ~bad
+        first_step = lr * torch.clamp(1.0 / g.abs().sum(1).clamp_min(tiny), max=1.0)
+        step = torch.where(quasi_newton, torch.ones_like(f), first_step)
         pending = active.clone()
+        accepted = torch.zeros_like(active)
         new_u, new_f, new_g, new_act_g = u.clone(), f.clone(), g.clone(), g_act.clone()
         for trial_index in range(_MAX_TRIALS):
-            if not bool(pending.any()) or not room():
+            limited = pending & ~room()
+            budget_hit |= limited
+            pending = pending & ~limited
+            if not bool(pending.any()):
                 break
             if trial_index and deadline is not None and time.perf_counter() >= deadline:
-                break  # the rows still searching count as a failed line search
-            trial = u + step[:, None] * direction
-            t_ret, t_grad, t_act_g = evaluate(trial)
+                late = True
+                break  # the rows still searching keep their point
+            trial = u + (step * pending)[:, None] * direction  # rows not searching stay where they are
+            t_ret, t_ok, t_grad, t_act_g = evaluate(trial, pending)
             t_f = -t_ret
-            accept = pending & torch.isfinite(t_f) & (t_f <= f + _C1 * step * slope)
+            accept = pending & t_ok & (t_f <= f + _C1 * step * slope)
             new_u = torch.where(accept[:, None], trial, new_u)
             new_f = torch.where(accept, t_f, new_f)
             new_g = torch.where(accept[:, None], -t_grad, new_g)
             new_act_g = torch.where(accept[:, None, None], t_act_g, new_act_g)
+            accepted = accepted | accept
             pending = pending & ~accept
             step = torch.where(pending, step / 2, step)
-        moved = active & ~pending
-        # curvature pair (stored for the rows that moved with s'y > 0; a zero pair elsewhere)
+        moved = accepted
+        failed = active & ~moved & ~budget_hit & (not late)  # a search the deadline cut short did not fail
+        # curvature pair (stored for the rows that moved with s'y > 0 and a finite 1/s'y; an empty slot elsewhere)
         s = new_u - u
         y = new_g - g
         sy = (s * y).sum(1)
-        keep = moved & (sy > _CURVATURE_EPS * s.norm(dim=1) * y.norm(dim=1)) & (sy > 0)
+        yy = (y * y).sum(1)
+        keep = moved & (sy > _CURVATURE_EPS * s.norm(dim=1) * y.norm(dim=1)) & (sy > tiny) & (yy > tiny)
         newest = (newest + 1) % history
         s_mem[newest] = torch.where(keep[:, None], s, torch.zeros_like(s))
         y_mem[newest] = torch.where(keep[:, None], y, torch.zeros_like(y))
-        rho[newest] = torch.where(keep, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
-        gamma = torch.where(keep, sy / (y * y).sum(1).clamp_min(1e-300), gamma)
+        rho[newest] = torch.where(keep, 1.0 / torch.where(keep, sy, torch.ones_like(sy)), torch.zeros_like(sy))
+        gamma = torch.where(keep, sy / torch.where(keep, yy, torch.ones_like(yy)), gamma)
         has_pairs = has_pairs | keep
-        # stops: converged (tiny change), stuck (line search failed twice), zero gradient
-        change = (f - new_f).abs()
-        converged = moved & (change <= tol * torch.clamp(new_f.abs(), min=1.0))
-        stuck = active & pending & failed_once
-        retry = active & pending & ~failed_once  # drop the pairs, try along the gradient next time
+        # a failed quasi-Newton search is retried along the gradient without the pairs; a failed
+        # gradient search ends the row (a retry would repeat the same trials)
+        retry = failed & quasi_newton
         rho[:, retry] = 0.0
         has_pairs = has_pairs & ~retry
         gamma = torch.where(retry, torch.ones_like(gamma), gamma)
-        failed_once = retry
+        stuck = failed & ~quasi_newton
+        converged = moved & ((f - new_f).abs() <= tol * torch.clamp(new_f.abs(), min=1.0))
         u, f, g, g_act = new_u, new_f, new_g, new_act_g
-        active = active & ~converged & ~stuck & (g.abs().amax(dim=1) > 0)
+        active = active & ~converged & ~stuck & ~budget_hit & (g.abs().amax(dim=1) > 0)
         done += 1
-        if deadline is not None and time.perf_counter() >= deadline:
-            stopped = "deadline"
+        if late or (deadline is not None and time.perf_counter() >= deadline):
+            late = True
             break
+    if bool(budget_hit.any()):
+        stopped = "budget"
+    elif late:
+        stopped = "deadline"
+    elif not bool(active.any()):
+        stopped = "converged"
     else:
-        if not bool(active.any()):
-            stopped = "converged"
+        stopped = "iterations"
     grad_end = g_act.flatten(1).norm(dim=1).mean()
     return Ascent(
-        best_act, best_ret, done, counters["evals"] * cost, counters["nonfinite"],
-        counters["bad_grads"], grad_first, grad_last, grad_end, stopped,
+        best_act, best_ret, done, evals * lbfgs_evaluation_cost(n, h), nonfinite, bad_grads, grad_first, grad_last,
+        grad_end, stopped,
     )

@@ -106,6 +106,41 @@ def test_rows_are_independent_and_match_the_exact_optimum():
     assert direct.stopped == "converged"
 
 
+def test_each_environment_keeps_its_own_budget():
+    """Under a budget that binds, an environment's search is the one it makes alone, even beside an
+    environment whose line searches need more trials (its restarts are their own budget group), and
+    each spends at most its own `max_evals` of searching. (The first environment of the batch is
+    compared, in both orders: the random restarts of later environments are drawn after its own from
+    the shared generator, so they differ from a run alone.)"""
+    def reward(x):
+        a, b = x[:, 0], x[:, 1]
+        return -(a - 0.5) ** 2 - 300 * (b - 0.9 * a) ** 2 - 50 * torch.sin(3 * a) ** 2
+
+    model = AnalyticModel(lambda x, u: x + u, reward, 2, torch.tensor([-1.0, -1.0], dtype=torch.float64),
+                          torch.tensor([1.0, 1.0], dtype=torch.float64))
+    starts = torch.tensor([[0.0, 0.0], [-2.0, 5.0]], dtype=torch.float64)
+    h, r = 6, 2
+    for evaluations in (9, 18, 27):
+        planner = GradientPlanner(horizon=h, restarts=r, max_evals=evaluations * r * h * (1 + VJP_EVALS))
+        for order in ([0, 1], [1, 0]):
+            both = planner.plan(Objective(model), model.from_observation(starts[order]), generator=_gen(0))
+            alone = planner.plan(Objective(model), model.from_observation(starts[order[:1]]), generator=_gen(0))
+            assert both.info["stopped"] == alone.info["stopped"] == "budget"
+            # equal up to the rounding of batched model calls (B = 2 against B = 1)
+            torch.testing.assert_close(both.actions[0], alone.actions[0], atol=1e-9, rtol=0)
+            torch.testing.assert_close(both.value[0], alone.value[0], atol=0, rtol=1e-12)
+            assert alone.info["model_evals"] <= evaluations * r * h * (1 + VJP_EVALS)
+
+
+def test_a_finite_return_with_a_nonfinite_gradient_still_counts():
+    """A reward with a finite value but a NaN gradient at the start (sqrt at 0): the search cannot
+    move, and the plan is the start with its finite return, not -inf."""
+    model = AnalyticModel(lambda x, u: u, lambda x: -torch.sqrt(x[:, 0].abs()) - 0.1, 1, [-1.0], [1.0])
+    plan = GradientPlanner(horizon=2, restarts=1, init="zeros").plan(Objective(model), model.initial(1), generator=_gen(0))
+    assert plan.value.item() == pytest.approx(-0.2) and plan.info["nonfinite_grads"] == 1
+    assert plan.info["stopped"] == "converged" and plan.info["iterations"] == 0
+
+
 def test_a_stochastic_model_gets_common_random_numbers():
     """Through a tiny RSSM (reparameterised prior samples) every evaluation of one plan call uses the
     same draw, so the line search compares like with like: one seed gives one plan (also under
