@@ -22,9 +22,10 @@ Parts:
    in torch (`rewards_cartpole.swingup_reward`, on the decoded state), (b) its learned reward head
    (for the explored model: trained on the explored data, never planned for while collecting),
    `--eval-episodes` fixed-seed episodes each, env return; and (c) the cart-at-target reward
-   (`rewards_cartpole.goal_reward`) for each of `--targets`, one episode each: the goal reward
-   summed over the episode on the true states, and over the last 63 decisions |x - target| and
-   the share with the pole up (cos > 0.9). `--rewards` runs a subset of (a), (b), (c).
+   (`rewards_cartpole.goal_reward`) for each of `--targets`, `--goal-episodes` episodes each (1 by
+   default): the goal reward summed over the episode on the true states, and over the last 63
+   decisions |x - target| and the share with the pole up (cos > 0.9). `--rewards` runs a subset of
+   (a), (b), (c); it updates only those entries of an existing result file.
 
 3. `diagnose`: why the explored model plans worse for the swing-up. (a) The share of each run's
    first `--episodes` episodes' observations in the states the swing-up task ends in: pole up
@@ -158,10 +159,12 @@ def part_zeroshot(args) -> dict:
         out[label] = {"returns": rets, "mean": float(np.mean(rets)), "wall_s": time.perf_counter() - t0}
         print(f"  {args.which} {label}: {np.round(rets, 1)}", flush=True)
     goals = []
-    for i, t in enumerate(args.targets if "goal" in args.rewards else []):
-        ep, st = run(model, env, rewards=[goal_reward], context={"target_x": t}, seed=seeds[0] + 100 + i)
-        goals.append({"target_x": t, "goal_return": goal_return(ep, t), "env_return": st.ret, **tail_metrics(ep, t)})
-        print(f"  {args.which} goal {t:+.2f}: {goals[-1]}", flush=True)
+    for k in range(args.goal_episodes if "goal" in args.rewards else 0):  # episode k of every target
+        for i, t in enumerate(args.targets):
+            ep, st = run(model, env, rewards=[goal_reward], context={"target_x": t}, seed=seeds[0] + 100 + i + 10 * k)
+            goals.append({"target_x": t, "episode": k, "goal_return": goal_return(ep, t), "env_return": st.ret,
+                          **tail_metrics(ep, t)})
+            print(f"  {args.which} goal {t:+.2f}: {goals[-1]}", flush=True)
     if goals:
         out["goal"] = goals
     return out
@@ -309,6 +312,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=30, help="training episodes compared (equal env steps)")
     p.add_argument("--eval-episodes", type=int, default=3)
     p.add_argument("--targets", type=float, nargs="+", default=[1.0, -1.0])
+    p.add_argument("--goal-episodes", type=int, default=1,
+                   help="zeroshot: episodes per goal target (episode 0 is the one earlier results used)")
     p.add_argument("--rewards", nargs="+", choices=("known", "head", "goal"), default=["known", "head", "goal"],
                    help="zeroshot: which of the three to run (known swing-up reward, learned head, goals)")
     p.add_argument("--seed", type=int, default=0)
@@ -327,6 +332,11 @@ def main() -> None:
         data = {"results": {"coverage": part_coverage, "zeroshot": part_zeroshot, "diagnose": part_diagnose}[args.part](args)}
         name = f"explore_cartpole_{args.part}" + (f"_{args.which}" if args.part == "zeroshot" else "") + f"{args.tag}.json"
         print(json.dumps(data["results"], indent=1)[:3000])
+        earlier = RESULTS / name
+        if args.part == "zeroshot" and earlier.exists():  # a run of some of the rewards updates only those
+            old = json.loads(earlier.read_text())
+            data["results"] = {**old["results"], **data["results"]}
+            data["earlier_meta"] = old.get("meta")
     data["meta"] = {"args": vars(args), "threads": torch.get_num_threads(), "loadavg_1min": os.getloadavg()[0],
                     "wall_s": time.perf_counter() - t0, "torch": torch.__version__, "machine": platform.machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
