@@ -16,6 +16,8 @@ DARE gain. Teachers:
 - `cem@120k`: the registry's `cem` at `latentplan compare`'s budget, 120,000 evaluations per decision.
 - `planet`: `CEM(horizon=H)`, PlaNet's settings (I = 10, J = 1000, K = 100), as issue 14 measured.
 - `planet_i40`: PlaNet's settings with 40 iterations (a better-converged CEM).
+- `gradient`: the registry's `gradient` without a budget (L-BFGS, 10 restarts, `GradientConfig`'s
+  120,000 evaluations per environment; converged).
 
 Prints the table and writes `benchmarks/results/distill_lq.json` (after every teacher, so a partial
 run keeps what it measured).
@@ -38,7 +40,7 @@ from latentplan.planners import CEM
 from latentplan.registry import Budget, make_planner
 
 OUT = Path(__file__).parent / "results" / "distill_lq.json"
-TEACHERS = ["ilqr", "cem", "cem@120k", "planet", "planet_i40"]
+TEACHERS = ["ilqr", "cem", "cem@120k", "planet", "planet_i40", "gradient"]
 
 
 def teacher_for(name: str, model, horizon: int):
