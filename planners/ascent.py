@@ -207,6 +207,33 @@ def _squash(u: Tensor, low: Tensor, high: Tensor) -> Tensor:
     return torch.minimum(torch.maximum(a, low), high)
 
 
+def returns_and_gradients(
+    objective: Objective, state: LatentState, var: Tensor, low: Tensor, high: Tensor, *, tanh: bool,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One evaluation of a gradient ascent: the returns of the sequences that `var [N, H, A]` (a leaf
+    that requires grad; tanh coordinates when `tanh`, else the actions) stands for, and the returns'
+    gradients. Call it with gradients enabled.
+
+    Returns:
+        `(actions [N, H, A], returns [N], finite [N] bool, grad_var [N, H, A], grad_actions [N, H, A])`:
+        the gradients are those of the sum of the finite returns (rows with a non-finite return
+        contribute nothing), zero where the objective does not depend on the actions; they may still
+        be non-finite, which the caller checks.
+    """
+    act = _squash(var, low, high) if tanh else var
+    ret = objective.returns(state, act, generator=generator)
+    finite = torch.isfinite(ret.detach())
+    total = torch.where(finite, ret, torch.zeros_like(ret)).sum()
+    g_var = g_act = None
+    if total.requires_grad:
+        grads = torch.autograd.grad(total, [var, act] if tanh else [var], allow_unused=True)
+        g_var, g_act = grads[0], grads[-1]
+    g_var = torch.zeros_like(var) if g_var is None else g_var
+    g_act = torch.zeros_like(var) if g_act is None else g_act
+    return act, ret, finite, g_var, g_act
+
+
 def ascend(
     objective: Objective,
     state: LatentState,
@@ -278,22 +305,14 @@ def ascend(
             for group in opt.param_groups:
                 group["capturable"] = True
         for step in range(iterations):
-            current = _squash(var, low, high) if tanh else var
-            ret = objective.returns(state, current, generator=generator)
+            current, ret, finite, g_var, g_act = returns_and_gradients(
+                objective, state, var, low, high, tanh=tanh, generator=generator)
             ranked, nf = rank_returns(ret.detach())
             nonfinite = nonfinite + nf
             better = ranked > best_ret
             best_ret = torch.where(better, ranked, best_ret)
             best_act = torch.where(better[:, None, None], current.detach(), best_act)
-            finite = torch.isfinite(ret.detach())
-            loss = -torch.where(finite, ret, torch.zeros_like(ret)).sum()
-            if loss.requires_grad:
-                wrt = [var, current] if tanh else [var]
-                grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-                g_var = grads[0] if grads[0] is not None else torch.zeros_like(var)
-                g_act = grads[-1] if grads[-1] is not None else torch.zeros_like(var)
-            else:  # the objective does not depend on the actions at all
-                g_var = g_act = torch.zeros_like(var)
+            g_var = -g_var  # the optimizer minimises -sum(returns)
             if step == 0:
                 grad_first = g_act[:, 0].norm(dim=-1).mean()
                 grad_last = g_act[:, -1].norm(dim=-1).mean()

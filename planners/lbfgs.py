@@ -37,7 +37,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .ascent import VJP_EVALS, Ascent, _squash, _to_unbounded, project
+from .ascent import VJP_EVALS, Ascent, _to_unbounded, project, returns_and_gradients
 from .objective import Objective, rank_returns
 
 __all__ = ["lbfgs_ascend", "lbfgs_evaluation_cost"]
@@ -166,16 +166,8 @@ def lbfgs_ascend(
         counts = counts + rows.reshape(-1, group).any(dim=1).long()  # the groups of rows are contiguous
         with torch.enable_grad():
             var = u.detach().reshape(n, h, a).requires_grad_(True)
-            act = _squash(var, low, high)
-            ret = objective.returns(state, act, generator=noise())
-            finite = torch.isfinite(ret.detach())
-            total = torch.where(finite, ret, torch.zeros_like(ret)).sum()
-            if total.requires_grad:
-                g_u, g_a = torch.autograd.grad(total, [var, act], allow_unused=True)
-            else:  # the objective does not depend on the actions
-                g_u = g_a = None
-        g_u = torch.zeros_like(var) if g_u is None else g_u
-        g_a = torch.zeros_like(var) if g_a is None else g_a
+            act, ret, finite, g_u, g_a = returns_and_gradients(objective, state, var, low, high, tanh=True,
+                                                               generator=noise())
         ok = finite & torch.isfinite(g_u).flatten(1).all(dim=1) & torch.isfinite(g_a).flatten(1).all(dim=1)
         ranked, _ = rank_returns(ret.detach())
         nonfinite = nonfinite + (rows & ~finite).sum()

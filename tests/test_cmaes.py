@@ -128,10 +128,6 @@ def test_a_continuation_keeps_it_off_the_cliff_but_plateaus_can_hold_it():
     """The cliff world of tests/test_continuation.py (H = 4; exact optimum 5 with the episode ending at the cliff,
     12 without). CMA-ES is a local search: with the continuation its first step is away from the cliff on every
     seed, but on this piecewise-constant reward it converges on a plateau worth 4 on some seeds (documented)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_continuation import _cliff, _start, cliff_reward, off_the_edge
 
     model = _cliff()

@@ -1,30 +1,20 @@
 """`benchmarks/explore_cartpole.py`'s diagnostics: the state shares and the open-loop errors, exact on
 hand-made data and a stand-in model whose imagination is known in closed form."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from latentplan.worldmodels import LatentState
+from script_loader import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("explore_cartpole", ROOT / "benchmarks" / "explore_cartpole.py")
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports rewards_cartpole.py beside it
-    try:
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+    return load_script("benchmarks/explore_cartpole.py")  # it imports rewards_cartpole.py beside it
 
 
 def test_state_shares_count_the_swingup_end_states(bench):

@@ -2,10 +2,7 @@
 seed; the restructured ELBO is the per-step ELBO; `compile="auto"` picks modes as documented."""
 
 import dataclasses
-import importlib.util
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +10,8 @@ import torch
 import latentplan as lp
 from latentplan.planners import fused_search
 from latentplan.worldmodels import FusedRSSM, LatentState
+from script_loader import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(seed=0, deter=12, stoch=4, action_dim=2):
@@ -150,14 +147,7 @@ def test_compiled_fused_search_gives_the_eager_plan():
 def _stepwise_elbo():
     """`benchmarks/train_speed.py`'s `stepwise_elbo`: the ELBO computed step by step, prior and
     posterior inside the loop, as `RSSMWorldModel.elbo` did before its loop was restructured."""
-    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports floor.py beside it
-    try:
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module.stepwise_elbo
+    return load_script("benchmarks/train_speed.py").stepwise_elbo  # it imports floor.py beside it
 
 
 def test_elbo_equals_the_stepwise_elbo_with_its_gradients():

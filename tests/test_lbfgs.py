@@ -13,7 +13,7 @@ import torch
 from latentplan.families import lq_family
 from latentplan.planners.ascent import VJP_EVALS
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
-from latentplan.planners.lbfgs import lbfgs_ascend, lbfgs_evaluation_cost
+from latentplan.planners.lbfgs import _common_noise, lbfgs_ascend, lbfgs_evaluation_cost
 from latentplan.planners.objective import Objective
 from latentplan.worldmodels import AnalyticModel
 from latentplan.worldmodels.rssm import RSSMConfig, RSSMWorldModel
@@ -159,6 +159,11 @@ def test_a_stochastic_model_gets_common_random_numbers():
     zero = obj.returns(state.expand(256), torch.zeros(512, 5, 2), generator=_gen(2)).reshape(2, 256).mean(1)
     planned = obj.returns(state.expand(256), p1.actions.repeat_interleave(256, 0), generator=_gen(2)).reshape(2, 256).mean(1)
     assert (planned > zero).all()
+    # the mechanism: every call of the search's noise source gives a generator in the same state
+    fresh = _common_noise(_gen(1), torch.device("cpu"))
+    first = torch.randn(4, generator=fresh())
+    assert torch.equal(torch.randn(4, generator=fresh()), first)
+    assert not torch.equal(torch.randn(4, generator=_common_noise(_gen(2), torch.device("cpu"))()), first)
 
 
 def test_nonfinite_returns_are_never_accepted():

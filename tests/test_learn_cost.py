@@ -1,19 +1,15 @@
 """examples/learn_cost.py recovers a hidden diagonal LQ cost from the expert's first actions, by
 gradients through the iLQR plan (Amos et al. 2018, Sec. 5.1)."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from script_loader import load_script
+
 
 def _example():
-    path = Path(__file__).resolve().parents[1] / "examples" / "learn_cost.py"
-    spec = importlib.util.spec_from_file_location("learn_cost", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/learn_cost.py")
 
 
 def test_the_expert_is_the_riccati_optimum_the_planner_finds():
