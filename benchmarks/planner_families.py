@@ -40,16 +40,16 @@ from latentplan.planners.mcts import MCTS, MCTSConfig
 from latentplan.registry import PRESETS, Budget, make_planner
 
 OUT = Path(__file__).parent / "results" / "planner_families.json"
-PLANNERS = ["cem", "icem", "cmaes", "mppi", "gradient", "ilqr", "mcts"]
+PLANNERS = ["cem", "icem", "cem_gd", "cmaes", "mppi", "gradient", "ilqr", "mcts"]
 
 
 def default_planner(name: str, horizon: int):
-    """The planner `name` at its config's defaults with only the horizon set (iCEM: the registry's
-    preset fields on CEM's defaults)."""
+    """The planner `name` at its config's defaults with only the horizon set (iCEM and CEM+GD: the
+    registry's preset fields on CEM's defaults)."""
     if name == "cem":
         return CEM(horizon=horizon)
-    if name == "icem":
-        return CEM(CEMConfig(horizon=horizon, **PRESETS["icem"][0]))
+    if name in ("icem", "cem_gd"):
+        return CEM(CEMConfig(horizon=horizon, **PRESETS[name][0]))
     return {"cmaes": CMAES, "mppi": MPPI, "gradient": GradientPlanner, "ilqr": ILQR, "mcts": MCTS}[name](horizon=horizon)
 
 

@@ -1,7 +1,7 @@
 """The cross-entropy method (CEM) over action sequences, as PlaNet plans (Hafner et al. 2019, Sec. 3;
 the CEM itself: Rubinstein 1997), with the options of iCEM (Pinneri et al. 2020), a softmax-weighted
-refit (`refit="mppi"`, as TD-MPC's planner; MPPI as published is `planners.mppi.MPPI`) and the CEM+GD
-hybrid (Bharadhwaj et al. 2020)."""
+refit (`refit="mppi"`, as TD-MPC's planner; MPPI as published is `planners.mppi.MPPI`), the CEM+GD
+hybrid (Bharadhwaj et al. 2020) and a final L-BFGS polish of the search's result (`polish`)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,17 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState
 
 from .validate import check_choice, check_int, check_min, check_positive, check_range
-from .ascent import AscentConfig, ascend, ascent_evals, require_differentiable
+from .ascent import Ascent, AscentConfig, ascend, ascent_evals, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
 from .fused_search import FusedCEMSearch, why_not_fused
+from .lbfgs import lbfgs_ascend, lbfgs_evaluation_cost
 from .objective import Objective, rank_returns
 from .policy import policy_rollout
 
 __all__ = ["CEMConfig", "CEM", "colored_noise", "converged"]
+
+_POLISH_ITERATIONS = 1000  # the polish's iteration cap (the gradient planner's L-BFGS default)
 
 
 def colored_noise(
@@ -202,6 +205,21 @@ class CEMConfig:
             worse. It never triggers when `min_std` / half-range >= tol. Eager and fused searches
             only (it reads the std on the host, one sync per iteration on a GPU).
 
+        polish: the share of `max_evals` kept for a final local search, in [0, 1): after the
+            CEM iterations (which then get `floor((1 - polish) * max_evals)`), the result (the
+            final mean, or the best sequence with `return_best`) is refined by batched L-BFGS
+            through the model (`planners.lbfgs.lbfgs_ascend`: tanh coordinates, 20 curvature
+            pairs, stop at a relative change of 1e-9, at most 1,000 iterations) with whatever
+            budget the iterations left, a backward pass counted as `VJP_EVALS` forward
+            transitions; the plan is the best sequence that search saw, so its return is never
+            below the unpolished one's (under a stochastic model: on the polish's common random
+            numbers). As `scipy.optimize.differential_evolution(polish=True)` refines its best
+            member with L-BFGS-B. `max_evals=None`: the polish is bounded by its stop and
+            iteration cap only. 0 (default): off. The registry's `cem_gd` uses 0.25: a diagonal
+            Gaussian cannot learn the coupling of ill-conditioned problems, L-BFGS learns it
+            (docs/planners.md, "Planners over problem families"). Needs a differentiable
+            objective.
+
     `info["stopped"]` of a plan says why its search ended: `"iterations"` (all `iterations` ran),
     `"budget"` (the next would pass `max_evals`), `"converged"` (`tol`) or `"deadline"`.
     PlaNet's exact planner is `CEMConfig(max_evals=None, tol=0.0)` (registry preset `planet`).
@@ -232,6 +250,7 @@ class CEMConfig:
     compile: Literal["auto", "eager", "static", "cuda_graph", "torch_compile", "fused", "fused_compile"] = "auto"
     max_evals: int | None = 120_000
     tol: float = 1e-3
+    polish: float = 0.0
 
     def __post_init__(self) -> None:
         check_int(self, "horizon", "iterations", "candidates", "elites", minimum=1)
@@ -258,6 +277,7 @@ class CEMConfig:
         check_int(self, "max_evals", minimum=1, optional=True)
         if not (isinstance(self.tol, (int, float)) and not isinstance(self.tol, bool) and 0.0 <= self.tol < math.inf):
             raise ValueError(f"CEMConfig.tol must be a finite number >= 0 (0: no convergence stop); got {self.tol!r}")
+        check_range(self, "polish", 0.0, 1.0, high_open=True)
 
     def population(self, i: int) -> int:
         """J_i, the fresh candidates sampled in iteration `i` (0-based), per environment."""
@@ -291,9 +311,19 @@ class CEMConfig:
         return total
 
     @property
+    def search_evals(self) -> int | None:
+        """The CEM iterations' share of the budget, per environment: `max_evals` less what
+        `polish` keeps for the final L-BFGS search (`floor((1 - polish) * max_evals)`); `None`
+        without a budget."""
+        if self.max_evals is None:
+            return None
+        return int(math.floor((1.0 - self.polish) * self.max_evals))
+
+    @property
     def planned_iterations(self) -> int:
         """The iterations a search runs unless it converges (`tol`) or meets a deadline first:
-        the most n <= `iterations` whose `iteration_evals` sum to at most `max_evals` (at least 1).
+        the most n <= `iterations` whose `iteration_evals` sum to at most `search_evals`
+        (`max_evals` less the `polish` share; at least 1).
         Fixed by the settings, so captured searches run exactly this many."""
         return _planned_iterations(self)
 
@@ -309,12 +339,13 @@ class CEMConfig:
 
 def _planned_iterations(c: CEMConfig) -> int:
     """`CEMConfig.planned_iterations` (the loop ends at the budget, so it is short when one is set)."""
-    if c.max_evals is None:
+    budget = c.search_evals
+    if budget is None:
         return c.iterations
     n = total = 0
     for i in range(c.iterations):
         total += c.iteration_evals(i)
-        if n >= 1 and total > c.max_evals:
+        if n >= 1 and total > budget:
             break
         n += 1
     return n
@@ -358,6 +389,10 @@ class CEM:
       sampled sequences by gradient descent; here only the K best of each iteration are refined
       (as CEM-GD, Huang et al. 2021, does with its top sequences), which keeps the cost at
       `K` instead of `J` backward passes per step.
+    - Polish (`polish=p`, the registry's `cem_gd` with p = 0.25): the iterations get `1 - p` of
+      `max_evals`, then batched L-BFGS (`planners.lbfgs`) refines the result through the model with
+      what they left; `info` gains `polish_steps`, `polish_evals` (also in `model_evals`) and
+      `polish_stopped`, and `value` is the polished sequence's return.
 
     Args:
         config: `CEMConfig` (PlaNet's settings by default); keyword `overrides` replace fields.
@@ -379,8 +414,8 @@ class CEM:
     Raises:
         ValueError: (here) if a `proposal` is given with `policy_fraction == 0`, or is not a
             `Policy`; (from `plan`) if `warm_start.actions` is not `[B, H, A]`, or (with a
-            `gradient` config) if a reward term is marked `differentiable = False` (the
-            message names it).
+            `gradient` config or `polish > 0`) if a reward term is marked `differentiable = False`
+            (the message names it).
 
     Source: Hafner et al. 2019 (PlaNet), "Learning Latent Dynamics for Planning from Pixels";
     Pinneri et al. 2020, "Sample-efficient Cross-Entropy Method for Real-time Planning";
@@ -421,6 +456,8 @@ class CEM:
         c = self.config
         if c.gradient is not None:
             require_differentiable(objective, "CEM (gradient refinement)")
+        if c.polish > 0:
+            require_differentiable(objective, "CEM (L-BFGS polish)")
         model = objective.model
         b, h, a = state.batch, c.horizon, objective.action_dim
         dev = state.device
@@ -450,6 +487,11 @@ class CEM:
             low, high = model.action_low.to(dev), model.action_high.to(dev)
             result = self._search(objective, state, mean, std, low, high, generator, deadline)
         mean, value, nonfinite, iterations, model_evals, stopped = result
+        polished = None
+        if c.polish > 0:
+            mean, value, polished = self._polish(objective, state, mean, value, model_evals, generator, deadline)
+            model_evals += polished.model_evals
+            nonfinite = nonfinite + polished.nonfinite
         info = {
             "iterations": iterations,
             "model_evals": model_evals,
@@ -458,7 +500,33 @@ class CEM:
             "plan_ms": (time.perf_counter() - t0) * 1e3,
             "compile": mode,
         }
+        if polished is not None:
+            info.update(polish_steps=polished.steps, polish_evals=polished.model_evals, polish_stopped=polished.stopped)
         return Plan(mean, value, info)
+
+    def _polish(
+        self, objective: Objective, state: LatentState, mean: Tensor, value: Tensor, search_evals: int,
+        generator: torch.Generator | None, deadline: float | None,
+    ):
+        """The `polish` stage: L-BFGS from the search's result `mean [B, H, A]` with the budget the
+        iterations (`search_evals` imagined transitions over all B environments) left each
+        environment. Returns `(actions [B, H, A], value [B], Ascent)`; `value` is the polished
+        sequence's return (the search's `value` where no evaluation fitted in the budget or the
+        deadline had passed: then the mean is returned as it was, with a zero-step `Ascent`)."""
+        c = self.config
+        b, h = mean.shape[0], mean.shape[1]
+        dev = mean.device
+        low, high = objective.model.action_low.to(dev), objective.model.action_high.to(dev)
+        left = None if c.max_evals is None else c.max_evals - search_evals // b
+        late = deadline is not None and time.perf_counter() >= deadline
+        if late or (left is not None and left < lbfgs_evaluation_cost(1, h)):
+            zero = torch.zeros((), dtype=torch.long, device=dev)
+            nothing = torch.zeros((), device=dev)
+            return mean, value, Ascent(mean, value, 0, 0, zero, zero, nothing, nothing, nothing,
+                                       "deadline" if late else "budget")
+        out = lbfgs_ascend(objective, state, mean, iterations=_POLISH_ITERATIONS, max_evals=left, group=1,
+                           low=low, high=high, generator=generator, deadline=deadline)
+        return out.actions, out.returns, out
 
     def _fused_mode(self, objective: Objective, device: torch.device, batch: int) -> str | None:
         """`"fused"` or `"fused_compile"` if this call takes the fused search (`planners.fused_search`),

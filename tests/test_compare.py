@@ -56,11 +56,12 @@ def test_evaluation_budgets_are_met_by_every_planner_as_measured():
     assert [r["planner"] for r in res.rows] == ["cem", "icem", "mppi", "cem_gd", "gradient"]
     for r in res.rows:
         # measured info["model_evals"] per decision equals what the scaled configuration spends, except
-        # that a CEM-family planner may stop earlier when its distribution has converged (CEMConfig.tol):
-        # CEM+GD's refined elites collapse the std on this 1-D problem in some decisions
+        # for the planners that stop when converged: CEM+GD's L-BFGS polish and the gradient planner
         if r["planner"] == "cem_gd":
-            assert 0.9 * r["expected_evals"] <= r["model_evals_per_decision"] < r["expected_evals"], r
-            assert r["evals_match"] is False
+            # the iterations get three quarters of the budget, the polish at most what they leave
+            assert r["expected_evals"] is None and r["evals_match"] is None
+            assert 450 <= r["model_evals_per_decision"] <= 600, r
+            continue
         elif r["planner"] == "gradient":
             # L-BFGS stops when converged or before an evaluation (forward + backward over the R = 10
             # restarts: 3 * 4 * 10) would pass the budget: the budget is an upper bound, nothing is expected

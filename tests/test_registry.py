@@ -155,6 +155,9 @@ def test_cem_family_spends_large_budgets_on_iterations_and_keeps_small_sizes():
     assert (cfg.candidates, cfg.planned_iterations, expected) == (144, 5, 5988)
     assert (cfg.noise_beta, cfg.white_fraction) == (2.0, 0.5)
     cfg, expected = config("cem_gd", evals=6000)
+    assert (cfg.candidates, cfg.elites, cfg.planned_iterations, cfg.max_evals, expected) == (75, 10, 5, 6000, None)
+    assert cfg.polish == 0.25 and cfg.model_evals == 4500  # the iterations get three quarters: 5 x 12 x 75
+    cfg, expected = config("cem_gd:gradient.iterations=3,polish=0.0", evals=6000)  # the former preset
     assert (cfg.candidates, cfg.elites, cfg.planned_iterations, expected) == (34, 6, 5, 5640)
     assert MAX_CANDIDATES == {"cem": 300, "cem_gd": 150, "icem": 1000}
     cfg, expected = config("cem", evals=120_000)
