@@ -94,8 +94,9 @@ def gflop(shapes: Counter) -> float:
     return sum(2 * m * k * n * count for (m, k, n), count in shapes.items()) / 1e9
 
 
-def measure(shapes: Counter, *, repeats: int = 5, warmup: int = 1) -> dict:
-    """Time the products of `shapes` back to back on preallocated float32 operands.
+def measure(shapes: Counter, *, repeats: int = 5, warmup: int = 1, dtype: torch.dtype = torch.float32) -> dict:
+    """Time the products of `shapes` back to back on preallocated operands of `dtype` (float32: the
+    floor; bfloat16: the floor of a search whose products run in bf16).
 
     Returns:
         `{"ms": median wall ms of one workload's products, "ms_all": [...], "cpu_ms": median process
@@ -103,8 +104,8 @@ def measure(shapes: Counter, *, repeats: int = 5, warmup: int = 1) -> dict:
     """
     ops = []
     for (m, k, n), count in shapes.items():
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        ops.append((a, b, torch.empty(m, n), count))
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        ops.append((a, b, torch.empty(m, n, dtype=dtype), count))
 
     def once() -> None:
         for a, b, c, count in ops:

@@ -17,7 +17,10 @@ change the cost):
   units, A = 1, CEM H=12, I=5, J=100, K=10: `latentplan demo`'s decision);
 - the fused search (`fused`: one pure function per CEM iteration, `planners.fused_search`) and
   the same compiled by inductor (`fused_compile`: C++/OpenMP on the CPU; its compile happens in
-  the first warm-up call and is reported as `first_call_s`);
+  the first warm-up call and is reported as `first_call_s`); `fused bf16` / `fused_compile bf16`:
+  the same over `FusedRSSM(model, precision="bf16")`, every matrix product in bfloat16 (not exact:
+  `--accuracy` measures what it does to the plans; peers are compared with it beside, never
+  instead of, our fastest fp32 row);
 - our CEM with the softmax-weighted refit (`refit="mppi"`, registry `cem_softmax`; one iteration
   from zero is MPPI's update without control cost) at 10,000 samples x H=12, one iteration, B=1
   (labelled "CEM softmax refit 10k x 12"; MPPI as published is `planners.mppi.MPPI`);
@@ -131,6 +134,9 @@ MODES = {
     "fused static bf16": ("static", "bf16"),
     "fused": ("fused", None),
     "fused_compile": ("fused_compile", None),
+    # the fused search with bf16 matrix products (Objective(FusedRSSM(model, precision="bf16"))): not exact
+    "fused bf16": ("fused", "bf16"),
+    "fused_compile bf16": ("fused_compile", "bf16"),
 }
 
 
@@ -138,25 +144,28 @@ def _planner_model(model: lp.RSSMWorldModel, precision: str | None):
     return model if precision is None else FusedRSSM(model, precision=precision)
 
 
-def floor_ms(cfg, batch: int, floors: dict, field: str = "ms") -> float | None:
+def floor_ms(cfg, batch: int, floors: dict, field: str = "ms", extra: tuple = ()) -> float | None:
     """The mean measured floor (wall ms, or with `field="cpu_ms"` process ms) of one decision of
     `cfg` for `batch` beliefs, or None (for settings the floor does not cover: CEM+GD, the
     gradient planner)."""
     if not isinstance(cfg, lp.CEMConfig) or cfg.gradient is not None:
         return None
-    key = (cfg.candidates, cfg.horizon, cfg.iterations, batch)
+    key = (cfg.candidates, cfg.horizon, cfg.iterations, batch, *extra)
     f = floors.get(key)
     return None if f is None else statistics.mean(m[field] for m in f)
 
 
-def measure_floors(model, cfgs: list[tuple[lp.CEMConfig, int]], floors: dict) -> None:
+def measure_floors(model, cfgs: list[tuple[lp.CEMConfig, int]], floors: dict, bf16: bool = False) -> None:
     """Time the floor of every distinct `(config, B)` once more, appending to `floors` (called
-    before and after the rows, so both measurements are recorded)."""
+    before and after the rows, so both measurements are recorded); with `bf16`, also the same
+    products in bfloat16 (key `(..., "bf16")`), the floor of the bf16 rows."""
     distinct = {(cfg.candidates, cfg.horizon, cfg.iterations, b): (cfg, b) for cfg, b in cfgs if cfg.gradient is None}
     for key, (cfg, b) in distinct.items():
         shapes = floor.cem_shapes(model.config, action_dim=model.action_dim, rows=b * cfg.candidates,
                                   horizon=cfg.horizon, iterations=cfg.iterations)
         floors.setdefault(key, []).append(floor.measure(shapes, repeats=3))
+        if bf16:
+            floors.setdefault((*key, "bf16"), []).append(floor.measure(shapes, repeats=3, dtype=torch.bfloat16))
 
 
 def our_jobs(args, cuda: bool) -> list[tuple]:
@@ -302,7 +311,7 @@ def run_accuracy(model, device, args, states: LatentState | None = None) -> list
     name = device_name(device)
     cuda = device.startswith("cuda")
     precisions = ["fp32", "tf32", "bf16"] if cuda else ["fp32", "bf16"]
-    mode = "cuda_graph" if cuda else "eager"
+    mode = "cuda_graph" if cuda else "fused"  # on the CPU: the fused search, the path a bf16 plan takes
     cfg = dataclasses.replace(PLANET, compile="eager")
     out = []
     state = states if states is not None else beliefs(model, args.accuracy_states, seed=7)
@@ -348,22 +357,28 @@ def finish_rows(rows: list[dict], floors: dict) -> list[dict]:
         fc = floor_ms(cfg, b, floors, "cpu_ms")
         row["floor_cpu_ms"] = fc
         row["cpu_x_floor"] = None if fc is None or row["cpu_ms_median"] is None else row["cpu_ms_median"] / fc
+        if "bf16" in row["mode"]:  # also against the floor of its own (bf16) products
+            fb = floor_ms(cfg, b, floors, "cpu_ms", ("bf16",))
+            row["floor_bf16_cpu_ms"] = fb
+            row["cpu_x_floor_bf16"] = None if fb is None or row["cpu_ms_median"] is None else row["cpu_ms_median"] / fb
     return rows
 
 
 def peer_ratios(rows: list[dict], paired: bool = False) -> list[dict]:
-    """Each peer's time over ours, for wall and process time: against our fastest `CEM (PlaNet)` row
-    (by process time, else wall time) and, for pytorch_mppi, also against our softmax-refit row
+    """Each peer's time over ours, for wall and process time: against our fastest fp32 `CEM (PlaNet)` row
+    (by process time, else wall time), against our fastest bf16 row when there is one, and, for pytorch_mppi, also against our softmax-refit row
     (the same 10k x 12 shapes). `median_ratio` is the ratio of the medians; with `paired` (rows
     timed with `--interleave`) `paired_median_ratio` is the median over rounds of the ratio within a
     round (the same load)."""
     key = (lambda r: r["cpu_ms_median"]) if all(r["cpu_ms_median"] for r in rows) else (lambda r: r["ms_median"])
-    cem = [r for r in rows if r["planner"] == "CEM (PlaNet)"]
+    cem = [r for r in rows if r["planner"] == "CEM (PlaNet)" and "bf16" not in r["mode"]]
     ours_cem = min(cem, key=key) if cem else None
+    bf16 = [r for r in rows if r["planner"] == "CEM (PlaNet)" and "bf16" in r["mode"]]
+    ours_bf16 = min(bf16, key=key) if bf16 else None  # reported beside, never instead of, the fp32 row
     softmax = next((r for r in rows if r["planner"] == SOFTMAX_LABEL and r["mode"] == "eager"), None)
     out = []
     for peer in [r for r in rows if r["planner"].split(" ")[0] in ("torchrl", "stable-worldmodel", "pytorch_mppi")]:
-        refs = [ours_cem] + ([softmax] if peer["planner"].startswith("pytorch_mppi") else [])
+        refs = [ours_cem, ours_bf16] + ([softmax] if peer["planner"].startswith("pytorch_mppi") else [])
         for ref in [r for r in refs if r is not None]:
             row = {"peer": peer["planner"], "ours": f"{ref['planner']}, {ref['mode']}"}
             for field, all_field, name in (("ms_median", "ms_all", "wall"), ("cpu_ms_median", "cpu_ms_all", "cpu")):
@@ -391,11 +406,25 @@ def print_table(rows: list[dict], floors: dict) -> None:
         first = "" if r["first_call_s"] is None else f"{r['first_call_s']:.1f}"
         print(f"{r['device']:<34} {r['planner']:<28} {r['mode']:<16} {r['batch']:>3} {r['ms_median']:>11.2f} "
               f"{fl:>8} {xf:>7} {cpu:>8} {cxf:>11} {first:>7}")
+    for r in rows:
+        if r.get("cpu_x_floor_bf16") is not None:
+            print(f"{r['planner']}, {r['mode']}: {r['cpu_x_floor_bf16']:.2f} x the bf16 floor (process time)")
     for key, ms in floors.items():
-        j, h, i, b = key
-        print(f"floor J={j} H={h} I={i} B={b}: " + ", ".join(
+        j, h, i, b = key[:4]
+        kind = " (bf16 products)" if len(key) > 4 else ""
+        print(f"floor{kind} J={j} H={h} I={i} B={b}: " + ", ".join(
             f"{m['ms']:.1f} ms wall, {m['cpu_ms']:.1f} ms cpu ({m['gflops']:.0f} GFLOP/s)" for m in ms)
               + f"; {ms[0]['gflop']:.1f} GFLOP per decision, {ms[0]['threads']} threads")
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's bf16 matrix features (`amx_bf16`, `avx512_bf16`) from /proc/cpuinfo: without them
+    bf16 products are emulated and far slower than fp32 (docs/benchmarks.md)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f in ("amx_bf16", "amx_tile", "avx512_bf16"))
 
 
 def main() -> None:
@@ -441,15 +470,16 @@ def main() -> None:
             jobs = our_jobs(run_args, cuda)
             cfgs = [(cfg, b) for _, cfg, _, b in jobs if isinstance(cfg, lp.CEMConfig)]
             cfgs += [(PLANET, 1), (SOFTMAX_10K, 1)] if args.peers and not demo else []
+            bf16 = any("bf16" in m for m in run_args.modes)
             if not cuda:
-                measure_floors(model, cfgs, floors)
+                measure_floors(model, cfgs, floors, bf16)
             dev_rows: list[dict] = []
             entries = prepare_ours(model, dev, run_args, jobs)
             if args.peers and not demo:
                 entries += prepare_peers(model, dev, run_args)
             time_rows(entries, dev, run_args, dev_rows)
             if not cuda:
-                measure_floors(model, cfgs, floors)
+                measure_floors(model, cfgs, floors, bf16)
             rows += finish_rows(dev_rows, floors)
             print_table(rows[-len(dev_rows):], floors)
             for r in peer_ratios(dev_rows, paired=args.interleave):
@@ -478,6 +508,7 @@ def main() -> None:
         "softmax_refit": "10,000 samples x H=12, 1 iteration", "gradient": "H=12, 8 restarts, 10 Adam steps",
         "load_average": list(os.getloadavg()), "load_average_start": load_start, "interleave": args.interleave,
         "floor": {"x".join(map(str, k)) + " (J x H x I x B)": v for k, v in floors.items()},
+        "cpu_bf16_flags": cpu_bf16_flags(),
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows, "peer_ratios": ratios, "accuracy": accuracy}, indent=2))
     print(f"\nwrote {out}")

@@ -18,7 +18,10 @@ The mean and std are refitted in place in buffers of their own.
 
 It serves the settings it covers (`why_not_fused`): PlaNet's CEM (top-K refit, white noise,
 optionally `momentum` and `min_std`) over the default objective (the learned reward head, any
-discount, no value, no terminal term, no continuation) of an `RSSMWorldModel` (or its fp32 `FusedRSSM` view).
+discount, no value, no terminal term, no continuation) of an `RSSMWorldModel` (or its `FusedRSSM` view,
+fp32 or bf16: `Objective(FusedRSSM(model, precision="bf16"))` runs the search's matrix products in
+bfloat16, which on a CPU with AMX is about 2.4 times faster at PlaNet's size, and not exact: see
+docs/benchmarks.md, "bf16 products on the CPU").
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def cem_iteration(
         eps: `[H, B * J, S]` standard normal noise of the latent samples (step-major).
         deter, stoch: `[B, D]`, `[B, S]` the beliefs planned from.
         low, high: `[A]` action bounds.
-        w: the fp32 fused weights of a `FusedRSSM` (`_w`).
+        w: the fused weights of a `FusedRSSM` (`_w`; fp32, or bf16 products with `precision="bf16"`).
         elites: K; momentum: α of the refit (0: PlaNet's); min_std: floor of the refitted std;
         stoch_min_std: the model's `config.min_std`; discount: γ of the return.
 
@@ -95,8 +98,8 @@ def why_not_fused(config: Any, objective: Objective, proposal: Any) -> str | Non
         return "the fused search covers PlaNet's CEM (with momentum, min_std) only; set: " + ", ".join(off)
     model = objective.model
     if isinstance(model, FusedRSSM):
-        if model.precision != "fp32":
-            return f"the fused search runs fp32 weights; the FusedRSSM has precision {model.precision!r}"
+        if model.precision not in ("fp32", "bf16"):
+            return f"the fused search runs fp32 or bf16 products; the FusedRSSM has precision {model.precision!r}"
         model = model.model
     if not isinstance(model, RSSMWorldModel) or any(
             getattr(type(model), fn) is not getattr(RSSMWorldModel, fn) for fn in ("imagine_step", "reward", "rollout")):

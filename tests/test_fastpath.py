@@ -63,6 +63,35 @@ def test_fused_search_over_a_fused_model_and_the_same_returns_as_the_objective()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_fused_search_is_close_to_fp32_and_refuses_tf32():
+    """`Objective(FusedRSSM(model, precision="bf16"))` takes the fused search with every matrix product
+    in bfloat16 (the reward head's too): its returns differ from fp32 by bf16 rounding only (here
+    below 3 % of their spread over 64 sequences, nearly the same order of candidates), and its plan is
+    close to the fp32 plan of the same seed (here the same elites), its value not equal to it. tf32 (a
+    CUDA setting) is refused."""
+    model = _model(4)
+    state = _beliefs(model, 2)
+    fp32, bf16 = FusedRSSM(model), FusedRSSM(model, precision="bf16")
+    assert bf16._w["gru_wi"].dtype == bf16._w["r0_w"].dtype == torch.bfloat16 and fp32._w["gru_wi"].dtype == torch.float32
+    g = torch.Generator().manual_seed(5)
+    actions = torch.rand(64, 5, 2, generator=g) - 0.5
+    eps = torch.randn(5, 64, model.config.stoch, generator=g)
+    start = state.expand(32)
+    r32 = fused_search.prior_returns(fp32._w, start.deter, start.stoch, actions, eps, min_std=model.config.min_std)
+    r16 = fused_search.prior_returns(bf16._w, start.deter, start.stoch, actions, eps, min_std=model.config.min_std)
+    err = (r16 - r32).abs().max().item()
+    assert 0 < err < 0.03 * r32.std().item()  # measured: 1.4 %
+    ranks = torch.stack([r32.argsort().argsort(), r16.argsort().argsort()]).float()
+    assert torch.corrcoef(ranks)[0, 1] > 0.999
+    eager = _plan(model, "eager", state)
+    plan = _plan(model, "fused", state, lp.Objective(bf16))
+    assert plan.info["compile"] == "fused"
+    assert (plan.actions - eager.actions).abs().max().item() < 0.05  # here the same elites: equal plans
+    assert 0 < (plan.value - eager.value).abs().max().item() < 0.01  # values of bf16 returns
+    with pytest.raises(ValueError, match="fp32 or bf16.*'tf32'"):
+        _plan(model, "fused", state, lp.Objective(FusedRSSM(model, precision="tf32")))
+
+
 def test_fused_search_follows_weight_updates():
     model = _model(2)
     state = _beliefs(model, 1)
@@ -260,3 +289,20 @@ def test_compile_update_trains_as_the_eager_update(tmp_path):
     eager, compiled = losses(False, "eager"), losses(True, "compiled")
     assert len(eager) == 2 and len(compiled) == 2  # two trained episodes of 3 updates each
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_plan_speed_compares_peers_with_the_fp32_row_and_the_bf16_row_beside_it():
+    """`benchmarks/plan_speed.py`: a bf16 row never replaces our fastest fp32 row as the peers'
+    reference, it gets a ratio of its own; the floor module times bf16 operands when asked."""
+    ps = load_script("benchmarks/plan_speed.py")
+
+    def row(planner, mode, ms):
+        return {"planner": planner, "mode": mode, "ms_median": ms, "cpu_ms_median": ms, "ms_all": [ms], "cpu_ms_all": [ms]}
+
+    rows = [row("CEM (PlaNet)", "fused_compile", 1000.0), row("CEM (PlaNet)", "fused_compile bf16", 400.0),
+            row("CEM (PlaNet)", "eager", 1400.0), row("torchrl CEMPlanner (PlaNet)", "torchrl", 1300.0)]
+    ratios = {r["ours"]: r["cpu_median_ratio"] for r in ps.peer_ratios(rows)}
+    assert ratios == {"CEM (PlaNet), fused_compile": pytest.approx(1.3), "CEM (PlaNet), fused_compile bf16": pytest.approx(3.25)}
+    floor = load_script("benchmarks/floor.py")
+    m = floor.measure({(8, 4, 2): 3}, repeats=1, dtype=torch.bfloat16)
+    assert m["gflop"] == pytest.approx(3 * 2 * 8 * 4 * 2 / 1e9) and m["ms"] > 0

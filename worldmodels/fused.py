@@ -33,7 +33,9 @@ class FusedRSSM(WorldModelBase):
       candidate's input and hidden parts side by side (PyTorch's `GRUCell` runs two products);
     - in `rollout`, the action part of the pre-GRU layer is one product over all H steps
       (`actions [N, H, A]` at once) and the per-step product sees only the stochastic state;
-    - `precision="bf16"` runs the matrix products in bfloat16 (inputs rounded, fp32 results);
+    - `precision="bf16"` runs the matrix products in bfloat16 (inputs rounded, results widened
+      to fp32; in `prior_returns`, the CPU fused search's rollout, the reward head's too: on a CPU
+      with AMX that is several times the fp32 rate, docs/benchmarks.md);
       `"tf32"` lets CUDA use TF32 tensor cores for them (no effect on CPU). The elementwise
       parts stay in fp32.
 
@@ -122,12 +124,12 @@ class FusedRSSM(WorldModelBase):
                 "po_b": m.prior_out.bias.clone(),
             }
             # for `prior_returns` (the CPU path, where arithmetic, not launches, is the cost): the GRU's
-            # two products without the zero blocks of gru_w, and the reward head
-            new["gru_wi"] = w_ih.t().contiguous()  # [in, 3D]
-            new["gru_wh"] = w_hh.t().contiguous()  # [D, 3D]
+            # two products without the zero blocks of gru_w, and the reward head (bf16 too with "bf16")
+            new["gru_wi"] = w_ih.t().contiguous().to(mm_dtype)  # [in, 3D]
+            new["gru_wh"] = w_hh.t().contiguous().to(mm_dtype)  # [D, 3D]
             new["gru_bi"], new["gru_bh"] = b_ih.clone(), b_hh.clone()
             for i, layer in enumerate(_reward_layers(m)):
-                new[f"r{i}_w"] = layer.weight.t().contiguous()
+                new[f"r{i}_w"] = layer.weight.t().contiguous().to(mm_dtype)
                 new[f"r{i}_b"] = layer.bias.clone()
             if self._w and all(self._w[k].shape == v.shape and self._w[k].dtype == v.dtype
                                and self._w[k].device == v.device for k, v in new.items()):
@@ -212,6 +214,16 @@ class FusedRSSM(WorldModelBase):
         return visited, LatentState(deter, stoch)
 
 
+def _affine(bias: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """`bias + x @ weight` in fp32. fp32 weights: one `addmm` (the bias inside the product, as
+    `nn.Linear` does: no extra pass over the outputs). bf16 weights: x rounded to bf16, the product in
+    bf16 (oneDNN; AMX or AVX512-BF16 where the CPU has them), its result widened to fp32 before the
+    fp32 bias is added, as `FusedRSSM._mm` does."""
+    if weight.dtype == torch.bfloat16:
+        return bias + (x.to(torch.bfloat16) @ weight).float()
+    return torch.addmm(bias, x, weight)
+
+
 def _reward_layers(model: RSSMWorldModel) -> list[torch.nn.Linear]:
     """The linear layers of the model's reward head (an `MLP`: Linear, ELU, ..., Linear)."""
     return [layer for layer in model.reward_head.net if isinstance(layer, torch.nn.Linear)]
@@ -232,8 +244,10 @@ def prior_returns(
     (test: tests/test_fastpath.py).
 
     Args:
-        w: `FusedRSSM(model)._w` in fp32 (after `refresh()`): the fused GRU, prior and reward
-            head weights.
+        w: `FusedRSSM(model)._w` (after `refresh()`): the fused GRU, prior and reward head
+            weights, fp32, or bf16 for `FusedRSSM(model, precision="bf16")`: then every matrix
+            product, the reward head's included, takes bf16 inputs (rounded) and its result is
+            widened to fp32; the elementwise work (gates, sample, sums) stays fp32.
         deter: `[N, D]`, stoch: `[N, S]` start beliefs.
         actions: `[N, H, A]` action sequences.
         eps: `[H, N, S]` standard normal noise of the stochastic states, step-major.
@@ -248,25 +262,24 @@ def prior_returns(
     """
     n, h, a = actions.shape
     d = deter.shape[1]
-    # biases go into the products (addmm), as nn.Linear does: no extra pass over the outputs
-    action_part = torch.addmm(w["pre_b"], actions.transpose(0, 1).reshape(h * n, a), w["pre_a"]).reshape(h, n, -1)
+    action_part = _affine(w["pre_b"], actions.transpose(0, 1).reshape(h * n, a), w["pre_a"]).reshape(h, n, -1)
     feats = []
     for t in range(h):
-        x = F.elu(torch.addmm(action_part[t], stoch, w["pre_s"]))
-        gi = torch.addmm(w["gru_bi"], x, w["gru_wi"])  # [N, 3D]: r, z, n parts of the input
-        gh = torch.addmm(w["gru_bh"], deter, w["gru_wh"])  # [N, 3D]: r, z, n parts of the hidden state
+        x = F.elu(_affine(action_part[t], stoch, w["pre_s"]))
+        gi = _affine(w["gru_bi"], x, w["gru_wi"])  # [N, 3D]: r, z, n parts of the input
+        gh = _affine(w["gru_bh"], deter, w["gru_wh"])  # [N, 3D]: r, z, n parts of the hidden state
         rz = torch.sigmoid(gi[:, : 2 * d] + gh[:, : 2 * d])
         cand = torch.tanh(gi[:, 2 * d:] + rz[:, :d] * gh[:, 2 * d:])
         z = rz[:, d:]
         deter = (1.0 - z) * cand + z * deter
-        out = torch.addmm(w["po_b"], F.elu(torch.addmm(w["ph_b"], deter, w["ph_w"])), w["po_w"])
+        out = _affine(w["po_b"], F.elu(_affine(w["ph_b"], deter, w["ph_w"])), w["po_w"])
         mean, raw = out.chunk(2, dim=-1)
         stoch = mean + (F.softplus(raw) + min_std) * eps[t]
         feats.append(torch.cat([deter, stoch], dim=-1))
     x = torch.cat(feats, dim=0)  # [H * N, D + S], row t * N + n
-    x = F.elu(torch.addmm(w["r0_b"], x, w["r0_w"]))
-    x = F.elu(torch.addmm(w["r1_b"], x, w["r1_w"]))
-    r = torch.addmm(w["r2_b"], x, w["r2_w"]).reshape(h, n)
+    x = F.elu(_affine(w["r0_b"], x, w["r0_w"]))
+    x = F.elu(_affine(w["r1_b"], x, w["r1_w"]))
+    r = _affine(w["r2_b"], x, w["r2_w"]).reshape(h, n)
     if discount == 1.0:
         return r.sum(dim=0)
     weights = discount ** torch.arange(h, device=r.device, dtype=r.dtype)
