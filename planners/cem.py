@@ -333,7 +333,8 @@ class CEMConfig:
         run: the sum of their `iteration_evals` (at most `max_evals`, unless one iteration alone
         is more). PlaNet's settings give H * I * J. With a proposal policy, rolling it out adds
         (H - 1) * `policy_candidates` (the policy's candidates replace Gaussian ones, so the
-        rows stay the same)."""
+        rows stay the same). The iterations only: a `polish` spends at most the rest of
+        `max_evals`, stopping earlier when converged (`info["polish_evals"]`)."""
         return sum(self.iteration_evals(i) for i in range(self.planned_iterations))
 
 
