@@ -26,7 +26,6 @@ import ast
 import dataclasses
 import difflib
 import importlib
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -34,7 +33,7 @@ import torch
 
 from latentplan.planners.ascent import VJP_EVALS, AscentConfig
 from latentplan.planners.base import Planner
-from latentplan.planners.cem import CEM, CEMConfig
+from latentplan.planners.cem import CEM, CEMConfig, search_share
 from latentplan.planners.cmaes import CMAES, CMAESConfig
 from latentplan.planners.gradient import GradientConfig, GradientPlanner
 from latentplan.planners.ilqr import ILQR, ILQRConfig
@@ -264,7 +263,8 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool, max_candidates: i
     """A registry factory over `CEM` with `preset` fields (e.g. iCEM's options).
 
     Evaluation budget E: J (candidates per iteration) is the largest whose `CEMConfig.model_evals`
-    over I = 5 iterations fits in E, but at most `max_candidates` (None: no cap); K = 10, or
+    over I = 5 iterations fits in E (with a `polish`, in the iterations' share
+    `search_share(E, polish)`: `cem_gd` 0.75 E), but at most `max_candidates` (None: no cap); K = 10, or
     K = J // 5 for small J, unless overridden. Then the search runs until the budget is spent
     (`max_evals` = E, `iterations` a cap of 100,000) or the distribution has converged (`tol`).
     With a cap, large budgets iterate further instead of drawing more candidates per iteration
@@ -277,7 +277,9 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool, max_candidates: i
     too). Overriding `candidates` together with an evaluation budget is an error.
 
     `PlannerBuild.expected_evals` is `CEMConfig.model_evals`, what the search spends when the
-    convergence stop does not end it earlier (a plan's `info["stopped"]` says which).
+    convergence stop does not end it earlier (a plan's `info["stopped"]` says which); `None` with
+    a polish, which stops when converged (the budget bounds it). `max_evals=None` together with a
+    polish under an evaluation budget is an error (it would leave the polish unbounded).
     """
 
     def factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> PlannerBuild:
@@ -290,9 +292,12 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool, max_candidates: i
                 raise ValueError("candidates is set by the evaluation budget; override iterations or elites instead")
             evals = int(budget.evals)
             base.setdefault("max_evals", evals)
+            polish = float(base.get("polish", 0.0))
+            if polish > 0 and base["max_evals"] is None:
+                raise ValueError("max_evals=None with a polish under an evaluation budget would leave the polish "
+                                 "unbounded; set polish=0.0 too, or keep max_evals")
             # the iterations' share of the budget (CEMConfig.search_evals): all of it unless a polish keeps some
-            share = int(math.floor((1.0 - float(base.get("polish", 0.0))) * evals))
-            cfg = _fit_candidates({**base, "max_evals": None}, share, fixed_elites="elites" in overrides)
+            cfg = _fit_candidates({**base, "max_evals": None}, search_share(evals, polish), fixed_elites="elites" in overrides)
             if base["max_evals"] is None:  # a fixed count (the `planet` preset, or max_evals=None given)
                 pass
             elif "iterations" not in overrides and "iterations" not in preset:

@@ -25,9 +25,10 @@ from .lbfgs import lbfgs_ascend, lbfgs_evaluation_cost
 from .objective import Objective, rank_returns
 from .policy import policy_rollout
 
-__all__ = ["CEMConfig", "CEM", "colored_noise", "converged"]
+__all__ = ["CEMConfig", "CEM", "colored_noise", "converged", "search_share"]
 
 _POLISH_ITERATIONS = 1000  # the polish's iteration cap (the gradient planner's L-BFGS default)
+_POLISH_MARGIN = 0.1  # the polish starts with every action inside the central 90 % of its range
 
 
 def colored_noise(
@@ -205,23 +206,33 @@ class CEMConfig:
             worse. It never triggers when `min_std` / half-range >= tol. Eager and fused searches
             only (it reads the std on the host, one sync per iteration on a GPU).
 
-        polish: the share of `max_evals` kept for a final local search, in [0, 1): after the
-            CEM iterations (which then get `floor((1 - polish) * max_evals)`), the result (the
-            final mean, or the best sequence with `return_best`) is refined by batched L-BFGS
-            through the model (`planners.lbfgs.lbfgs_ascend`: tanh coordinates, 20 curvature
-            pairs, stop at a relative change of 1e-9, at most 1,000 iterations) with whatever
-            budget the iterations left, a backward pass counted as `VJP_EVALS` forward
-            transitions; the plan is the best sequence that search saw, so its return is never
-            below the unpolished one's (under a stochastic model: on the polish's common random
-            numbers). As `scipy.optimize.differential_evolution(polish=True)` refines its best
-            member with L-BFGS-B. `max_evals=None`: the polish is bounded by its stop and
-            iteration cap only. 0 (default): off. The registry's `cem_gd` uses 0.25: a diagonal
-            Gaussian cannot learn the coupling of ill-conditioned problems, L-BFGS learns it
+        polish: the share of `max_evals` kept for a final local search, in [0, 1): the CEM
+            iterations get `search_evals` = `max_evals - ceil(polish * max_evals)` (and, with a
+            deadline, the share `1 - polish` of the time to it); then the result (the final mean,
+            or the best sequence with `return_best`) is evaluated once (H transitions) and refined
+            by batched L-BFGS through the model (`planners.lbfgs.lbfgs_ascend`: tanh coordinates,
+            started with every action inside the central 90 % of its range, where an action at a
+            bound would have a vanishing gradient; 20 curvature pairs, stop at a relative change
+            of 1e-9, at most 1,000 iterations) with whatever budget the iterations left, a
+            backward pass counted as `VJP_EVALS` forward transitions. The plan is the best
+            sequence of all these evaluations, the unpolished result included, so its return is
+            never below the unpolished one's (under a stochastic model: on the polish's one noise
+            draw, common random numbers), and `value` is that return (not the elites' mean).
+            With B > 1 environments every L-BFGS evaluation computes all B rows, also those of
+            environments whose own budget or convergence has ended their search (their results
+            unused), so `model_evals` can exceed what the environments' own counts add up to,
+            up to B times the largest (as the gradient planner, docs/planners.md). As
+            `scipy.optimize.differential_evolution(polish=True)` refines its best member with
+            L-BFGS-B. `max_evals=None`: the polish is bounded by its stops and iteration cap
+            only. 0 (default): off. The registry's `cem_gd` uses 0.25: a diagonal Gaussian
+            cannot learn the coupling of ill-conditioned problems, L-BFGS learns it
             (docs/planners.md, "Planners over problem families"). Needs a differentiable
             objective.
 
     `info["stopped"]` of a plan says why its search ended: `"iterations"` (all `iterations` ran),
-    `"budget"` (the next would pass `max_evals`), `"converged"` (`tol`) or `"deadline"`.
+    `"budget"` (the next would pass `search_evals`, which is `max_evals` unless a `polish` keeps
+    some of it), `"converged"` (`tol`) or `"deadline"`; a polish's own stop is in
+    `info["polish_stopped"]`.
     PlaNet's exact planner is `CEMConfig(max_evals=None, tol=0.0)` (registry preset `planet`).
 
     Raises:
@@ -313,11 +324,8 @@ class CEMConfig:
     @property
     def search_evals(self) -> int | None:
         """The CEM iterations' share of the budget, per environment: `max_evals` less what
-        `polish` keeps for the final L-BFGS search (`floor((1 - polish) * max_evals)`); `None`
-        without a budget."""
-        if self.max_evals is None:
-            return None
-        return int(math.floor((1.0 - self.polish) * self.max_evals))
+        `polish` keeps for the final L-BFGS search (`search_share`); `None` without a budget."""
+        return search_share(self.max_evals, self.polish)
 
     @property
     def planned_iterations(self) -> int:
@@ -330,12 +338,21 @@ class CEMConfig:
     @property
     def model_evals(self) -> int:
         """Imagined transitions (forward) per decision and environment when all `planned_iterations`
-        run: the sum of their `iteration_evals` (at most `max_evals`, unless one iteration alone
+        run: the sum of their `iteration_evals` (at most `search_evals`, unless one iteration alone
         is more). PlaNet's settings give H * I * J. With a proposal policy, rolling it out adds
         (H - 1) * `policy_candidates` (the policy's candidates replace Gaussian ones, so the
         rows stay the same). The iterations only: a `polish` spends at most the rest of
         `max_evals`, stopping earlier when converged (`info["polish_evals"]`)."""
         return sum(self.iteration_evals(i) for i in range(self.planned_iterations))
+
+
+def search_share(max_evals: int | None, polish: float) -> int | None:
+    """The evaluations a budget of `max_evals` leaves the CEM iterations when `polish` of it is kept
+    for the polish: `max_evals - ceil(polish * max_evals)` (the product rounded to 9 decimals first,
+    so that 0.9 * 120,000 keeps 12,000, not 12,001); `None` for `None`."""
+    if max_evals is None:
+        return None
+    return max_evals - math.ceil(round(polish * max_evals, 9))
 
 
 def _planned_iterations(c: CEMConfig) -> int:
@@ -408,7 +425,7 @@ class CEM:
     iterations run: B * rows * H each, plus the gradient refinement's (its backward passes counted
     as `VJP_EVALS` forward transitions each) and the proposal's rollout,
     B * (H - 1) * `policy_candidates`), `nonfinite` (NaN/inf
-    returns seen), `stopped` (why the search ended: `"iterations"`, `"budget"` (`max_evals`),
+    returns seen), `stopped` (why the search ended: `"iterations"`, `"budget"` (`search_evals`),
     `"converged"` (`tol`) or `"deadline"`), `compile` and `plan_ms`. Anytime: `deadline` is checked after every iteration (at least
     one always runs).
 
@@ -473,9 +490,11 @@ class CEM:
         else:
             mean = torch.zeros(b, h, a, device=dev)
             std = torch.full((b, h, a), c.init_std, device=dev)
+        # with a polish, the iterations get the share 1 - polish of the time to the deadline as well
+        search_deadline = deadline if deadline is None or c.polish == 0 else t0 + (1.0 - c.polish) * (deadline - t0)
         mode = self._fused_mode(objective, dev, b)
         if mode is not None:
-            result, mode = self._fused_search(mode, objective, state, mean, std, generator, deadline)
+            result, mode = self._fused_search(mode, objective, state, mean, std, generator, search_deadline)
         else:
             not_capturable = "gradient (CEM+GD's optimiser is not captured)" if c.gradient is not None else None
             mode = resolve_compile(c.compile, dev, planner="CEM", not_capturable=not_capturable or self._cache.failed)
@@ -486,7 +505,7 @@ class CEM:
                 mode = self._cache.fall_back("CEM", c.compile, e)  # re-raises unless compile="auto"
         if mode == "eager":
             low, high = model.action_low.to(dev), model.action_high.to(dev)
-            result = self._search(objective, state, mean, std, low, high, generator, deadline)
+            result = self._search(objective, state, mean, std, low, high, generator, search_deadline)
         mean, value, nonfinite, iterations, model_evals, stopped = result
         polished = None
         if c.polish > 0:
@@ -509,16 +528,18 @@ class CEM:
         self, objective: Objective, state: LatentState, mean: Tensor, value: Tensor, search_evals: int,
         generator: torch.Generator | None, deadline: float | None,
     ):
-        """The `polish` stage: L-BFGS from the search's result `mean [B, H, A]` with the budget the
-        iterations (`search_evals` imagined transitions over all B environments) left each
-        environment. Returns `(actions [B, H, A], value [B], Ascent)`; `value` is the polished
-        sequence's return (the search's `value` where no evaluation fitted in the budget or the
-        deadline had passed: then the mean is returned as it was, with a zero-step `Ascent`)."""
+        """The `polish` stage: L-BFGS from the search's result `mean [B, H, A]` (pulled into the
+        central 90 % of the action range where it touches a bound, `_POLISH_MARGIN`) with the budget
+        the iterations (`search_evals` imagined transitions over all B environments) left each
+        environment, less the H transitions of evaluating `mean` itself once, which is the first
+        best seen. Returns `(actions [B, H, A], value [B], Ascent)`; `value` is the polished
+        sequence's return (the search's `value` where no L-BFGS evaluation fitted in the budget or
+        the deadline had passed: then the mean is returned as it was, with a zero-step `Ascent`)."""
         c = self.config
         b, h = mean.shape[0], mean.shape[1]
         dev = mean.device
         low, high = objective.model.action_low.to(dev), objective.model.action_high.to(dev)
-        left = None if c.max_evals is None else c.max_evals - search_evals // b
+        left = None if c.max_evals is None else c.max_evals - search_evals // b - h
         late = deadline is not None and time.perf_counter() >= deadline
         if late or (left is not None and left < lbfgs_evaluation_cost(1, h)):
             zero = torch.zeros((), dtype=torch.long, device=dev)
@@ -526,7 +547,8 @@ class CEM:
             return mean, value, Ascent(mean, value, 0, 0, zero, zero, nothing, nothing, nothing,
                                        "deadline" if late else "budget")
         out = lbfgs_ascend(objective, state, mean, iterations=_POLISH_ITERATIONS, max_evals=left, group=1,
-                           low=low, high=high, generator=generator, deadline=deadline)
+                           low=low, high=high, generator=generator, deadline=deadline, margin=_POLISH_MARGIN,
+                           keep_start=True)
         return out.actions, out.returns, out
 
     def _fused_mode(self, objective: Objective, device: torch.device, batch: int) -> str | None:

@@ -83,6 +83,8 @@ def lbfgs_ascend(
     high: Tensor | None = None,
     generator: torch.Generator | None = None,
     deadline: float | None = None,
+    margin: float = 0.0,
+    keep_start: bool = False,
 ) -> Ascent:
     """Maximise `objective.returns` over `actions [N, H, A]` from `state [N]` by batched L-BFGS.
 
@@ -120,6 +122,14 @@ def lbfgs_ascend(
             the same draw (common random numbers), seeded from it.
         deadline: absolute `time.perf_counter()` time after which no further iteration, and no
             further trial of a line search after its first, starts.
+        margin: the search starts from the start sequences with every action clamped into the
+            central `1 - margin` of its range (`[low + margin/2 (high - low), high - margin/2 (high
+            - low)]`): in tanh coordinates an action at a bound has a vanishing gradient and would
+            barely move. 0 (default): the bounds pulled in by 1e-4 only. In [0, 1).
+        keep_start: also evaluate the start sequences themselves once (forward only, on the same
+            noise draw: N * H more transitions, counted in `model_evals` but not against
+            `max_evals`), as the first best seen: the returned sequence's return is then never
+            below the start's.
 
     Returns:
         An `Ascent` whose `steps` counts iterations, `model_evals` the evaluations computed
@@ -146,6 +156,8 @@ def lbfgs_ascend(
         raise ValueError(f"lbfgs_ascend: group={group} must divide the {n} rows")
     low = objective.model.action_low.to(dev) if low is None else low
     high = objective.model.action_high.to(dev) if high is None else high
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"lbfgs_ascend: margin must be in [0, 1); got {margin}")
     noise = _common_noise(generator, dev)
     d = h * a
     tiny = torch.finfo(dtype).tiny
@@ -185,8 +197,18 @@ def lbfgs_ascend(
             return torch.ones(n, dtype=torch.bool, device=dev)
         return ((counts + 1) * group_cost <= max_evals)[owner]
 
+    extra = 0
+    if keep_start:  # the start itself, forward only, on the search's noise draw
+        start = project(actions.detach(), low, high)
+        ranked, _ = rank_returns(objective.returns(state, start, generator=noise()).detach())
+        nonfinite = nonfinite + (~torch.isfinite(ranked)).sum()
+        best_ret, best_act, extra = ranked.to(dtype), start.clone(), n * h
+    first = project(actions.detach(), low, high)
+    if margin > 0:
+        span = high - low
+        first = torch.maximum(torch.minimum(first, high - margin / 2 * span), low + margin / 2 * span)
     # minimise F = -return; g = dF/du
-    u = _to_unbounded(project(actions.detach(), low, high), low, high).reshape(n, d).to(dtype)
+    u = _to_unbounded(first, low, high).reshape(n, d).to(dtype)
     ret, ok, grad, g_act = evaluate(u, torch.ones(n, dtype=torch.bool, device=dev))
     grad_first = g_act[:, 0].norm(dim=-1).mean()
     grad_last = g_act[:, -1].norm(dim=-1).mean()
@@ -288,6 +310,6 @@ def lbfgs_ascend(
         stopped = "iterations"
     grad_end = g_act.flatten(1).norm(dim=1).mean()
     return Ascent(
-        best_act, best_ret, done, evals * lbfgs_evaluation_cost(n, h), nonfinite, bad_grads, grad_first, grad_last,
+        best_act, best_ret, done, evals * lbfgs_evaluation_cost(n, h) + extra, nonfinite, bad_grads, grad_first, grad_last,
         grad_end, stopped,
     )
