@@ -296,11 +296,42 @@ def part_summary(args) -> dict:
     out = {"rows": rows, "mean_ratio": float(np.mean(ratios)), "min_ratio": float(np.min(ratios)),
            "max_ratio": float(np.max(ratios)), "pooled_means": pooled,
            "ratio_of_pooled_means": pooled["explore"] / pooled["task"],
-           "goal_return_mean": {w: float(np.mean([r[w]["goal_return"] for r in rows])) for w in ("explore", "task")}}
+           "goal_return_mean": {w: float(np.mean([r[w]["goal_return"] for r in rows])) for w in ("explore", "task")},
+           "mean_abs_x_error_mean": {w: float(np.mean([r[w]["mean_abs_x_error"] for r in rows]))
+                                     for w in ("explore", "task")}}
+    out.update(_ratio_uncertainty(rows, ratios))
     print(f"\nratio explored / task-trained, known swing-up: per tag {np.round(100 * np.array(ratios), 1).tolist()} %, "
           f"mean {100 * out['mean_ratio']:.1f} %; of the pooled means {pooled['explore']:.1f} / {pooled['task']:.1f} "
           f"= {100 * out['ratio_of_pooled_means']:.1f} % (bar: >= 90 %)")
+    lo, hi = out["pooled_ratio_bootstrap_95"]
+    print(f"pooled ratio, hierarchical bootstrap 95 %: [{lo:.3f}, {hi:.3f}]; one-sided 95 % t lower bound on the "
+          f"mean of the per-tag ratios: {out['mean_ratio_t_lower_95']:.3f}; goal return explored / task "
+          f"{out['goal_return_mean']['explore']:.1f} / {out['goal_return_mean']['task']:.1f}")
     return out
+
+
+def _ratio_uncertainty(rows: list[dict], ratios: list[float], resamples: int = 10_000, seed: int = 0) -> dict:
+    """How sure the pooled ratio is: a hierarchical bootstrap (resample the training seeds, then each
+    chosen seed's evaluation episodes, for both models; the ratio of the pooled means; percentile
+    95 % interval), and a one-sided 95 % Student-t lower bound on the mean of the per-seed ratios
+    (scipy.stats.t)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    k = len(rows)
+    draws = np.empty(resamples)
+    for i in range(resamples):
+        pick = rng.integers(0, k, size=k)
+        means = {}
+        for w in ("explore", "task"):
+            vals = [np.asarray(rows[j][w]["known"])[rng.integers(0, len(rows[j][w]["known"]), len(rows[j][w]["known"]))]
+                    for j in pick]
+            means[w] = np.mean(np.concatenate(vals))
+        draws[i] = means["explore"] / means["task"]
+    r = np.asarray(ratios)
+    t_low = float(r.mean() - stats.t.ppf(0.95, k - 1) * r.std(ddof=1) / np.sqrt(k)) if k > 1 else float("nan")
+    return {"pooled_ratio_bootstrap_95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+            "mean_ratio_t_lower_95": t_low, "bootstrap_resamples": resamples}
 
 
 def main() -> None:
