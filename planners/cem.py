@@ -17,7 +17,7 @@ from torch import Tensor
 from latentplan.worldmodels.state import LatentState
 
 from .validate import check_choice, check_int, check_min, check_positive, check_range
-from .ascent import Ascent, AscentConfig, ascend, ascent_evals, require_differentiable
+from .ascent import AscentConfig, ascend, ascent_evals, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
 from .fused_search import FusedCEMSearch, why_not_fused
@@ -510,8 +510,8 @@ class CEM:
         polished = None
         if c.polish > 0:
             mean, value, polished = self._polish(objective, state, mean, value, model_evals, generator, deadline)
-            model_evals += polished.model_evals
-            nonfinite = nonfinite + polished.nonfinite
+            model_evals += polished["polish_evals"]
+            nonfinite = nonfinite + polished.pop("nonfinite")
         info = {
             "iterations": iterations,
             "model_evals": model_evals,
@@ -521,7 +521,7 @@ class CEM:
             "compile": mode,
         }
         if polished is not None:
-            info.update(polish_steps=polished.steps, polish_evals=polished.model_evals, polish_stopped=polished.stopped)
+            info.update(polished)
         return Plan(mean, value, info)
 
     def _polish(
@@ -532,9 +532,11 @@ class CEM:
         central 90 % of the action range where it touches a bound, `_POLISH_MARGIN`) with the budget
         the iterations (`search_evals` imagined transitions over all B environments) left each
         environment, less the H transitions of evaluating `mean` itself once, which is the first
-        best seen. Returns `(actions [B, H, A], value [B], Ascent)`; `value` is the polished
+        best seen. Returns `(actions [B, H, A], value [B], facts)`; `value` is the polished
         sequence's return (the search's `value` where no L-BFGS evaluation fitted in the budget or
-        the deadline had passed: then the mean is returned as it was, with a zero-step `Ascent`)."""
+        the deadline had passed: then the mean is returned as it was, with no steps or
+        evaluations); `facts` holds `polish_steps`, `polish_evals`, `polish_stopped` and
+        `nonfinite` (0-dim long)."""
         c = self.config
         b, h = mean.shape[0], mean.shape[1]
         dev = mean.device
@@ -542,14 +544,13 @@ class CEM:
         left = None if c.max_evals is None else c.max_evals - search_evals // b - h
         late = deadline is not None and time.perf_counter() >= deadline
         if late or (left is not None and left < lbfgs_evaluation_cost(1, h)):
-            zero = torch.zeros((), dtype=torch.long, device=dev)
-            nothing = torch.zeros((), device=dev)
-            return mean, value, Ascent(mean, value, 0, 0, zero, zero, nothing, nothing, nothing,
-                                       "deadline" if late else "budget")
+            return mean, value, {"polish_steps": 0, "polish_evals": 0, "polish_stopped": "deadline" if late else "budget",
+                                 "nonfinite": torch.zeros((), dtype=torch.long, device=dev)}
         out = lbfgs_ascend(objective, state, mean, iterations=_POLISH_ITERATIONS, max_evals=left, group=1,
                            low=low, high=high, generator=generator, deadline=deadline, margin=_POLISH_MARGIN,
                            keep_start=True)
-        return out.actions, out.returns, out
+        return out.actions, out.returns, {"polish_steps": out.steps, "polish_evals": out.model_evals,
+                                          "polish_stopped": out.stopped, "nonfinite": out.nonfinite}
 
     def _fused_mode(self, objective: Objective, device: torch.device, batch: int) -> str | None:
         """`"fused"` or `"fused_compile"` if this call takes the fused search (`planners.fused_search`),

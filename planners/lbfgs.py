@@ -198,12 +198,11 @@ def lbfgs_ascend(
         return ((counts + 1) * group_cost <= max_evals)[owner]
 
     extra = 0
+    first = best_act.clone()  # the start sequences, projected into the bounds
     if keep_start:  # the start itself, forward only, on the search's noise draw
-        start = project(actions.detach(), low, high)
-        ranked, _ = rank_returns(objective.returns(state, start, generator=noise()).detach())
+        ranked, _ = rank_returns(objective.returns(state, first, generator=noise()).detach())
         nonfinite = nonfinite + (~torch.isfinite(ranked)).sum()
-        best_ret, best_act, extra = ranked.to(dtype), start.clone(), n * h
-    first = project(actions.detach(), low, high)
+        best_ret, extra = ranked.to(dtype), n * h
     if margin > 0:
         span = high - low
         first = torch.maximum(torch.minimum(first, high - margin / 2 * span), low + margin / 2 * span)

@@ -152,22 +152,18 @@ class FusedRSSM(WorldModelBase):
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
 
-    def _mm(self, x: Tensor, w: Tensor) -> Tensor:
-        if w.dtype == torch.bfloat16:
-            return (x.to(torch.bfloat16) @ w).float()
-        return x @ w
 
     # ------------------------------------------------------------------ the step
     def _step(self, stoch: Tensor, deter: Tensor, action_part: Tensor, eps: Tensor | None) -> tuple[Tensor, Tensor]:
         w, c = self._w, self.model.config
         d = c.deter
-        x = F.elu(action_part + self._mm(stoch, w["pre_s"]))
-        g = self._mm(torch.cat([x, deter], dim=-1), w["gru_w"]) + w["gru_b"]
+        x = F.elu(action_part + _matmul(stoch, w["pre_s"]))
+        g = _matmul(torch.cat([x, deter], dim=-1), w["gru_w"]) + w["gru_b"]
         rz = torch.sigmoid(g[:, : 2 * d])
         r, z = rz[:, :d], rz[:, d:]
         n = torch.tanh(g[:, 2 * d: 3 * d] + r * g[:, 3 * d:])
         deter = (1.0 - z) * n + z * deter
-        out = self._mm(F.elu(self._mm(deter, w["ph_w"]) + w["ph_b"]), w["po_w"]) + w["po_b"]
+        out = _matmul(F.elu(_matmul(deter, w["ph_w"]) + w["ph_b"]), w["po_w"]) + w["po_b"]
         mean, raw = out.chunk(2, dim=-1)
         if eps is None:
             return deter, mean
@@ -190,7 +186,7 @@ class FusedRSSM(WorldModelBase):
         self.model._check_step(state, action, "imagine_step")
         self.refresh()
         with self._matmul_precision():
-            action_part = self._mm(action, self._w["pre_a"]) + self._w["pre_b"]
+            action_part = _matmul(action, self._w["pre_a"]) + self._w["pre_b"]
             deter, stoch = self._step(state.stoch, state.deter, action_part, self._eps(action, generator, sample))
         return LatentState(deter, stoch)
 
@@ -205,7 +201,7 @@ class FusedRSSM(WorldModelBase):
         deter, stoch = state.deter, state.stoch
         deters, stochs = [], []
         with self._matmul_precision():
-            action_part = (self._mm(actions.reshape(n * h, -1), self._w["pre_a"]) + self._w["pre_b"]).reshape(n, h, -1)
+            action_part = (_matmul(actions.reshape(n * h, -1), self._w["pre_a"]) + self._w["pre_b"]).reshape(n, h, -1)
             for t in range(h):
                 deter, stoch = self._step(stoch, deter, action_part[:, t], self._eps(actions, generator, sample))
                 deters.append(deter)
@@ -214,13 +210,19 @@ class FusedRSSM(WorldModelBase):
         return visited, LatentState(deter, stoch)
 
 
-def _affine(bias: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-    """`bias + x @ weight` in fp32. fp32 weights: one `addmm` (the bias inside the product, as
-    `nn.Linear` does: no extra pass over the outputs). bf16 weights: x rounded to bf16, the product in
-    bf16 (oneDNN; AMX or AVX512-BF16 where the CPU has them), its result widened to fp32 before the
-    fp32 bias is added, as `FusedRSSM._mm` does."""
+def _matmul(x: Tensor, weight: Tensor) -> Tensor:
+    """`x @ weight`; with bf16 weights, x rounded to bf16, the product in bf16 (oneDNN; AMX or
+    AVX512-BF16 where the CPU has them) and its result widened to fp32."""
     if weight.dtype == torch.bfloat16:
-        return bias + (x.to(torch.bfloat16) @ weight).float()
+        return (x.to(torch.bfloat16) @ weight).float()
+    return x @ weight
+
+
+def _affine(bias: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """`bias + x @ weight` in fp32: with fp32 weights one `addmm` (the bias inside the product, as
+    `nn.Linear` does: no extra pass over the outputs); with bf16 weights `_matmul`, then the fp32 bias."""
+    if weight.dtype == torch.bfloat16:
+        return bias + _matmul(x, weight)
     return torch.addmm(bias, x, weight)
 
 
