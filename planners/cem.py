@@ -185,10 +185,11 @@ class CEMConfig:
             count `planned_iterations` (the budget `max_evals` is honoured, `tol` is not: a
             captured search cannot read the std on the host). `"auto"`
             (default): `"cuda_graph"` on a CUDA device when the settings allow it (not with
-            `gradient`, whose optimiser is not captured); on the CPU `"fused_compile"` for large
-            decisions (>= 50,000 imagined transitions) of covered settings from a planner's
-            17th call on (`FusedCEMSearch.auto_mode`; a failed compile warns and runs the fused
-            search uncompiled), else `"eager"`.
+            `gradient`, whose optimiser is not captured); on the CPU `"fused_compile"` for covered
+            settings once the planner's eager decisions have spent 2,000,000 imagined transitions
+            (`fused_search.AUTO_COMPILE_AFTER_EVALS`: PlaNet's CEM from its 17th decision, the
+            demo's from its 334th), never in a call with a `deadline` (`FusedCEMSearch.auto_mode`;
+            a failed compile warns and runs the fused search uncompiled), else `"eager"`.
 
         max_evals: the budget, in imagined transitions per decision and environment (forward
             passes, counted as `model_evals`): an iteration that would take the total past it is
@@ -492,7 +493,7 @@ class CEM:
             std = torch.full((b, h, a), c.init_std, device=dev)
         # with a polish, the iterations get the share 1 - polish of the time to the deadline as well
         search_deadline = deadline if deadline is None or c.polish == 0 else t0 + (1.0 - c.polish) * (deadline - t0)
-        mode = self._fused_mode(objective, dev, b)
+        mode = self._fused_mode(objective, dev, deadline)
         if mode is not None:
             result, mode = self._fused_search(mode, objective, state, mean, std, generator, search_deadline)
         else:
@@ -507,6 +508,8 @@ class CEM:
             low, high = model.action_low.to(dev), model.action_high.to(dev)
             result = self._search(objective, state, mean, std, low, high, generator, search_deadline)
         mean, value, nonfinite, iterations, model_evals, stopped = result
+        if mode == "eager" and c.compile == "auto" and dev.type == "cpu":
+            self._fast.count(model_evals)  # towards compile="auto"'s switch (fused_search.AUTO_COMPILE_AFTER_EVALS)
         polished = None
         if c.polish > 0:
             mean, value, polished = self._polish(objective, state, mean, value, model_evals, generator, deadline)
@@ -552,7 +555,7 @@ class CEM:
         return out.actions, out.returns, {"polish_steps": out.steps, "polish_evals": out.model_evals,
                                           "polish_stopped": out.stopped, "nonfinite": out.nonfinite}
 
-    def _fused_mode(self, objective: Objective, device: torch.device, batch: int) -> str | None:
+    def _fused_mode(self, objective: Objective, device: torch.device, deadline: float | None) -> str | None:
         """`"fused"` or `"fused_compile"` if this call takes the fused search (`planners.fused_search`),
         else None. Explicit modes raise ValueError when the settings are not covered."""
         c = self.config
@@ -563,7 +566,7 @@ class CEM:
             return c.compile
         if c.compile != "auto" or device.type != "cpu" or why_not_fused(c, objective, self.proposal) is not None:
             return None
-        return self._fast.auto_mode(c, batch)
+        return self._fast.auto_mode(deadline)
 
     def _fused_search(
         self, mode: str, objective: Objective, state: LatentState, mean: Tensor, std: Tensor,

@@ -124,12 +124,14 @@ def compile_cache_dir() -> Path:
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
-AUTO_COMPILE_AFTER = 16
-"""Calls of one planner that `compile="auto"` runs eagerly before it compiles the fused search."""
-
-AUTO_COMPILE_MIN_EVALS = 50_000
-"""Imagined transitions per decision from which `compile="auto"` compiles on the CPU (PlaNet's
-CEM: 120,000; the demo's: 6,000)."""
+AUTO_COMPILE_AFTER_EVALS = 2_000_000
+"""Imagined transitions (summed over environments) that one planner spends in eager decisions
+before `compile="auto"` compiles its fused search on the CPU: a ski-rental rule, so that the
+one-off compile (about 20 s on 2 cores with an empty cache, 4-5 s with a filled one) is paid only
+by runs that have already spent about as much on planning. The count, not a clock, decides, so a
+seeded run switches at the same decision every time and reproduces. PlaNet's CEM (120,000 per
+decision) compiles at its 17th decision; the demo's (6,000; 48-59 ms eagerly) at its 334th, within
+its third planned episode (docs/benchmarks.md, "The demo's 2x target")."""
 
 _COMPILED: Callable | None = None
 
@@ -155,23 +157,24 @@ class FusedCEMSearch:
         self._buffers: dict[tuple, tuple[Tensor, Tensor]] = {}
         self._fused: dict[int, FusedRSSM] = {}
         self.compile_s: dict[tuple, float] = {}
-        self.calls = 0
+        self.evals_seen = 0
         self.failed: str | None = None
 
-    def auto_mode(self, config: Any, batch: int) -> str | None:
-        """The mode `compile="auto"` takes on the CPU for these settings: `"fused_compile"` when a
-        decision is large (`batch * config.model_evals >= AUTO_COMPILE_MIN_EVALS` imagined
-        transitions) and this planner has already been called `AUTO_COMPILE_AFTER` times (it is
-        planning an episode, and the one-off compile pays for itself within it); None (the eager
-        loop) otherwise, after a failed compile, or with `LATENTPLAN_COMPILE=0` in the environment.
-        Small decisions stay eager: at the demo's size the matrix products dominate and the
-        compiled search saves too little to repay a first compile in one episode (docs/gpu.md)."""
-        self.calls += 1
-        if self.failed is not None or os.environ.get("LATENTPLAN_COMPILE", "1") == "0":
+    def auto_mode(self, deadline: float | None) -> str | None:
+        """The mode `compile="auto"` takes on the CPU for a decision of covered settings:
+        `"fused_compile"` once this planner's eager decisions have spent `AUTO_COMPILE_AFTER_EVALS`
+        imagined transitions (`count`), None (the eager loop) before that, after a failed compile,
+        with `LATENTPLAN_COMPILE=0` in the environment, or for a decision with a `deadline` (a
+        real-time caller never gets a compile's stall; it chooses `compile="fused_compile"` and
+        warms up before its loop)."""
+        if self.failed is not None or os.environ.get("LATENTPLAN_COMPILE", "1") == "0" or deadline is not None:
             return None
-        if batch * config.model_evals < AUTO_COMPILE_MIN_EVALS or self.calls <= AUTO_COMPILE_AFTER:
-            return None
-        return "fused_compile"
+        return "fused_compile" if self.evals_seen >= AUTO_COMPILE_AFTER_EVALS else None
+
+    def count(self, model_evals: int) -> None:
+        """Add an eager decision's imagined transitions (over all environments) to the running
+        total that `auto_mode` compares with `AUTO_COMPILE_AFTER_EVALS`."""
+        self.evals_seen += int(model_evals)
 
     def fail(self, error: Exception) -> None:
         """Remember that compiling failed (later `auto` calls run uncompiled) and warn once."""

@@ -2,6 +2,7 @@
 seed; the restructured ELBO is the per-step ELBO; `compile="auto"` picks modes as documented."""
 
 import dataclasses
+import time
 import warnings
 
 import pytest
@@ -117,23 +118,43 @@ def test_fused_modes_refuse_settings_they_do_not_cover():
         _plan(model, "fused", state, lp.Objective(model, rewards=[upright]))
 
 
-def test_auto_compiles_only_large_repeated_cpu_decisions(monkeypatch):
+def test_auto_compiles_once_the_eager_decisions_have_spent_the_threshold(monkeypatch):
+    """Ski rental by count: `compile="auto"` on the CPU plans eagerly until the planner's eager
+    decisions have spent `AUTO_COMPILE_AFTER_EVALS` imagined transitions, then takes the compiled
+    fused search (here the uncompiled iteration stands in for inductor's, so no compile runs);
+    never with a deadline or with LATENTPLAN_COMPILE=0."""
     model = _model()
-    state = _beliefs(model, 1)
-    cfg = lp.CEMConfig(horizon=5, iterations=3, candidates=24, elites=5)
+    state = _beliefs(model, 2)
     monkeypatch.delenv("LATENTPLAN_COMPILE", raising=False)  # conftest switches compiling off for the suite
     search = fused_search.FusedCEMSearch()
-    assert all(search.auto_mode(cfg, 1) is None for _ in range(30))  # 360 transitions: small, stays eager
-    monkeypatch.setattr(fused_search, "AUTO_COMPILE_MIN_EVALS", 300)
-    search = fused_search.FusedCEMSearch()
-    modes = [search.auto_mode(cfg, 1) for _ in range(fused_search.AUTO_COMPILE_AFTER + 2)]
-    assert modes[: fused_search.AUTO_COMPILE_AFTER] == [None] * fused_search.AUTO_COMPILE_AFTER
-    assert modes[-2:] == ["fused_compile"] * 2
+    search.count(fused_search.AUTO_COMPILE_AFTER_EVALS - 1)
+    assert search.auto_mode(None) is None
+    search.count(1)
+    assert search.auto_mode(None) == "fused_compile"
+    assert search.auto_mode(deadline=1e12) is None
     monkeypatch.setenv("LATENTPLAN_COMPILE", "0")
-    assert search.auto_mode(cfg, 1) is None
-    # a plan with compile="auto" on the CPU is the eager one for small decisions
-    plan = lp.CEM(cfg).plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(7))
-    assert plan.info["compile"] == "eager"
+    assert search.auto_mode(None) is None
+    monkeypatch.delenv("LATENTPLAN_COMPILE")
+
+    # through CEM.plan: B=2 x H=5 x I=3 x J=24 = 720 transitions per decision; switch after 3
+    monkeypatch.setattr(fused_search, "AUTO_COMPILE_AFTER_EVALS", 3 * 720)
+    monkeypatch.setattr(fused_search, "_compiled_iteration", lambda: fused_search.cem_iteration)
+    planner = lp.CEM(horizon=5, iterations=3, candidates=24, elites=5)
+    modes, evals = [], []
+    for k in range(5):
+        plan = planner.plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(k))
+        modes.append(plan.info["compile"])
+        evals.append(plan.info["model_evals"])
+    assert evals == [720] * 5
+    assert modes == ["eager"] * 3 + ["fused_compile"] * 2
+    assert planner._fast.evals_seen == 3 * 720  # compiled decisions are not counted again
+    late = planner.plan(lp.Objective(model), state, deadline=time.perf_counter() + 60.0)
+    assert late.info["compile"] == "eager"
+    # the switch does not change the plan beyond float rounding
+    eager = _plan(model, "eager", state)
+    switched = planner.plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(7))
+    assert switched.info["compile"] == "fused_compile"
+    torch.testing.assert_close(switched.actions, eager.actions, atol=1e-5, rtol=1e-5)
 
 
 def test_a_failed_auto_compile_warns_and_gives_the_uncompiled_fused_plan(monkeypatch):
@@ -147,8 +168,7 @@ def test_a_failed_auto_compile_warns_and_gives_the_uncompiled_fused_plan(monkeyp
 
     monkeypatch.setattr(fused_search, "_compiled_iteration", broken)
     monkeypatch.delenv("LATENTPLAN_COMPILE", raising=False)
-    monkeypatch.setattr(fused_search, "AUTO_COMPILE_MIN_EVALS", 1)
-    monkeypatch.setattr(fused_search, "AUTO_COMPILE_AFTER", 0)
+    monkeypatch.setattr(fused_search, "AUTO_COMPILE_AFTER_EVALS", 0)
     planner = lp.CEM(horizon=5, iterations=3, candidates=24, elites=5)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         plan = planner.plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(7))
