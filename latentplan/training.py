@@ -219,7 +219,10 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left as it was
             torch.manual_seed(config.seed)
             self.model = RSSMWorldModel(self.model_config).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
+        # PyTorch's fused Adam (one kernel over all parameters) where the device has it: the same
+        # update as the per-parameter loop up to float rounding, 1.9 of the demo's 54 ms per update
+        fused = True if self.device.type in ("cpu", "cuda") else None
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps, fused=fused)
         # TrainConfig.compile_update: the ELBO's pure part compiled (traced on the first update)
         self._elbo_core = None
         if config.compile_update:
@@ -304,6 +307,7 @@ class Trainer:
             "wall_s": self.wall_offset + (time.perf_counter() - self.t_start),
             "best_eval": self.best_eval,
             "last_eval": dict(self.last_eval),
+            "planner_auto_compile": self.planner.auto_compile_progress,
         }
 
     def save_checkpoint(self) -> Path:
@@ -358,6 +362,8 @@ class Trainer:
         self.wall_offset = float(ckpt["wall_s"])
         self.best_eval = float(ckpt["best_eval"])
         self.last_eval = dict(ckpt["last_eval"])
+        # where compile="auto" stands (checkpoints from before it was saved: from zero)
+        self.planner.auto_compile_progress = int(ckpt.get("planner_auto_compile", 0))
         self.buffer.load_directory(self.episode)
         self.buffer.rng.bit_generator.state = ckpt["buffer_rng"]
         self._truncate_metrics(self.episode)

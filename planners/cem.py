@@ -457,6 +457,20 @@ class CEM:
         self._cache = CaptureCache()
         self._fast = FusedCEMSearch()
 
+    @property
+    def auto_compile_progress(self) -> int:
+        """Imagined transitions (summed over environments) this planner's eager CPU decisions have
+        spent towards `compile="auto"`'s switch to the compiled fused search
+        (`fused_search.AUTO_COMPILE_AFTER_EVALS`). Training checkpoints save it, so that a resumed
+        run switches at the same decision as the uninterrupted one. Settable (an int >= 0)."""
+        return self._fast.evals_seen
+
+    @auto_compile_progress.setter
+    def auto_compile_progress(self, value: int) -> None:
+        if int(value) < 0:
+            raise ValueError(f"CEM: auto_compile_progress must be >= 0, got {value}")
+        self._fast.evals_seen = int(value)
+
     def __repr__(self) -> str:
         return f"CEM({self.config})" if self.proposal is None else f"CEM({self.config}, proposal={type(self.proposal).__name__})"
 

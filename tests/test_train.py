@@ -91,10 +91,14 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path, monkeypatch
     summary = lp.Trainer(_config(tmp_path, "run", resume=True)).run()
     assert summary.episodes == 4
     assert _rows(run_dir) == _rows(ref_dir)  # same losses, returns, evaluations
-    resumed, _, _ = lp.load_checkpoint(run_dir)
-    ref, _, _ = lp.load_checkpoint(ref_dir)
+    resumed, _, ck_resumed = lp.load_checkpoint(run_dir)
+    ref, _, ck_ref = lp.load_checkpoint(ref_dir)
     for k, v in ref.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+    # compile="auto"'s count of eager transitions carries over, so the switch comes at the same decision
+    assert ck_resumed.state["planner_auto_compile"] == ck_ref.state["planner_auto_compile"] > 0
+    assert lp.Trainer(_config(tmp_path, "run", resume=True)).planner.auto_compile_progress == \
+        ck_ref.state["planner_auto_compile"]
 
 
 def test_resume_with_another_config_is_refused(tmp_path, reference):
