@@ -14,11 +14,25 @@ from typing import Any, Iterator, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .rssm import RSSMWorldModel
 from .state import LatentState, WorldModelBase
 
 __all__ = ["FusedRSSM", "Precision", "prior_returns"]
+
+_optimizer_steps = 0
+"""Steps taken by any `torch.optim` optimizer in this process. PyTorch's fused and foreach
+optimizers (e.g. `Adam(fused=True)`) write the parameters in place without bumping their version
+counters, so `FusedRSSM.refresh` cannot rely on those alone: every optimizer step also counts here."""
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 Precision = Literal["fp32", "tf32", "bf16"]
 
@@ -41,9 +55,11 @@ class FusedRSSM(WorldModelBase):
 
     Everything else (`observe`, `reward`, `decode`, `initial`, the action bounds, training)
     is the wrapped model's: attribute access falls through to it. The fused weights are copies,
-    refreshed automatically when the model's parameters change (their version counters are
-    checked on every `imagine_step`/`rollout` call, and by `refresh()`, which a captured CUDA
-    graph's runner calls before each replay since a replay runs no Python).
+    refreshed automatically when the model's parameters change (their version counters and the
+    process's count of optimizer steps, which catches fused optimizers that write in place
+    without bumping the counters, are checked on every `imagine_step`/`rollout` call, and by
+    `refresh()`, which a captured CUDA graph's runner calls before each replay since a replay
+    runs no Python; after writing through `param.data`, call `refresh(force=True)`).
 
     Accuracy: in fp32 the results equal the model's up to float rounding (about 1e-6
     relative; test). The effect of bf16/tf32 on plans is measured by
@@ -95,12 +111,17 @@ class FusedRSSM(WorldModelBase):
             *(p for layer in _reward_layers(m) for p in (layer.weight, layer.bias)),
         ]
 
-    def refresh(self) -> bool:
+    def refresh(self, force: bool = False) -> bool:
         """Rebuild the fused weights if the model's parameters changed (in place, so tensors a
-        captured graph reads stay valid). Returns True if they were rebuilt."""
+        captured graph reads stay valid). Returns True if they were rebuilt.
+
+        A change is seen through the parameters' version counters, their storage, and the count of
+        steps of every `torch.optim` optimizer in the process (fused and foreach optimizers, such as
+        `Adam(fused=True)`, write in place without bumping the version counters). Writes that
+        bypass both, e.g. through `param.data`, need `force=True`."""
         params = self._params()
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        if key == self._key:
+        key = (_optimizer_steps, tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params))
+        if key == self._key and not force:
             return False
         m, c = self.model, self.model.config
         d, s = c.deter, c.stoch
