@@ -356,3 +356,21 @@ def test_the_fused_search_sees_every_optimizer_step(optimizer):
     model.gru.bias_ih.data.add_(1.0)
     assert not fused.refresh() and torch.equal(fused._w["gru_b"], before)
     assert fused.refresh(force=True) and not torch.equal(fused._w["gru_b"], before)
+
+
+def test_a_planners_own_optimizer_steps_do_not_rebuild_the_fused_weights():
+    """The gradient planners step `torch.optim` optimizers over plain action tensors; only steps over
+    `nn.Parameter`s (a model's weights) make `FusedRSSM` rebuild its copies."""
+    model = _model()
+    fused = FusedRSSM(model)
+    actions = torch.zeros(2, 3, requires_grad=True)
+    opt = torch.optim.Adam([actions], lr=0.1, fused=True)
+    actions.grad = torch.ones_like(actions)
+    opt.step()
+    assert not fused.refresh()
+    weights = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    weights.step()
+    assert fused.refresh()
+    assert not fused.refresh()

@@ -22,14 +22,16 @@ from .state import LatentState, WorldModelBase
 __all__ = ["FusedRSSM", "Precision", "prior_returns"]
 
 _optimizer_steps = 0
-"""Steps taken by any `torch.optim` optimizer in this process. PyTorch's fused and foreach
-optimizers (e.g. `Adam(fused=True)`) write the parameters in place without bumping their version
-counters, so `FusedRSSM.refresh` cannot rely on those alone: every optimizer step also counts here."""
+"""Steps taken in this process by `torch.optim` optimizers of `nn.Parameter`s (a model's weights;
+not the plain action tensors the gradient planners optimise). PyTorch's fused optimizers
+(e.g. `Adam(fused=True)`) write the parameters in place without bumping their version counters,
+so `FusedRSSM.refresh` cannot rely on those alone: every such step also counts here."""
 
 
 def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     global _optimizer_steps
-    _optimizer_steps += 1
+    if any(isinstance(p, torch.nn.Parameter) for group in optimizer.param_groups for p in group["params"]):
+        _optimizer_steps += 1
 
 
 register_optimizer_step_post_hook(_count_optimizer_step)
@@ -152,6 +154,11 @@ class FusedRSSM(WorldModelBase):
             for i, layer in enumerate(_reward_layers(m)):
                 new[f"r{i}_w"] = layer.weight.t().contiguous().to(mm_dtype)
                 new[f"r{i}_b"] = layer.bias.clone()
+            # `.t().contiguous()` of a [1, n] weight is the parameter itself (already contiguous):
+            # copy it, or the in-place refresh below would write into the parameter and bump its
+            # version counter, so every later call would rebuild again
+            storages = {p.untyped_storage().data_ptr() for p in params}
+            new = {k: v.clone() if v.untyped_storage().data_ptr() in storages else v for k, v in new.items()}
             if self._w and all(self._w[k].shape == v.shape and self._w[k].dtype == v.dtype
                                and self._w[k].device == v.device for k, v in new.items()):
                 for k, v in new.items():
