@@ -117,8 +117,8 @@ class FusedRSSM(WorldModelBase):
         """Rebuild the fused weights if the model's parameters changed (in place, so tensors a
         captured graph reads stay valid). Returns True if they were rebuilt.
 
-        A change is seen through the parameters' version counters, their storage, and the count of
-        steps of every `torch.optim` optimizer in the process (fused and foreach optimizers, such as
+        A change is seen through the parameters' version counters, their storage, and the process's
+        count of `torch.optim` steps over `nn.Parameter`s (fused optimizers, such as
         `Adam(fused=True)`, write in place without bumping the version counters). Writes that
         bypass both, e.g. through `param.data`, need `force=True`."""
         params = self._params()
