@@ -214,7 +214,13 @@ class FusedCEMSearch:
         step = _compiled_iteration() if compiled else cem_iteration
         settings = dict(elites=c.elites, momentum=c.momentum, min_std=c.min_std,
                         stoch_min_std=fused.model.config.min_std, discount=objective.discount)
-        mean, std = mean.clone(), std.clone()  # refitted in place below
+        mean = mean.clone(memory_format=torch.contiguous_format)  # refitted in place below
+        std = std.clone(memory_format=torch.contiguous_format)
+        # the compiled iteration is specialised to its inputs' exact strides: a belief with others
+        # (a slice, a transpose, or a [1, D] row with an odd stride in its size-1 dimension) would
+        # recompile it, seconds of stall in a control loop; fresh row-major copies (B x (D + S))
+        deter = state.deter.clone(memory_format=torch.contiguous_format)
+        stoch = state.stoch.clone(memory_format=torch.contiguous_format)
         nonfinite = torch.zeros((), dtype=torch.long, device=dev)
         value = torch.zeros(b, device=dev)
         iterations = 0
@@ -225,7 +231,7 @@ class FusedCEMSearch:
             for t in range(h):
                 eps[t].normal_(generator=generator)  # what the model's rollout draws at step t
             t0 = time.perf_counter()
-            new_mean, new_std, value, nf = step(mean, std, noise, eps, state.deter, state.stoch, low, high, w, **settings)
+            new_mean, new_std, value, nf = step(mean, std, noise, eps, deter, stoch, low, high, w, **settings)
             if compiled and key not in self.compile_s:
                 self.compile_s[key] = time.perf_counter() - t0
             mean.copy_(new_mean)

@@ -374,3 +374,31 @@ def test_a_planners_own_optimizer_steps_do_not_rebuild_the_fused_weights():
     weights.step()
     assert fused.refresh()
     assert not fused.refresh()
+
+
+def test_the_compiled_iteration_always_sees_row_major_inputs(monkeypatch):
+    """The compiled iteration is specialised to its inputs' exact strides; a belief or warm start
+    with other strides (a [1, D] row with stride 1 in its size-1 dimension, a transposed batch)
+    recompiled it: a 6 s stall in the middle of a control loop, measured. The search hands it
+    fresh row-major copies, and the plan is the same."""
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append([a.stride() for a in args[:6]])
+        return fused_search.cem_iteration(*args, **kwargs)
+
+    monkeypatch.setattr(fused_search, "_compiled_iteration", lambda: recording)
+    model = _model()
+    state = _beliefs(model, 1)
+    odd = LatentState(state.deter.clone().as_strided(state.deter.shape, (1, 1)),
+                      state.stoch.clone().as_strided(state.stoch.shape, (1, 1)))
+    assert odd.deter.stride() != state.deter.stride() and torch.equal(odd.deter, state.deter)
+    planner = lp.CEM(horizon=5, iterations=3, candidates=24, elites=5, compile="fused_compile")
+    a = planner.plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(7))
+    b = planner.plan(lp.Objective(model), odd, generator=torch.Generator().manual_seed(7),
+                     warm_start=lp.Plan(a.actions.transpose(1, 2).contiguous().transpose(1, 2), a.value))
+    c = planner.plan(lp.Objective(model), odd, generator=torch.Generator().manual_seed(7))
+    assert len(seen) == 9 and all(s == seen[0] for s in seen)  # one set of strides for every call
+    assert seen[0][4] == (model.config.deter, 1) and seen[0][5] == (model.config.stoch, 1)
+    torch.testing.assert_close(c.actions, a.actions, atol=0, rtol=0)
+    assert b.info["compile"] == "fused_compile"
