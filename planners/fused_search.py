@@ -124,14 +124,17 @@ def compile_cache_dir() -> Path:
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
-AUTO_COMPILE_AFTER_EVALS = 2_000_000
+AUTO_COMPILE_AFTER_EVALS = 4_000_000
 """Imagined transitions (summed over environments) that one planner spends in eager decisions
-before `compile="auto"` compiles its fused search on the CPU: a ski-rental rule, so that the
-one-off compile (about 20 s on 2 cores with an empty cache, 4-5 s with a filled one) is paid only
-by runs that have already spent about as much on planning. The count, not a clock, decides, so a
-seeded run switches at the same decision every time and reproduces. PlaNet's CEM (120,000 per
-decision) compiles at its 17th decision; the demo's (6,000; 48-59 ms eagerly) at its 334th, within
-its third planned episode (docs/benchmarks.md, "The demo's 2x target")."""
+before `compile="auto"` compiles its fused search on the CPU: a ski-rental rule. On the 2-core
+development machine an eager transition costs about 8 us at both PlaNet's and the demo's size
+(934 ms per 120,000; 48 ms per 6,000; two threads) and a compile with an empty kernel cache about
+35 s at either (4-7 s with a filled one), so the compile starts once eager planning has spent
+about what it costs: a run then pays at most about twice what the better choice in hindsight
+would have. The count, not a clock, decides, so a seeded run switches at the same decision every
+time and reproduces. PlaNet's CEM (120,000 per decision) compiles at its 34th decision; the
+demo's (6,000) at its 667th, in the evaluation episode after its 10th episode; a three-episode `compare` cell at the
+demo's 6,000 (375 decisions) never compiles (docs/gpu.md)."""
 
 _COMPILED: Callable | None = None
 
