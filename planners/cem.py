@@ -187,8 +187,8 @@ class CEMConfig:
             (default): `"cuda_graph"` on a CUDA device when the settings allow it (not with
             `gradient`, whose optimiser is not captured); on the CPU `"fused_compile"` for covered
             settings once the planner's eager decisions have spent 4,000,000 imagined transitions
-            (`fused_search.AUTO_COMPILE_AFTER_EVALS`: PlaNet's CEM from its 34th decision, the
-            demo's from its 667th), never in a call with a `deadline` (`FusedCEMSearch.auto_mode`;
+            (`fused_search.AUTO_COMPILE_AFTER_EVALS`: PlaNet's CEM from its 35th decision, the
+            demo's from its 668th), never in a call with a `deadline` (`FusedCEMSearch.auto_mode`;
             a failed compile warns and runs the fused search uncompiled), else `"eager"`.
 
         max_evals: the budget, in imagined transitions per decision and environment (forward

@@ -132,8 +132,8 @@ development machine an eager transition costs about 8 us at both PlaNet's and th
 35 s at either (4-7 s with a filled one), so the compile starts once eager planning has spent
 about what it costs: a run then pays at most about twice what the better choice in hindsight
 would have. The count, not a clock, decides, so a seeded run switches at the same decision every
-time and reproduces. PlaNet's CEM (120,000 per decision) compiles at its 34th decision; the
-demo's (6,000) at its 667th, in the evaluation episode after its 10th episode; a three-episode `compare` cell at the
+time and reproduces. PlaNet's CEM (120,000 per decision) compiles at its 35th decision; the
+demo's (6,000) at its 668th, in the evaluation episode after its 10th episode; a three-episode `compare` cell at the
 demo's 6,000 (375 decisions) never compiles (docs/gpu.md)."""
 
 _COMPILED: Callable | None = None

@@ -147,7 +147,7 @@ def test_auto_compiles_once_the_eager_decisions_have_spent_the_threshold(monkeyp
         evals.append(plan.info["model_evals"])
     assert evals == [720] * 5
     assert modes == ["eager"] * 3 + ["fused_compile"] * 2
-    assert planner._fast.evals_seen == 3 * 720  # compiled decisions are not counted again
+    assert planner.auto_compile_progress == 3 * 720  # compiled decisions are not counted again
     late = planner.plan(lp.Objective(model), state, deadline=time.perf_counter() + 60.0)
     assert late.info["compile"] == "eager"
     # the switch does not change the plan beyond float rounding

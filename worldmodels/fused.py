@@ -180,7 +180,6 @@ class FusedRSSM(WorldModelBase):
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
 
-
     # ------------------------------------------------------------------ the step
     def _step(self, stoch: Tensor, deter: Tensor, action_part: Tensor, eps: Tensor | None) -> tuple[Tensor, Tensor]:
         w, c = self._w, self.model.config
