@@ -8,7 +8,10 @@ Rows (one freshly initialised RSSM with vector observations, O = 5):
 
 - `elbo`: `RSSMWorldModel.elbo` as it is (the posterior recursion keeps only what feeds the next
   step inside the loop; the prior, the KL and the linear layers' action and embedding parts run
-  batched over all steps);
+  batched over all steps; the recursion is one autograd node with a hand-written backward through
+  time, `PosteriorFilter`);
+- `autograd`: the same with `manual_bptt = False`: the recursion recorded step by step for
+  autograd, as `elbo` ran before `PosteriorFilter`;
 - `compiled`: `elbo` with its pure part (`RSSMWorldModel.elbo_core`) compiled by `torch.compile`
   (inductor: C++/OpenMP on the CPU), forward and backward, as `TrainConfig.compile_update` runs
   it; its compile happens in the first warm-up update, reported as `first_s` (wall) and
@@ -19,7 +22,7 @@ Rows (one freshly initialised RSSM with vector observations, O = 5):
   gradients), for a before/after ratio in one run.
 
 Each update: `elbo` -> `zero_grad` -> `backward` -> `clip_grad_norm_(1000)` -> Adam step (lr 1e-3,
-eps 1e-4). Times are medians over `--repeats` updates after `--warmup`, wall and process time
+eps 1e-4; PyTorch's fused Adam, as `Trainer` uses). Times are medians over `--repeats` updates after `--warmup`, wall and process time
 (the latter is less inflated on a machine shared with other work). The floor is the time of the
 update's matrix products alone, forward and backward, at the model's shapes
 (`floor.elbo_shapes`), measured before and after the rows (the mean is used).
@@ -93,15 +96,16 @@ def make(preset: str, seed: int = 0):
     batch = (torch.randn(b, t, 5, generator=g), torch.rand(b, t, a, generator=g) * 2 - 1, torch.randn(b, t, generator=g))
     is_first = torch.zeros(b, t, dtype=torch.bool)
     is_first[:, 0] = True
-    return model, torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4), (*batch, is_first)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4, fused=True), (*batch, is_first)
 
 
 def update_fn(kind: str, model, opt, batch, generator):
-    """One update of `kind` (`elbo`, `compiled` or `stepwise`) as a closure."""
+    """One update of `kind` (`elbo`, `autograd`, `compiled` or `stepwise`) as a closure."""
     core = torch.compile(model.elbo_core) if kind == "compiled" else None
+    model.manual_bptt = kind != "autograd"
 
     def update() -> None:
-        if kind in ("elbo", "compiled"):
+        if kind in ("elbo", "autograd", "compiled"):
             loss = model.elbo(*batch, generator=generator, core=core).loss
         else:
             loss, _ = stepwise_elbo(model, *batch, generator=generator)
@@ -141,7 +145,8 @@ def main() -> None:
     """Parse flags, measure the floor and the rows, print the table, write the JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="demo")
-    p.add_argument("--kinds", nargs="*", default=["elbo", "stepwise"], choices=["elbo", "compiled", "stepwise"])
+    p.add_argument("--kinds", nargs="*", default=["elbo", "autograd", "stepwise"],
+                   choices=["elbo", "autograd", "compiled", "stepwise"])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "train_speed.json"))
