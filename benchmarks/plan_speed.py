@@ -17,7 +17,10 @@ change the cost):
   units, A = 1, CEM H=12, I=5, J=100, K=10: `latentplan demo`'s decision);
 - the fused search (`fused`: one pure function per CEM iteration, `planners.fused_search`) and
   the same compiled by inductor (`fused_compile`: C++/OpenMP on the CPU; its compile happens in
-  the first warm-up call and is reported as `first_call_s`); `fused bf16` / `fused_compile bf16`:
+  the first warm-up call and is reported as `first_call_s`); `fused_compile addmm`: the same with
+  the biases inside the products, as the compiled search ran before session 10
+  (`worldmodels.fused.BIAS_OUTSIDE_PRODUCT_WHEN_COMPILED = False` during its calls; a before/after
+  in one run); `fused bf16` / `fused_compile bf16`:
   the same over `FusedRSSM(model, precision="bf16")`, every matrix product in bfloat16 (not exact:
   `--accuracy` measures what it does to the plans; peers are compared with it beside, never
   instead of, our fastest fp32 row);
@@ -67,6 +70,7 @@ import torch
 import floor  # benchmarks/floor.py, next to this script
 import latentplan as lp
 from latentplan.worldmodels import FusedRSSM, LatentState
+from latentplan.worldmodels import fused as fused_module
 
 PLANET = lp.CEMConfig(horizon=12, iterations=10, candidates=1000, elites=100)
 DEMO = lp.CEMConfig(horizon=12, iterations=5, candidates=100, elites=10)
@@ -134,6 +138,8 @@ MODES = {
     "fused static bf16": ("static", "bf16"),
     "fused": ("fused", None),
     "fused_compile": ("fused_compile", None),
+    # the same with the biases inside the products (inductor's addmm), as before session 10, for comparison
+    "fused_compile addmm": ("fused_compile", None),
     # the fused search with bf16 matrix products (Objective(FusedRSSM(model, precision="bf16"))): not exact
     "fused bf16": ("fused", "bf16"),
     "fused_compile bf16": ("fused_compile", "bf16"),
@@ -197,8 +203,14 @@ def prepare_ours(model, device, args, jobs) -> list[dict]:
         gen = torch.Generator(device=device).manual_seed(0)
         objective = lp.Objective(pm)  # built once: a new Objective per call would also reuse the capture
 
-        def decide(planner=planner, objective=objective, state=state, gen=gen) -> None:
-            planner.plan(objective, state, generator=gen)
+        def decide(planner=planner, objective=objective, state=state, gen=gen,
+                   bias_outside=not label.endswith(" addmm")) -> None:
+            # dynamo guards on the flag, so each value keeps its own compiled iteration
+            fused_module.BIAS_OUTSIDE_PRODUCT_WHEN_COMPILED = bias_outside
+            try:
+                planner.plan(objective, state, generator=gen)
+            finally:
+                fused_module.BIAS_OUTSIDE_PRODUCT_WHEN_COMPILED = True
 
         t0 = time.perf_counter()
         decide()  # the first call: a capture or a compile happens here

@@ -205,9 +205,10 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
     """
 
     manual_bptt: bool = True
-    """Train through `PosteriorFilter`'s hand-written backward through time (the default: about a
-    quarter less time per CPU update at the demo's size, the same gradients to float rounding);
-    False records the posterior recursion step by step for autograd (what `torch.compile` traces)."""
+    """Train through `PosteriorFilter`'s hand-written backward through time (the default: the same
+    gradients to float rounding; on the 2-core CPU 1.17 times the demo's updates per second on two
+    threads, 1.02-1.03 times on one thread or at PlaNet's size, `benchmarks/train_speed.py`); False
+    records the posterior recursion step by step for autograd (what `torch.compile` traces)."""
 
     def __init__(self, config: RSSMConfig) -> None:
         super().__init__()
