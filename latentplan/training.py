@@ -233,6 +233,10 @@ class Trainer:
         self._probe_params = list(probe.parameters()) if probe is not None else []
         self._world_params = [p for n, p in self.model.named_parameters() if not n.startswith("probe_head.")]
         self.planner = CEM(config.planner)
+        # the run's planned collection, known from the config: `compile="auto"` compiles the fused
+        # search from the first decision when that is at least twice its threshold (CEM.expected_transitions)
+        decisions = int(getattr(self.env, "max_episode_steps", 0) or 0)
+        self.planner.expected_transitions = (config.episodes - config.seed_episodes) * decisions * config.planner.model_evals
         features = self.model.feature_size
         self.value_learner = (
             ValueLearner(config.value, features, device=self.device, seed=config.seed) if config.value_every else None

@@ -187,8 +187,10 @@ class CEMConfig:
             (default): `"cuda_graph"` on a CUDA device when the settings allow it (not with
             `gradient`, whose optimiser is not captured); on the CPU `"fused_compile"` for covered
             settings once the planner's eager decisions have spent 4,000,000 imagined transitions
-            (`fused_search.AUTO_COMPILE_AFTER_EVALS`: PlaNet's CEM from its 35th decision, the
-            demo's from its 668th), never in a call with a `deadline` (`FusedCEMSearch.auto_mode`;
+            (`fused_search.AUTO_COMPILE_AFTER_EVALS`: PlaNet's CEM from its 35th decision), or
+            from the first decision when `expected_transitions` is at least twice that (a
+            `Trainer` sets it: the demo's and PlaNet's training compile at once), never in a call
+            with a `deadline` (`FusedCEMSearch.auto_mode`;
             a failed compile warns and runs the fused search uncompiled), else `"eager"`.
 
         max_evals: the budget, in imagined transitions per decision and environment (forward
@@ -470,6 +472,27 @@ class CEM:
         if int(value) < 0:
             raise ValueError(f"CEM: auto_compile_progress must be >= 0, got {value}")
         self._fast.evals_seen = int(value)
+
+    @property
+    def expected_transitions(self) -> int:
+        """Imagined transitions (summed over environments) the caller expects this planner to
+        spend over its whole run; 0 (the default) when unknown. `Trainer` sets it from its config
+        (episodes to collect x decisions per episode x transitions per decision). At least twice
+        `fused_search.AUTO_COMPILE_AFTER_EVALS` (8,000,000) makes `compile="auto"` compile the
+        fused search on the CPU from the first decision instead of after 4,000,000 eager ones: with
+        the run's length known, the compile pays for itself. A config-derived number, so a resumed
+        run decides as the uninterrupted one did. Settable (an int >= 0).
+
+        Raises:
+            ValueError: for a negative value.
+        """
+        return self._fast.expected_evals
+
+    @expected_transitions.setter
+    def expected_transitions(self, value: int) -> None:
+        if int(value) < 0:
+            raise ValueError(f"CEM: expected_transitions must be >= 0, got {value}")
+        self._fast.expected_evals = int(value)
 
     def __repr__(self) -> str:
         return f"CEM({self.config})" if self.proposal is None else f"CEM({self.config}, proposal={type(self.proposal).__name__})"

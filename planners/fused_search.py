@@ -132,9 +132,12 @@ development machine an eager transition costs about 8 us at both PlaNet's and th
 35 s at either (4-7 s with a filled one), so the compile starts once eager planning has spent
 about what it costs: a run then pays at most about twice what the better choice in hindsight
 would have. The count, not a clock, decides, so a seeded run switches at the same decision every
-time and reproduces. PlaNet's CEM (120,000 per decision) compiles at its 35th decision; the
-demo's (6,000) at its 668th, in the evaluation episode after its 10th episode; a three-episode `compare` cell at the
-demo's 6,000 (375 decisions) never compiles (docs/gpu.md)."""
+time and reproduces. PlaNet's CEM (120,000 per decision) compiles at its 35th decision and the
+demo's (6,000) would at its 668th; a three-episode `compare` cell at the demo's 6,000 (375
+decisions) never compiles (docs/gpu.md). When the length of the run is known in advance (a
+`Trainer` sets `CEM.expected_transitions` from its config) and it will spend at least twice the
+threshold, the planner compiles from its first decision instead: the demo (35 planned episodes of
+125 decisions, 26 million transitions) and PlaNet's training do."""
 
 _COMPILED: Callable | None = None
 
@@ -161,17 +164,22 @@ class FusedCEMSearch:
         self._fused: dict[int, FusedRSSM] = {}
         self.compile_s: dict[tuple, float] = {}
         self.evals_seen = 0
+        self.expected_evals = 0
         self.failed: str | None = None
 
     def auto_mode(self, deadline: float | None) -> str | None:
         """The mode `compile="auto"` takes on the CPU for a decision of covered settings:
         `"fused_compile"` once this planner's eager decisions have spent `AUTO_COMPILE_AFTER_EVALS`
-        imagined transitions (`count`), None (the eager loop) before that, after a failed compile,
-        with `LATENTPLAN_COMPILE=0` in the environment, or for a decision with a `deadline` (a
-        real-time caller never gets a compile's stall; it chooses `compile="fused_compile"` and
-        warms up before its loop)."""
+        imagined transitions (`count`), or from the first decision when the caller expects the
+        whole run to spend at least twice that (`expected_evals`, set from a training config: a
+        known horizon, so the compile is sure to pay); None (the eager loop) before that, after a
+        failed compile, with `LATENTPLAN_COMPILE=0` in the environment, or for a decision with a
+        `deadline` (a real-time caller never gets a compile's stall; it chooses
+        `compile="fused_compile"` and warms up before its loop)."""
         if self.failed is not None or os.environ.get("LATENTPLAN_COMPILE", "1") == "0" or deadline is not None:
             return None
+        if self.expected_evals >= 2 * AUTO_COMPILE_AFTER_EVALS:
+            return "fused_compile"
         return "fused_compile" if self.evals_seen >= AUTO_COMPILE_AFTER_EVALS else None
 
     def count(self, model_evals: int) -> None:

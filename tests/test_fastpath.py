@@ -157,6 +157,30 @@ def test_auto_compiles_once_the_eager_decisions_have_spent_the_threshold(monkeyp
     torch.testing.assert_close(switched.actions, eager.actions, atol=1e-5, rtol=1e-5)
 
 
+def test_auto_compiles_from_the_first_decision_when_the_run_is_known_to_be_long(monkeypatch, tmp_path):
+    """A known horizon: with `expected_transitions` at least twice the threshold, `compile="auto"`
+    takes the compiled search from the first decision; below that it waits for the count. A
+    `Trainer` sets it from its config: the demo's 35 planned episodes x 125 decisions x 6,000."""
+    model = _model()
+    state = _beliefs(model, 2)
+    monkeypatch.delenv("LATENTPLAN_COMPILE", raising=False)
+    monkeypatch.setattr(fused_search, "_compiled_iteration", lambda: fused_search.cem_iteration)
+    threshold = fused_search.AUTO_COMPILE_AFTER_EVALS
+    for expected, first_mode in [(2 * threshold - 1, "eager"), (2 * threshold, "fused_compile")]:
+        planner = lp.CEM(horizon=5, iterations=3, candidates=24, elites=5)
+        planner.expected_transitions = expected
+        plan = planner.plan(lp.Objective(model), state, generator=torch.Generator().manual_seed(0))
+        assert plan.info["compile"] == first_mode
+        assert planner.plan(lp.Objective(model), state, deadline=time.perf_counter() + 60).info["compile"] == "eager"
+    with pytest.raises(ValueError, match="expected_transitions"):
+        planner.expected_transitions = -1
+    trainer = lp.Trainer(lp.demo_config(run_dir=str(tmp_path / "demo"), progress=False))
+    try:
+        assert trainer.planner.expected_transitions == 35 * 125 * 6000 >= 2 * threshold
+    finally:
+        trainer.close()
+
+
 def test_a_failed_auto_compile_warns_and_gives_the_uncompiled_fused_plan(monkeypatch):
     model = _model()
     state = _beliefs(model, 1)
