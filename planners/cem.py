@@ -481,7 +481,9 @@ class CEM:
         `fused_search.AUTO_COMPILE_AFTER_EVALS` (8,000,000) makes `compile="auto"` compile the
         fused search on the CPU from the first decision instead of after 4,000,000 eager ones: with
         the run's length known, the compile pays for itself. A config-derived number, so a resumed
-        run decides as the uninterrupted one did. Settable (an int >= 0).
+        run decides as the uninterrupted one did (unless it is resumed with more `episodes`, which
+        can cross the threshold). Settable (an int >= 0). The rule is the offline counterpart of the
+        ski-rental rule `AUTO_COMPILE_AFTER_EVALS` implements (Karlin et al. 1988).
 
         Raises:
             ValueError: for a negative value.

@@ -31,6 +31,10 @@ from torch.autograd.function import once_differentiable
 __all__ = ["PosteriorFilter", "posterior_filter"]
 
 
+_STEPS = ("s_in", "x", "h_in", "rz", "n", "ghn", "h", "y", "raw")
+"""The per-step intermediates the backward reads, in `save_for_backward` order."""
+
+
 def _elu_slope(y: Tensor) -> Tensor:
     """d elu(u) / du from the output y = elu(u) (alpha 1): 1 where y > 0, else exp(u) = y + 1,
     that is min(y, 0) + 1 (two fast kernels; `torch.where` is ten times slower on the CPU)."""
@@ -47,7 +51,8 @@ class PosteriorFilter(torch.autograd.Function):
     `b_q [2S]`, and the float `min_std`.
 
     Returns `(deter [B, T, D], stoch [B, T, S], mean [B, T, S], std [B, T, S])`. Differentiable
-    once in every tensor input but `keep` and `eps` (a double backward raises a RuntimeError).
+    once in every tensor input but `keep` and `eps` (a double backward raises a RuntimeError, as
+    do inputs whose shapes disagree, from the products).
     Every step's intermediates are kept for the backward: about 12 `[T, B, max(D, Hd)]` tensors.
 
     Source: the RSSM of Hafner et al. 2019 (PlaNet); the GRU of Cho et al. 2014 in PyTorch's
@@ -83,17 +88,17 @@ class PosteriorFilter(torch.autograd.Function):
                            ("y", y), ("raw", raw), ("z", z), ("mean", mean), ("std", std)):
                 saved[key].append(v)
         outs = tuple(torch.stack(saved[key], 1) for key in ("h", "z", "mean", "std"))
-        ctx.save_for_backward(w_s, w_ih, w_hh, w_d, w_q)
-        ctx.keep = keep
-        ctx.eps = eps
-        ctx.steps = {key: torch.stack(saved[key]) for key in ("s_in", "x", "h_in", "rz", "n", "ghn", "h", "y", "raw")}
+        # everything the backward reads goes through save_for_backward (freed after the backward,
+        # version-checked, seen by saved-tensor hooks); the steps' intermediates stacked [T, B, .]
+        steps = [torch.stack(saved[key]) for key in _STEPS]
+        ctx.save_for_backward(w_s, w_ih, w_hh, w_d, w_q, keep, eps, *steps)
         return outs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_h, g_z, g_mean, g_std):
-        w_s, w_ih, w_hh, w_d, w_q = ctx.saved_tensors
-        st = ctx.steps
+        w_s, w_ih, w_hh, w_d, w_q, keep, eps, *steps = ctx.saved_tensors
+        st = dict(zip(_STEPS, steps))
         t_len, b, d = st["h"].shape
         s = w_s.shape[1]
         dtype, device = st["h"].dtype, st["h"].device
@@ -116,8 +121,7 @@ class PosteriorFilter(torch.autograd.Function):
         sig = torch.sigmoid(st["raw"]).unbind(0)  # softplus'
         ghn = st["ghn"].unbind(0)
         r, zg = r.unbind(0), zg.unbind(0)
-        keeps = ctx.keep.transpose(0, 1).contiguous().unbind(0)
-        eps = ctx.eps
+        keeps = keep.transpose(0, 1).contiguous().unbind(0)
         du = torch.empty(t_len, b, w_s.shape[0], dtype=dtype, device=device)
         dgi = torch.empty(t_len, b, 3 * d, dtype=dtype, device=device)
         dgh = torch.empty(t_len, b, 3 * d, dtype=dtype, device=device)
@@ -167,7 +171,23 @@ class PosteriorFilter(torch.autograd.Function):
 def posterior_filter(action_part: Tensor, embed_part: Tensor, keep: Tensor, eps: Tensor, w_s: Tensor,
                      gru: torch.nn.GRUCell, w_d: Tensor, post_out: torch.nn.Linear, min_std: float
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`PosteriorFilter.apply` with the GRU cell's and the posterior output layer's parameters;
-    shapes as in `PosteriorFilter`."""
+    """`PosteriorFilter.apply` with the GRU cell's and the posterior output layer's parameters.
+
+    Args:
+        action_part: `[B, T, Hd]`; embed_part: `[B, T, Hd]`; keep: `[B, T, 1]` (0 at episode
+            starts); eps: `[T, B, S]`; w_s: `[Hd, S]`, the pre-GRU layer's stochastic-state
+            columns; gru: the `nn.GRUCell(Hd, D)`; w_d: `[Hd, D]`, the posterior layer's
+            deterministic-state columns; post_out: the `nn.Linear(Hd, 2S)` giving mean and raw std;
+            min_std: the std's floor.
+
+    Returns:
+        `(deter, stoch, mean, std)`, each `[B, T, .]`, as `PosteriorFilter`.
+
+    Raises:
+        RuntimeError: from the matrix products, when the shapes disagree.
+
+    Source: PlaNet's posterior (Hafner et al. 2019, Appendix A); backpropagation through time
+    (Werbos 1990).
+    """
     return PosteriorFilter.apply(action_part, embed_part, keep, eps, w_s, gru.weight_ih, gru.bias_ih,
                                  gru.weight_hh, gru.bias_hh, w_d, post_out.weight, post_out.bias, min_std)

@@ -250,8 +250,9 @@ BIAS_OUTSIDE_PRODUCT_WHEN_COMPILED = True
 reads the product anyway. Inductor turns a plain `bias + x @ weight` into an `addmm` on the CPU,
 and that first copies the bias into the whole output (one more pass over `[N, 3D]`). Writing the
 sum as `x @ weight - (-bias)` keeps it out of that rewrite. Measured: 7-16 % faster per compiled CEM
-iteration at PlaNet's and the demo's sizes, on one and two threads (docs/benchmarks.md). False
-restores the `addmm`, for comparison."""
+iteration at PlaNet's and the demo's sizes, on one and two threads (docs/benchmarks.md). CPU only
+(on CUDA inductor already keeps such biases out of the product). False restores the `addmm`, for
+comparison."""
 
 
 def _affine(bias: Tensor, x: Tensor, weight: Tensor) -> Tensor:
@@ -261,7 +262,7 @@ def _affine(bias: Tensor, x: Tensor, weight: Tensor) -> Tensor:
     `_matmul`, then the fp32 bias."""
     if weight.dtype == torch.bfloat16:
         return bias + _matmul(x, weight)
-    if BIAS_OUTSIDE_PRODUCT_WHEN_COMPILED and torch.compiler.is_compiling():
+    if BIAS_OUTSIDE_PRODUCT_WHEN_COMPILED and x.device.type == "cpu" and torch.compiler.is_compiling():
         return torch.sub(x @ weight, -bias)  # see BIAS_OUTSIDE_PRODUCT_WHEN_COMPILED
     return torch.addmm(bias, x, weight)
 
