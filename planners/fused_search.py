@@ -178,9 +178,8 @@ class FusedCEMSearch:
         `compile="fused_compile"` and warms up before its loop)."""
         if self.failed is not None or os.environ.get("LATENTPLAN_COMPILE", "1") == "0" or deadline is not None:
             return None
-        if self.expected_evals >= 2 * AUTO_COMPILE_AFTER_EVALS:
-            return "fused_compile"
-        return "fused_compile" if self.evals_seen >= AUTO_COMPILE_AFTER_EVALS else None
+        known_long = self.expected_evals >= 2 * AUTO_COMPILE_AFTER_EVALS
+        return "fused_compile" if known_long or self.evals_seen >= AUTO_COMPILE_AFTER_EVALS else None
 
     def count(self, model_evals: int) -> None:
         """Add an eager decision's imagined transitions (over all environments) to the running

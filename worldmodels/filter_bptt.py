@@ -103,12 +103,9 @@ class PosteriorFilter(torch.autograd.Function):
         s = w_s.shape[1]
         dtype, device = st["h"].dtype, st["h"].device
 
-        def grads(g: Tensor | None, width: int) -> list[Tensor]:
-            if g is None:
-                return [torch.zeros(b, width, dtype=dtype, device=device)] * t_len
-            return list(g.transpose(0, 1).contiguous().unbind(0))  # contiguous steps: faster kernels
-
-        g_h, g_z, g_mean, g_std = grads(g_h, d), grads(g_z, s), grads(g_mean, s), grads(g_std, s)
+        # autograd materialises the gradients of unused outputs as zeros, so none is None here;
+        # each as T contiguous [B, .] steps (faster kernels than strided slices)
+        g_h, g_z, g_mean, g_std = (g.transpose(0, 1).contiguous().unbind(0) for g in (g_h, g_z, g_mean, g_std))
         # per-step factors, for all steps at once
         rz = st["rz"]
         r, zg = rz[..., :d].contiguous(), rz[..., d:].contiguous()
