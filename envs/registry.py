@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 import math
+from typing import Any
 
 import gymnasium
+import numpy as np
 from gymnasium.envs.registration import EnvSpec, load_env_creator
 
 from .dmc import DEFAULT_DMC_ACTION_REPEAT, PLANET_ACTION_REPEAT, add_aliases, dmc_names, load_dmc
@@ -96,8 +98,10 @@ def make(
         ValueError: unknown prefix (lists ``"dmc:"``, ``"gym:"``), unknown
             dm_control task (lists ``available_envs()``) or Gymnasium id, bad
             ``obs`` (lists ``"state"``, ``"pixels"``), bad ``action_repeat``,
-            ``image_size`` or ``render_mode``, a non-Box action space, or pixels /
-            ``render_mode="rgb_array"`` on a gym env without ``rgb_array`` rendering.
+            ``image_size`` or ``render_mode``, a ``seed`` that is not None or an int in
+            ``[0, 2**32 - 1]``, a non-Box action space, or pixels / ``render_mode="rgb_array"``
+            on a gym env without ``rgb_array`` rendering or whose first frame fails to render
+            (e.g. pygame missing).
         RuntimeError: dm_control cannot be imported or cannot render (the message
             says to set ``MUJOCO_GL=egl`` or ``osmesa``).
     """
@@ -107,6 +111,7 @@ def make(
         raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
     if render_mode not in (None, "rgb_array"):
         raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+    seed = _check_seed(seed)
     pixels = obs == "pixels"
     prefix, sep, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
     if not sep or prefix + ":" not in PREFIXES:
@@ -128,6 +133,8 @@ def make(
         env = FlatObservation(env, keys=keys, pixels=pixels, image_size=image_size, render_fn=render_fn, name=name)
         if pixels and domain is not None:
             env.frame()  # fail here, not at the first reset, if rendering is broken
+        elif pixels or render_mode:
+            _probe_gym_render(base, name, seed)
         slices = add_aliases(domain, env.obs_slices) if domain else env.obs_slices
         env = NormalizeActions(env)
     except Exception:
@@ -143,6 +150,44 @@ def make(
         env, env_name=name, action_repeat=repeat, max_episode_steps=max_steps, obs_slices=slices, seed=seed,
         render_mode=render_mode, render_modes=render_modes,
     )
+
+
+def _check_seed(seed: Any) -> int | None:
+    """``seed`` as a Python int in ``[0, 2**32 - 1]`` (numpy ints accepted), or None.
+
+    Raises:
+        ValueError: a bool, a non-integer, or an int outside that range (both simulators' seeds
+            are unsigned 32-bit).
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be None or an int in [0, 2**32 - 1], got {seed!r} ({type(seed).__name__})")
+    if not 0 <= int(seed) <= 2**32 - 1:
+        raise ValueError(f"seed must be in [0, 2**32 - 1] (an unsigned 32-bit seed), got {int(seed)}")
+    return int(seed)
+
+
+def _probe_gym_render(base: gymnasium.Env, name: str, seed: int | None) -> None:
+    """Reset ``base`` and render one frame, so that a gym env that cannot render (a missing
+    pygame, a broken display) fails in ``make`` and not at the first reset. The first
+    ``reset`` of the returned env reseeds with ``seed``, so the probe does not change the
+    episodes' stream (with ``seed=None`` the stream is fresh entropy either way).
+
+    Raises:
+        ValueError: rendering fails; the message names the env and the error.
+    """
+    try:
+        base.reset(seed=seed)
+        frame = base.render()
+    except Exception as err:
+        raise ValueError(
+            f"{name} cannot render frames here ({type(err).__name__}: {err}); obs='pixels' and "
+            "render_mode='rgb_array' need its rendering dependencies (e.g. pip install \"gymnasium[classic-control]\" "
+            "for pygame); or use obs='state'"
+        ) from err
+    if frame is None:
+        raise ValueError(f"{name} rendered no frame (render() returned None); use obs='state'")
 
 
 def _set_spec(env: gymnasium.Env, spec: EnvSpec) -> None:

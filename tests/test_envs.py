@@ -47,6 +47,22 @@ class _Toy(gymnasium.Env):
         return obs, 0.0, False, False, {}
 
 
+class _BrokenRenderer(_Toy):
+    """Declares rgb_array rendering but cannot render (as Pendulum without pygame)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, render_mode=None):
+        super().__init__()
+        self.render_mode = render_mode
+
+    def render(self):
+        raise ImportError("pygame is not installed")
+
+
+if "LatentplanBrokenRenderer-v0" not in gymnasium.registry:
+    gymnasium.register("LatentplanBrokenRenderer-v0", entry_point=_BrokenRenderer, max_episode_steps=10)
+
 if "LatentplanToy-v0" not in gymnasium.registry:
     gymnasium.register("LatentplanToy-v0", entry_point=_Toy, max_episode_steps=10)
 
@@ -206,6 +222,24 @@ def test_bad_arguments():
         make(CARTPOLE, obs="pixels", image_size=0)
     with pytest.raises(ValueError, match="rgb_array"):
         make("gym:LatentplanToy-v0", obs="pixels")
+
+
+def test_pixels_from_a_gym_env_that_cannot_render_fail_in_make():
+    for kwargs in ({"obs": "pixels"}, {"render_mode": "rgb_array"}):
+        with pytest.raises(ValueError, match=r"LatentplanBrokenRenderer-v0 cannot render.*pygame is not installed"):
+            make("gym:LatentplanBrokenRenderer-v0", **kwargs)
+    assert make("gym:LatentplanBrokenRenderer-v0").reset(seed=0)[0].shape == (2,)  # state needs no renderer
+
+
+def test_seed_must_be_an_unsigned_32_bit_int_or_none():
+    for bad, match in ((-1, r"\[0, 2\*\*32 - 1\].*got -1"), (2**32, "got 4294967296"), (1.5, "float"),
+                       ("a", "str"), (True, "bool")):
+        with pytest.raises(ValueError, match=match):
+            make(CARTPOLE, seed=bad)
+    with pytest.raises(ValueError, match="seed"):
+        make("gym:Pendulum-v1", seed=-1)
+    # numpy ints are ints: the same first observation as the Python int
+    assert np.array_equal(make(CARTPOLE, seed=np.int64(3)).reset()[0], make(CARTPOLE, seed=3).reset()[0])
 
 
 def test_bad_actions():
