@@ -50,7 +50,7 @@ class _Toy(gymnasium.Env):
 class _BrokenRenderer(_Toy):
     """Declares rgb_array rendering but cannot render (as Pendulum without pygame)."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
     def __init__(self, render_mode=None):
         super().__init__()
