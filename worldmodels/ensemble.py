@@ -48,6 +48,11 @@ class EnsembleConfig:
             o_{t+1}; an arrival term, so planners that take arrival terms only (iLQR) can use it.
         target: what is predicted at t+1: `"embed"`, the encoder's embedding of o_{t+1} (the
             paper's), or `"stoch"`, the posterior stochastic state z_{t+1}.
+
+    Raises:
+        ValueError: `EnsembleConfig.<field> must be ...; got ...`: `members` not an int >= 2,
+            `hidden` / `layers` not ints >= 1, `lr` not finite and > 0, or an unknown
+            `condition` / `target`.
     """
 
     members: int = 5
