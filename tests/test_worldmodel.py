@@ -11,7 +11,7 @@ SMALL = dict(deter=32, stoch=8, hidden=32, embed=32)
 
 def _model(obs_dim=4, action_dim=2, **kw) -> RSSMWorldModel:
     torch.manual_seed(0)
-    names = (("pos", 0, 2), ("vel", 2, 4))
+    names = (("pos", 0, 2), ("vel", 2, min(4, obs_dim)))  # slices must lie inside the observation
     return RSSMWorldModel(RSSMConfig(obs_shape=(obs_dim,), action_dim=action_dim, obs_names=names, **{**SMALL, **kw}))
 
 

@@ -3,6 +3,7 @@ and the way a user with known dynamics reaches every planner."""
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Sequence
 
 import numpy as np
@@ -40,8 +41,8 @@ class AnalyticModel(nn.Module, WorldModelBase):
     state's dtype plan in float64 end to end.
 
     Raises:
-        ValueError: on mismatched bounds, or (from `observe`) an observation that is not `[B, n]`
-            or contains NaN/inf.
+        ValueError: `state_dim` not an int >= 0; bounds of different lengths, with NaN, or with
+            low > high; or (from `observe`) an observation that is not `[B, n]` or contains NaN/inf.
     """
 
     def __init__(
@@ -57,8 +58,12 @@ class AnalyticModel(nn.Module, WorldModelBase):
         # a floating tensor bound keeps its dtype (float64 bounds make a float64 model); others are float32
         dtype = action_low.dtype if isinstance(action_low, Tensor) and action_low.is_floating_point() else torch.float32
         low, high = _as_tensor(action_low, dtype).reshape(-1), _as_tensor(action_high, dtype).reshape(-1)
+        if isinstance(state_dim, bool) or not isinstance(state_dim, numbers.Integral) or state_dim < 0:
+            raise ValueError(f"AnalyticModel: state_dim must be an int >= 0; got {state_dim!r}")
         if low.shape != high.shape or bool((low > high).any()):
             raise ValueError(f"AnalyticModel: action bounds must match and low <= high; got {low}, {high}")
+        if bool(low.isnan().any() | high.isnan().any()):
+            raise ValueError(f"AnalyticModel: action_low / action_high must not hold NaN; got {low}, {high}")
         self.register_buffer("action_low", low, persistent=False)
         self.register_buffer("action_high", high, persistent=False)
         self.action_dim = int(low.numel())
@@ -83,12 +88,15 @@ class AnalyticModel(nn.Module, WorldModelBase):
         the protocol's `reward(state)` sees only the state.
 
         Raises:
-            ValueError: on inconsistent matrix shapes.
+            ValueError: on inconsistent matrix shapes (B must be 2-D `[n, m]`).
         """
         if dtype is None:
             dtype = torch.float64 if any(isinstance(m, Tensor) and m.dtype == torch.float64 for m in (A, B, Q)) \
                 else torch.float32
         A, B, Q = _as_tensor(A, dtype), _as_tensor(B, dtype), _as_tensor(Q, dtype)
+        if B.dim() != 2:
+            raise ValueError(f"AnalyticModel.linear: B must be [n, m] (2-D, one column per action); got "
+                             f"{tuple(B.shape)}")
         n, m = B.shape
         if A.shape != (n, n) or Q.shape != (n, n):
             raise ValueError(f"AnalyticModel.linear: A {tuple(A.shape)}, B {tuple(B.shape)}, Q {tuple(Q.shape)} disagree")
@@ -171,11 +179,30 @@ class AnalyticModel(nn.Module, WorldModelBase):
 
     @staticmethod
     def quadratic_action_cost(R) -> Callable[[LatentState, Tensor], Tensor]:
-        """A reward term `(next_state, u [N, A]) -> -u^T R u [N]` for `Objective(rewards=[...])`."""
-        R = _as_tensor(R)
+        """A reward term `(next_state, u [N, A]) -> -u^T R u [N]` for `Objective(rewards=[...])`.
+
+        Args:
+            R: `[A, A]` cost matrix (numpy, list or tensor). It is kept in float64 and cast to the
+                action's device and dtype at each call, so a float64 model plans in float64 end to
+                end and a float32 one in float32.
+
+        Raises:
+            ValueError: `R` is not a square 2-D matrix or holds NaN/inf; (from the term) an action
+                whose width is not A.
+        """
+        R = _as_tensor(R, torch.float64)
+        if R.dim() != 2 or R.shape[0] != R.shape[1]:
+            raise ValueError(f"AnalyticModel.quadratic_action_cost: R must be a square [A, A] matrix; got {tuple(R.shape)}")
+        if not bool(torch.isfinite(R).all()):
+            raise ValueError("AnalyticModel.quadratic_action_cost: R contains NaN or inf")
+        by_dtype = {torch.float32: R.float(), torch.float64: R}  # made once: no cast per call for these
 
         def action_cost(next_state: LatentState, action: Tensor) -> Tensor:
-            return -((action @ R.to(action.device)) * action).sum(-1)
+            if action.shape[-1] != R.shape[0]:
+                raise ValueError(f"AnalyticModel.quadratic_action_cost: actions [N, A={action.shape[-1]}] do not "
+                                 f"fit R {tuple(R.shape)}")
+            r = by_dtype.get(action.dtype, R).to(action.device, action.dtype)
+            return -((action @ r) * action).sum(-1)
 
         return action_cost
 
@@ -195,7 +222,17 @@ class AnalyticModel(nn.Module, WorldModelBase):
         return self.action_low.device
 
     def initial(self, batch: int) -> LatentState:
-        """Zeros in the model's dtype: `[batch, n]` state, `[batch, 0]` stochastic part."""
+        """Zeros in the model's dtype: `[batch, n]` state, `[batch, 0]` stochastic part.
+
+        Raises:
+            TypeError: `batch` is not an int (NumPy ints are fine; bools and floats are not).
+            ValueError: `batch < 0`.
+        """
+        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral):
+            raise TypeError(f"AnalyticModel.initial: batch must be an int >= 0; got {type(batch).__name__} {batch!r}")
+        if batch < 0:
+            raise ValueError(f"AnalyticModel.initial: batch must be an int >= 0; got {batch}")
+        batch = int(batch)
         kw = dict(device=self.device, dtype=self.action_low.dtype)
         return LatentState(torch.zeros(batch, self.state_dim, **kw), torch.zeros(batch, 0, **kw))
 
@@ -208,7 +245,14 @@ class AnalyticModel(nn.Module, WorldModelBase):
         self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor,
         *, generator: torch.Generator | None = None, sample: bool = True,
     ) -> LatentState:
-        """Full observability: the new belief is `obs [B, n]` (`generator` and `sample` are unused)."""
+        """Full observability: the new belief is `obs [B, n]` (`generator` and `sample` are unused).
+
+        Raises:
+            TypeError: `obs` is not a tensor.
+            ValueError: `obs` is not `[B, n]` or contains NaN/inf.
+        """
+        if not isinstance(obs, Tensor):
+            raise TypeError(f"AnalyticModel.observe: obs must be a torch.Tensor [B, n]; got {type(obs).__name__}")
         if obs.dim() != 2 or obs.shape != (state.batch, self.state_dim):
             raise ValueError(f"AnalyticModel.observe: obs must be [B={state.batch}, n={self.state_dim}]; got {tuple(obs.shape)}")
         if not torch.isfinite(obs).all():

@@ -15,6 +15,8 @@ The K members share one architecture (`networks.MLP`), so their parameters are s
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -46,6 +48,11 @@ class EnsembleConfig:
             o_{t+1}; an arrival term, so planners that take arrival terms only (iLQR) can use it.
         target: what is predicted at t+1: `"embed"`, the encoder's embedding of o_{t+1} (the
             paper's), or `"stoch"`, the posterior stochastic state z_{t+1}.
+
+    Raises:
+        ValueError: `EnsembleConfig.<field> must be ...; got ...`: `members` not an int >= 2,
+            `hidden` / `layers` not ints >= 1, `lr` not finite and > 0, or an unknown
+            `condition` / `target`.
     """
 
     members: int = 5
@@ -61,8 +68,8 @@ class EnsembleConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "members" else 1):
                 least = 2 if name == "members" else 1
                 raise ValueError(f"EnsembleConfig.{name} must be an int >= {least}; got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"EnsembleConfig.lr must be > 0; got {self.lr!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"EnsembleConfig.lr must be a finite number > 0; got {self.lr!r}")
         if self.condition not in ("transition", "arrival"):
             raise ValueError(f"EnsembleConfig.condition must be 'transition' or 'arrival'; got {self.condition!r}")
         if self.target not in ("embed", "stoch"):
@@ -88,7 +95,8 @@ class PredictorEnsemble(nn.Module):
             `networks.MLP` (named with `__` for `.`), trained by an ordinary optimiser.
 
     Raises:
-        ValueError: `in_dim` or `out_dim` < 1.
+        TypeError: `config` is not an `EnsembleConfig`.
+        ValueError: `in_dim` or `out_dim` not an int >= 1.
 
     Source: Sekar et al. 2020, Section 3 (the ensemble and its disagreement); the stacking is
     `torch.func`'s model-ensembling recipe.
@@ -97,8 +105,11 @@ class PredictorEnsemble(nn.Module):
     def __init__(self, config: EnsembleConfig, in_dim: int, out_dim: int,
                  *, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        if in_dim < 1 or out_dim < 1:
-            raise ValueError(f"PredictorEnsemble: in_dim and out_dim must be >= 1; got {in_dim} and {out_dim}")
+        if not isinstance(config, EnsembleConfig):
+            raise TypeError(f"PredictorEnsemble: config must be an EnsembleConfig; got {type(config).__name__}")
+        for name, value in (("in_dim", in_dim), ("out_dim", out_dim)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"PredictorEnsemble: {name} must be an int >= 1; got {value!r}")
         self.config = config
         self.in_dim, self.out_dim = int(in_dim), int(out_dim)
         with torch.random.fork_rng(devices=[]):
@@ -120,14 +131,21 @@ class PredictorEnsemble(nn.Module):
         return {n: self.params[n.replace(".", "__")] for n in self._names}
 
     def _check(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"PredictorEnsemble: inputs must be a torch.Tensor [N, {self.in_dim}]; got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"PredictorEnsemble: inputs must be [N, {self.in_dim}]; got {list(x.shape)}")
+        want = next(iter(self.params.values())).dtype
+        if x.dtype != want:
+            raise ValueError(f"PredictorEnsemble: inputs must be {str(want).replace('torch.', '')} as the members' "
+                             f"weights; got {str(x.dtype).replace('torch.', '')} (convert with .to({want}))")
 
     def forward(self, x: Tensor) -> Tensor:
         """All members' predictions in one vmapped call: `x [N, in_dim] -> [K, N, out_dim]`.
 
         Raises:
-            ValueError: `x` is not `[N, in_dim]`.
+            TypeError: `x` is not a tensor.
+            ValueError: `x` is not `[N, in_dim]` or not in the weights' dtype.
         """
         self._check(x)
         base = self._base[0]
@@ -139,7 +157,12 @@ class PredictorEnsemble(nn.Module):
 
     def forward_loop(self, x: Tensor) -> Tensor:
         """The same predictions with a Python loop over the K members (the reference that `forward`
-        is tested and benchmarked against): `[N, in_dim] -> [K, N, out_dim]`."""
+        is tested and benchmarked against): `[N, in_dim] -> [K, N, out_dim]`.
+
+        Raises:
+            TypeError: `x` is not a tensor.
+            ValueError: `x` is not `[N, in_dim]` or not in the weights' dtype.
+        """
         self._check(x)
         stacked = self._stacked()
         return torch.stack([functional_call(self._base[0], {n: p[k] for n, p in stacked.items()}, (x,))
@@ -148,9 +171,12 @@ class PredictorEnsemble(nn.Module):
     def disagreement(self, x: Tensor) -> Tensor:
         """Plan2Explore's intrinsic reward: the variance of the members' predictions across members
         (population variance, divisor K), averaged over the output dimensions: `[N, in_dim] -> [N]`.
+        NaN inputs give NaN (not checked: this runs inside planners' loops; planners rank
+        non-finite returns last).
 
         Raises:
-            ValueError: `x` is not `[N, in_dim]`.
+            TypeError: `x` is not a tensor.
+            ValueError: `x` is not `[N, in_dim]` or not in the weights' dtype.
         """
         return self(x).var(dim=0, unbiased=False).mean(dim=-1)
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .rssm import RSSMWorldModel
-from .state import LatentState, WorldModelBase
+from .state import LatentState, WorldModelBase, check_actions, check_step
 
 __all__ = ["FusedRSSM", "Precision", "prior_returns"]
 
@@ -56,7 +56,10 @@ class FusedRSSM(WorldModelBase):
       parts stay in fp32.
 
     Everything else (`observe`, `reward`, `decode`, `initial`, the action bounds, training)
-    is the wrapped model's: attribute access falls through to it. The fused weights are copies,
+    is the wrapped model's: attribute access falls through to it. The `nn.Module` calls that
+    return the module (`eval`, `train`, `requires_grad_`, `to`, `float`, `double`, `cpu`,
+    `cuda`) act on the wrapped model (the view shares it: `fused.to(torch.float64)` converts
+    `model` too) and return this view, so `FusedRSSM(model).eval()` is still fused. The fused weights are copies,
     refreshed automatically when the model's parameters change (their version counters and the
     process's count of optimizer steps, which catches fused optimizers that write in place
     without bumping the counters, are checked on every `imagine_step`/`rollout` call, and by
@@ -103,6 +106,51 @@ class FusedRSSM(WorldModelBase):
     def feature_size(self) -> int:
         """F = D + S of the wrapped model."""
         return self.model.feature_size
+
+    # ------------------------------------------------------------------ nn.Module calls that return the module
+    def eval(self) -> "FusedRSSM":
+        """`model.eval()`; returns this view (not the unfused model)."""
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "FusedRSSM":
+        """`model.train(mode)`; returns this view (not the unfused model)."""
+        self.model.train(mode)
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> "FusedRSSM":
+        """`model.requires_grad_(requires_grad)`; returns this view."""
+        self.model.requires_grad_(requires_grad)
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> "FusedRSSM":
+        """`model.to(...)` (device and/or dtype; it converts the shared model in place), then the fused
+        weights are rebuilt; returns this view.
+
+        Raises:
+            whatever `nn.Module.to` raises for its arguments.
+        """
+        self.model.to(*args, **kwargs)
+        self.refresh(force=True)
+        return self
+
+    def float(self) -> "FusedRSSM":
+        """`model.float()`; returns this view."""
+        return self.to(torch.float32)
+
+    def double(self) -> "FusedRSSM":
+        """`model.double()`; returns this view."""
+        return self.to(torch.float64)
+
+    def cpu(self) -> "FusedRSSM":
+        """`model.cpu()`; returns this view."""
+        return self.to("cpu")
+
+    def cuda(self, device: Any = None) -> "FusedRSSM":
+        """`model.cuda(device)`; returns this view."""
+        self.model.cuda(device)
+        self.refresh(force=True)
+        return self
 
     # ------------------------------------------------------------------ fused weights
     def _params(self) -> list[Tensor]:
@@ -222,7 +270,17 @@ class FusedRSSM(WorldModelBase):
     ) -> tuple[LatentState, LatentState]:
         """H prior steps, as `RSSMWorldModel.rollout`: `state [N]`, `actions [N, H, A]` ->
         `(visited [N * H] (row n * H + t), final [N])`, with the same random numbers drawn in the
-        same order."""
+        same order.
+
+        Raises:
+            TypeError: `state` is not a `LatentState` or `actions` not a tensor.
+            ValueError: `actions` not 3-D, H = 0, or a size, dtype or device of `state` or
+                `actions` other than the model's (`check_step`; metadata only, no host sync).
+        """
+        check_actions("FusedRSSM.rollout", actions)
+        m, c = self.model, self.model.config
+        check_step("FusedRSSM.rollout", state, actions, deter=c.deter, stoch=c.stoch, action_dim=m.action_dim,
+                   dtype=m.pre_gru.weight.dtype, device=m.pre_gru.weight.device, horizon=actions.shape[1])
         self.refresh()
         n, h, _ = actions.shape
         deter, stoch = state.deter, state.stoch

@@ -8,6 +8,8 @@ imagination; the posterior q(z_t | h_t, o_t) filters observations.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -59,6 +61,16 @@ class RSSMConfig:
             read what the latent already holds (linear/MLP probes in the sense of Alain & Bengio
             2016) and the model is trained exactly as PlaNet's. If False the auxiliary loss also
             shapes the latent.
+
+    `validate()` (called when an `RSSMWorldModel` is built) checks every field: sizes are ints
+    (`deter`, `stoch`, `hidden`, `embed`, `action_dim`, every `obs_shape` entry >= 1, `probe_dim`
+    >= 0, `image_bits` in 1..8); `min_std`, `obs_std`, `reward_std`, `probe_std` finite and > 0;
+    `free_nats`, `kl_scale`, `reward_scale` finite and >= 0; the action bounds both given (or
+    both empty: [-1, 1]), finite, with low <= high; `obs_names` / `probe_names` slices inside
+    the observation / probe state, with names that do not clash.
+
+    Raises:
+        ValueError (from `validate`): `RSSMConfig.<field> must be ...; got ...`, naming the field.
     """
 
     obs_shape: tuple[int, ...] = ()
@@ -83,32 +95,96 @@ class RSSMConfig:
     probe_detach: bool = True
 
     def validate(self) -> None:
-        """Check that the environment-dependent fields are filled and consistent.
+        """Check that every field has a usable value, the environment-dependent ones filled.
 
         Raises:
-            ValueError: naming the offending field.
+            ValueError: `RSSMConfig.<field> must be ...; got ...`, naming the offending field
+                (wrong types and NaN/inf included).
         """
-        if len(self.obs_shape) not in (1, 3):
-            raise ValueError(f"RSSMConfig.obs_shape must be (D,) or (3, 64, 64); got {self.obs_shape}")
-        if len(self.obs_shape) == 3 and tuple(self.obs_shape) != (3, 64, 64):
-            raise ValueError(f"RSSMConfig: image observations must be (3, 64, 64); got {self.obs_shape}")
-        if self.action_dim < 1:
-            raise ValueError(f"RSSMConfig.action_dim must be >= 1; got {self.action_dim}")
-        for name in ("action_low", "action_high"):
-            bound = getattr(self, name)
+        def size(name: str, value, least: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"RSSMConfig.{name} must be an int >= {least}; got {value!r}")
+
+        def real(name: str, value, *, positive: bool) -> None:
+            ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) \
+                and (value > 0 if positive else value >= 0)
+            if not ok:
+                raise ValueError(f"RSSMConfig.{name} must be a finite number {'> 0' if positive else '>= 0'}; "
+                                 f"got {value!r}")
+
+        shape = self.obs_shape
+        if not isinstance(shape, (tuple, list)) or len(shape) not in (1, 3):
+            raise ValueError(f"RSSMConfig.obs_shape must be (D,) or (3, 64, 64); got {shape!r}")
+        for d in shape:
+            if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
+                raise ValueError(f"RSSMConfig.obs_shape must hold ints >= 1, (D,) or (3, 64, 64); got {shape!r}")
+        if len(shape) == 3 and tuple(shape) != (3, 64, 64):
+            raise ValueError(f"RSSMConfig.obs_shape: image observations must be (3, 64, 64); got {shape!r}")
+        size("action_dim", self.action_dim, 1)
+        for name in ("deter", "stoch", "hidden", "embed"):
+            size(name, getattr(self, name), 1)
+        size("probe_dim", self.probe_dim, 0)
+        if isinstance(self.image_bits, bool) or not isinstance(self.image_bits, numbers.Integral) \
+                or not 1 <= self.image_bits <= 8:
+            raise ValueError(f"RSSMConfig.image_bits must be an int in 1..8; got {self.image_bits!r}")
+        for name in ("min_std", "reward_std", "probe_std"):
+            real(name, getattr(self, name), positive=True)
+        if self.obs_std is not None:
+            real("obs_std", self.obs_std, positive=True)
+        for name in ("free_nats", "kl_scale", "reward_scale"):
+            real(name, getattr(self, name), positive=False)
+        low, high = self.action_low, self.action_high
+        if bool(low) != bool(high):
+            given, missing = ("action_low", "action_high") if low else ("action_high", "action_low")
+            raise ValueError(f"RSSMConfig.{missing} must be given with {given} (or leave both empty for [-1, 1]); "
+                             f"got action_low={tuple(low)!r}, action_high={tuple(high)!r}")
+        for name, bound in (("action_low", low), ("action_high", high)):
             if bound and len(bound) != self.action_dim:
-                raise ValueError(f"RSSMConfig.{name} has {len(bound)} entries for action_dim {self.action_dim}")
-        if self.probe_dim < 0:
-            raise ValueError(f"RSSMConfig.probe_dim must be >= 0; got {self.probe_dim}")
-        clash = {n for n, _, _ in self.probe_names} & ({n for n, _, _ in self.obs_names} | {"obs", "image", "state"})
+                raise ValueError(f"RSSMConfig.{name} must have action_dim = {self.action_dim} entries; "
+                                 f"got {len(bound)}: {tuple(bound)!r}")
+            for x in bound:
+                if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+                    raise ValueError(f"RSSMConfig.{name} must hold finite numbers; got {tuple(bound)!r}")
+        if low and any(lo > hi for lo, hi in zip(low, high)):
+            raise ValueError(f"RSSMConfig.action_low must be <= action_high; got {tuple(low)!r} and {tuple(high)!r}")
+        if not isinstance(self.probe_detach, bool):
+            raise ValueError(f"RSSMConfig.probe_detach must be a bool; got {self.probe_detach!r}")
+
+        def slices(field_name: str, entries, width: int, what: str, reserved: set[str]) -> set[str]:
+            seen: set[str] = set()
+            for entry in entries:
+                ok = isinstance(entry, (tuple, list)) and len(entry) == 3 and isinstance(entry[0], str) \
+                    and all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in entry[1:])
+                if not ok:
+                    raise ValueError(f"RSSMConfig.{field_name} entries must be (name, start, stop) triples of "
+                                     f"str, int, int; got {entry!r}")
+                name, start, stop = entry
+                if name in reserved or name in seen:
+                    why = "is reserved" if name in reserved else "appears twice"
+                    raise ValueError(f"RSSMConfig.{field_name}: the name {name!r} {why} "
+                                     f"(reserved: {sorted(reserved)}); choose another name")
+                seen.add(name)
+                if not 0 <= start < stop <= width:
+                    raise ValueError(
+                        f"RSSMConfig.{field_name}: slice {name!r} [{start}, {stop}) is outside the {what} "
+                        f"(need 0 <= start < stop <= {width})"
+                    )
+            return seen
+
+        if self.is_image:
+            if self.obs_names:
+                raise ValueError("RSSMConfig.obs_names must be empty for image observations (name the probe "
+                                 f"state with probe_names instead); got {self.obs_names!r}")
+            obs_named: set[str] = set()
+        else:
+            reserved = {"obs"} | ({"state"} if self.probe_dim else set())
+            obs_named = slices("obs_names", self.obs_names, shape[0], f"observation of obs_shape {tuple(shape)}",
+                               reserved)
+        clash = {e[0] for e in self.probe_names if isinstance(e, (tuple, list)) and e} \
+            & (obs_named | {"obs", "image", "state"})
         if clash:
             raise ValueError(f"RSSMConfig.probe_names: {sorted(clash)} already name decoded observation entries")
-        for name, start, stop in self.probe_names:
-            if not 0 <= start < stop <= self.probe_dim:
-                raise ValueError(
-                    f"RSSMConfig.probe_names: slice {name!r} [{start}, {stop}) is outside the probe state "
-                    f"of probe_dim {self.probe_dim}"
-                )
+        slices("probe_names", self.probe_names, self.probe_dim, f"probe state of probe_dim {self.probe_dim}", set())
 
     @property
     def observation_std(self) -> float:
@@ -249,6 +325,12 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         """Device of the parameters."""
         return self.pre_gru.weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the parameters (float32 as built, float64 after `.double()`): beliefs,
+        actions and the encoder's input are in it."""
+        return self.pre_gru.weight.dtype
+
     def _gaussian(self, out: Tensor) -> tuple[Tensor, Tensor]:
         mean, raw = out.chunk(2, dim=-1)
         return mean, F.softplus(raw) + self.config.min_std
@@ -259,6 +341,9 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
                    dtype=self.pre_gru.weight.dtype, device=self.device)
 
     def _check_obs(self, obs: Tensor, batch: int, fn: str) -> None:
+        if not isinstance(obs, Tensor):
+            raise TypeError(f"RSSMWorldModel.{fn}: obs must be a torch.Tensor [B, *obs_shape] (convert with "
+                            f"torch.as_tensor); got {type(obs).__name__}")
         want = (batch, *self.config.obs_shape)
         if tuple(obs.shape) != want:
             raise ValueError(f"RSSMWorldModel.{fn}: observation must be {list(want)}; got {list(obs.shape)}")
@@ -269,10 +354,11 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
             raise ValueError(f"RSSMWorldModel.{fn}: observation contains NaN or inf")
 
     def embed(self, obs: Tensor, *, noise: torch.Generator | bool | None = None) -> Tensor:
-        """Encode observations `[N, *obs_shape] -> [N, E]` (images are quantised to `image_bits` first)."""
+        """Encode observations `[N, *obs_shape] -> [N, E]` (images are quantised to `image_bits` first;
+        the encoder's input is cast to the parameters' dtype)."""
         if self.config.is_image:
-            return self.encoder(preprocess_image(obs, self.config.image_bits, noise=noise))
-        return self.encoder(obs.float())
+            return self.encoder(preprocess_image(obs, self.config.image_bits, noise=noise).to(self.dtype))
+        return self.encoder(obs.to(self.dtype))
 
     def _transition(self, state: LatentState, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = F.elu(self.pre_gru(torch.cat([state.stoch, action], dim=-1)))
@@ -289,14 +375,51 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         return mean + std * eps
 
     def _reset(self, state: LatentState, action: Tensor, is_first: Tensor) -> tuple[LatentState, Tensor]:
-        keep = (~is_first.bool()).to(state.deter.dtype)[:, None]
-        return LatentState(state.deter * keep, state.stoch * keep), action * keep
+        # `where`, not a product with 0: a reset row's old belief or (ignored) action may be NaN
+        first = is_first[:, None]
+        zero = state.deter.new_zeros(())
+        return (LatentState(torch.where(first, zero, state.deter), torch.where(first, zero, state.stoch)),
+                torch.where(first, zero, action))
+
+    def _check_is_first(self, is_first, batch: int, fn: str) -> Tensor:
+        """`is_first` as a bool tensor `[batch]` on the model's device, or a named error."""
+        where = f"RSSMWorldModel.{fn}"
+        if not isinstance(is_first, Tensor):
+            if isinstance(is_first, (bool, int, float, str, bytes)) or is_first is None:
+                raise TypeError(f"{where}: is_first must be a bool tensor [B={batch}], one flag per row; got "
+                                f"{type(is_first).__name__} {is_first!r}")
+            try:
+                is_first = torch.as_tensor(is_first)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise TypeError(f"{where}: is_first must be a bool tensor [B={batch}]; got {type(is_first).__name__} "
+                                f"({e})") from None
+        if tuple(is_first.shape) != (batch,):
+            raise ValueError(f"{where}: is_first must be [B={batch}] bool, one flag per row; got "
+                             f"{list(is_first.shape)} {str(is_first.dtype).replace('torch.', '')}")
+        if is_first.dtype != torch.bool:
+            if is_first.is_floating_point() or is_first.is_complex() \
+                    or not bool(((is_first == 0) | (is_first == 1)).all()):
+                raise ValueError(f"{where}: is_first must be bool (or integers 0/1) [B={batch}]; got "
+                                 f"{str(is_first.dtype).replace('torch.', '')} values {is_first.tolist()[:8]}")
+            is_first = is_first.bool()
+        return is_first.to(self.device)
 
     # ------------------------------------------------------------------ WorldModel protocol
     def initial(self, batch: int) -> LatentState:
-        """The belief before any observation: zeros, `[batch, D]` and `[batch, S]`."""
-        dev = self.device
-        return LatentState(torch.zeros(batch, self.config.deter, device=dev), torch.zeros(batch, self.config.stoch, device=dev))
+        """The belief before any observation: zeros in the parameters' dtype and device,
+        `deter [batch, D]` and `stoch [batch, S]`.
+
+        Raises:
+            TypeError: `batch` is not an int (NumPy ints are fine; bools and floats are not).
+            ValueError: `batch < 0`.
+        """
+        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral):
+            raise TypeError(f"RSSMWorldModel.initial: batch must be an int >= 0; got {type(batch).__name__} {batch!r}")
+        if batch < 0:
+            raise ValueError(f"RSSMWorldModel.initial: batch must be an int >= 0; got {batch}")
+        kw = dict(device=self.device, dtype=self.dtype)
+        batch = int(batch)
+        return LatentState(torch.zeros(batch, self.config.deter, **kw), torch.zeros(batch, self.config.stoch, **kw))
 
     def observe(
         self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor,
@@ -307,21 +430,26 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         Args:
             state: previous belief, `[B]` rows.
             action: `[B, A]`, the action taken since `state` (ignored where `is_first`).
-            obs: `[B, D_obs]` float or `[B, 3, 64, 64]` uint8.
-            is_first: `[B]` bool; rows that start an episode are reset to `initial` first.
+            obs: `[B, D_obs]` float (cast to the model's dtype) or `[B, 3, 64, 64]` uint8, a tensor.
+            is_first: `[B]` bool (integer 0/1 and NumPy arrays are accepted); rows that start an
+                episode are reset to `initial` first, and their action (even NaN) is ignored.
             generator: randomness of the posterior sample.
             sample: if False, use the posterior mean instead of a sample.
 
         Raises:
-            ValueError: on a wrong action or observation shape, a non-uint8 image, or NaN/inf
-                in a vector observation.
+            TypeError: `state` not a `LatentState`, `action` or `obs` not a tensor, or `is_first`
+                not a tensor / array of flags.
+            ValueError: a wrong action or observation shape (or state/action dtype or device, see
+                `check_step`), a non-uint8 image, NaN/inf in a vector observation or in the action
+                of a row that is not first, or an `is_first` that is not `[B]` or holds values
+                other than true/false (0/1).
         """
-        b = state.batch
+        b = state.batch if isinstance(state, LatentState) else None
         self._check_step(state, action, "observe")
         self._check_obs(obs, b, "observe")
-        if not torch.isfinite(action).all():
-            raise ValueError("RSSMWorldModel.observe: action contains NaN or inf")
-        is_first = torch.as_tensor(is_first, device=state.device).reshape(b)
+        is_first = self._check_is_first(is_first, b, "observe")
+        if not bool((torch.isfinite(action).all(-1) | is_first).all()):
+            raise ValueError("RSSMWorldModel.observe: action contains NaN or inf on a row whose is_first is false")
         state, action = self._reset(state, action, is_first)
         deter, _, _ = self._transition(state, action)
         mean, std = self._posterior(deter, self.embed(obs))
@@ -375,19 +503,27 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
             the probe loss (as in `elbo`) of every step.
 
         Raises:
-            ValueError: no probe heads, mismatched shapes, or NaN/inf targets.
+            ValueError: no probe heads, mismatched shapes, no rows (N = 0), NaN/inf targets,
+                `steps` not an int >= 0, `batch_size` not an int >= 1, or `lr` not finite and > 0.
         """
         if self.probe_head is None:
             raise ValueError("RSSMWorldModel.fit_probes: this model has no probe heads (RSSMConfig.probe_dim = 0)")
+        for name, value, least in (("steps", steps, 0), ("batch_size", batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"RSSMWorldModel.fit_probes: {name} must be an int >= {least}; got {value!r}")
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"RSSMWorldModel.fit_probes: lr must be a finite number > 0; got {lr!r}")
         f, p = self.config.deter + self.config.stoch, self.config.probe_dim
         if features.dim() != 2 or features.shape[1] != f or targets.shape != (features.shape[0], p):
             raise ValueError(
                 f"RSSMWorldModel.fit_probes: expected features [N, {f}] and targets [N, {p}]; got "
                 f"{list(features.shape)} and {list(targets.shape)}"
             )
+        if features.shape[0] == 0 and steps > 0:
+            raise ValueError("RSSMWorldModel.fit_probes: features and targets have no rows (N = 0)")
         if not torch.isfinite(targets).all():
             raise ValueError("RSSMWorldModel.fit_probes: targets contain NaN or inf")
-        features, targets = features.detach().to(self.device), targets.float().to(self.device)
+        features, targets = features.detach().to(self.device, self.dtype), targets.to(self.device, self.dtype)
         opt = torch.optim.Adam(self.probe_head.parameters(), lr=lr)
         dev = generator.device if generator is not None else torch.device("cpu")
         losses = []
@@ -431,7 +567,14 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         return named
 
     def decode_image_uint8(self, state: LatentState) -> Tensor:
-        """For image models: decoded frames as `uint8 [B, 3, 64, 64]`."""
+        """For image models: decoded frames as `uint8 [B, 3, 64, 64]`.
+
+        Raises:
+            ValueError: the model decodes state vectors, not images.
+        """
+        if not self.config.is_image:
+            raise ValueError("RSSMWorldModel.decode_image_uint8: this model decodes state vectors "
+                             f"(obs_shape {self.config.obs_shape}), not images; use decode(state)['obs']")
         return postprocess_image(self.decode(state)["image"])
 
     # ------------------------------------------------------------------ training
@@ -480,8 +623,9 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
                 global generator when None).
 
         Returns:
-            `(encoder_input [B*T, *obs_shape] float, eps [T, B, S])`: the encoder's input (images
-            preprocessed with dequantisation noise, `preprocess_image`; vectors as float) and the
+            `(encoder_input [B*T, *obs_shape] float, eps [T, B, S])`: the encoder's input in the
+            parameters' dtype (images preprocessed with dequantisation noise, `preprocess_image`;
+            vectors cast) and the
             posterior samples' standard-normal noise, drawn step by step (the numbers `elbo` drew
             before this split, for the same generator).
         """
@@ -489,7 +633,8 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         b, t = obs.shape[:2]
         flat = obs.flatten(0, 1)
         enc_in = preprocess_image(flat, c.image_bits, noise=generator if generator is not None else True) \
-            if c.is_image else flat.float()
+            if c.is_image else flat
+        enc_in = enc_in.to(self.dtype)
         eps = torch.stack([torch.randn(b, c.stoch, generator=generator, device=obs.device, dtype=enc_in.dtype)
                            for _ in range(t)])
         return enc_in, eps
@@ -525,7 +670,7 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
         feats = torch.cat([deters, stochs], dim=-1)
         recon_mean = self.decoder(feats)
         recon = 0.5 * (((recon_mean - target) / c.observation_std) ** 2).flatten(1).sum(-1).mean()
-        rew = 0.5 * (((self.reward_head(feats).squeeze(-1) - reward.flatten().float()) / c.reward_std) ** 2).mean()
+        rew = 0.5 * (((self.reward_head(feats).squeeze(-1) - reward.flatten().to(feats.dtype)) / c.reward_std) ** 2).mean()
         kl = kl.mean()
         loss = recon + c.reward_scale * rew + c.kl_scale * torch.clamp(kl, min=c.free_nats)
         probe = loss.new_zeros(())
@@ -558,17 +703,34 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
             `ELBOTerms`, with `loss` to minimise.
 
         Raises:
-            ValueError: if the shapes disagree, or probe targets are missing or contain NaN.
+            TypeError: an input that is not a tensor.
+            ValueError: if the shapes disagree, B or T is 0, obs (vectors), action or reward hold
+                NaN/inf, or probe targets are missing or contain NaN.
+
+        Dtypes: vector observations, actions, rewards and probe targets are cast to the
+        parameters' dtype (a `.double()` model computes the ELBO in float64).
         """
         c = self.config
-        b, t = action.shape[:2]
-        if action.shape != (b, t, c.action_dim) or tuple(obs.shape) != (b, t, *c.obs_shape) \
-                or reward.shape != (b, t) or is_first.shape != (b, t):
+        for name, x in (("obs", obs), ("action", action), ("reward", reward), ("is_first", is_first)):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"RSSMWorldModel.elbo: {name} must be a torch.Tensor; got {type(x).__name__}")
+        if action.dim() != 3 or action.shape[2] != c.action_dim or tuple(obs.shape) != (*action.shape[:2], *c.obs_shape) \
+                or reward.shape != action.shape[:2] or is_first.shape != action.shape[:2]:
             raise ValueError(
                 "RSSMWorldModel.elbo: expected obs [B, T, *obs_shape], action [B, T, A], reward [B, T], "
                 f"is_first [B, T]; got {list(obs.shape)}, {list(action.shape)}, {list(reward.shape)}, "
                 f"{list(is_first.shape)}"
             )
+        b, t = action.shape[:2]
+        if b == 0 or t == 0:
+            raise ValueError(f"RSSMWorldModel.elbo: the batch B and the sequence length T must be >= 1; "
+                             f"got B = {b}, T = {t} (action {list(action.shape)})")
+        action, reward = action.to(self.dtype), reward.to(self.dtype)
+        checks = [("action", action), ("reward", reward)] + ([] if c.is_image else [("obs", obs)])
+        finite = torch.stack([torch.isfinite(x).all() for _, x in checks])
+        if not bool(finite.all()):  # one host read for all three
+            bad = [name for (name, _), ok in zip(checks, finite.tolist()) if not ok]
+            raise ValueError(f"RSSMWorldModel.elbo: {', '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or inf")
         probe_target = None
         if self.probe_head is not None:
             if state is None or tuple(state.shape) != (b, t, c.probe_dim):
@@ -577,11 +739,11 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
                     f"RSSMWorldModel.elbo: a model with probe heads needs state [B, T, probe_dim={c.probe_dim}] "
                     f"targets (the env's info['state']); got {got}"
                 )
-            probe_target = state.flatten(0, 1).float()
+            probe_target = state.flatten(0, 1).to(self.dtype)
             if not torch.isfinite(probe_target).all():
                 raise ValueError("RSSMWorldModel.elbo: probe targets (state) contain NaN or inf")
         enc_in, eps = self.elbo_noise(obs, generator)
-        target = preprocess_image(obs.flatten(0, 1), c.image_bits) if c.is_image else obs.flatten(0, 1).float()
+        target = (preprocess_image(obs.flatten(0, 1), c.image_bits) if c.is_image else obs.flatten(0, 1)).to(self.dtype)
         loss, recon, rew, kl, deters, stochs, probe = (core or self.elbo_core)(
             enc_in, target, action, reward, is_first, eps, probe_target)
         post = LatentState(deters, stochs)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["LatentState", "WorldModel", "WorldModelBase", "check_step"]
+__all__ = ["LatentState", "WorldModel", "WorldModelBase", "check_actions", "check_step"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class LatentState:
     mutate a caller's belief.
 
     Raises:
+        TypeError: if `deter` or `stoch` is not a torch.Tensor.
         ValueError: if the two parts disagree in batch size, are not 2-D, or live on
             different devices.
     """
@@ -32,6 +34,9 @@ class LatentState:
     stoch: Tensor
 
     def __post_init__(self) -> None:
+        for name in ("deter", "stoch"):
+            if not isinstance(getattr(self, name), Tensor):
+                raise TypeError(f"LatentState: {name} must be a torch.Tensor; got {type(getattr(self, name)).__name__}")
         if self.deter.dim() != 2 or self.stoch.dim() != 2:
             raise ValueError(
                 f"LatentState: deter and stoch must be [B, D] and [B, S]; "
@@ -65,14 +70,54 @@ class LatentState:
 
         Row `b * n + j` is a copy of row `b`; this is the layout planners use for
         `J` candidates per environment.
+
+        Raises:
+            TypeError: `n` is not an integer (a bool is not one).
+            ValueError: `n < 0`.
         """
+        if isinstance(n, bool):
+            raise TypeError(f"LatentState.expand: n must be an int >= 0; got {n!r}")
+        try:
+            n = operator.index(n)
+        except TypeError:
+            raise TypeError(f"LatentState.expand: n must be an int >= 0; got {type(n).__name__} {n!r}") from None
+        if n < 0:
+            raise ValueError(f"LatentState.expand: n must be an int >= 0; got {n}")
         return LatentState(
             self.deter.repeat_interleave(n, dim=0), self.stoch.repeat_interleave(n, dim=0)
         )
 
     def index(self, idx: Tensor | slice | int) -> "LatentState":
-        """Select rows: `idx` is anything a tensor accepts along dim 0 (an int keeps the batch dim)."""
+        """Select rows along the batch dimension.
+
+        Args:
+            idx: an integer (a Python int, a NumPy integer or a 0-dim integer tensor), with
+                Python's rules: `-1` is the last row; the result keeps the batch dimension,
+                `[1]` rows. Anything else a tensor accepts along dim 0 (a slice, an index
+                tensor `[K]`, a bool mask `[B]`) selects those rows, `[K]`.
+
+        Returns:
+            The selected rows as a new `LatentState` (`deter [K, D]`, `stoch [K, S]`).
+
+        Raises:
+            IndexError: an integer outside `[-B, B)` (or an index tensor out of range, from torch).
+            TypeError: a Python bool (ambiguous: use a bool mask `[B]`).
+        """
+        if isinstance(idx, bool):
+            raise TypeError("LatentState.index: a bool is not a row index; pass a bool mask tensor [B]")
+        if isinstance(idx, Tensor):
+            if idx.dim() == 0 and not idx.is_floating_point() and not idx.is_complex() and idx.dtype != torch.bool:
+                idx = int(idx)
+        elif not isinstance(idx, slice):
+            try:
+                idx = operator.index(idx)  # NumPy integers
+            except TypeError:
+                pass  # lists, arrays: torch decides
         if isinstance(idx, int):
+            b = self.batch
+            if not -b <= idx < b:
+                raise IndexError(f"LatentState.index: row {idx} is out of range for a batch of {b} rows")
+            idx %= b
             idx = slice(idx, idx + 1)
         return LatentState(self.deter[idx], self.stoch[idx])
 
@@ -86,7 +131,27 @@ class LatentState:
 
     @staticmethod
     def cat(states: list["LatentState"]) -> "LatentState":
-        """Concatenate states along the batch dimension."""
+        """Concatenate states along the batch dimension: `[B_1] + [B_2] + ... -> [sum B_i]`.
+
+        Raises:
+            ValueError: an empty list, or states whose D, S, dtype or device differ.
+            TypeError: an entry that is not a `LatentState`.
+        """
+        states = list(states)
+        if not states:
+            raise ValueError("LatentState.cat: states is empty; need at least one LatentState")
+        first = states[0]
+        for i, s in enumerate(states):
+            if not isinstance(s, LatentState):
+                raise TypeError(f"LatentState.cat: states[{i}] must be a LatentState; got {type(s).__name__}")
+            if (s.deter.shape[1], s.stoch.shape[1]) != (first.deter.shape[1], first.stoch.shape[1]) \
+                    or s.deter.dtype != first.deter.dtype or s.stoch.dtype != first.stoch.dtype \
+                    or s.device != first.device:
+                raise ValueError(
+                    f"LatentState.cat: states[{i}] has D={s.deter.shape[1]}, S={s.stoch.shape[1]}, "
+                    f"{s.deter.dtype} on {s.device}; states[0] has D={first.deter.shape[1]}, "
+                    f"S={first.stoch.shape[1]}, {first.deter.dtype} on {first.device}"
+                )
         return LatentState(
             torch.cat([s.deter for s in states]), torch.cat([s.stoch for s in states])
         )
@@ -125,22 +190,52 @@ class WorldModel(Protocol):
     action_high: Tensor
 
     @property
-    def feature_size(self) -> int: ...
+    def feature_size(self) -> int:
+        """F = D + S, the width of `LatentState.features()` of this model's beliefs."""
+        ...
 
-    def initial(self, batch: int) -> LatentState: ...
+    def initial(self, batch: int) -> LatentState:
+        """The belief before any observation, `[batch]` rows (`deter [batch, D]`, `stoch [batch, S]`).
+
+        Raises:
+            TypeError / ValueError: `batch` is not an int >= 0 (implementations should check).
+        """
+        ...
 
     def observe(
         self, state: LatentState, action: Tensor, obs: Tensor, is_first: Tensor,
         *, generator: torch.Generator | None = None, sample: bool = True,
-    ) -> LatentState: ...
+    ) -> LatentState:
+        """Posterior (filtering) step: the belief `[B]` after `action [B, A]` from `state [B]` and then
+        seeing `obs [B, ...]`; rows where `is_first [B]` (bool) is true restart from `initial` and
+        their action is ignored.
+
+        Raises:
+            TypeError / ValueError: inputs of the wrong type, shape, dtype or device, or NaN/inf
+                where the model cannot use them (each model's docstring lists its checks).
+        """
+        ...
 
     def imagine_step(
         self, state: LatentState, action: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
-    ) -> LatentState: ...
+    ) -> LatentState:
+        """Prior (open-loop) step: `state [B]`, `action [B, A]` -> the next belief `[B]`, the stochastic
+        part sampled with `generator` (reparameterised) or its mean with `sample=False`.
+
+        Raises:
+            TypeError / ValueError: a state or action of another size, dtype or device (`check_step`).
+        """
+        ...
 
     def rollout(
         self, state: LatentState, actions: Tensor, *, generator: torch.Generator | None = None, sample: bool = True
-    ) -> tuple[LatentState, LatentState]: ...
+    ) -> tuple[LatentState, LatentState]:
+        """`imagine_step` H times over `actions [B, H, A]`: `(visited [B * H] (row b * H + t), final [B])`.
+
+        Raises:
+            TypeError / ValueError: `actions` not a 3-D tensor, H = 0, or a step's inputs wrong.
+        """
+        ...
 
     def reward(self, state: LatentState) -> Tensor: ...
 
@@ -181,7 +276,13 @@ class WorldModelBase:
             `(visited, final)`: `visited` has `N * H` rows, row `n * H + t` the belief after
             step t of sequence n (rows of one sequence adjacent); `final` is `[N]`, the belief
             after the last step.
+
+        Raises:
+            TypeError: `actions` is not a tensor (or, from `imagine_step`, `state` not a `LatentState`).
+            ValueError: `actions` is not 3-D, H = 0 (no step to take), or a step's state or action
+                differs from the model's in size, dtype or device (from `imagine_step`).
         """
+        check_actions(f"{type(self).__name__}.rollout", actions)
         deters, stochs = [], []
         for t in range(actions.shape[1]):
             state = self.imagine_step(state, actions[:, t], generator=generator, sample=sample)
@@ -195,15 +296,32 @@ class WorldModelBase:
         return False
 
 
+def check_actions(where: str, actions: Any) -> None:
+    """Check that `actions` is a `[N, H, A]` tensor with H >= 1 (metadata only: no host sync).
+
+    Raises:
+        TypeError: `actions` is not a torch.Tensor.
+        ValueError: `actions` is not 3-D, or H = 0.
+    """
+    if not isinstance(actions, Tensor):
+        raise TypeError(f"{where}: actions must be a torch.Tensor [N, H, A]; got {type(actions).__name__}")
+    if actions.dim() != 3:
+        raise ValueError(f"{where}: actions must be [N, H, A] (3-D); got {list(actions.shape)}")
+    if actions.shape[1] == 0:
+        raise ValueError(f"{where}: the horizon H = actions.shape[1] must be >= 1; got actions {list(actions.shape)}")
+
+
 def check_step(where: str, state: Any, action: Tensor, *, deter: int, stoch: int, action_dim: int,
-               dtype: torch.dtype, device: torch.device) -> None:
+               dtype: torch.dtype, device: torch.device, horizon: int | None = None) -> None:
     """Check the inputs of a model step at the boundary, naming the argument that is wrong.
 
     Args:
         where: the caller, e.g. `"RSSMWorldModel.imagine_step"`.
         state: must be a `LatentState` with `deter [B, deter]` and `stoch [B, stoch]` of `dtype` on `device`.
-        action: must be a `[B, action_dim]` tensor of `dtype` on `device`.
+        action: must be a `[B, action_dim]` tensor of `dtype` on `device` (with `horizon`: the
+            whole sequence, `actions [B, horizon, action_dim]`).
         deter, stoch, action_dim, dtype, device: what the model takes.
+        horizon: H when `action` is a rollout's `[B, H, A]` sequence; None for one step.
 
     Raises:
         TypeError: `state` is not a `LatentState` or `action` not a tensor.
@@ -212,11 +330,13 @@ def check_step(where: str, state: Any, action: Tensor, *, deter: int, stoch: int
     """
     if not isinstance(state, LatentState):
         raise TypeError(f"{where}: state must be a LatentState; got {type(state).__name__}")
+    a_name = "action" if horizon is None else "actions"
     if not isinstance(action, Tensor):
-        raise TypeError(f"{where}: action must be a torch.Tensor [B, A={action_dim}]; got {type(action).__name__}")
+        raise TypeError(f"{where}: {a_name} must be a torch.Tensor [B, A={action_dim}]; got {type(action).__name__}")
     b = state.batch
+    a_want = (b, action_dim) if horizon is None else (b, horizon, action_dim)
     for name, t, want in (("state.deter", state.deter, (b, deter)), ("state.stoch", state.stoch, (b, stoch)),
-                          ("action", action, (b, action_dim))):
+                          (a_name, action, a_want)):
         if tuple(t.shape) != want or t.dtype != dtype or t.device != device:
             raise ValueError(
                 f"{where}: {name} must be [{', '.join(map(str, want))}] {str(dtype).replace('torch.', '')} on "
