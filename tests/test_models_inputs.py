@@ -345,3 +345,15 @@ def test_ensemble_inputs_are_named():
     x = torch.randn(3, 2, dtype=torch.float64)
     ens.double()
     torch.testing.assert_close(ens(x), ens.forward_loop(x))
+
+
+def test_analytic_from_observation_checks_its_input_and_keeps_the_model_dtype():
+    model = AnalyticModel.linear(torch.eye(2, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64), torch.eye(2))
+    belief = model.from_observation(torch.tensor([[0.5, -1.0]]))  # float32 in, the model's float64 out
+    assert belief.deter.dtype == torch.float64 and belief.deter.tolist() == [[0.5, -1.0]] and belief.stoch.shape == (1, 0)
+    for bad, match in ((torch.zeros(1, 3), r"n=2.*\(1, 3\)"), (torch.zeros(2), r"\(2,\)"), (torch.zeros(0, 2), "B >= 1"),
+                       (torch.tensor([[float("nan"), 0.0]]), "NaN")):
+        with pytest.raises(ValueError, match=match):
+            model.from_observation(bad)
+    with pytest.raises(TypeError, match="ndarray"):
+        model.from_observation(np.zeros((1, 2)))

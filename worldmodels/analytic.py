@@ -237,7 +237,19 @@ class AnalyticModel(nn.Module, WorldModelBase):
         return LatentState(torch.zeros(batch, self.state_dim, **kw), torch.zeros(batch, 0, **kw))
 
     def from_observation(self, obs: Tensor) -> LatentState:
-        """The belief that is exactly `obs [B, n]`, in the model's dtype."""
+        """The belief that is exactly `obs [B, n]`, in the model's dtype and on its device.
+
+        Raises:
+            TypeError: `obs` is not a tensor.
+            ValueError: `obs` is not `[B, n]` with B >= 1, or contains NaN/inf.
+        """
+        if not isinstance(obs, Tensor):
+            raise TypeError(f"AnalyticModel.from_observation: obs must be a torch.Tensor [B, n]; got {type(obs).__name__}")
+        if obs.dim() != 2 or obs.shape[0] < 1 or obs.shape[1] != self.state_dim:
+            raise ValueError(f"AnalyticModel.from_observation: obs must be [B, n={self.state_dim}] with B >= 1; "
+                             f"got {tuple(obs.shape)}")
+        if not torch.isfinite(obs).all():
+            raise ValueError("AnalyticModel.from_observation: obs contains NaN or inf")
         obs = obs.to(self.device, self.action_low.dtype)
         return LatentState(obs, obs.new_zeros(obs.shape[0], 0))
 
