@@ -1,5 +1,7 @@
 """The RSSM world model: shapes, that filtering uses the observation, that the ELBO falls, bad inputs."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -356,5 +358,11 @@ def test_filter_episodes_keeps_episode_order_and_the_draws_of_each_group():
     torch.testing.assert_close(grouped.deter[:5], short.deter[:5])
     torch.testing.assert_close(grouped.deter[5:10], short.deter[8:13])
     torch.testing.assert_close(grouped.deter[10:], short.deter[5:8])
+    # a float64 model filters in float64 (the stored float32 actions follow the model's dtype); the
+    # first belief of an episode is deterministic (a reset), so it equals the float32 model's
+    m64 = copy.deepcopy(m).double()
+    beliefs64, _ = filter_episodes(m64, eps, generator=torch.Generator().manual_seed(0))
+    assert beliefs64.deter.dtype == torch.float64 and beliefs64.stoch.dtype == torch.float64
+    torch.testing.assert_close(beliefs64.deter[[0, 6, 10]], beliefs.deter[[0, 6, 10]].double(), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"filter_episodes: episode 0 lacks \['is_first'\]"):
         filter_episodes(m, [{"obs": np.zeros((2, 3)), "action": np.zeros((2, 1))}])

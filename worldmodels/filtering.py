@@ -70,7 +70,8 @@ def filter_episodes(
         for s in range(0, len(idxs), size):
             group = idxs[s : s + size]
             obs = torch.as_tensor(np.stack([np.asarray(eps[i]["obs"]) for i in group]), device=dev)
-            act = torch.as_tensor(np.stack([np.asarray(eps[i]["action"]) for i in group]), dtype=torch.float32, device=dev)
+            act = torch.as_tensor(np.stack([np.asarray(eps[i]["action"]) for i in group]), dtype=model.action_low.dtype,
+                                  device=dev)  # the model's dtype: a float64 model filters in float64
             first = torch.as_tensor(np.stack([np.asarray(eps[i]["is_first"]) for i in group]), device=dev)
             state = model.initial(len(group))
             deters, stochs = [], []
