@@ -151,17 +151,27 @@ def part_zeroshot(args) -> dict:
     env = lp.make_env("dmc:cartpole-swingup", seed=args.seed)
     seeds = [args.seed * 1_000_003 + 30_000_000 + i for i in range(args.eval_episodes)]
     out: dict = {"checkpoint": str(run_dir)}
+    cem = None  # None: the demo's CEM (rewards_cartpole.DEMO_CEM), a fresh planner per episode
+    if args.cem:
+        candidates, iterations, elites = args.cem
+        cem = lp.CEMConfig(horizon=12, iterations=iterations, candidates=candidates, elites=elites)
+        out["cem"] = {"candidates": candidates, "iterations": iterations, "elites": elites}
+
+    def planner():
+        return None if cem is None else lp.CEM(cem)
+
     for label, rewards in (("swingup_known", [swingup_reward]), ("learned_head", None)):
         if label.split("_")[-1] not in args.rewards:
             continue
         t0 = time.perf_counter()
-        rets = [run(model, env, rewards=rewards, context=None, seed=s)[1].ret for s in seeds]
+        rets = [run(model, env, rewards=rewards, context=None, seed=s, planner=planner())[1].ret for s in seeds]
         out[label] = {"returns": rets, "mean": float(np.mean(rets)), "wall_s": time.perf_counter() - t0}
         print(f"  {args.which} {label}: {np.round(rets, 1)}", flush=True)
     goals = []
     for k in range(args.goal_episodes if "goal" in args.rewards else 0):  # episode k of every target
         for i, t in enumerate(args.targets):
-            ep, st = run(model, env, rewards=[goal_reward], context={"target_x": t}, seed=seeds[0] + 100 + i + 10 * k)
+            ep, st = run(model, env, rewards=[goal_reward], context={"target_x": t}, seed=seeds[0] + 100 + i + 10 * k,
+                         planner=planner())
             goals.append({"target_x": t, "episode": k, "goal_return": goal_return(ep, t), "env_return": st.ret,
                           **tail_metrics(ep, t)})
             print(f"  {args.which} goal {t:+.2f}: {goals[-1]}", flush=True)
@@ -342,6 +352,9 @@ def main() -> None:
     p.add_argument("--explore-checkpoint", default=None, help="a checkpoint file to use instead of the run's last")
     p.add_argument("--episodes", type=int, default=30, help="training episodes compared (equal env steps)")
     p.add_argument("--eval-episodes", type=int, default=3)
+    p.add_argument("--cem", type=int, nargs=3, metavar=("J", "I", "K"), default=None,
+                   help="zeroshot: plan with CEM of J candidates, I iterations, K elites (H = 12) instead of the demo's "
+                        "(J=100, I=5, K=10); e.g. --cem 1000 10 100 for PlaNet's")
     p.add_argument("--targets", type=float, nargs="+", default=[1.0, -1.0])
     p.add_argument("--goal-episodes", type=int, default=1,
                    help="zeroshot: episodes per goal target (episode 0 is the one earlier results used)")
