@@ -1,5 +1,5 @@
 # The two commands of the README. Both set everything up in a virtual environment (.venv) first.
-#   make demo   trains a world model on cartpole-swingup and controls it with CEM (~10 min on 2 CPU cores)
+#   make demo   trains a world model on cartpole-swingup and controls it with CEM (4-8 min on 2 CPU cores; it stops by 15)
 #   make test   runs the fast test suite
 #
 # The set-up chooses the PyTorch build for this machine (scripts/install_torch.sh):
