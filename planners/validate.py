@@ -103,8 +103,9 @@ def check_plan_inputs(
 ) -> None:
     """The checks every planner's `plan` runs on its inputs, once per call, before any search.
 
-    It reads the belief (and the warm start's actions) once, `torch.isfinite(...).all()`: one
-    host synchronisation per plan call, none inside a search.
+    It reads the belief (and the warm start's actions) once: one host synchronisation per plan
+    call (on the sum of all entries, finite exactly when every entry is, unless it overflows,
+    which is then checked entry by entry), none inside a search.
 
     Args:
         where: the caller, e.g. `"CEM.plan"` (the messages start with it).
@@ -143,18 +144,7 @@ def check_plan_inputs(
     if b < 1:
         raise ValueError(f"{where}: state has B={b} beliefs; plan needs at least one (state.deter is "
                          f"{tuple(state.deter.shape)})")
-    for name, t in (("state.deter", state.deter), ("state.stoch", state.stoch)):
-        if t.numel() and not bool(torch.isfinite(t).all()):
-            rows = torch.nonzero(~torch.isfinite(t).all(dim=1)).flatten().tolist()
-            raise ValueError(f"{where}: {name} holds NaN or inf (the belief of environment(s) {rows[:8]}); "
-                             "a non-finite belief cannot be planned from")
-    ctx = getattr(objective, "context", None)
-    want = getattr(ctx, "batch", None)
-    if want is not None and want != b:
-        raise ValueError(
-            f"{where}: the objective was built for batch={want} environments but state has B={b} beliefs; "
-            f"build the Objective with batch={b} (its [B, ...] context values are per environment)"
-        )
+    wa = None
     if warm_start is not None:
         if not isinstance(warm_start, Plan):
             raise TypeError(f"{where}: warm_start must be a Plan (e.g. the previous plan's .shift()) or None; "
@@ -162,9 +152,25 @@ def check_plan_inputs(
         wa = warm_start.actions
         if not wa.is_floating_point():
             raise TypeError(f"{where}: warm_start.actions must be a floating tensor; got {_dtype_name(wa.dtype)}")
-        if wa.numel() and not bool(torch.isfinite(wa).all()):
+    # one host synchronisation: a finite sum means every entry is finite (NaN and inf propagate);
+    # a non-finite sum (a NaN/inf entry, or an overflow) is then looked at tensor by tensor
+    total = state.deter.sum() + state.stoch.sum() + (0.0 if wa is None else wa.sum().to(state.device))
+    if not bool(torch.isfinite(total)):
+        for name, t in (("state.deter", state.deter), ("state.stoch", state.stoch)):
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                rows = torch.nonzero(~torch.isfinite(t).all(dim=1)).flatten().tolist()
+                raise ValueError(f"{where}: {name} holds NaN or inf (the belief of environment(s) {rows[:8]}); "
+                                 "a non-finite belief cannot be planned from")
+        if wa is not None and wa.numel() and not bool(torch.isfinite(wa).all()):
             raise ValueError(f"{where}: warm_start.actions contains NaN or inf "
                              f"({int((~torch.isfinite(wa)).sum())} of {wa.numel()} entries)")
+    ctx = getattr(objective, "context", None)
+    want = getattr(ctx, "batch", None)
+    if want is not None and want != b:
+        raise ValueError(
+            f"{where}: the objective was built for batch={want} environments but state has B={b} beliefs; "
+            f"build the Objective with batch={b} (its [B, ...] context values are per environment)"
+        )
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"{where}: generator must be a torch.Generator or None; got {type(generator).__name__} {generator!r:.40} "

@@ -274,3 +274,14 @@ def test_nan_value_function_gives_minus_inf_value(name):
     with np.errstate(invalid="ignore"):
         plan = PLANNERS[name]().plan(objective, _belief(), generator=_gen())
     assert plan.value.tolist() == [float("-inf")] * 2
+
+
+def test_finite_check_does_not_mistake_an_overflowing_sum_for_a_non_finite_belief():
+    from latentplan.planners.validate import check_plan_inputs
+
+    big = lp.LatentState(torch.full((2, 3), 6.0e4, dtype=torch.float16), torch.zeros(2, 0, dtype=torch.float16))
+    assert not torch.isfinite(big.deter.sum())  # 3.6e5 overflows float16: checked entry by entry instead
+    check_plan_inputs("test", lp.Objective(_model()), big)  # every entry is finite: no error
+    big.deter[1, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"state\.deter holds NaN or inf.*\[1\]"):
+        check_plan_inputs("test", lp.Objective(_model()), big)
