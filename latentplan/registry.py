@@ -26,6 +26,7 @@ import ast
 import dataclasses
 import difflib
 import importlib
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -150,7 +151,8 @@ def available_planners() -> list[str]:
 
 def _factory(name: str) -> PlannerFactory:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, available_planners(), n=2, cutoff=0.6)
+        same_case = [n for n in available_planners() if n.lower() == name.lower()]  # "CEM": names are lower case
+        close = same_case or difflib.get_close_matches(name.lower(), available_planners(), n=2, cutoff=0.6)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
         raise ValueError(f"unknown planner {name!r}; {hint}registered: {', '.join(available_planners())}")
     f = _REGISTRY[name]
@@ -190,7 +192,8 @@ class PlannerSpec:
         """Parse `"name"` or `"name:field=value,field=value"` (values as Python literals, else strings).
 
         Raises:
-            ValueError: on an empty name or an override without `=`.
+            ValueError: on an empty name, an override without `=`, or a field given twice
+                (`"cem:iterations=3,iterations=5"`); the message names the spec.
         """
         name, _, rest = text.strip().partition(":")
         if not name:
@@ -200,6 +203,8 @@ class PlannerSpec:
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
                 raise ValueError(f"planner spec {text!r}: override {item!r} must be field=value")
+            if any(k == key.strip() for k, _ in pairs):
+                raise ValueError(f"planner spec {text!r}: {key.strip()!r} is given twice; give each field once")
             try:
                 parsed = ast.literal_eval(value.strip())
             except (ValueError, SyntaxError):
@@ -211,18 +216,35 @@ class PlannerSpec:
 def make_planner(spec: PlannerSpec | str, model: Any, budget: Budget | None = None, *, horizon: int = 12) -> PlannerBuild:
     """Build the planner `spec` names for `budget` (default: the factory's default size).
 
+    Args:
+        spec: a `PlannerSpec` or its text, `"name"` or `"name:field=value,..."`.
+        model: the `WorldModel` the planner plans over (its `action_dim` A, bounds, `feature_size`).
+        budget: per-decision evaluations (`evals`, per environment) and/or milliseconds (`ms`).
+        horizon: H, the planning horizon (an int >= 1); a `horizon=` override in the spec wins.
+
+    Returns:
+        A `PlannerBuild`; its planner's `plan(objective, state [B], ...)` returns a `Plan` with
+        `actions [B, H, A]` and `value [B]`.
+
     Raises:
-        ValueError: unknown name (lists the registered ones), a bad override, or a budget the
-            planner cannot be scaled to.
+        ValueError: unknown name (lists the registered ones, with a did-you-mean hint, e.g.
+            `'CEM'` -> `'cem'`), a field given twice, a bad override (a config's own
+            `ValueError`/`TypeError`, prefixed with `planner '<spec>':`), `horizon` not an int
+            >= 1, or a budget the planner cannot be scaled to (e.g. `elites` above the candidates
+            the budget fits).
         PlannerNotAvailable: a planner registered as `"module:function"` cannot be imported.
     """
     spec = PlannerSpec.parse(spec) if isinstance(spec, str) else spec
     budget = budget or Budget()
-    if horizon < 1:
-        raise ValueError(f"make_planner: horizon must be >= 1; got {horizon}")
+    if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1:
+        raise ValueError(f"make_planner: horizon must be an int >= 1; got {horizon!r}")
     try:
         return _factory(spec.name)(model, budget, int(horizon), dict(spec.overrides))
     except TypeError as err:
+        raise ValueError(f"planner {spec.label!r}: {err}") from err
+    except ValueError as err:
+        if type(err) is not ValueError or str(err).startswith(("unknown planner", f"planner {spec.label!r}")):
+            raise  # a subclass (CheckpointError) keeps its type; the unknown-name message names it already
         raise ValueError(f"planner {spec.label!r}: {err}") from err
 
 
@@ -238,7 +260,12 @@ def _elites_for(j: int, default: int = 10) -> int:
 
 
 def _fit_candidates(base: dict, evals: int, fixed_elites: bool) -> CEMConfig:
-    """The largest J (and its K) whose `CEMConfig.model_evals` fits in `evals`."""
+    """The largest J (and its K) whose `CEMConfig.model_evals` fits in `evals`.
+
+    Raises:
+        ValueError: the budget is too small for one candidate, or (`fixed_elites`, an `elites`
+            override) the fitted J is below the requested K (naming both and the budget).
+    """
 
     def config(j: int) -> CEMConfig:
         k = min(base["elites"], j) if fixed_elites else _elites_for(j, base["elites"])
@@ -256,7 +283,16 @@ def _fit_candidates(base: dict, evals: int, fixed_elites: bool) -> CEMConfig:
             lo = mid
         else:
             hi = mid - 1
+    if fixed_elites and base["elites"] > lo:
+        _too_many_elites(base["elites"], lo, evals)
     return config(lo)
+
+
+def _too_many_elites(k: int, j: int, evals: int) -> None:
+    raise ValueError(
+        f"elites={k} is more than the J={j} candidates per iteration a budget of {evals} model evaluations "
+        f"gives; override elites <= {j}, or give a larger budget (K = J would refit to every candidate, no selection)"
+    )
 
 
 def cem_family(preset: Mapping[str, Any], *, warm_start: bool, max_candidates: int | None = None) -> PlannerFactory:
@@ -302,7 +338,9 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool, max_candidates: i
                 pass
             elif "iterations" not in overrides and "iterations" not in preset:
                 j = cfg.candidates if max_candidates is None else min(cfg.candidates, max_candidates)
-                k = min(base["elites"], j) if "elites" in overrides else _elites_for(j, base["elites"])
+                if "elites" in overrides and base["elites"] > j:
+                    _too_many_elites(base["elites"], j, evals)
+                k = base["elites"] if "elites" in overrides else _elites_for(j, base["elites"])
                 cfg = CEMConfig(**{**base, "candidates": j, "elites": k, "iterations": _BUDGET_ITERATIONS})
             else:
                 cfg = dataclasses.replace(cfg, max_evals=base["max_evals"])
@@ -338,6 +376,7 @@ def gradient_factory(model: Any, budget: Budget, horizon: int, overrides: dict) 
     lbfgs = str(base.get("optimizer", "lbfgs")).lower() == "lbfgs"
     if not lbfgs:
         base.setdefault("iterations", 50)
+    GradientConfig(**base)  # validates the overrides (restarts >= 1, ...) before the budget divides by them
     if budget.evals is not None:
         if "iterations" in overrides or "max_evals" in overrides:
             raise ValueError("iterations and max_evals are set by the evaluation budget; override restarts instead")
@@ -468,7 +507,7 @@ def mcts_factory(model: Any, budget: Budget, horizon: int, overrides: dict) -> P
     if budget.evals is not None:
         if "simulations" in overrides:
             raise ValueError("simulations is set by the evaluation budget; override children or horizon instead")
-        children = int(base.get("children", MCTSConfig().children))
+        children = MCTSConfig(**base).children  # validates the overrides (children >= 1, ...) first
         base["simulations"] = max(1, int(budget.evals) // children)
         base["evals"] = int(budget.evals)
     elif budget.ms is not None and "simulations" not in overrides:

@@ -277,7 +277,8 @@ def ascend(
 
     Raises:
         ValueError: an unknown `optimizer` name; from `objective.returns` on actions that are
-            not `[N, H, A]`.
+            not `[N, H, A]`. (Capture-ready, so it reads no value on the host: `squash="tanh"` needs
+            finite `low`/`high`, which `GradientPlanner.plan` checks before calling it.)
 
     Source: gradient-based planning through a learned model as in Hafner et al. 2019 (PlaNet)
     and Bharadhwaj, Xie & Shkurti 2020 (CEM+GD); reparameterised gradients: Kingma & Welling 2014.

@@ -48,7 +48,8 @@ class Plan:
 
     @property
     def first_action(self) -> Tensor:
-        """`[B, A]` the action to execute now."""
+        """`[B, A]` the action to execute now (`actions[:, 0]`; never raises: `Plan` checked the
+        shapes when it was made)."""
         return self.actions[:, 0]
 
     def shift(self, fill: Tensor | float | None = None) -> "Plan":
@@ -60,10 +61,25 @@ class Plan:
 
         Returns:
             A `Plan` with the same `[B, H, A]` shape, for the next `plan(..., warm_start=)`.
+
+        Raises:
+            ValueError: `fill` is not a scalar, `[A]` or `[B, A]` (naming `fill` and B, A).
+            TypeError: `fill` cannot be made a tensor (e.g. a string).
         """
         last = self.actions[:, -1:]
         if fill is not None:
-            last = torch.as_tensor(fill, dtype=last.dtype, device=last.device).expand_as(last)
+            b, _, a = self.actions.shape
+            try:
+                f = torch.as_tensor(fill, dtype=last.dtype, device=last.device)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(f"Plan.shift: fill must be a number or a tensor [A={a}] / [B={b}, A={a}]; "
+                                f"got {type(fill).__name__}") from err
+            if f.dim() == 2 and tuple(f.shape) == (b, a):
+                f = f[:, None]
+            elif not (f.dim() == 0 or (f.dim() == 1 and f.shape[0] == a)):
+                raise ValueError(f"Plan.shift: fill must be a scalar, [A={a}] or [B={b}, A={a}]; "
+                                 f"got shape {tuple(f.shape)}")
+            last = f.expand_as(last)
         return Plan(torch.cat([self.actions[:, 1:], last], dim=1), self.value, dict(self.info))
 
 
@@ -71,9 +87,16 @@ class Plan:
 class Planner(Protocol):
     """Anything that turns an objective and a batch of beliefs into a `Plan`.
 
+    `plan(objective, state [B], *, warm_start=None, generator=None, deadline=None) -> Plan` with
+    `actions [B, H, A]` (inside the model's action bounds) and `value [B]`.
+
     A planner keeps no state between calls: `warm_start` goes in, the `Plan` comes out.
     Randomness comes only from `generator`. `deadline` is an absolute `time.perf_counter()`
     time after which an anytime planner stops and returns its best plan so far.
+
+    Every built-in planner checks its inputs once per call (`validate.check_plan_inputs`) and
+    raises the errors listed in `plan`'s docstring. A warm start of another floating dtype than
+    the belief is cast to the belief's dtype (the model's), not rejected.
     """
 
     def plan(
@@ -84,7 +107,30 @@ class Planner(Protocol):
         warm_start: Plan | None = None,
         generator: torch.Generator | None = None,
         deadline: float | None = None,
-    ) -> Plan: ...
+    ) -> Plan:
+        """Plan for every belief in `state`.
+
+        Args:
+            objective: the `Objective` (model, rewards, discount, bootstrap); if it was built with
+                `batch=`, that B must be the belief's.
+            state: `[B]` beliefs, a `LatentState` (`deter [B, D]`, `stoch [B, S]`), floating and
+                finite, B >= 1.
+            warm_start: `None` or a `Plan` with `actions [B, H, A]` (e.g. the previous plan's
+                `.shift()`), finite; cast to the belief's dtype and device.
+            generator: `None` or a `torch.Generator`, the only source of randomness.
+            deadline: `None` or an absolute `time.perf_counter()` time (a number, not NaN).
+
+        Returns:
+            A `Plan`: `actions [B, H, A]` within the model's bounds, `value [B]`, `info`.
+
+        Raises:
+            TypeError: `state` is not a `LatentState` or not floating; `warm_start` is not a
+                `Plan`; `generator` is not a `torch.Generator`.
+            ValueError: an empty (B = 0) or non-finite belief; an objective built for another
+                `batch`; a warm start of the wrong shape or with NaN/inf; a NaN or non-number
+                `deadline`; planner-specific conditions (see each planner).
+        """
+        ...
 
 
 @runtime_checkable

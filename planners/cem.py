@@ -16,7 +16,8 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_choice, check_int, check_min, check_positive, check_range
+from .validate import (check_choice, check_int, check_min, check_plan_inputs, check_positive, check_range,
+                       require_finite_bounds)
 from .ascent import AscentConfig, ascend, ascent_evals, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
@@ -509,13 +510,39 @@ class CEM:
         generator: torch.Generator | None = None,
         deadline: float | None = None,
     ) -> Plan:
-        """Plan for every belief in `state` (`[B]` rows); see the class docstring."""
+        """Plan for every belief in `state` (`[B]` rows) with CEM; see the class docstring.
+
+        Args:
+            objective: the `Objective`; built with `batch=` it must be for this B.
+            state: `[B]` beliefs (`LatentState`, floating, finite, B >= 1).
+            warm_start: `None` or a `Plan` with `actions [B, H, A]` (finite; cast to the belief's
+                dtype and device).
+            generator: `None` or a `torch.Generator`, the source of all randomness.
+            deadline: `None` or an absolute `time.perf_counter()` time (a number, not NaN).
+
+        Returns:
+            `Plan` with `actions [B, H, A]` (within the model's action bounds) and `value [B]`; the
+            class docstring lists `info`.
+
+        Raises:
+            TypeError: `state` is not a `LatentState` (a tensor, `None`) or not floating;
+                `warm_start` is not a `Plan`; `generator` is not a `torch.Generator`
+                (`validate.check_plan_inputs`).
+            ValueError: B = 0 or a NaN/inf belief (naming `state.deter`/`state.stoch`); an objective
+                built for another `batch` (naming both); `warm_start.actions` not [B, H, A] or
+                holding NaN/inf; a NaN or non-number `deadline`;
+                with a `gradient` config or `polish > 0`, a reward term marked
+                `differentiable = False`; with `polish > 0`, infinite action bounds.
+        """
         t0 = time.perf_counter()
         c = self.config
+        check_plan_inputs("CEM.plan", objective, state, warm_start=warm_start, generator=generator, deadline=deadline)
         if c.gradient is not None:
             require_differentiable(objective, "CEM (gradient refinement)")
         if c.polish > 0:
             require_differentiable(objective, "CEM (L-BFGS polish)")
+            require_finite_bounds("CEM.plan", objective.model.action_low, objective.model.action_high,
+                                  "the L-BFGS polish optimises in tanh coordinates of the action box")
         model = objective.model
         b, h, a = state.batch, c.horizon, objective.action_dim
         dev = state.device
@@ -525,7 +552,7 @@ class CEM:
                     f"CEM.plan: warm_start.actions must be [B={b}, H={h}, A={a}]; "
                     f"got {tuple(warm_start.actions.shape)}"
                 )
-            mean = warm_start.actions.to(dev).clone()
+            mean = warm_start.actions.to(dev, state.deter.dtype).clone()  # cast to the belief's dtype
             std = torch.full((b, h, a), c.warm_start_std, device=dev)
         else:
             mean = torch.zeros(b, h, a, device=dev)

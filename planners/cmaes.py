@@ -23,7 +23,7 @@ from latentplan.worldmodels.state import LatentState
 
 from .base import Plan
 from .objective import Objective, rank_returns
-from .validate import check_int, check_positive
+from .validate import check_int, check_plan_inputs, check_positive, require_finite_bounds
 
 __all__ = ["CMAES", "CMAESConfig", "cma_constants"]
 
@@ -148,10 +148,35 @@ class CMAES:
         generator: torch.Generator | None = None,
         deadline: float | None = None,
     ) -> Plan:
-        """Plan for every belief in `state` (`[B]` rows); see the class docstring."""
+        """Plan for every belief in `state` (`[B]` rows) with CMA-ES; see the class docstring.
+
+        Args:
+            objective: the `Objective`; built with `batch=` it must be for this B.
+            state: `[B]` beliefs (`LatentState`, floating, finite, B >= 1).
+            warm_start: `None` or a `Plan` with `actions [B, H, A]` (finite; cast to the belief's
+                dtype and device).
+            generator: `None` or a `torch.Generator`, the source of all randomness.
+            deadline: `None` or an absolute `time.perf_counter()` time (a number, not NaN).
+
+        Returns:
+            `Plan` with `actions [B, H, A]` (within the model's action bounds) and `value [B]`; the
+            class docstring lists `info`.
+
+        Raises:
+            TypeError: `state` is not a `LatentState` (a tensor, `None`) or not floating;
+                `warm_start` is not a `Plan`; `generator` is not a `torch.Generator`
+                (`validate.check_plan_inputs`).
+            ValueError: B = 0 or a NaN/inf belief (naming `state.deter`/`state.stoch`); an objective
+                built for another `batch` (naming both); `warm_start.actions` not [B, H, A] or
+                holding NaN/inf; a NaN or non-number `deadline`;
+                infinite action bounds (the search runs in [-1, 1] coordinates of the box).
+        """
         t0 = time.perf_counter()
         c = self.config
+        check_plan_inputs("CMAES.plan", objective, state, warm_start=warm_start, generator=generator, deadline=deadline)
         model = objective.model
+        require_finite_bounds("CMAES.plan", model.action_low, model.action_high,
+                              "CMA-ES searches in [-1, 1] coordinates of the action box")
         b, h, a = state.batch, c.horizon, objective.action_dim
         dev, dt = state.device, state.deter.dtype
         d = h * a

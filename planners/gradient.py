@@ -24,7 +24,7 @@ from torch import Tensor
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_choice, check_int, check_positive, check_range
+from .validate import check_choice, check_int, check_plan_inputs, check_positive, check_range, require_finite_bounds
 from .ascent import (VJP_EVALS, Ascent, AscentConfig, ascend, ascent_evals, optimizer_class, project,
                      require_differentiable)
 from .lbfgs import lbfgs_ascend
@@ -261,15 +261,44 @@ class GradientPlanner:
         generator: torch.Generator | None = None,
         deadline: float | None = None,
     ) -> Plan:
-        """Plan for every belief in `state` (`[B]` rows); see the class docstring."""
+        """Plan for every belief in `state` (`[B]` rows) by gradient ascent; see the class docstring.
+
+        Args:
+            objective: the `Objective`; built with `batch=` it must be for this B.
+            state: `[B]` beliefs (`LatentState`, floating, finite, B >= 1).
+            warm_start: `None` or a `Plan` with `actions [B, H, A]` (finite; cast to the belief's
+                dtype and device).
+            generator: `None` or a `torch.Generator`, the source of all randomness.
+            deadline: `None` or an absolute `time.perf_counter()` time (a number, not NaN).
+
+        Returns:
+            `Plan` with `actions [B, H, A]` (within the model's action bounds) and `value [B]`; the
+            class docstring lists `info`.
+
+        Raises:
+            TypeError: `state` is not a `LatentState` (a tensor, `None`) or not floating;
+                `warm_start` is not a `Plan`; `generator` is not a `torch.Generator`
+                (`validate.check_plan_inputs`).
+            ValueError: B = 0 or a NaN/inf belief (naming `state.deter`/`state.stoch`); an objective
+                built for another `batch` (naming both); `warm_start.actions` not [B, H, A] or
+                holding NaN/inf; a NaN or non-number `deadline`;
+                a term marked `differentiable = False`; infinite action bounds with
+                `squash='tanh'` (L-BFGS).
+        """
         t0 = time.perf_counter()
         c = self.config
+        check_plan_inputs("GradientPlanner.plan", objective, state, warm_start=warm_start, generator=generator,
+                          deadline=deadline)
         require_differentiable(objective, "GradientPlanner")
         b, h, r, a = state.batch, c.horizon, c.restarts, objective.action_dim
         dev = state.device
         model = objective.model
         low = model.action_low.to(dev)
         high = model.action_high.to(dev)
+        if c.squash == "tanh":  # L-BFGS too (it needs tanh); squash="clip" plans in an unbounded space
+            require_finite_bounds("GradientPlanner.plan", low, high,
+                                  "squash='tanh' maps onto the action box; use optimizer='adam', squash='clip' "
+                                  "for unbounded actions")
         if warm_start is not None and warm_start.actions.shape != (b, h, a):
             raise ValueError(
                 f"GradientPlanner.plan: warm_start.actions must be [B={b}, H={h}, A={a}]; "

@@ -37,7 +37,7 @@ from latentplan.worldmodels.state import LatentState
 from .ascent import VJP_EVALS, require_differentiable
 from .base import Plan, callable_name
 from .objective import Objective
-from .validate import check_choice, check_int, check_min, check_positive, check_range
+from .validate import check_choice, check_int, check_min, check_plan_inputs, check_positive, check_range
 
 __all__ = ["ILQR", "ILQRConfig", "box_qp", "lqr_solve"]
 
@@ -291,7 +291,7 @@ class ILQR:
 
     `plan(objective, state [B], *, warm_start=None, generator=None, deadline=None) -> Plan` with
     `actions [B, H, A]`, `value [B]` (the objective's return of these actions along the
-    prior-mean path) and `info` = `iterations`, `model_evals`, `nonfinite`, `reg` (`[B]` final
+    prior-mean path; `-inf` where it is NaN/inf) and `info` = `iterations`, `model_evals`, `nonfinite`, `reg` (`[B]` final
     mu), `improvement` (`[B]` return gain of the last iteration), `plan_ms`. The start is
     `warm_start.actions` (e.g. `previous.shift()`) clipped into the bounds, else zeros clipped
     into the bounds. `generator` is unused (the planner is deterministic). `deadline` is
@@ -344,9 +344,33 @@ class ILQR:
         generator: torch.Generator | None = None,
         deadline: float | None = None,
     ) -> Plan:
-        """Plan for every belief in `state` (`[B]` rows); see the class docstring."""
+        """Plan for every belief in `state` (`[B]` rows) with iLQR; see the class docstring.
+
+        Args:
+            objective: the `Objective`; built with `batch=` it must be for this B.
+            state: `[B]` beliefs (`LatentState`, floating, finite, B >= 1).
+            warm_start: `None` or a `Plan` with `actions [B, H, A]` (finite; cast to the belief's
+                dtype and device).
+            generator: `None` or a `torch.Generator`, the source of all randomness.
+            deadline: `None` or an absolute `time.perf_counter()` time (a number, not NaN).
+
+        Returns:
+            `Plan` with `actions [B, H, A]` (within the model's action bounds) and `value [B]`; the
+            class docstring lists `info`.
+
+        Raises:
+            TypeError: `state` is not a `LatentState` (a tensor, `None`) or not floating;
+                `warm_start` is not a `Plan`; `generator` is not a `torch.Generator`
+                (`validate.check_plan_inputs`).
+            ValueError: B = 0 or a NaN/inf belief (naming `state.deter`/`state.stoch`); an objective
+                built for another `batch` (naming both); `warm_start.actions` not [B, H, A] or
+                holding NaN/inf; a NaN or non-number `deadline`;
+                a term marked `differentiable = False`, a continuation, or a
+                `stage='transition'` reward term.
+        """
         t0 = time.perf_counter()
         c = self.config
+        check_plan_inputs("ILQR.plan", objective, state, warm_start=warm_start, generator=generator, deadline=deadline)
         differentiate = c.differentiable is not None and torch.is_grad_enabled()
         require_differentiable(objective, "ILQR")
         if getattr(objective, "terminates", False):
@@ -525,6 +549,8 @@ class ILQR:
             "iterations": iterations, "model_evals": evals, "nonfinite": nonfinite, "reg": mu,
             "improvement": improvement.detach(), "plan_ms": (time.perf_counter() - t0) * 1e3,
         }
+        # a NaN/inf return (e.g. a NaN value function) is -inf, as every other planner reports it (Plan.value)
+        value = torch.where(torch.isfinite(value), value, torch.full_like(value, float("-inf")))
         return Plan(actions, value, info)
 
     def _backward(self, derivs: tuple[Tensor, ...], vx: Tensor, vxx: Tensor, mu: Tensor, u_bar: Tensor,

@@ -40,6 +40,7 @@ from latentplan.worldmodels.state import LatentState
 
 from .ascent import VJP_EVALS, Ascent, _to_unbounded, project, returns_and_gradients
 from .objective import Objective, rank_returns
+from .validate import require_finite_bounds
 
 __all__ = ["lbfgs_ascend", "lbfgs_evaluation_cost"]
 
@@ -141,8 +142,8 @@ def lbfgs_ascend(
         `tol`), else `"iterations"`.
 
     Raises:
-        ValueError: if `group` does not divide N; from `objective.returns` on actions that are not
-            `[N, H, A]`.
+        ValueError: if `group` does not divide N, or `low`/`high` are not finite (tanh coordinates
+            need a finite box); from `objective.returns` on actions that are not `[N, H, A]`.
 
     Source: Liu & Nocedal 1989, "On the limited memory BFGS method for large scale
     optimization"; Nocedal & Wright 2006, Algorithms 7.4-7.5 and the Armijo backtracking of
@@ -158,6 +159,7 @@ def lbfgs_ascend(
     high = objective.model.action_high.to(dev) if high is None else high
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"lbfgs_ascend: margin must be in [0, 1); got {margin}")
+    require_finite_bounds("lbfgs_ascend", low, high, "it optimises in tanh coordinates of the action box")
     noise = _common_noise(generator, dev)
     d = h * a
     tiny = torch.finfo(dtype).tiny

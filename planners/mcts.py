@@ -36,7 +36,7 @@ from latentplan.worldmodels.state import LatentState
 from . import mcts_tree as kt
 from .base import Plan, Policy
 from .objective import Objective, discounted
-from .validate import check_choice, check_int, check_positive
+from .validate import check_choice, check_int, check_plan_inputs, check_positive
 
 __all__ = ["MCTS", "MCTSConfig"]
 
@@ -180,7 +180,9 @@ class MCTS:
     - discrete `actions [M, A]` given: all M actions at every node (K = M). Priors: with a
       `proposal` that has `log_prob(state [N], actions [N, M, A]) -> [N, M]` (as `GaussianPolicy`),
       the softmax of those log-probabilities over the valid actions; otherwise uniform over them.
-      `mask(state [N]) -> bool [N, M]` (True = valid) removes invalid actions at every node.
+      `mask(state [N]) -> bool [N, M]` (True = valid) removes invalid actions at every node; a
+      root belief where it allows no action is a `ValueError` at plan time (below the root, a
+      node without a valid action is never expanded further: its edges are not selected).
     - otherwise a Gaussian with std `proposal_std` around the warm start's action at the node's
       depth (around zero without a warm start or past its end); child 0 is the mean itself when
       `include_mean`.
@@ -200,7 +202,8 @@ class MCTS:
       deterministic action, or the highest-prior valid discrete action.
     - `value [B]`: the objective's return of that sequence, `sum_t gamma^t r_t + gamma^H (V + T)`
       (the path's rewards as the tree evaluated them, then the completion's); for a deterministic
-      model it equals `objective.returns(state, plan.actions)` to float rounding.
+      model it equals `objective.returns(state, plan.actions)` to float rounding; `-inf` where
+      that return is NaN/inf (as every planner reports a non-finite return).
     - `info`: `root_actions [B, K, A]`, `root_visits [B, K]` (int64), `root_policy [B, K]` (the
       distillation target: with the Gumbel root the improved policy softmax(logit + sigma(q)) of
       Gumbel MuZero, with pUCT the visits normalised, one-hot on the chosen action if none),
@@ -222,8 +225,11 @@ class MCTS:
     Raises:
         ValueError: `actions` not 2-D or containing NaN/inf, `mask` without `actions` (here);
             at plan time: `actions` of the wrong dimension or outside the model's bounds, a
-            warm start that is not `[B, H', A]`, a proposal or mask returning a wrong shape.
-        TypeError: `proposal` without an `act` method, `mask` not callable.
+            warm start that is not `[B, H', A]` or holds NaN/inf, a proposal or mask returning a
+            wrong shape, a mask that allows no action at a root belief, and the shared input
+            checks of `Planner.plan` (`validate.check_plan_inputs`).
+        TypeError: `proposal` without an `act` method, `mask` not callable (here); a mask
+            returning a non-bool tensor (at plan time).
 
     Source: Schrittwieser et al. 2020 (MuZero), Appendix B; Hubert et al. 2021 (Sampled
     MuZero); Danihelka et al. 2022 (Gumbel MuZero); Silver et al. 2017 (AlphaGo Zero) for pUCT
@@ -276,7 +282,10 @@ class MCTS:
             valid = self.mask(leaf)
             if not isinstance(valid, Tensor) or valid.shape != (n, m):
                 raise ValueError(f"MCTS: mask must return bool [N={n}, M={m}]; got {getattr(valid, 'shape', valid)}")
-            valid = valid.to(device=leaf.device, dtype=torch.bool)
+            if valid.dtype != torch.bool:
+                raise TypeError(f"MCTS: mask must return bool [N={n}, M={m}] (True = valid); got dtype "
+                                f"{str(valid.dtype).replace('torch.', '')} (compare, e.g. mask > 0.5)")
+            valid = valid.to(device=leaf.device)
         logits = torch.zeros(n, m, device=leaf.device, dtype=leaf.deter.dtype)
         if self.proposal is not None and callable(getattr(self.proposal, "log_prob", None)):
             logits = self.proposal.log_prob(leaf, acts[None].expand(n, m, acts.shape[1])).to(logits.dtype)
@@ -379,9 +388,34 @@ class MCTS:
         generator: torch.Generator | None = None,
         deadline: float | None = None,
     ) -> Plan:
-        """Search from every belief in `state` (`[B]` rows); see the class docstring."""
+        """Search from every belief in `state` (`[B]` rows); see the class docstring.
+
+        Args:
+            objective: the `Objective`; built with `batch=` it must be for this B.
+            state: `[B]` beliefs (`LatentState`, floating, finite, B >= 1).
+            warm_start: `None` or a `Plan` with `actions [B, H', A] (any H')` (finite; cast to the belief's
+                dtype and device).
+            generator: `None` or a `torch.Generator`, the source of all randomness.
+            deadline: `None` or an absolute `time.perf_counter()` time (a number, not NaN).
+
+        Returns:
+            `Plan` with `actions [B, H, A]` (within the model's action bounds) and `value [B]`; the
+            class docstring lists `info`.
+
+        Raises:
+            TypeError: `state` is not a `LatentState` (a tensor, `None`) or not floating;
+                `warm_start` is not a `Plan`; `generator` is not a `torch.Generator`
+                (`validate.check_plan_inputs`).
+            ValueError: B = 0 or a NaN/inf belief (naming `state.deter`/`state.stoch`); an objective
+                built for another `batch` (naming both); `warm_start.actions` not [B, H', A] (any H') or
+                holding NaN/inf; a NaN or non-number `deadline`;
+                discrete `actions` of the wrong A or outside the bounds; a `mask` that
+                allows no action at a root belief, or returns a wrong shape (ValueError) or a
+                non-bool tensor (TypeError); a proposal returning a wrong shape.
+        """
         t0 = time.perf_counter()
         c = self.config
+        check_plan_inputs("MCTS.plan", objective, state, warm_start=warm_start, generator=generator, deadline=deadline)
         model = objective.model
         b, a, k = state.batch, objective.action_dim, self.children
         dev, dt = state.device, state.deter.dtype
@@ -392,6 +426,12 @@ class MCTS:
             acts = self.actions.to(dev, dt)
             if bool((acts < low).any() or (acts > high).any()):
                 raise ValueError("MCTS: the discrete actions lie outside the model's action bounds")
+            if self.mask is not None:  # once per call, at the roots: a belief with no valid action has no plan
+                _, valid = self._discrete_priors(state)
+                empty = (~valid.any(dim=1)).nonzero().flatten().tolist()
+                if empty:
+                    raise ValueError(f"MCTS.plan: mask allows no action at the belief(s) of environment(s) {empty[:8]} "
+                                     f"(all {k} actions masked); a plan needs at least one valid action")
         warm = None
         if warm_start is not None:
             wa = warm_start.actions
@@ -609,4 +649,6 @@ class MCTS:
             "mcts_tree": tree,
             "plan_ms": (time.perf_counter() - t0) * 1e3,
         })
+        # a NaN/inf return (e.g. a NaN value function) is -inf, as every other planner reports it (Plan.value)
+        value = torch.where(torch.isfinite(value), value, torch.full_like(value, float("-inf")))
         return Plan(actions, value, info)

@@ -23,7 +23,7 @@ from latentplan.worldmodels.state import LatentState
 
 from .base import Plan
 from .objective import Objective, rank_returns
-from .validate import check_int, check_positive
+from .validate import check_int, check_plan_inputs, check_positive
 
 __all__ = ["MPPIConfig", "MPPI", "mppi_weights"]
 
@@ -242,9 +242,32 @@ class MPPI:
         generator: torch.Generator | None = None,
         deadline: float | None = None,
     ) -> Plan:
-        """Plan for every belief in `state` (`[B]` rows); see the class docstring."""
+        """Plan for every belief in `state` (`[B]` rows) with MPPI; see the class docstring.
+
+        Args:
+            objective: the `Objective`; built with `batch=` it must be for this B.
+            state: `[B]` beliefs (`LatentState`, floating, finite, B >= 1).
+            warm_start: `None` or a `Plan` with `actions [B, H, A]` (finite; cast to the belief's
+                dtype and device).
+            generator: `None` or a `torch.Generator`, the source of all randomness.
+            deadline: `None` or an absolute `time.perf_counter()` time (a number, not NaN).
+
+        Returns:
+            `Plan` with `actions [B, H, A]` (within the model's action bounds) and `value [B]`; the
+            class docstring lists `info`.
+
+        Raises:
+            TypeError: `state` is not a `LatentState` (a tensor, `None`) or not floating;
+                `warm_start` is not a `Plan`; `generator` is not a `torch.Generator`
+                (`validate.check_plan_inputs`).
+            ValueError: B = 0 or a NaN/inf belief (naming `state.deter`/`state.stoch`); an objective
+                built for another `batch` (naming both); `warm_start.actions` not [B, H, A] or
+                holding NaN/inf; a NaN or non-number `deadline`;
+                a per-dimension `noise_std` without A entries.
+        """
         t0 = time.perf_counter()
         c = self.config
+        check_plan_inputs("MPPI.plan", objective, state, warm_start=warm_start, generator=generator, deadline=deadline)
         model = objective.model
         b, h, a = state.batch, c.horizon, objective.action_dim
         dev = state.device
@@ -259,7 +282,7 @@ class MPPI:
                 raise ValueError(
                     f"MPPI.plan: warm_start.actions must be [B={b}, H={h}, A={a}]; got {tuple(warm_start.actions.shape)}"
                 )
-            u = torch.maximum(torch.minimum(warm_start.actions.to(dev, torch.float32), high), low)
+            u = torch.maximum(torch.minimum(warm_start.actions.to(dev, state.deter.dtype), high), low)
         else:
             u = torch.zeros(b, h, a, device=dev)
         rows = c.rows

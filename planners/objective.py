@@ -236,7 +236,7 @@ class Objective:
             it through `returns` and `bootstrap`.
         context: the reward context (see above); `None` is empty.
         batch: B, the number of environments the plan call is for (needed for `[B, ...]`
-            context values).
+            context values); planners refuse beliefs of another B (`check_rows`).
         continuation: optional term giving, per imagined step, the probability c_t in [0, 1]
             that the episode continues after the step s_t --a_t--> s_{t+1} (Dreamer's continue
             predictor; MuZero-style terminal flags): an `@lp.continuation` function
@@ -265,7 +265,8 @@ class Objective:
         ValueError: `discount` is not in (0, 1]; a context value's leading dimension is neither
             1 nor B (or is not 1 without `batch`), naming the key (here). In `step`/`returns`:
             a reward term returns a tensor that is not `[N]` or lives on another device
-            (the message names the term).
+            (the message names the term). In `returns` (and every planner's `plan`): beliefs
+            whose count is not a multiple of (in `plan`: not equal to) `batch`, naming both.
         TypeError (here, naming the argument): a `rewards` item is not callable, is a plain
             callable that cannot take `(next_state, action)`, is a `stage="terminal"` term, or
             needs a model method (`decode`, `reward`) the model lacks; `value` is a reward term
@@ -373,6 +374,23 @@ class Objective:
         view.model = PriorMeanModel(self.model)
         return view
 
+    def check_rows(self, n: int, where: str = "Objective") -> None:
+        """Check that `n` rows (beliefs) fit the B this objective was built for (`batch=`): planners
+        evaluate N = B * J rows, row `b * J + j` for environment b, so N must be a multiple of B. An
+        O(1) check on integers, run once per `returns` call (and, as B == state.batch, once per
+        plan call by every planner, `validate.check_plan_inputs`).
+
+        Raises:
+            ValueError: `batch` was given and `n` is not a multiple of it (the message names both).
+        """
+        b = self.context.batch
+        if b is not None and n % b:
+            raise ValueError(
+                f"{where}: the objective was built for batch={b} environments but is evaluated on N={n} beliefs, "
+                f"not a multiple of {b} (planners evaluate N = B * J rows, row b*J + j for environment b); "
+                "build the Objective with the B of the beliefs you plan from"
+            )
+
     def stage_reward(self, next_state: LatentState, action: Tensor, prev_state: LatentState | None = None) -> Tensor:
         """`[N]` the undiscounted stage reward: the sum of the reward terms for
         `prev_state [N]` --`action [N, A]`--> `next_state [N]` (`prev_state` is read by transition
@@ -416,7 +434,14 @@ class Objective:
         """One imagined transition: `state [N]`, `action [N, A]` -> (next state, reward `[N]`).
 
         The continuation is not part of the result: planners that honour episode ends call
-        `transition` (or `continues` on the next state)."""
+        `transition` (or `continues` on the next state).
+
+        Raises:
+            TypeError / ValueError: from the model's step on a state or action of the wrong type,
+                shape, dtype or device (`check_step`); a reward term's output is not a floating
+                `[N]` tensor (naming the term); a `[B, ...]` context value with N not a multiple of
+                B (`RewardContext.expand`).
+        """
         nxt = self.model.imagine_step(state, action, generator=generator)
         return nxt, self.stage_reward(nxt, action, state)
 
@@ -439,14 +464,21 @@ class Objective:
         zeros (in the state's dtype) without either.
 
         Raises:
-            ValueError: `value` does not return `[N]`; TypeError/ValueError: the terminal term's
-                output is not a floating `[N]` tensor (naming it).
+            ValueError: `value` does not return `[N]`; TypeError: `value` returns something that is
+                not a floating tensor (a list, an int64 tensor; naming it); TypeError/ValueError:
+                the terminal term's output is not a floating `[N]` tensor (naming it).
         """
         if not self.bootstraps:
             return torch.zeros(state.batch, device=state.device, dtype=state.deter.dtype)
         v = None
         if self.value is not None:
             v = self.value(state)
+            if not isinstance(v, Tensor):
+                raise TypeError(f"Objective: value {callable_name(self.value)!r} must return a floating tensor "
+                                f"[N={state.batch}]; got {type(v).__name__}")
+            if not v.is_floating_point():
+                raise TypeError(f"Objective: value {callable_name(self.value)!r} must return a floating tensor "
+                                f"[N={state.batch}]; got dtype {str(v.dtype).replace('torch.', '')} (cast with .float())")
             if v.shape != (state.batch,):
                 raise ValueError(f"Objective: value must return [N={state.batch}]; got {tuple(v.shape)}")
         if self.terminal is not None:
@@ -476,7 +508,8 @@ class Objective:
         one call. The result equals H calls of `transition` up to float summation order.
 
         Raises:
-            ValueError: if `actions` is not `[N, H, A]` for this state and model; the
+            ValueError: if `actions` is not `[N, H, A]` for this state and model; N is not a multiple
+                of the `batch=` the objective was built for (naming both, `check_rows`); the
                 continuation's output is not `[N * H]` in [0, 1] (naming the term).
         """
         n = state.batch
@@ -484,6 +517,7 @@ class Objective:
             raise ValueError(
                 f"Objective.returns: actions must be [N={n}, H, A={self.action_dim}]; got {tuple(actions.shape)}"
             )
+        self.check_rows(n, "Objective.returns")
         h = actions.shape[1]
         if h > 0:
             # one batched reward call over all N * H visited beliefs (row n * H + t) instead of H

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from latentplan.worldmodels.state import LatentState
 
-from .validate import check_int
+from .validate import check_int, check_plan_inputs
 from .base import Plan, Policy
 from .objective import Objective, discounted
 
@@ -274,6 +274,9 @@ def policy_rollout(
             rewards and the terminal value); without it only the H - 1 steps needed to reach
             the state of the last action are taken.
 
+    The policy's actions are clipped into the model's action bounds before the model steps with
+    them (as MCTS clips its proposals), so the sequence is always a valid plan.
+
     Returns:
         `(actions [N, H, A], returns [N] or None, model_evals)`: the closed-loop sequence taken,
         its return `sum_t gamma^t (prod_{k<t} c_k) r_t + gamma^H (prod_{k<H} c_k) (V + T)(s_H)`
@@ -286,6 +289,7 @@ def policy_rollout(
     if horizon < 1:
         raise ValueError(f"policy_rollout: horizon must be >= 1; got {horizon}")
     n, a_dim = state.batch, objective.action_dim
+    low, high = objective.model.action_low.to(state.device), objective.model.action_high.to(state.device)
     acts = []
     total = torch.zeros(n, device=state.device) if with_returns else None
     scale, evals = 1.0, 0
@@ -294,6 +298,7 @@ def policy_rollout(
         a = policy.act(state, generator=generator, deterministic=deterministic)
         if a.shape != (n, a_dim):
             raise ValueError(f"policy_rollout: the policy's act must return [N={n}, A={a_dim}]; got {tuple(a.shape)}")
+        a = torch.maximum(torch.minimum(a, high), low).to(a.dtype)  # a policy with wider bounds than the model's
         acts.append(a)
         if with_returns:
             if objective.terminates:
@@ -330,7 +335,8 @@ class PolicyPlanner:
         evaluate: with `horizon=1`, still imagine the step and report its return as `value`.
 
     `plan(objective, state [B], warm_start=None, generator=None, deadline=None) -> Plan` with
-    `actions [B, H, A]` and `value [B]`: the imagined return of the rollout, or NaN where the plan
+    `actions [B, H, A]` (the policy's actions clipped into the model's action bounds) and
+    `value [B]`: the imagined return of the rollout, or NaN where the plan
     was not evaluated (`horizon=1`, `evaluate=False`; NaN, not 0, since nothing was estimated,
     and `info["evaluated"]` is False). `info`: `iterations` (1), `model_evals` (`B * H` with a
     rollout, else 0), `nonfinite` (non-finite returns), `plan_ms`. `warm_start` and `deadline` are accepted and ignored (a
@@ -367,8 +373,35 @@ class PolicyPlanner:
         generator: torch.Generator | None = None,
         deadline: float | None = None,
     ) -> Plan:
-        """Act (and roll out) for every belief in `state` (`[B]` rows); see the class docstring."""
+        """Act (and roll out) for every belief in `state` (`[B]` rows); see the class docstring.
+
+        The policy's actions are clipped into the model's action bounds. `warm_start` and `deadline`
+        are checked, then ignored.
+
+        Args:
+            objective: the `Objective`; built with `batch=` it must be for this B.
+            state: `[B]` beliefs (`LatentState`, floating, finite, B >= 1).
+            warm_start: `None` or a `Plan` with `actions [B, H, A]` (finite; cast to the belief's
+                dtype and device).
+            generator: `None` or a `torch.Generator`, the source of all randomness.
+            deadline: `None` or an absolute `time.perf_counter()` time (a number, not NaN).
+
+        Returns:
+            `Plan` with `actions [B, H, A]` (within the model's action bounds) and `value [B]`; the
+            class docstring lists `info`.
+
+        Raises:
+            TypeError: `state` is not a `LatentState` (a tensor, `None`) or not floating;
+                `warm_start` is not a `Plan`; `generator` is not a `torch.Generator`
+                (`validate.check_plan_inputs`).
+            ValueError: B = 0 or a NaN/inf belief (naming `state.deter`/`state.stoch`); an objective
+                built for another `batch` (naming both); `warm_start.actions` not [B, H, A] or
+                holding NaN/inf; a NaN or non-number `deadline`;
+                the policy's actions are not `[B, A]`.
+        """
         t0 = time.perf_counter()
+        check_plan_inputs("PolicyPlanner.plan", objective, state, warm_start=warm_start, generator=generator,
+                          deadline=deadline)
         b = state.batch
         if self.horizon == 1 and not self.evaluate:
             a = self.policy.act(state, generator=generator, deterministic=self.deterministic)
@@ -376,6 +409,8 @@ class PolicyPlanner:
                 raise ValueError(
                     f"PolicyPlanner.plan: the policy's act must return [B={b}, A={objective.action_dim}]; got {tuple(a.shape)}"
                 )
+            low, high = objective.model.action_low.to(a.device), objective.model.action_high.to(a.device)
+            a = torch.maximum(torch.minimum(a, high), low).to(a.dtype)  # into the model's bounds
             value = torch.full((b,), float("nan"), device=a.device)
             info = {"iterations": 1, "model_evals": 0, "nonfinite": 0, "evaluated": False,
                     "plan_ms": (time.perf_counter() - t0) * 1e3}

@@ -88,7 +88,19 @@ class Shared:
 
 
 def shared(value: Any) -> Shared:
-    """Mark a context value as shared by all environments (`Shared(value)`); see `Shared`."""
+    """Mark a context value as shared by all environments (`Shared(value)`); see `Shared`.
+
+    Args:
+        value: any value, e.g. a matrix `Q [n, n]` or a vector `[D]` that every environment uses:
+            it reaches the reward functions with its own shape (not expanded to `[N, ...]`, not
+            checked against B); a floating tensor is cast to the evaluated state's dtype.
+
+    Returns:
+        `Shared(value)`, for `Objective(context={name: ...})`.
+
+    Raises:
+        Nothing here (any value is accepted; a NumPy array becomes a tensor in `RewardContext`).
+    """
     return Shared(value)
 
 
@@ -841,6 +853,14 @@ def learned_reward() -> LearnedReward:
 
     The default reward of `Objective`; weight it (`0.5 * learned_reward()`) or add it to known
     terms. Source: PlaNet's reward model (Hafner et al. 2019).
+
+    Returns:
+        A `Reward` term; bound to an objective it maps `next_state [N]` to `[N]`.
+
+    Raises:
+        Nothing here. `TypeError` when an `Objective` binds it to a model without a `reward`
+        method (naming the term); at evaluation, the checks of `check_reward_output` on what
+        `model.reward` returns.
     """
     return LearnedReward()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -305,7 +306,9 @@ class MPCController:
 
     @property
     def step(self) -> int:
-        """Actions recorded in this episode: the time index of the next decision."""
+        """Actions recorded in this episode: the time index t of the next decision (an int >= 0);
+        a plan `actions [B=1, H, A]` made at step s gives its action `actions[0, t - s]`. A
+        property: it raises nothing."""
         return self._step
 
     @property
@@ -485,7 +488,8 @@ class MPCController:
         """One planner call in this thread; a usable plan becomes the newest plan.
 
         Args:
-            belief: the belief `[1]` to plan from; default the current one.
+            belief: the belief `[B=1]` to plan from (a `LatentState`, `deter [1, D]`, `stoch [1, S]`);
+                default the current one.
             step: the decision the plan is for (its first action is for this step); default
                 `self.step`. The warm start is the newest plan shifted to it.
             deadline: clock time (s) by which the decision must be made; the planner gets it
@@ -495,11 +499,15 @@ class MPCController:
                 (the asynchronous loop's latency).
 
         Returns:
-            The `Plan` (`actions [1, H, A]`), or `None` when the planner raised or returned an
+            The `Plan` (`actions [B=1, H, A]`, `value [B=1]`), or `None` when the planner raised or returned an
             unusable plan (NaN/inf actions, a NaN/inf value unless `info["evaluated"]` is False,
             wrong shape), which is logged and counted as a planner failure. A returned plan's
             `info["nonfinite"]` is added to the statistics' `nonfinite_returns` either way.
-            Never raises for the planner's errors.
+
+        Raises:
+            Nothing for the planner's errors (a bad belief, e.g. NaN, makes the planner raise
+            `ValueError`, which is logged and counted as a failure); only exceptions outside the
+            planner call (e.g. of the warm start's shift) propagate.
         """
         return self._plan(self.belief if belief is None else belief, self._step if step is None else step,
                           deadline, self._epoch, observed_at)
@@ -661,10 +669,13 @@ class MPCController:
             `[A]` float32, finite and inside the model's action bounds.
 
         Raises:
-            ValueError: `act()` without an observation before the episode's first good one; from
+            ValueError: `noise` is negative, NaN/inf or not a number (naming `noise`); `act()`
+                without an observation before the episode's first good one; from
                 `filter`: an observation rejected before the episode's first good one (naming the
                 expected and the received shape), or any with `on_bad_observation="raise"`.
         """
+        if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not (math.isfinite(noise) and noise >= 0):
+            raise ValueError(f"MPCController.act: noise must be a finite std >= 0 (action units); got {noise!r}")
         t0 = self.clock()
         budget = self.config.budget_ms
         deadline = None if budget is None else t0 + budget / 1e3
