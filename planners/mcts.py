@@ -493,18 +493,21 @@ class MCTS:
             leaf = LatentState(tree.deter[rows_t, leaf_t], tree.stoch[rows_t, leaf_t])
             prop, pri, ok = self._propose(leaf, depths[rows], None if warm is None else warm[rows_t], low, high, generator)
             n = rows.shape[0]
-            nxt, r, cont = objective.transition(leaf.expand(k), prop.reshape(n * k, a), generator=generator)
+            env = rows_t.repeat_interleave(k)  # [n * K] the environment of each child row
+            with objective.context.rows_of(env):  # a [B, ...] context by environment, not by block
+                nxt, r, cont = objective.transition(leaf.expand(k), prop.reshape(n * k, a), generator=generator)
             if self.config.leaf == "rollout":
                 child_depth = torch.from_numpy(depths[rows] + 1).to(dev).repeat_interleave(k)
                 if objective.terminates:  # a child where the episode ended needs no rollout: its value does not count
                     child_depth = torch.where(cont == 0, self.config.horizon, child_depth)
                 w = None if warm is None else warm[rows_t].repeat_interleave(k, dim=0)
                 cur = LatentState(nxt.deter.clone(), nxt.stoch.clone())
-                v, extra = self._rollout(objective, cur, child_depth, prop.reshape(n * k, a), w, low, high,
+                v, extra = self._rollout(objective, cur, env, child_depth, prop.reshape(n * k, a), w, low, high,
                                          float(objective.discount), generator)
                 stats["evals"] += extra
             else:
-                v = objective.bootstrap(nxt)
+                with objective.context.rows_of(env):
+                    v = objective.bootstrap(nxt)
             slots = torch.from_numpy(tree.size[rows]).to(dev)[:, None] + torch.arange(k, device=dev)
             tree.deter[rows_t[:, None], slots] = nxt.deter.reshape(n, k, -1)
             tree.stoch[rows_t[:, None], slots] = nxt.stoch.reshape(n, k, -1)
@@ -558,9 +561,11 @@ class MCTS:
         out = torch.where(repeat[:, None], last, mean)
         return torch.maximum(torch.minimum(out, high), low)
 
-    def _rollout(self, objective, cur: LatentState, depth: Tensor, last: Tensor, warm: Tensor | None, low, high,
-                 gamma: float, generator, record: Tensor | None = None) -> tuple[Tensor, int]:
-        """`(value [n], evals)`: from the beliefs `cur [n]` at depths `depth [n]`, the better of the two default
+    def _rollout(self, objective, cur: LatentState, env: Tensor, depth: Tensor, last: Tensor, warm: Tensor | None,
+                 low, high, gamma: float, generator, record: Tensor | None = None) -> tuple[Tensor, int]:
+        """`(value [n], evals)`: from the beliefs `cur [n]` of environments `env [n]` (int64; every model
+        and reward call reads each row's own environment's context, `RewardContext.rows_of`) at depths
+        `depth [n]`, the better of the two default
         policies' (`_default_action`) discounted returns to the horizon, each plus gamma^(H - depth) times the
         objective's bootstrap there: the value of the best known completion. With a continuation the
         weights carry prod c of the rollout's steps, as in `Objective.returns`, and a row stops once its
@@ -569,6 +574,7 @@ class MCTS:
         h, n, dt = self.config.horizon, cur.batch, cur.deter.dtype
         two = lambda x: torch.cat([x, x]) if x is not None else None  # noqa: E731
         cur, depth, last, warm = LatentState(two(cur.deter), two(cur.stoch)), two(depth), two(last), two(warm)
+        env = two(env)
         repeat = torch.arange(2 * n, device=cur.device) < n
         value = torch.zeros(2 * n, device=cur.device, dtype=dt)
         alive = torch.ones(2 * n, device=cur.device, dtype=dt)  # prod c over the rollout's steps so far
@@ -583,7 +589,8 @@ class MCTS:
                 break
             now = cur.index(rows)
             u = self._default_action(now, t, last[rows], None if warm is None else warm[rows], repeat[rows], low, high)
-            nxt, r, cont = objective.transition(now, u, generator=generator)
+            with objective.context.rows_of(env[rows]):
+                nxt, r, cont = objective.transition(now, u, generator=generator)
             if objective.terminates:
                 value[rows] += discounted(r.to(dt), (gamma ** (t - depth[rows]).to(dt)) * alive[rows])
                 alive[rows] = alive[rows] * cont.to(dt)
@@ -594,7 +601,9 @@ class MCTS:
                 acts[rows, t] = u
             evals += int(rows.numel())
         if objective.bootstraps:
-            value = value + discounted(objective.bootstrap(cur).to(dt), (gamma ** (h - depth).to(dt)) * alive)
+            with objective.context.rows_of(env):
+                boot = objective.bootstrap(cur)
+            value = value + discounted(boot.to(dt), (gamma ** (h - depth).to(dt)) * alive)
         ranked = torch.where(torch.isfinite(value), value, torch.full_like(value, float("-inf")))
         second = ranked[n:] > ranked[:n]
         if record is not None:
@@ -622,7 +631,7 @@ class MCTS:
         last = torch.from_numpy(np.where(length > 0, nodes[ar, np.maximum(length - 1, 0)], 0)).to(dev)
         cur = LatentState(tree.deter[bi, last].clone(), tree.stoch[bi, last].clone())
         depth = torch.from_numpy(length).to(dev)
-        tail, evals = self._rollout(objective, cur, depth, tree.acts[bi, last], warm, low, high, gamma, generator,
+        tail, evals = self._rollout(objective, cur, bi, depth, tree.acts[bi, last], warm, low, high, gamma, generator,
                                     record=actions)
         return actions, value + discounted(tail, path_weight), evals
 

@@ -43,6 +43,7 @@ Gymnasium's `gymnasium.utils.env_checker.check_env`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -285,12 +286,35 @@ class RewardContext:
             values[key] = value
         self.values: Mapping[str, Any] = MappingProxyType(values)
         self._expanded: dict[tuple[int, torch.device], tuple[tuple | None, dict[str, Any]]] = {}
+        self._env_rows: Tensor | None = None  # set by `rows_of`: the environment of each row
         self._decoded: tuple[LatentState, bool, tuple | None, dict[str, Any]] | None = None
         # the entry before `_decoded`: a transition term decodes the states before and after
         self._decoded_before: tuple[LatentState, bool, tuple | None, dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"RewardContext(keys={list(self.values)}, batch={self.batch})"
+
+    @contextlib.contextmanager
+    def rows_of(self, env: Tensor) -> Iterator[None]:
+        """Within the block, evaluations of `N = len(env)` rows give row i the context of
+        environment `env[i]` (instead of the block layout `b * (N // B) + j`). For a planner that
+        evaluates some environments' rows only, e.g. MCTS expanding the leaves of the
+        environments whose trees are not yet at the horizon; evaluations of another N keep the
+        block layout.
+
+        Args:
+            env: `[N]` int64 environment indices in [0, B).
+
+        Raises:
+            ValueError: `env` is not a 1-D integer tensor (on entry).
+        """
+        if not isinstance(env, Tensor) or env.dim() != 1 or env.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"RewardContext.rows_of: env must be a 1-D int64 tensor [N]; got {env!r}")
+        before, self._env_rows = self._env_rows, env
+        try:
+            yield
+        finally:
+            self._env_rows = before
 
     def expand(self, n: int, device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:
         """The context for `N = n` rows on `device`: a new dict each call (values may be shared).
@@ -309,8 +333,9 @@ class RewardContext:
         Raises:
             ValueError: N is not a multiple of B while a `[B, ...]` value (B > 1) needs expanding.
         """
+        env_rows = self._env_rows if self._env_rows is not None and self._env_rows.shape[0] == n else None
         key = (n, device, dtype)
-        versions = _versions(*(
+        versions = None if env_rows is not None else _versions(*(
             v.value if isinstance(v, Shared) else v for v in self.values.values()
             if isinstance(v.value if isinstance(v, Shared) else v, Tensor)
         ))
@@ -331,6 +356,8 @@ class RewardContext:
                 if value.dim() >= 1:
                     if value.shape[0] == 1:
                         value = value.expand(n, *value.shape[1:])
+                    elif env_rows is not None:  # row i belongs to environment env_rows[i] (`rows_of`)
+                        value = value.index_select(0, env_rows.to(value.device))
                     else:
                         b = value.shape[0]  # == self.batch, checked at construction
                         if n % b:

@@ -285,3 +285,30 @@ def test_finite_check_does_not_mistake_an_overflowing_sum_for_a_non_finite_belie
     big.deter[1, 2] = float("inf")
     with pytest.raises(ValueError, match=r"state\.deter holds NaN or inf.*\[1\]"):
         check_plan_inputs("test", lp.Objective(_model()), big)
+
+
+@pytest.mark.parametrize("leaf", ["rollout", "value"])
+def test_mcts_reads_each_rows_own_environments_context_when_only_some_trees_expand(leaf):
+    # B = 3 environments; the belief carries its environment's id (a second state entry the dynamics
+    # keep), the context gives each environment a target and its id. With H = 3, K = 3 and 30 simulations
+    # the trees reach the horizon at different times, so MCTS expands (and rolls out) some
+    # environments' rows only; every row must still read its own environment's context.
+    seen = []
+
+    @lp.reward
+    def to_target(obs, action, ctx):
+        x, env = obs["obs"][:, 0], obs["obs"][:, 1]
+        seen.append(bool((ctx["env"] == env).all()))
+        return -(x - ctx["target"]) ** 2
+
+    model = lp.AnalyticModel(lambda s, u: torch.stack([s[:, 0] + u[:, 0], s[:, 1]], 1), lambda s: s[:, 0] * 0,
+                             2, [-1.0], [1.0])
+    targets = torch.tensor([0.5, -0.9, 0.2])
+    objective = lp.Objective(model, rewards=to_target, batch=3,
+                             context={"target": targets, "env": torch.tensor([0.0, 1.0, 2.0])})
+    belief = model.from_observation(torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]]))
+    mcts = lp.MCTS(lp.MCTSConfig(horizon=3, simulations=30, children=3, leaf=leaf))
+    plan = mcts.plan(objective, belief, generator=_gen(0))
+    assert len(seen) >= 14 and all(seen)  # before the fix: 11 of 21 calls (rollout), 2 of 14 (value) mixed rows up
+    # and the plan's value is the objective's return of its actions (each environment's own target)
+    torch.testing.assert_close(plan.value, objective.returns(belief, plan.actions), rtol=1e-5, atol=1e-5)
