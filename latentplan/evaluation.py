@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -89,6 +89,14 @@ def _random_action(a_dim: int, generator: torch.Generator | None) -> np.ndarray:
     return u.cpu().numpy().astype(np.float32)
 
 
+def _env_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` (the env's `reset` or `step`), its RuntimeError raised as `EnvFailure`."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as err:
+        raise EnvFailure(str(err)) from err
+
+
 def run_episode(
     env: gym.Env,
     controller: MPCController | None,
@@ -127,10 +135,7 @@ def run_episode(
         EnvFailure: `env.reset` or `env.step` raised a RuntimeError (rendering failed, a
             non-finite observation, ...), with the env's message.
     """
-    try:
-        obs, info = env.reset(seed=seed)
-    except RuntimeError as err:
-        raise EnvFailure(str(err)) from err
+    obs, info = _env_call(env.reset, seed=seed)
     a_dim = env.action_space.shape[0]
     obs_list, act_list, rew_list = [obs], [np.zeros(a_dim, np.float32)], [0.0]
     # pixel envs carry the true state beside the frame (targets for probe heads); for state
@@ -146,10 +151,7 @@ def run_episode(
             action = _random_action(a_dim, generator)
         else:
             action = controller.act(obs, noise=noise)
-        try:
-            obs, reward, terminated, truncated, info = env.step(action)
-        except RuntimeError as err:
-            raise EnvFailure(str(err)) from err
+        obs, reward, terminated, truncated, info = _env_call(env.step, action)
         obs_list.append(obs)
         act_list.append(action)
         rew_list.append(float(reward))
