@@ -89,10 +89,10 @@ def _random_action(a_dim: int, generator: torch.Generator | None) -> np.ndarray:
     return u.cpu().numpy().astype(np.float32)
 
 
-def _env_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`fn(*args, **kwargs)` (the env's `reset` or `step`), its RuntimeError raised as `EnvFailure`."""
+def _env_call(call: Callable[[], Any]) -> Any:
+    """`call()` (the env's `reset` or `step`), its RuntimeError raised as `EnvFailure`."""
     try:
-        return fn(*args, **kwargs)
+        return call()
     except RuntimeError as err:
         raise EnvFailure(str(err)) from err
 
@@ -135,7 +135,7 @@ def run_episode(
         EnvFailure: `env.reset` or `env.step` raised a RuntimeError (rendering failed, a
             non-finite observation, ...), with the env's message.
     """
-    obs, info = _env_call(env.reset, seed=seed)
+    obs, info = _env_call(lambda: env.reset(seed=seed))
     a_dim = env.action_space.shape[0]
     obs_list, act_list, rew_list = [obs], [np.zeros(a_dim, np.float32)], [0.0]
     # pixel envs carry the true state beside the frame (targets for probe heads); for state
@@ -151,7 +151,7 @@ def run_episode(
             action = _random_action(a_dim, generator)
         else:
             action = controller.act(obs, noise=noise)
-        obs, reward, terminated, truncated, info = _env_call(env.step, action)
+        obs, reward, terminated, truncated, info = _env_call(lambda: env.step(action))
         obs_list.append(obs)
         act_list.append(action)
         rew_list.append(float(reward))
