@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import time
@@ -52,7 +51,6 @@ __all__ = [
     "resolve_device",
 ]
 
-_log = logging.getLogger("latentplan")
 
 CHECKPOINT = "checkpoint.pt"
 LOCK = RunLock.NAME

@@ -177,11 +177,15 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, monkeypatch, c
 
 def test_resume_of_a_folder_with_nothing_to_resume(tmp_path, capsys):
     missing = tmp_path / "typo"
-    assert main(["train", "--run-dir", str(missing), "--resume", *FLAGS]) == 2
+    assert main(["train", "--run-dir", str(missing), "--resume"]) == 2
     assert _one_line(capsys.readouterr().err) == (
         f"latentplan train: nothing to resume in {missing}: it holds no checkpoint.pt and no config.json; drop "
         "--resume to start a new run there")
     assert not missing.exists()
+    # with a config given by flags, a new run starts there, and says so
+    assert main(["train", "--run-dir", str(missing), "--resume", "--episodes", "1", *FLAGS]) == 0
+    assert "starting a new run from the flags given" in capsys.readouterr().err
+    assert lp.load_checkpoint(missing)[2].state["episode"] == 1
     # stopped before its first checkpoint: its config.json starts it afresh, and says so
     started = tmp_path / "started"
     started.mkdir()

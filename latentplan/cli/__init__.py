@@ -85,9 +85,12 @@ def _stored_config(args: list[str], default: Any) -> Any:
     its start, so it is the latest session's, extensions included); `config.json` when there is no
     checkpoint yet (a run stopped before its first: it starts afresh with that config).
 
+    With neither, a new run starts from the flags given (one line says so), or, when no flag
+    but `--run-dir` and `--resume` was given, `NothingToResume` is raised (most likely a typo in
+    `--run-dir`; the default config would start PlaNet's full 1000-episode run).
+
     Raises:
-        NothingToResume: the folder holds neither (a typo in `--run-dir`, or nothing was ever
-            started there).
+        NothingToResume: the folder holds neither and no other flag was given.
     """
     if "--resume" not in args:
         return default
@@ -100,8 +103,14 @@ def _stored_config(args: list[str], default: Any) -> Any:
         try:
             stored = json.loads((Path(run_dir) / "config.json").read_text())
         except (OSError, json.JSONDecodeError):
-            raise NothingToResume(f"nothing to resume in {run_dir}: it holds no checkpoint.pt and no config.json; "
-                                  "drop --resume to start a new run there") from None
+            given = [a for a in args if a.startswith("--") and a != "--resume"
+                     and not a.startswith(("--run-dir", "--run_dir"))]
+            if not given:  # nothing there and no config given: most likely a typo in the folder's name
+                raise NothingToResume(f"nothing to resume in {run_dir}: it holds no checkpoint.pt and no "
+                                      "config.json; drop --resume to start a new run there") from None
+            print(f"latentplan: nothing to resume in {run_dir} (no checkpoint.pt, no config.json): starting a new "
+                  "run from the flags given", file=sys.stderr)
+            return dataclasses.replace(default, resume=True)
         print(f"latentplan: {run_dir} holds no checkpoint yet (the run stopped before its first): starting it "
               "afresh from its config.json", file=sys.stderr)
     except ValueError:
