@@ -167,8 +167,22 @@ class CompareResult:
 
 
 def _cell_key(meta: Mapping[str, Any], planner: str, budget: str, seed: int) -> str:
-    return json.dumps([meta.get("checkpoint"), meta.get("env"), meta.get("horizon"), meta.get("max_decisions"),
-                       planner, budget, int(seed)])
+    """A cell's identity: the checkpoint's path and content (its episode count and file digest, so a
+    model retrained at the same path never reuses the old model's cells), env, horizon, cut, planner,
+    budget and seed."""
+    return json.dumps([meta.get("checkpoint"), meta.get("checkpoint_episode"), meta.get("checkpoint_sha256"),
+                       meta.get("env"), meta.get("horizon"), meta.get("max_decisions"), planner, budget, int(seed)])
+
+
+def _file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _load_cells(path: Path) -> dict[str, dict]:
@@ -210,8 +224,9 @@ def compare(
         out_dir: where to keep `cells.jsonl` (one line per finished cell) and to write
             `results.json`, `results.csv` and `return_vs_ms.png`. `None`: nothing is written.
         resume: reuse the finished cells in `out_dir/cells.jsonl` whose settings match (the
-            same checkpoint path, env, horizon, `max_decisions`, planner label, budget and
-            seed); `False` starts the file afresh.
+            same checkpoint path and content: its episode count and the SHA-256 of the file,
+            so a checkpoint retrained in place is evaluated afresh; env, horizon,
+            `max_decisions`, planner label, budget and seed); `False` starts the file afresh.
         max_decisions: cut every episode after this many decisions (smoke tests).
         progress: show progress bars (tqdm).
 
@@ -228,11 +243,11 @@ def compare(
         raise ValueError(f"compare: episodes must be >= 1; got {episodes}")
     if not budgets:
         raise ValueError("compare: give at least one budget")
-    model, make_env, checkpoint, env_name = _resolve(model, env)
+    model, make_env, checkpoint, env_name, content = _resolve(model, env)
     specs = [PlannerSpec.parse(p) if isinstance(p, str) else p for p in planners]
     if len({s.label for s in specs}) != len(specs):
         raise ValueError(f"compare: planner labels must be unique; got {[s.label for s in specs]}")
-    meta = {"checkpoint": checkpoint, "env": env_name, "horizon": int(horizon), "episodes": int(episodes),
+    meta = {"checkpoint": checkpoint, **content, "env": env_name, "horizon": int(horizon), "episodes": int(episodes),
             "seeds": [seed + i for i in range(episodes)], "max_decisions": max_decisions,
             "budgets": [b.label for b in budgets], "planners": [s.label for s in specs],
             "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
@@ -256,24 +271,29 @@ def compare(
     return result
 
 
-def _resolve(model: Any, env: str | Callable[[int], Any] | None) -> tuple[Any, Callable[[int], Any], str | None, str]:
-    """`(model, seed -> env, checkpoint path or None, env name)`: a checkpoint path is loaded, and its
-    run config gives the env (name, observation mode, action repeat) unless `env` is given."""
+def _resolve(model: Any, env: str | Callable[[int], Any] | None
+             ) -> tuple[Any, Callable[[int], Any], str | None, str, dict[str, Any]]:
+    """`(model, seed -> env, checkpoint path or None, env name, content)`: a checkpoint path is loaded,
+    and its run config gives the env (name, observation mode, action repeat) unless `env` is given;
+    `content` is `{"checkpoint_episode", "checkpoint_sha256"}` for a checkpoint, `{}` otherwise."""
     from latentplan import envs as _envs
     from latentplan.training import load_checkpoint
 
     checkpoint = None
+    content: dict[str, Any] = {}
     env_kwargs: dict[str, Any] = {}
     if isinstance(model, (str, os.PathLike)):
         checkpoint = str(model)
-        model, cfg, _ = load_checkpoint(checkpoint)
+        model, cfg, envelope = load_checkpoint(checkpoint)
+        content = {"checkpoint_episode": int(envelope.state.get("episode", -1)),
+                   "checkpoint_sha256": _file_digest(envelope.path)}
         env = env or cfg.env
         env_kwargs = {"obs": cfg.obs, "action_repeat": cfg.action_repeat}
     if env is None:
         raise ValueError("compare: pass env= (an env name or seed -> env) when model is not a checkpoint path")
     if isinstance(env, str):
-        return model, (lambda s: _envs.make(env, seed=s, **env_kwargs)), checkpoint, env
-    return model, env, checkpoint, getattr(env, "__name__", "custom")
+        return model, (lambda s: _envs.make(env, seed=s, **env_kwargs)), checkpoint, env, content
+    return model, env, checkpoint, getattr(env, "__name__", "custom"), content
 
 
 def _run_cells(todo: list[tuple], cells: list[dict], builds: Mapping[tuple[str, str], PlannerBuild], model: Any,

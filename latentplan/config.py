@@ -141,10 +141,25 @@ class TrainConfig:
         check_positive(self, "lr", "adam_eps", "grad_clip")
         check_positive(self, "max_wall_minutes", optional=True)
         check_range(self, "exploration_noise", 0.0, math.inf, high_open=True)
+        self._check_device()
         if self.plan_with_value and self.value_every == 0:
             raise ValueError("TrainConfig.plan_with_value needs a critic: set value_every > 0")
         if self.explore and (self.value_every or self.distill != "none"):
             raise ValueError("TrainConfig.explore trains no critic and distils no policy: set value_every 0, distill none")
+
+    def _check_device(self) -> None:
+        """`device` must be `auto` or a device string torch parses (`cpu`, `cuda`, `cuda:1`, `mps`);
+        whether that device exists here is checked when the run starts (`resolve_device`)."""
+        import torch
+
+        ok = isinstance(self.device, str) and bool(self.device)
+        if ok and self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                ok = False
+        if not ok:
+            raise ValueError(f"TrainConfig.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
 
     def to_dict(self) -> dict:
         """Plain-Python form (for checkpoints and `config.json`)."""
@@ -172,9 +187,11 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset(
     {"episodes", "resume", "overwrite", "device", "tensorboard", "progress", "max_wall_minutes", "run_dir",
      "checkpoint_every", "eval_every", "eval_episodes", "final_eval_episodes", "max_nonfinite_updates",
-     "compile_update"}
+     "compile_update", "lr", "grad_clip"}
 )
-"""Fields that may differ between a checkpoint's config and the config that resumes it."""
+"""Fields that may differ between a checkpoint's config and the config that resumes it. `lr` and
+`grad_clip` are here to rescue a diverged run (`NonFiniteTraining`): resumed with other values, the
+run's numbers differ from an uninterrupted one's from that point on."""
 
 
 def demo_config(**overrides) -> TrainConfig:

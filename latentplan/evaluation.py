@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -21,7 +21,13 @@ from latentplan.worldmodels.state import WorldModel
 
 from .control.controller import ControllerConfig, MPCController
 
-__all__ = ["Agent", "EpisodeStats", "run_episode"]
+__all__ = ["Agent", "EnvFailure", "EpisodeStats", "run_episode"]
+
+
+class EnvFailure(RuntimeError):
+    """The environment failed during an episode (`reset` or `step` raised a RuntimeError: a frame
+    that cannot be rendered, a non-finite observation, physics that diverged); the message is the
+    environment's own, and the original error is its `__cause__`."""
 
 
 class Agent(MPCController):
@@ -83,6 +89,14 @@ def _random_action(a_dim: int, generator: torch.Generator | None) -> np.ndarray:
     return u.cpu().numpy().astype(np.float32)
 
 
+def _env_call(call: Callable[[], Any]) -> Any:
+    """`call()` (the env's `reset` or `step`), its RuntimeError raised as `EnvFailure`."""
+    try:
+        return call()
+    except RuntimeError as err:
+        raise EnvFailure(str(err)) from err
+
+
 def run_episode(
     env: gym.Env,
     controller: MPCController | None,
@@ -118,8 +132,10 @@ def run_episode(
 
     Raises:
         ValueError: from `controller.act` (see `MPCController.filter`).
+        EnvFailure: `env.reset` or `env.step` raised a RuntimeError (rendering failed, a
+            non-finite observation, ...), with the env's message.
     """
-    obs, info = env.reset(seed=seed)
+    obs, info = _env_call(lambda: env.reset(seed=seed))
     a_dim = env.action_space.shape[0]
     obs_list, act_list, rew_list = [obs], [np.zeros(a_dim, np.float32)], [0.0]
     # pixel envs carry the true state beside the frame (targets for probe heads); for state
@@ -135,7 +151,7 @@ def run_episode(
             action = _random_action(a_dim, generator)
         else:
             action = controller.act(obs, noise=noise)
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, truncated, info = _env_call(lambda: env.step(action))
         obs_list.append(obs)
         act_list.append(action)
         rew_list.append(float(reward))

@@ -165,10 +165,10 @@ class ExploreTrainer(Trainer):
         finally:
             self._for_task = False
 
-    def evaluate(self) -> dict[str, float]:
-        """`Trainer.evaluate` planning for the learned reward head (the zero-shot return)."""
+    def evaluate(self, *, aside: bool = False) -> dict[str, float]:
+        """`Trainer.evaluate` (same `aside`) planning for the learned reward head (the zero-shot return)."""
         with self._planning_for_task():
-            return super().evaluate()
+            return super().evaluate(aside=aside)
 
     def final_evaluation(self) -> dict[str, Any]:
         """`Trainer.final_evaluation` planning for the learned reward head (the zero-shot return)."""

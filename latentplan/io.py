@@ -4,17 +4,20 @@ Every checkpoint latentplan writes is one envelope, a dict of plain tensors and 
 that `torch.load(path, weights_only=True)` reads without running code:
 
     {"latentplan": VERSION, "kind": "run" | "model" | "critic" | "policy" | "distiller",
-     "config": {...}, "state": {...}}
+     "config": {...}, "state": {...}, "sha256": "<hex digest of config and state>"}
 
 `kind` says what it holds, `config` how to rebuild it (plain JSON-able values), `state` its
 tensors and counters. `save` writes atomically (a temporary file in the same folder, fsync,
-rename), so a run killed mid-write leaves the previous file whole. `load` checks the kind and
-the version and says what it found instead. The typed helpers (`save_policy`, `load_critic`,
+rename), so a run killed mid-write leaves the previous file whole. `load` checks the kind, the
+version and the digest (`content_digest`: a byte changed on disk that still unpickles, e.g.
+inside a weight, is refused instead of loading other weights) and says what it found instead.
+Envelopes written before the digest (no `sha256` key) still load. The typed helpers (`save_policy`, `load_critic`,
 ...) build and read the envelopes of each part.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -26,7 +29,8 @@ from typing import Any, Iterable
 import torch
 
 __all__ = [
-    "KINDS", "VERSION", "CheckpointError", "Envelope", "append_jsonl", "atomic_write", "atomic_write_text", "load",
+    "KINDS", "VERSION", "CheckpointError", "Envelope", "append_jsonl", "atomic_write", "atomic_write_text",
+    "content_digest", "load",
     "load_critic", "load_distiller", "load_model", "load_policy", "read_jsonl", "RunFolderLocked", "RunLock", "save",
     "save_critic",
     "save_distiller", "save_model", "save_policy",
@@ -91,8 +95,40 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def _feed(h: Any, value: Any) -> None:
+    """Feed `value` (nested dicts, lists, tensors, numpy arrays, plain scalars) into the hash `h`
+    in a canonical order: dict keys sorted by their repr, each item tagged with its type."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(value.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for k in sorted(value, key=repr):
+            h.update(repr(k).encode())
+            _feed(h, value[k])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{len(value)}".encode())
+        for v in value:
+            _feed(h, v)
+    elif hasattr(value, "dtype") and hasattr(value, "tobytes"):  # numpy array or scalar
+        h.update(f"N{value.dtype}{getattr(value, 'shape', ())}".encode())
+        h.update(value.tobytes())
+    else:
+        h.update(f"S{type(value).__name__}:{value!r}".encode())
+
+
+def content_digest(kind: str, config: dict[str, Any], state: dict[str, Any]) -> str:
+    """The SHA-256 (hex) of an envelope's kind, config and state, over the values (each tensor's
+    dtype, shape and bytes; keys in sorted order), so it is the same on every device and for
+    every serialisation of the same values. `save` stores it, `load` checks it."""
+    h = hashlib.sha256()
+    _feed(h, [kind, config, state])
+    return h.hexdigest()
+
+
 def save(path: str | os.PathLike, kind: str, config: dict[str, Any], state: dict[str, Any]) -> Path:
-    """Write a checkpoint envelope atomically.
+    """Write a checkpoint envelope atomically, with the `content_digest` of its config and state.
 
     Args:
         path: the `.pt` file.
@@ -105,7 +141,8 @@ def save(path: str | os.PathLike, kind: str, config: dict[str, Any], state: dict
     """
     if kind not in KINDS:
         raise ValueError(f"latentplan.io.save: kind must be one of {KINDS}; got {kind!r}")
-    blob = {"latentplan": VERSION, "kind": kind, "config": config, "state": state}
+    blob = {"latentplan": VERSION, "kind": kind, "config": config, "state": state,
+            "sha256": content_digest(kind, config, state)}
     return atomic_write(path, lambda f: torch.save(blob, f))
 
 
@@ -119,7 +156,9 @@ def load(path: str | os.PathLike, kind: str | tuple[str, ...], *, device: str | 
 
     Raises:
         FileNotFoundError: no file at `path`.
-        CheckpointError: the file is not a latentplan checkpoint, or of another kind or a newer version.
+        CheckpointError: the file is not a latentplan checkpoint, or of another kind or a newer
+            version, or lacks its config or state, or its content does not match the digest stored
+            with it (the file changed on disk after it was written).
     """
     p = Path(path)
     if not p.is_file():
@@ -136,6 +175,13 @@ def load(path: str | os.PathLike, kind: str | tuple[str, ...], *, device: str | 
                               f"this one reads up to {VERSION})")
     if blob.get("kind") not in kinds:
         raise CheckpointError(f"{p} holds a {blob.get('kind')!r} checkpoint, not a {' or '.join(kinds)}")
+    missing = [k for k in ("config", "state") if not isinstance(blob.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"{p} is a malformed latentplan checkpoint: it has no {' and no '.join(missing)}")
+    stored = blob.get("sha256")
+    if stored is not None and stored != content_digest(blob["kind"], blob["config"], blob["state"]):
+        raise CheckpointError(f"{p} is corrupted: its content does not match the SHA-256 digest stored with it "
+                              "(the file changed on disk after it was written)")
     return Envelope(blob["kind"], int(blob["latentplan"]), dict(blob["config"]), dict(blob["state"]), p)
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "resolve_device",
 ]
 
+
 CHECKPOINT = "checkpoint.pt"
 LOCK = RunLock.NAME
 #: what a run folder holds; `overwrite` deletes these and nothing else
@@ -66,17 +67,23 @@ class NonFiniteTraining(RuntimeError):
     or the weights became non-finite. The last checkpoint (all finite) is kept."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
     """`auto` -> CUDA when available, else CPU; otherwise `torch.device(name)`.
 
     Raises:
-        ValueError: if a CUDA device is asked for and none is available.
+        ValueError: if `name` is not a device torch knows (`gpu`, `cuda:x`), or a CUDA device
+            is asked for and none is available (or not that many).
     """
-    if name == "auto":
+    if isinstance(name, str) and name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {name!r} is not a torch device: use auto, cpu, cuda or cuda:N ({err})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -150,15 +157,50 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[RS
         and the checkpoint's envelope (`latentplan.io.Envelope`: its `state` has the counters).
 
     Raises:
+        ValueError: `device` is not a torch device, or a CUDA device on a machine without one
+            (checked before the file is read).
         FileNotFoundError: if there is no checkpoint at `path`.
-        latentplan.io.CheckpointError (a ValueError): if the file is not a latentplan training checkpoint.
+        latentplan.io.CheckpointError (a ValueError): if the file is not a latentplan training
+            checkpoint, or a malformed one (no model config or weights, a config field this
+            version does not know, weights of other shapes than its config); the message names
+            the file and the problem.
     """
-    env = read_run_checkpoint(path, device=device)
-    config = TrainConfig.from_dict(env.config["train"])
-    model = RSSMWorldModel(RSSMConfig.from_dict(env.config["model"])).to(device)
-    model.load_state_dict(env.state["model"])
+    dev = resolve_device(device)
+    env = read_run_checkpoint(path, device=dev)
+    where = env.path
+    try:
+        config = TrainConfig.from_dict(env.config["train"])
+        model_config = RSSMConfig.from_dict(env.config["model"])
+    except KeyError as e:
+        raise io.CheckpointError(f"{where} is a malformed training checkpoint: its config has no {e}") from None
+    except (TypeError, ValueError) as e:
+        raise io.CheckpointError(f"{where}: its config does not fit this version of latentplan (written by a "
+                                 f"newer one?): {e}") from None
+    if "model" not in env.state:
+        raise io.CheckpointError(f"{where} is a malformed training checkpoint: it holds no model weights (state.model)")
+    model = RSSMWorldModel(model_config).to(dev)
+    try:
+        model.load_state_dict(env.state["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()
+        raise io.CheckpointError(f"{where}: its model weights do not fit its model config "
+                                 f"({first[1].strip() if len(first) > 1 else first[0] if first else e})") from None
     model.eval()
     return model, config, env
+
+
+_MISSING = "(missing)"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"model": {"deter": 16}}` -> `{"model.deter": 16}` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 class Trainer:
@@ -182,23 +224,45 @@ class Trainer:
             raise ValueError("TrainConfig.explore needs latentplan.exploration.ExploreTrainer (or make_trainer)")
         self.config = config
         self.run_dir = Path(config.run_dir)
+        self._check_run_dir()
         self.device = resolve_device(config.device)
         ckpt_path = self.run_dir / CHECKPOINT
         if config.tensorboard:
             self._tensorboard_class()  # fail before touching the run folder
         self._lock = RunLock(self.run_dir)  # before anything is read or written there
+        self.writer = None
         try:
-            if config.resume and not ckpt_path.exists():
+            resuming = config.resume and ckpt_path.exists()
+            clear = (not config.resume and any(p.name != LOCK for p in self.run_dir.iterdir())
+                     and self._may_clear(config.overwrite))  # refuses (FileExistsError) before any work
+            # everything is built and checked before the folder is touched: a typo with --overwrite,
+            # a bad model size or an env that does not start leave the old run as it was
+            self._setup(config, ckpt_path)
+            if clear:
+                self._clear_run_dir()
+            elif config.resume and not resuming:
                 # nothing to resume from (killed before its first checkpoint): start afresh
                 for stale in ("metrics.jsonl", "episodes"):
                     path = self.run_dir / stale
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            if any(p.name != LOCK for p in self.run_dir.iterdir()) and not config.resume:
-                self._clear_run_dir(config.overwrite)
-            self._setup(config, ckpt_path)
+            self.writer = self._tensorboard() if config.tensorboard else None
+            # the run's config is this session's (a resume may have changed RESUMABLE_CHANGES fields),
+            # written once set-up succeeded: a start that fails here leaves no config.json behind
+            io.atomic_write_text(self.run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
+            if resuming:  # so the checkpoint, the config a plain --resume reads, holds this session's too
+                self.t_start = time.perf_counter()
+                self.save_checkpoint()
+            self._fresh = not resuming
         except BaseException:
             self._lock.release()
             raise
+
+    def _check_run_dir(self) -> None:
+        """Refuse a `run_dir` that is a file or lies below a file (FileExistsError naming it)."""
+        for p in (self.run_dir, *self.run_dir.parents):
+            if p.exists() and not p.is_dir():
+                where = "is a file" if p == self.run_dir else f"lies below {p}, which is a file"
+                raise FileExistsError(f"the run folder {self.run_dir} {where}; choose another --run-dir")
 
     def _setup(self, config: TrainConfig, ckpt_path: Path) -> None:
         """Build the env, model, optimiser, planner, learners and buffer; restore a checkpoint to resume."""
@@ -265,13 +329,11 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         if config.resume and ckpt_path.exists():
             self._restore(ckpt_path)
-        else:
-            io.atomic_write_text(self.run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
-        self.writer = self._tensorboard() if config.tensorboard else None
 
-    def _clear_run_dir(self, overwrite: bool) -> None:
-        """Delete the run held by a non-empty `run_dir` when `overwrite`; refuse otherwise, and
-        refuse always when the folder holds anything that is not a run's own file."""
+    def _may_clear(self, overwrite: bool) -> bool:
+        """Whether the run held by a non-empty `run_dir` may be deleted (`_clear_run_dir`, after set-up):
+        only with `overwrite`. Refuse (FileExistsError) otherwise, and always when the folder holds
+        anything that is not a run's own file."""
         entries = {p.name for p in self.run_dir.iterdir()} - {LOCK}
         temporary = {e for e in entries if e.startswith(".") and e.endswith(".tmp")}  # a write cut short
         foreign = sorted(entries - set(RUN_FILES) - temporary)
@@ -282,6 +344,11 @@ class Trainer:
                 f"{self.run_dir} is not empty: {why}; pass --resume to continue a run there, or choose "
                 "another --run-dir"
             )
+        return True
+
+    def _clear_run_dir(self) -> None:
+        """Delete the run files in `run_dir` (checked by `_may_clear`)."""
+        entries = {p.name for p in self.run_dir.iterdir()} - {LOCK}
         for name in entries:
             path = self.run_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -344,16 +411,21 @@ class Trainer:
             stored_model = io.config_dict(RSSMConfig.from_dict(envelope.config["model"]))
         except (TypeError, KeyError, ValueError) as e:
             raise CheckpointMismatch(f"cannot resume {path}: its config does not fit this version ({e})") from e
-        current = io.config_dict(self.config)
-        diff = sorted(k for k in set(stored) | set(current)
-                      if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
-        if stored_model != io.config_dict(self.model_config) and "model" not in diff:
-            diff.append("model")
+        # the model's config as the run uses it (filled from the env), every nested field by its dotted name
+        then = _flatten({**stored, "model": stored_model})
+        now = _flatten({**io.config_dict(self.config), "model": io.config_dict(self.model_config)})
+        diff = sorted(k for k in set(then) | set(now)
+                      if k.split(".")[0] not in RESUMABLE_CHANGES and then.get(k, _MISSING) != now.get(k, _MISSING))
         if diff:
-            detail = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs now {current.get(k)!r}" for k in diff)
+            detail = ", ".join(f"{k}: checkpoint {then.get(k, _MISSING)!r}, now {now.get(k, _MISSING)!r}" for k in diff)
             raise CheckpointMismatch(f"cannot resume {path}: the run was made with another config ({detail})")
-        self.model.load_state_dict(ckpt["model"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointMismatch(f"cannot resume {path}: its model weights do not fit its config ({e})") from e
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:  # lr is a resumable change (rescuing a diverged run)
+            group["lr"] = self.config.lr
         if self.value_learner is not None:
             self.value_learner.load_state_dict(ckpt["value_learner"])
         if self.distiller is not None:
@@ -374,10 +446,11 @@ class Trainer:
         self._truncate_metrics(self.episode)
 
     def _truncate_metrics(self, episode: int) -> None:
-        """Drop the metrics rows of episodes after the checkpoint's (logged before a kill)."""
+        """Drop the metrics rows of episodes after the checkpoint's (logged before a kill), and the
+        row of an evaluation aside after a `max_wall_minutes` stop (the resumed run goes on)."""
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
-            rows = [r for r in io.read_jsonl(path) if r.get("episode", 0) <= episode]
+            rows = [r for r in io.read_jsonl(path) if r.get("episode", 0) <= episode and not r.get("stopped_early")]
             io.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     @staticmethod
@@ -440,23 +513,33 @@ class Trainer:
                 f"{self.nonfinite_in_a_row} model updates in a row had a non-finite loss or gradient (loss "
                 f"{out.get('loss')}, gradient norm {out.get('grad_norm')}; lr {self.config.lr}, grad_clip "
                 f"{self.config.grad_clip}); stopped at episode {self.episode}, keeping the last good checkpoint "
-                f"{self.run_dir / CHECKPOINT}"
+                f"{self.run_dir / CHECKPOINT} (--resume with a smaller --lr or --grad-clip continues from it)"
             )
         return {**out, "skipped": 1.0}
 
-    def evaluate(self) -> dict[str, float]:
-        """Run `eval_episodes` episodes without exploration noise; returns mean return and ms/action."""
+    def evaluate(self, *, aside: bool = False) -> dict[str, float]:
+        """Run `eval_episodes` episodes without exploration noise; returns mean return and ms/action.
+
+        Args:
+            aside: an evaluation outside the training's schedule (after a `max_wall_minutes`
+                stop): fixed seeds (`seed * 1_000_003 + 30_000_000 + i`) and its own generator
+                seeded with `seed`, and no counter or best/last return of the run is changed, so
+                a later resumption continues exactly as the uninterrupted run.
+        """
         c = self.config
+        generator = torch.Generator(device=self.device).manual_seed(c.seed) if aside else self.generator
         rets, ms = [], []
         for i in range(c.eval_episodes):
-            seed = c.seed * 1_000_003 + 10_000_000 + self.evaluations * 100 + i
-            _, st = run_episode(self.env, self.agent, seed=seed, noise=0.0, generator=self.generator)
+            base = 30_000_000 if aside else 10_000_000 + self.evaluations * 100
+            _, st = run_episode(self.env, self.agent, seed=c.seed * 1_000_003 + base + i, noise=0.0,
+                                generator=generator)
             rets.append(st.ret)
             ms.append(st.plan_ms)
-        self.evaluations += 1
         out = {"eval_return": float(np.mean(rets)), "eval_plan_ms": float(np.mean(ms))}
-        self.best_eval = max(self.best_eval, out["eval_return"])
-        self.last_eval = out
+        if not aside:
+            self.evaluations += 1
+            self.best_eval = max(self.best_eval, out["eval_return"])
+            self.last_eval = out
         return out
 
     def final_evaluation(self) -> dict[str, Any]:
@@ -499,10 +582,21 @@ class Trainer:
 
         Raises:
             NonFiniteTraining: the run diverged (see `TrainConfig.max_nonfinite_updates`); the last
-                good checkpoint is kept and `--resume` continues from it.
+                good checkpoint is kept and `--resume` continues from it (with a smaller `lr` or
+                `grad_clip`, both resumable changes).
+            latentplan.evaluation.EnvFailure: the environment failed (cannot render, non-finite
+                observation, ...). A new run that fails before its first checkpoint leaves its
+                folder empty again.
         """
         try:
             return self._run()
+        except Exception:
+            if self._fresh and not (self.run_dir / CHECKPOINT).exists():
+                # a new run that failed before its first checkpoint (an env that cannot render, a
+                # chunk longer than the episodes, ...) has nothing to resume: leave the folder as
+                # empty as it was found, so the corrected command can start there
+                self._clear_run_dir()
+            raise
         finally:
             self.close()
 
@@ -554,19 +648,32 @@ class Trainer:
             bar.update(1)
             bar.set_postfix({k: round(row[k], 1) for k in ("train_return", "eval_return", "loss") if k in row})
         bar.close()
-        if stopped_early or "eval_return" not in self._last_row():
+        last_eval, best_eval = self.last_eval, self.best_eval
+        if stopped_early:
+            if self.episode % c.checkpoint_every:  # the training state at the stop, for --resume
+                self.save_checkpoint()
+            # the stopped model's figure, drawn aside (own generator and seeds, no counter moved) and
+            # logged in a row marked `stopped_early` that a resumption drops: a run stopped and
+            # resumed any number of times ends as the uninterrupted one
+            last_eval = self.evaluate(aside=True)
+            best_eval = max(best_eval, last_eval["eval_return"])
+            row = {"episode": self.episode, "env_steps": self.env_steps, **last_eval, "stopped_early": True}
+            row["wall_s"] = self.wall_offset + time.perf_counter() - self.t_start
+            self._log(row)
+        elif "eval_return" not in self._last_row():
             row = {"episode": self.episode, "env_steps": self.env_steps, **self.evaluate()}
             row["wall_s"] = self.wall_offset + time.perf_counter() - self.t_start
             self._log(row)
             self.save_checkpoint()
+            last_eval, best_eval = self.last_eval, self.best_eval
         final = self.final_evaluation()
         from .plots import plot_learning_curve
 
         plot_learning_curve(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png", title=c.env, final=final)
         return TrainSummary(
             episodes=self.episode, env_steps=self.env_steps,
-            eval_return=self.last_eval.get("eval_return", float("nan")),
-            best_eval_return=self.best_eval, plan_ms=self.last_eval.get("eval_plan_ms", float("nan")),
+            eval_return=last_eval.get("eval_return", float("nan")),
+            best_eval_return=best_eval, plan_ms=last_eval.get("eval_plan_ms", float("nan")),
             wall_s=self.wall_offset + time.perf_counter() - self.t_start, run_dir=str(self.run_dir),
             stopped_early=stopped_early, final_returns=tuple(final["returns"]),
             final_return=float(np.mean(final["returns"])) if final["returns"] else float("nan"),

@@ -64,27 +64,57 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+class NothingToResume(ValueError):
+    """`--resume` names a folder that holds neither a checkpoint nor a `config.json`."""
+
+
+def _flag_value(args: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of the last of `--name VALUE` / `--name=VALUE` in `args`, for any spelling in `names`."""
+    value = None
+    for i, a in enumerate(args):
+        if a in names and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(tuple(f"{n}=" for n in names)):
+            value = a.split("=", 1)[1]
+    return value
+
+
 def _stored_config(args: list[str], default: Any) -> Any:
-    """With `--resume`, the run's own config (its `config.json`, or its checkpoint's when that file is
-    missing or cut short), with `resume` on: the run's settings become the defaults the flags override."""
+    """With `--resume`, the run's own config, with `resume` on: the run's settings become the
+    defaults the flags override. The checkpoint's config comes first (every session rewrites it at
+    its start, so it is the latest session's, extensions included); `config.json` when there is no
+    checkpoint yet (a run stopped before its first: it starts afresh with that config).
+
+    With neither, a new run starts from the flags given (one line says so), or, when no flag
+    but `--run-dir` and `--resume` was given, `NothingToResume` is raised (most likely a typo in
+    `--run-dir`; the default config would start PlaNet's full 1000-episode run).
+
+    Raises:
+        NothingToResume: the folder holds neither and no other flag was given.
+    """
     if "--resume" not in args:
         return default
-    run_dir = default.run_dir
-    for i, a in enumerate(args):
-        if a == "--run-dir" and i + 1 < len(args):
-            run_dir = args[i + 1]
-        elif a.startswith("--run-dir="):
-            run_dir = a.split("=", 1)[1]
-    path = Path(run_dir) / "config.json"
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):  # missing, or cut short by a kill: the checkpoint has the config
-        from latentplan.training import read_run_checkpoint
+    run_dir = _flag_value(args, ("--run-dir", "--run_dir")) or default.run_dir
+    from latentplan.training import read_run_checkpoint
 
+    try:
+        stored = read_run_checkpoint(run_dir).config["train"]
+    except FileNotFoundError:
         try:
-            stored = read_run_checkpoint(run_dir).config["train"]
-        except (OSError, ValueError):
-            return default  # nothing to resume from: the Trainer starts afresh or says why not
+            stored = json.loads((Path(run_dir) / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            given = [a for a in args if a.startswith("--") and a != "--resume"
+                     and not a.startswith(("--run-dir", "--run_dir"))]
+            if not given:  # nothing there and no config given: most likely a typo in the folder's name
+                raise NothingToResume(f"nothing to resume in {run_dir}: it holds no checkpoint.pt and no "
+                                      "config.json; drop --resume to start a new run there") from None
+            print(f"latentplan: nothing to resume in {run_dir} (no checkpoint.pt, no config.json): starting a new "
+                  "run from the flags given", file=sys.stderr)
+            return dataclasses.replace(default, resume=True)
+        print(f"latentplan: {run_dir} holds no checkpoint yet (the run stopped before its first): starting it "
+              "afresh from its config.json", file=sys.stderr)
+    except ValueError:
+        return default  # a damaged checkpoint: the Trainer says why it cannot resume
     return dataclasses.replace(type(default).from_dict(stored), resume=True, overwrite=False)
 
 
@@ -116,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     name = argv[0] if argv and argv[0] in COMMANDS else None
     try:
-        config = tyro.cli(_cli_type(name, argv[1:]), args=argv, prog="latentplan",
+        cli_type = _cli_type(name, argv[1:])
+    except (NothingToResume, TypeError, ValueError) as err:  # --resume: nothing there, or a config this version cannot read
+        print(f"latentplan {name}: {err}", file=sys.stderr)
+        return 2
+    try:
+        config = tyro.cli(cli_type, args=argv, prog="latentplan",
                           description="Planning and model-predictive control over one learned latent dynamics model.")
     except SystemExit as exit_:  # --help (0) or a parse error (2), already printed by tyro
         return exit_.code if isinstance(exit_.code, int) else 2

@@ -29,7 +29,7 @@ def run(cfg: CompareConfig, args: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except (ValueError, PlannerNotAvailable, FileNotFoundError) as err:
-        print(f"latentplan compare: {err}", file=sys.stderr)
+        print(f"latentplan compare: {str(err).removeprefix('compare: ')}", file=sys.stderr)
         return 2
     print()
     print(result.table())

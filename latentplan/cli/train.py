@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from latentplan.config import TrainConfig
+from latentplan.evaluation import EnvFailure
 from latentplan.io import RunFolderLocked
 from latentplan.exploration import make_trainer
 from latentplan.training import NonFiniteTraining, TrainSummary
@@ -41,14 +42,21 @@ def run_train(config: TrainConfig, args: list[str], *, command: str = "train") -
     """Train with `config` and print the final table.
 
     Returns:
-        0, or 2 with a one-line message when the run folder must not be touched (it holds a run,
-        or another process trains there), the checkpoint does not fit, or the run diverged.
+        0; 2 with a one-line message when a setting is bad, the run folder must not be touched (it
+        holds a run, is a file, or another process trains there), the checkpoint does not fit, the
+        env fails, or the run diverged; 130 after Ctrl-C, with the line that resumes the run.
     """
+    trainer = None
     try:
-        summary = make_trainer(config).run()  # an ExploreTrainer with --explore
-    except (ValueError, FileNotFoundError, FileExistsError, RunFolderLocked, NonFiniteTraining) as e:
+        trainer = make_trainer(config)  # an ExploreTrainer with --explore
+        summary = trainer.run()
+    except KeyboardInterrupt:
+        print(f"\n{_interrupted(config, trainer, command)}", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RunFolderLocked, NonFiniteTraining, EnvFailure) as e:
         # a bad setting (unknown env, ...), a taken or locked run folder, a checkpoint that does not fit
-        # (CheckpointError and CheckpointMismatch are ValueErrors), a diverged run: one line, exit 2
+        # (CheckpointError and CheckpointMismatch are ValueErrors), a diverged run, an env that fails
+        # (cannot render, non-finite observation): one line, exit 2
         print(f"latentplan {command}: {e}", file=sys.stderr)
         return 2
     print()
@@ -59,6 +67,22 @@ def run_train(config: TrainConfig, args: list[str], *, command: str = "train") -
     return 0
 
 
+def _interrupted(config: TrainConfig, trainer, command: str) -> str:
+    """The line printed after Ctrl-C: where the run stands and the command that continues it."""
+    import shlex
+
+    from latentplan.training import CHECKPOINT, read_run_checkpoint
+
+    resume = f"latentplan {command} --run-dir {shlex.quote(config.run_dir)} --resume"
+    try:
+        kept = int(read_run_checkpoint(config.run_dir).state["episode"])
+    except (OSError, ValueError, KeyError):
+        return f"interrupted: no checkpoint in {config.run_dir} yet; {resume} starts the run afresh"
+    at = f" at episode {trainer.episode + 1}" if trainer is not None and hasattr(trainer, "episode") else ""
+    return (f"interrupted{at}: the checkpoint of episode {kept} ({config.run_dir}/{CHECKPOINT}) is kept; "
+            f"continue with: {resume}")
+
+
 def _given(args: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
@@ -66,7 +90,7 @@ def _given(args: list[str], flag: str) -> bool:
 def free_demo_dir(config: TrainConfig, args: list[str]) -> TrainConfig:
     """The demo never deletes an earlier run: without `--run-dir`, `--resume` or `--overwrite`, a taken
     default folder (`runs/demo`) gives way to the next free `runs/demo-2`, `runs/demo-3`, ..."""
-    if _given(args, "--run-dir") or config.resume or config.overwrite:
+    if _given(args, "--run-dir") or _given(args, "--run_dir") or config.resume or config.overwrite:
         return config
     base = Path(config.run_dir)
     path, n = base, 1
