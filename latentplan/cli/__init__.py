@@ -47,7 +47,7 @@ COMMANDS: dict[str, Command] = {
                      "PlaNet's training loop; with --resume the run folder's own config is the default"),
     "demo": Command("latentplan.config:TrainConfig", "latentplan.cli.train:run_demo", "latentplan.config:demo_config",
                     "the embedded default: a CPU-sized run on dmc:cartpole-swingup from state, ending with a "
-                    "5-episode evaluation (about 10 minutes on 2 cores)"),
+                    "5-episode evaluation (4-8 minutes on 2 cores; it stops by 15)"),
     "compare": Command("latentplan.compare:CompareConfig", "latentplan.cli.compare:run", None,
                        "several planners on one checkpoint, the same seeds and budgets: a table, JSON, CSV, a plot"),
     "control": Command("latentplan.control:ControlConfig", "latentplan.cli.control:run", None,
