@@ -283,15 +283,15 @@ def _fit_candidates(base: dict, evals: int, fixed_elites: bool) -> CEMConfig:
             lo = mid
         else:
             hi = mid - 1
-    if fixed_elites and base["elites"] > lo:
+    if fixed_elites and base["elites"] >= lo:
         _too_many_elites(base["elites"], lo, evals)
     return config(lo)
 
 
 def _too_many_elites(k: int, j: int, evals: int) -> None:
     raise ValueError(
-        f"elites={k} is more than the J={j} candidates per iteration a budget of {evals} model evaluations "
-        f"gives; override elites <= {j}, or give a larger budget (K = J would refit to every candidate, no selection)"
+        f"elites={k} is not below the J={j} candidates per iteration a budget of {evals} model evaluations "
+        f"gives; override elites < {j}, or give a larger budget (K = J would refit to every candidate, no selection)"
     )
 
 
@@ -338,7 +338,7 @@ def cem_family(preset: Mapping[str, Any], *, warm_start: bool, max_candidates: i
                 pass
             elif "iterations" not in overrides and "iterations" not in preset:
                 j = cfg.candidates if max_candidates is None else min(cfg.candidates, max_candidates)
-                if "elites" in overrides and base["elites"] > j:
+                if "elites" in overrides and base["elites"] >= j:
                     _too_many_elites(base["elites"], j, evals)
                 k = base["elites"] if "elites" in overrides else _elites_for(j, base["elites"])
                 cfg = CEMConfig(**{**base, "candidates": j, "elites": k, "iterations": _BUDGET_ITERATIONS})

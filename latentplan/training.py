@@ -178,7 +178,10 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[RS
                                  f"newer one?): {e}") from None
     if "model" not in env.state:
         raise io.CheckpointError(f"{where} is a malformed training checkpoint: it holds no model weights (state.model)")
-    model = RSSMWorldModel(model_config).to(dev)
+    try:
+        model = RSSMWorldModel(model_config).to(dev)
+    except (TypeError, ValueError) as e:  # a config this version's checks refuse
+        raise io.CheckpointError(f"{where}: its model config is not valid in this version of latentplan: {e}") from None
     try:
         model.load_state_dict(env.state["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -245,6 +248,9 @@ class Trainer:
                 for stale in ("metrics.jsonl", "episodes"):
                     path = self.run_dir / stale
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            if clear or (config.resume and not resuming):
+                # the buffer built in set-up numbered its files after the old run's: start at 000000
+                self.buffer = ReplayBuffer(self.run_dir / "episodes", seed=config.seed)
             self.writer = self._tensorboard() if config.tensorboard else None
             # the run's config is this session's (a resume may have changed RESUMABLE_CHANGES fields),
             # written once set-up succeeded: a start that fails here leaves no config.json behind
@@ -509,11 +515,15 @@ class Trainer:
         self.nonfinite_updates += 1
         self.nonfinite_in_a_row += 1
         if self.nonfinite_in_a_row >= self.config.max_nonfinite_updates:
+            ckpt = self.run_dir / CHECKPOINT
+            after = (f"keeping the last good checkpoint {ckpt} (--resume with a smaller --lr or --grad-clip "
+                     "continues from it)") if ckpt.exists() else \
+                (f"before the first checkpoint: nothing to resume, so start again with a smaller --lr or --grad-clip "
+                 f"(and --overwrite; the episodes and metrics written so far stay in {self.run_dir})")
             raise NonFiniteTraining(
                 f"{self.nonfinite_in_a_row} model updates in a row had a non-finite loss or gradient (loss "
                 f"{out.get('loss')}, gradient norm {out.get('grad_norm')}; lr {self.config.lr}, grad_clip "
-                f"{self.config.grad_clip}); stopped at episode {self.episode}, keeping the last good checkpoint "
-                f"{self.run_dir / CHECKPOINT} (--resume with a smaller --lr or --grad-clip continues from it)"
+                f"{self.config.grad_clip}); stopped at episode {self.episode}, {after}"
             )
         return {**out, "skipped": 1.0}
 
@@ -585,16 +595,17 @@ class Trainer:
                 good checkpoint is kept and `--resume` continues from it (with a smaller `lr` or
                 `grad_clip`, both resumable changes).
             latentplan.evaluation.EnvFailure: the environment failed (cannot render, non-finite
-                observation, ...). A new run that fails before its first checkpoint leaves its
-                folder empty again.
+                observation, ...). A new run that fails before it has collected an episode leaves
+                its folder empty again; later failures keep what was written.
         """
         try:
             return self._run()
         except Exception:
-            if self._fresh and not (self.run_dir / CHECKPOINT).exists():
-                # a new run that failed before its first checkpoint (an env that cannot render, a
+            if self._fresh and not (self.run_dir / CHECKPOINT).exists() and self.episode == 0:
+                # a new run that failed before it collected anything (an env that cannot render, a
                 # chunk longer than the episodes, ...) has nothing to resume: leave the folder as
-                # empty as it was found, so the corrected command can start there
+                # empty as it was found, so the corrected command can start there. Once episodes
+                # or metrics exist they stay (they show what happened, e.g. a divergence)
                 self._clear_run_dir()
             raise
         finally:

@@ -56,14 +56,15 @@ class Plan:
         """Receding-horizon warm start: drop the executed first action, append one at the end.
 
         Args:
-            fill: the appended action (`[A]`, `[B, A]` or a scalar); default repeats the last
+            fill: the appended action (a scalar, `[A]`, `[B, A]`, `[1, A]` or `[B, 1, A]`, broadcast
+                over the plans); default repeats the last
                 action of the sequence.
 
         Returns:
             A `Plan` with the same `[B, H, A]` shape, for the next `plan(..., warm_start=)`.
 
         Raises:
-            ValueError: `fill` is not a scalar, `[A]` or `[B, A]` (naming `fill` and B, A).
+            ValueError: `fill` has another shape (naming `fill` and B, A).
             TypeError: `fill` cannot be made a tensor (e.g. a string).
         """
         last = self.actions[:, -1:]
@@ -74,11 +75,12 @@ class Plan:
             except (TypeError, ValueError, RuntimeError) as err:
                 raise TypeError(f"Plan.shift: fill must be a number or a tensor [A={a}] / [B={b}, A={a}]; "
                                 f"got {type(fill).__name__}") from err
-            if f.dim() == 2 and tuple(f.shape) == (b, a):
+            if f.dim() == 2 and f.shape[0] in (1, b) and f.shape[1] == a:  # [B, A] or [1, A]
                 f = f[:, None]
-            elif not (f.dim() == 0 or (f.dim() == 1 and f.shape[0] == a)):
-                raise ValueError(f"Plan.shift: fill must be a scalar, [A={a}] or [B={b}, A={a}]; "
-                                 f"got shape {tuple(f.shape)}")
+            elif not (f.dim() == 0 or (f.dim() == 1 and f.shape[0] == a)
+                      or (f.dim() == 3 and f.shape[0] in (1, b) and f.shape[1] == 1 and f.shape[2] == a)):
+                raise ValueError(f"Plan.shift: fill must be a scalar, [A={a}], [B={b} or 1, A={a}] or "
+                                 f"[B={b} or 1, 1, A={a}]; got shape {tuple(f.shape)}")
             last = f.expand_as(last)
         return Plan(torch.cat([self.actions[:, 1:], last], dim=1), self.value, dict(self.info))
 

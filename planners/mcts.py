@@ -283,8 +283,10 @@ class MCTS:
             if not isinstance(valid, Tensor) or valid.shape != (n, m):
                 raise ValueError(f"MCTS: mask must return bool [N={n}, M={m}]; got {getattr(valid, 'shape', valid)}")
             if valid.dtype != torch.bool:
-                raise TypeError(f"MCTS: mask must return bool [N={n}, M={m}] (True = valid); got dtype "
-                                f"{str(valid.dtype).replace('torch.', '')} (compare, e.g. mask > 0.5)")
+                if valid.is_floating_point() or valid.is_complex():
+                    raise TypeError(f"MCTS: mask must return bool [N={n}, M={m}] (True = valid) or integers 0/1; got "
+                                    f"dtype {str(valid.dtype).replace('torch.', '')} (compare, e.g. mask > 0.5)")
+                valid = valid != 0  # an integer 0/1 mask (uint8 included), as accepted before
             valid = valid.to(device=leaf.device)
         logits = torch.zeros(n, m, device=leaf.device, dtype=leaf.deter.dtype)
         if self.proposal is not None and callable(getattr(self.proposal, "log_prob", None)):

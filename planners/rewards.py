@@ -287,6 +287,8 @@ class RewardContext:
         self.values: Mapping[str, Any] = MappingProxyType(values)
         self._expanded: dict[tuple[int, torch.device], tuple[tuple | None, dict[str, Any]]] = {}
         self._env_rows: Tensor | None = None  # set by `rows_of`: the environment of each row
+        # whether a value differs between environments ([B, ...] with B > 1): only then does `rows_of` matter
+        self._per_environment = any(isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] > 1 for v in values.values())
         self._decoded: tuple[LatentState, bool, tuple | None, dict[str, Any]] | None = None
         # the entry before `_decoded`: a transition term decodes the states before and after
         self._decoded_before: tuple[LatentState, bool, tuple | None, dict[str, Any]] | None = None
@@ -310,6 +312,9 @@ class RewardContext:
         """
         if not isinstance(env, Tensor) or env.dim() != 1 or env.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"RewardContext.rows_of: env must be a 1-D int64 tensor [N]; got {env!r}")
+        if not self._per_environment:  # nothing depends on the row's environment: keep the cached path
+            yield
+            return
         before, self._env_rows = self._env_rows, env
         try:
             yield

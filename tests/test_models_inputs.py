@@ -79,6 +79,9 @@ def test_config_action_bounds_must_come_in_a_consistent_pair():
         RSSMWorldModel(dataclasses.replace(CFG, action_low=(1.0,), action_high=(-1.0,)))
     m = RSSMWorldModel(dataclasses.replace(CFG, action_low=(-2.0,), action_high=(0.5,)))
     assert m.action_low.tolist() == [-2.0] and m.action_high.tolist() == [0.5]
+    # an unbounded action space (gymnasium's Box(-inf, inf)) is a valid model; planners that need a box refuse it
+    m = RSSMWorldModel(dataclasses.replace(CFG, action_low=(-math.inf,), action_high=(math.inf,)))
+    assert m.action_low.tolist() == [-math.inf] and m.action_high.tolist() == [math.inf]
 
 
 def test_obs_names_may_not_replace_the_decoded_observation():
@@ -206,9 +209,9 @@ def test_observe_checks_is_first_and_ignores_the_actions_of_first_rows():
         m.observe(s, a, o, torch.ones(b + 1, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"RSSMWorldModel.observe: is_first must be a bool tensor \[B=3\].*got bool True"):
         m.observe(s, a, o, True)
-    with pytest.raises(ValueError, match=r"RSSMWorldModel.observe: is_first must be bool \(or integers 0/1\).*0.5"):
+    with pytest.raises(ValueError, match=r"RSSMWorldModel.observe: is_first must be bool \(or values 0/1\).*0.5"):
         m.observe(s, a, o, torch.full((b,), 0.5))
-    with pytest.raises(ValueError, match=r"is_first must be bool \(or integers 0/1\).*\[2, 0, 0\]"):
+    with pytest.raises(ValueError, match=r"is_first must be bool \(or values 0/1\).*\[2, 0, 0\]"):
         m.observe(s, a, o, torch.tensor([2, 0, 0]))
     with pytest.raises(TypeError, match=r"RSSMWorldModel.observe: obs must be a torch.Tensor.*got ndarray"):
         m.observe(s, a, o.numpy(), torch.ones(b, dtype=torch.bool))
@@ -224,6 +227,11 @@ def test_observe_checks_is_first_and_ignores_the_actions_of_first_rows():
                        m.observe(s, a, o, first, sample=False).deter)
     with pytest.raises(ValueError, match="action contains NaN or inf on a row whose is_first is false"):
         m.observe(s, torch.tensor([[0.0], [math.nan], [0.0]]), o, first)
+    # other shapes with one flag per row, and 0/1 floats, are the same flags (as before the checks)
+    for same in (first[:, None], first.double()):
+        assert torch.equal(m.observe(s, a, o, same, sample=False).deter, m.observe(s, a, o, first, sample=False).deter)
+    one = m.observe(m.initial(1), a[:1], o[:1], torch.tensor(True), sample=False)  # a 0-dim flag for B = 1
+    assert torch.equal(one.deter, m.observe(m.initial(1), a[:1], o[:1], first[:1], sample=False).deter)
 
 
 def test_initial_and_misc_named_errors():

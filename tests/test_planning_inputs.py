@@ -83,6 +83,11 @@ def test_mcts_float_mask_is_rejected_as_its_message_says_bool():
     mcts = lp.MCTS(horizon=3, simulations=10, actions=acts, mask=lambda s: torch.ones(s.batch, 3))
     with pytest.raises(TypeError, match="mask must return bool.*float32"):
         mcts.plan(lp.Objective(_model()), _belief(), generator=_gen())
+    # an integer 0/1 mask (uint8 included) is the bool mask it encodes
+    only_zero = torch.tensor([0, 1, 0], dtype=torch.uint8)
+    got = lp.MCTS(horizon=3, simulations=10, actions=acts, mask=lambda s: only_zero.expand(s.batch, 3)).plan(
+        lp.Objective(_model()), _belief(), generator=_gen())
+    assert got.actions[:, 0, 0].tolist() == [0.0, 0.0]
 
 
 # ---------------------------------------------------------------- 3. policy actions clipped to the model's bounds
@@ -233,8 +238,13 @@ def test_value_function_returning_a_list_or_ints_is_a_type_error_naming_value():
 
 def test_plan_shift_fill_shapes():
     plan = Plan(torch.arange(6.0).reshape(2, 3, 1), torch.zeros(2))
-    with pytest.raises(ValueError, match=r"fill must be a scalar, \[A=1\] or \[B=2, A=1\]; got shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"fill must be a scalar, \[A=1\], \[B=2 or 1, A=1\].*got shape \(2,\)"):
         plan.shift(fill=torch.tensor([1.0, 2.0]).reshape(2))  # [2] on A = 1 is neither [A] nor [B, A]
+    with pytest.raises(ValueError, match=r"got shape \(3, 1\)"):
+        plan.shift(fill=torch.zeros(3, 1))
+    # broadcast forms: [1, A] and [B, 1, A] (as before the checks)
+    assert plan.shift(fill=torch.tensor([[3.0]])).actions[:, -1, 0].tolist() == [3.0, 3.0]
+    assert plan.shift(fill=torch.tensor([[[7.0]], [[9.0]]])).actions[:, -1, 0].tolist() == [7.0, 9.0]
     with pytest.raises(TypeError, match="fill must be a number"):
         plan.shift(fill="zero")
     assert plan.shift(fill=torch.tensor([[7.0], [9.0]])).actions[:, -1, 0].tolist() == [7.0, 9.0]

@@ -92,6 +92,34 @@ def test_overwrite_with_a_typo_leaves_the_old_run_intact(tmp_path, reference, ca
     assert len(list((run / "episodes").glob("*.npz"))) == 4
 
 
+def test_overwrite_numbers_the_new_runs_episodes_from_zero(tmp_path, reference):
+    run = _copy(reference, tmp_path)
+    lp.Trainer(_config(run, episodes=2, overwrite=True)).run()
+    assert sorted(p.name for p in (run / "episodes").glob("*.npz")) == ["000000.npz", "000001.npz"]
+
+
+def test_a_failure_after_episodes_were_collected_keeps_them(tmp_path, monkeypatch):
+    # no checkpoint before episode 5 (checkpoint_every=5), a failure in episode 3: the collected
+    # episodes and metrics stay (they show what happened); only a failure before anything was
+    # collected leaves the folder empty (test above)
+    run = tmp_path / "r"
+    trainer = lp.Trainer(_config(run, episodes=4, checkpoint_every=5))
+    real = trainer.update
+    calls = []
+
+    def failing_update():
+        calls.append(1)
+        if len(calls) > 2:  # the updates before episode 3 (2 per episode after 1 seed episode)
+            raise RuntimeError("update failed")
+        return real()
+
+    monkeypatch.setattr(trainer, "update", failing_update)
+    with pytest.raises(RuntimeError, match="update failed"):
+        trainer.run()
+    assert not (run / "checkpoint.pt").exists()
+    assert len(list((run / "episodes").glob("*.npz"))) == 2 and len(io.read_jsonl(run / "metrics.jsonl")) == 2
+
+
 class _Broken:
     """An env whose first reset fails as a pixel env without a renderer does."""
 

@@ -185,7 +185,14 @@ class ReplayBuffer:
                     np.savez_compressed(f, **episode)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, path)
+                try:  # a hard link fails if the name was taken meanwhile: never overwrite
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise FileExistsError(f"ReplayBuffer.add: {path} exists (another writer?); not overwriting it") from None
+                except OSError:  # a filesystem without hard links: the check above is what we have
+                    os.replace(tmp, path)
+                else:
+                    Path(tmp).unlink()
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise

@@ -66,7 +66,7 @@ class RSSMConfig:
     (`deter`, `stoch`, `hidden`, `embed`, `action_dim`, every `obs_shape` entry >= 1, `probe_dim`
     >= 0, `image_bits` in 1..8); `min_std`, `obs_std`, `reward_std`, `probe_std` finite and > 0;
     `free_nats`, `kl_scale`, `reward_scale` finite and >= 0; the action bounds both given (or
-    both empty: [-1, 1]), finite, with low <= high; `obs_names` / `probe_names` slices inside
+    both empty: [-1, 1]), not NaN (+-inf allowed: an unbounded action space), with low <= high; `obs_names` / `probe_names` slices inside
     the observation / probe state, with names that do not clash.
 
     Raises:
@@ -142,9 +142,9 @@ class RSSMConfig:
             if bound and len(bound) != self.action_dim:
                 raise ValueError(f"RSSMConfig.{name} must have action_dim = {self.action_dim} entries; "
                                  f"got {len(bound)}: {tuple(bound)!r}")
-            for x in bound:
-                if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
-                    raise ValueError(f"RSSMConfig.{name} must hold finite numbers; got {tuple(bound)!r}")
+            for x in bound:  # +-inf is allowed (an unbounded action space); planners that need a box say so
+                if isinstance(x, bool) or not isinstance(x, numbers.Real) or math.isnan(x):
+                    raise ValueError(f"RSSMConfig.{name} must hold numbers (+-inf allowed), not NaN; got {tuple(bound)!r}")
         if low and any(lo > hi for lo, hi in zip(low, high)):
             raise ValueError(f"RSSMConfig.action_low must be <= action_high; got {tuple(low)!r} and {tuple(high)!r}")
         if not isinstance(self.probe_detach, bool):
@@ -393,13 +393,13 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
             except (TypeError, ValueError, RuntimeError) as e:
                 raise TypeError(f"{where}: is_first must be a bool tensor [B={batch}]; got {type(is_first).__name__} "
                                 f"({e})") from None
-        if tuple(is_first.shape) != (batch,):
+        if is_first.numel() != batch:
             raise ValueError(f"{where}: is_first must be [B={batch}] bool, one flag per row; got "
                              f"{list(is_first.shape)} {str(is_first.dtype).replace('torch.', '')}")
+        is_first = is_first.reshape(batch)  # [B], [B, 1], or a 0-dim flag for B = 1
         if is_first.dtype != torch.bool:
-            if is_first.is_floating_point() or is_first.is_complex() \
-                    or not bool(((is_first == 0) | (is_first == 1)).all()):
-                raise ValueError(f"{where}: is_first must be bool (or integers 0/1) [B={batch}]; got "
+            if is_first.is_complex() or not bool(((is_first == 0) | (is_first == 1)).all()):
+                raise ValueError(f"{where}: is_first must be bool (or values 0/1) [B={batch}]; got "
                                  f"{str(is_first.dtype).replace('torch.', '')} values {is_first.tolist()[:8]}")
             is_first = is_first.bool()
         return is_first.to(self.device)
