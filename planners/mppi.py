@@ -244,25 +244,12 @@ class MPPI:
     ) -> Plan:
         """Plan for every belief in `state` (`[B]` rows) with MPPI; see the class docstring.
 
-        Args:
-            objective: the `Objective`; built with `batch=` it must be for this B.
-            state: `[B]` beliefs (`LatentState`, floating, finite, B >= 1).
-            warm_start: `None` or a `Plan` with `actions [B, H, A]` (finite; cast to the belief's
-                dtype and device).
-            generator: `None` or a `torch.Generator`, the source of all randomness.
-            deadline: `None` or an absolute `time.perf_counter()` time (a number, not NaN).
-
-        Returns:
-            `Plan` with `actions [B, H, A]` (within the model's action bounds) and `value [B]`; the
-            class docstring lists `info`.
+        Arguments, shapes and the input checks every planner shares are `Planner.plan`'s
+        (`state [B]`, `warm_start.actions [B, H, A]`; `validate.check_plan_inputs`). Returns a `Plan`:
+        `actions [B, H, A]` within the model's bounds and `value [B]`; the class docstring lists `info`.
 
         Raises:
-            TypeError: `state` is not a `LatentState` (a tensor, `None`) or not floating;
-                `warm_start` is not a `Plan`; `generator` is not a `torch.Generator`
-                (`validate.check_plan_inputs`).
-            ValueError: B = 0 or a NaN/inf belief (naming `state.deter`/`state.stoch`); an objective
-                built for another `batch` (naming both); `warm_start.actions` not [B, H, A] or
-                holding NaN/inf; a NaN or non-number `deadline`;
+            TypeError / ValueError: as `Planner.plan`, naming the argument. Also ValueError:
                 a per-dimension `noise_std` without A entries.
         """
         t0 = time.perf_counter()
