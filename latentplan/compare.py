@@ -167,22 +167,11 @@ class CompareResult:
 
 
 def _cell_key(meta: Mapping[str, Any], planner: str, budget: str, seed: int) -> str:
-    """A cell's identity: the checkpoint's path and content (its episode count and file digest, so a
+    """A cell's identity: the checkpoint's path and content (its episode count and content digest, so a
     model retrained at the same path never reuses the old model's cells), env, horizon, cut, planner,
     budget and seed."""
     return json.dumps([meta.get("checkpoint"), meta.get("checkpoint_episode"), meta.get("checkpoint_sha256"),
                        meta.get("env"), meta.get("horizon"), meta.get("max_decisions"), planner, budget, int(seed)])
-
-
-def _file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_cells(path: Path) -> dict[str, dict]:
@@ -286,7 +275,7 @@ def _resolve(model: Any, env: str | Callable[[int], Any] | None
         checkpoint = str(model)
         model, cfg, envelope = load_checkpoint(checkpoint)
         content = {"checkpoint_episode": int(envelope.state.get("episode", -1)),
-                   "checkpoint_sha256": _file_digest(envelope.path)}
+                   "checkpoint_sha256": envelope.sha256}  # the content digest io.load verified
         env = env or cfg.env
         env_kwargs = {"obs": cfg.obs, "action_repeat": cfg.action_repeat}
     if env is None:

@@ -55,6 +55,8 @@ class Envelope:
         config: how to rebuild it (plain values).
         state: tensors (`state_dict`s) and counters.
         path: the file it was read from.
+        sha256: the `content_digest` of its config and state (verified against the one stored with
+            it; computed on load for envelopes written before the digest).
     """
 
     kind: str
@@ -62,6 +64,7 @@ class Envelope:
     config: dict[str, Any]
     state: dict[str, Any]
     path: Path
+    sha256: str = ""
 
 
 def atomic_write(path: str | os.PathLike, write: Any) -> Path:
@@ -178,11 +181,12 @@ def load(path: str | os.PathLike, kind: str | tuple[str, ...], *, device: str | 
     missing = [k for k in ("config", "state") if not isinstance(blob.get(k), dict)]
     if missing:
         raise CheckpointError(f"{p} is a malformed latentplan checkpoint: it has no {' and no '.join(missing)}")
+    digest = content_digest(blob["kind"], blob["config"], blob["state"])
     stored = blob.get("sha256")
-    if stored is not None and stored != content_digest(blob["kind"], blob["config"], blob["state"]):
+    if stored is not None and stored != digest:
         raise CheckpointError(f"{p} is corrupted: its content does not match the SHA-256 digest stored with it "
                               "(the file changed on disk after it was written)")
-    return Envelope(blob["kind"], int(blob["latentplan"]), dict(blob["config"]), dict(blob["state"]), p)
+    return Envelope(blob["kind"], int(blob["latentplan"]), dict(blob["config"]), dict(blob["state"]), p, digest)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

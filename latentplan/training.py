@@ -146,7 +146,7 @@ def read_run_checkpoint(path: str | os.PathLike, *, device: str | torch.device =
     state = {k: v for k, v in legacy.items() if k != "format"}
     for key in ("buffer_rng", "last_eval"):
         state[key] = json.loads(state[key])
-    return io.Envelope("run", 0, config, state, p)
+    return io.Envelope("run", 0, config, state, p, io.content_digest("run", config, state))
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[RSSMWorldModel, TrainConfig, io.Envelope]:
