@@ -72,7 +72,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names and the submodules (not this module's own imports, e.g. `importlib`)."""
+    return sorted({*__all__, *_SUBMODULES, "__version__"})
 
 
 def make_env(name: str, **kwargs):

@@ -109,3 +109,13 @@ def test_every_package_is_in_the_wheel():
                if "__pycache__" not in p.parts}
     assert on_disk - listed == set(), f"packages missing from pyproject.toml: {sorted(on_disk - listed)}"
     assert listed - on_disk == set(), f"pyproject.toml lists packages that do not exist: {sorted(listed - on_disk)}"
+
+
+def test_dir_of_the_facade_lists_what_it_exports_and_each_name_resolves():
+    import latentplan as lp
+
+    names = dir(lp)
+    assert not {"importlib", "Any", "annotations"} & set(names)  # the module's own imports stay private
+    assert set(lp.__all__) <= set(names) and "envs" in names and "__version__" in names
+    for name in names:
+        assert getattr(lp, name) is not None, name
