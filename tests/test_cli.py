@@ -65,3 +65,16 @@ def test_every_config_field_is_a_flag_in_the_help(command, capsys):
     missing = [f for f in fields if f"--{f.replace('_', '-')}" not in text and f"--{f}." not in text
                and f"--{f.replace('_', '-')}." not in text and f"--no-{f.replace('_', '-')}" not in text]
     assert not missing, f"latentplan {command} --help lacks {missing}"
+
+
+def test_a_bad_flag_is_reported_in_the_commands_own_terms(tmp_path, capsys):
+    """A command's flags are parsed against its own config: a value its config refuses names the
+    field (no tyro-internal names), and a misspelt flag suggests only that command's flags."""
+    assert main(["train", "--planner.elites", "5000", "--run-dir", str(tmp_path / "r")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "elites (5000) cannot exceed candidates (1000)" in err and "__tyro" not in err
+    assert "latentplan train --help" in err
+    assert main(["demo", "--epsiodes", "3"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--episodes" in err and "compare" not in err and "latentplan demo --help" in err
+    assert not (tmp_path / "r").exists()  # nothing was started

@@ -134,6 +134,14 @@ def _cli_type(name: str | None, args: list[str]) -> Any:
     return Union[tuple(options)]  # noqa: UP007 (a runtime union of Annotated types)
 
 
+def _command_type(name: str, args: list[str]) -> tuple[Any, Any]:
+    """`(config type, default)` of command `name`; the default is the run's stored config with
+    `--resume` (`_stored_config`), `None` when the config has required fields."""
+    cmd = COMMANDS[name]
+    default = None if cmd.default is None else _stored_config(args, _load(cmd.default)())
+    return _load(cmd.config), default
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `latentplan` script: parse the subcommand and its flags, run it.
 
@@ -146,13 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     name = argv[0] if argv and argv[0] in COMMANDS else None
     try:
-        cli_type = _cli_type(name, argv[1:])
+        cli_type, default = (_cli_type(name, argv[1:]), None) if name is None else _command_type(name, argv[1:])
     except (NothingToResume, TypeError, ValueError) as err:  # --resume: nothing there, or a config this version cannot read
         print(f"latentplan {name}: {err}", file=sys.stderr)
         return 2
     try:
-        config = tyro.cli(cli_type, args=argv, prog="latentplan",
-                          description="Planning and model-predictive control over one learned latent dynamics model.")
+        if name is None:  # no or an unknown command: the union, for the top-level help and its error
+            config = tyro.cli(cli_type, args=argv, prog="latentplan",
+                              description="Planning and model-predictive control over one learned latent dynamics model.")
+        else:  # the command's own type: its errors and suggestions name only its flags
+            config = tyro.cli(cli_type, args=argv[1:], default=default, prog=f"latentplan {name}",
+                              description=COMMANDS[name].help)
     except SystemExit as exit_:  # --help (0) or a parse error (2), already printed by tyro
         return exit_.code if isinstance(exit_.code, int) else 2
     runner: Callable[[Any, list[str]], int] = _load(COMMANDS[name].runner)
