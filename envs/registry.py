@@ -54,6 +54,21 @@ def _load_gym(gym_id: str, *, pixels: bool, render_mode: str | None = None):
     return env, limit, env.render, ["rgb_array"] if "rgb_array" in modes else []
 
 
+def _prefix_hint(name: Any) -> str:
+    """`"; did you mean 'dmc:...'?"` when `name` is a dm_control task or a Gymnasium id given
+    without its prefix (or with `:` in place of `-`), else `""`."""
+    if not isinstance(name, str):
+        return ""
+    guesses = [f"dmc:{name}", f"dmc:{name.replace(':', '-')}", f"gym:{name}"]
+    try:
+        known = set(dmc_names())
+    except Exception:  # dm_control missing or broken: no dm_control guess
+        known = set()
+    known |= {f"gym:{env_id}" for env_id in gymnasium.registry}
+    found = [g for g in dict.fromkeys(guesses) if g in known]
+    return f"; did you mean {found[0]!r}?" if found else ""
+
+
 def make(
     name: str,
     *,
@@ -115,7 +130,7 @@ def make(
     pixels = obs == "pixels"
     prefix, sep, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
     if not sep or prefix + ":" not in PREFIXES:
-        raise ValueError(f"unknown env {name!r}: the name must start with one of {list(PREFIXES)}")
+        raise ValueError(f"unknown env {name!r}: the name must start with one of {list(PREFIXES)}{_prefix_hint(name)}")
 
     if prefix == "dmc":
         domain, _, task = rest.partition("-")

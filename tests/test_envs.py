@@ -425,3 +425,12 @@ def test_an_optimizer_after_a_dm_control_env_does_not_crash(obs, shape):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     assert f"shape {shape}" in proc.stdout
+
+
+@pytest.mark.parametrize("name, guess", [("cartpole-swingup", "dmc:cartpole-swingup"),
+                                         ("cartpole:swingup", "dmc:cartpole-swingup"),
+                                         ("Pendulum-v1", "gym:Pendulum-v1"), ("nothing-like-it", None)])
+def test_a_name_without_its_prefix_gets_the_prefixed_name_suggested(name, guess):
+    with pytest.raises(ValueError, match="must start with one of") as err:
+        make(name)
+    assert (f"did you mean {guess!r}" in str(err.value)) if guess else ("did you mean" not in str(err.value))
