@@ -7,6 +7,7 @@ comes from one code path; `Agent` is PlaNet's controller preset for it.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -131,10 +132,14 @@ def run_episode(
         `state [T+1, S]`) and its `EpisodeStats`.
 
     Raises:
-        ValueError: from `controller.act` (see `MPCController.filter`).
+        ValueError: `max_decisions` is not an int >= 1 or None; from `controller.act` (see
+            `MPCController.filter`).
         EnvFailure: `env.reset` or `env.step` raised a RuntimeError (rendering failed, a
             non-finite observation, ...), with the env's message.
     """
+    if max_decisions is not None and (isinstance(max_decisions, bool) or not isinstance(max_decisions, numbers.Integral)
+                                      or max_decisions < 1):
+        raise ValueError(f"run_episode: max_decisions must be an int >= 1 or None; got {max_decisions!r}")
     obs, info = _env_call(lambda: env.reset(seed=seed))
     a_dim = env.action_space.shape[0]
     obs_list, act_list, rew_list = [obs], [np.zeros(a_dim, np.float32)], [0.0]

@@ -33,9 +33,7 @@ def run(cfg: CompareConfig, args: list[str] | None = None) -> int:
         return 2
     print()
     print(result.table())
-    for r in result.rows:
-        if r["evals_match"] is False:
-            print(f"note: {r['planner']} @ {r['budget']} measured {r['model_evals_per_decision']:.0f} model evaluations "
-                  f"per decision, expected {r['expected_evals']}")
+    for note in result.notes():  # evaluation counts off the expected, fallbacks, NaN/inf returns
+        print(note)
     print(f"\n  {cfg.out}/results.json  {cfg.out}/results.csv  {cfg.out}/return_vs_ms.png")
     return 0
