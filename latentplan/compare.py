@@ -29,10 +29,10 @@ import torch
 from latentplan.planners.validate import check_int
 
 from .control import ControllerConfig, MPCController
-from .evaluation import run_episode
+from .evaluation import check_max_decisions, run_episode
 from .io import append_jsonl, atomic_write_text, read_jsonl
 from .registry import Budget, PlannerBuild, PlannerSpec, make_planner
-from .statistics import bootstrap_ci, finite_json
+from .statistics import PairedDifference, bootstrap_ci, finite_json, paired_difference
 
 __all__ = ["CompareConfig", "CompareResult", "compare", "run_cell"]
 
@@ -147,6 +147,39 @@ class CompareResult:
                 out.append(f"note: {at}: {r['nonfinite_returns']} of {r['episodes']} episode returns are NaN or inf "
                            f"(no interval)")
         return out
+
+    def paired(self, a: str, b: str, budget: str | None = None, *, confidence: float = 0.95) -> PairedDifference:
+        """Planner `b`'s return minus planner `a`'s, paired by seed (`statistics.paired_difference`).
+
+        Every planner ran episode `i` from the same seed, so the difference per seed removes what
+        the start state decides for both; its interval can exclude 0 while the rows' intervals overlap.
+
+        Args:
+            a, b: planner labels (as in the rows).
+            budget: a budget label (`"6000 evals"`); default the only budget of the result.
+            confidence: the intervals' level.
+
+        Raises:
+            ValueError: no such planner or budget, no seed that both ran, a NaN/inf return, or
+                `budget=None` with several budgets.
+        """
+        budgets = list(dict.fromkeys(c["budget"] for c in self.cells))
+        if budget is None and len(budgets) != 1:
+            raise ValueError(f"CompareResult.paired: pass budget=, one of {budgets}")
+        budget = budgets[0] if budget is None else budget
+        by = []
+        for label in (a, b):
+            rets = {c["seed"]: c["return"] for c in self.cells if c["planner"] == label and c["budget"] == budget}
+            if not rets:
+                raise ValueError(f"CompareResult.paired: no episodes of {label!r} at {budget!r}; planners "
+                                 f"{list(dict.fromkeys(c['planner'] for c in self.cells))}, budgets {budgets}")
+            by.append(rets)
+        seeds = sorted(set(by[0]) & set(by[1]))
+        if not seeds:
+            raise ValueError(f"CompareResult.paired: {a!r} and {b!r} ran no seed in common at {budget!r}")
+        nan = float("nan")
+        return paired_difference([nan if by[0][s] is None else by[0][s] for s in seeds],
+                                 [nan if by[1][s] is None else by[1][s] for s in seeds], confidence=confidence)
 
     def table(self) -> str:
         """The rows as a Markdown table. A row whose decisions were partly answered by the
@@ -269,12 +302,33 @@ def compare(
         PlannerNotAvailable: a planner registered as `"module:function"` cannot be imported.
         KeyboardInterrupt: passed on after the finished cells are saved (rerun to resume).
     """
+    specs, budgets = _checked(planners, budgets, episodes=episodes, seed=seed, max_decisions=max_decisions)
+    model, make_env, checkpoint, env_name, content = _resolve(model, env)
+    meta = {"checkpoint": checkpoint, **content, "env": env_name, "horizon": int(horizon), "episodes": int(episodes),
+            "seeds": [seed + i for i in range(episodes)], "max_decisions": max_decisions,
+            "budgets": [b.label for b in budgets], "planners": [s.label for s in specs],
+            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    builds = {(s.label, b.label): make_planner(s, model, b, horizon=horizon) for b in budgets for s in specs}
+    path = None if out_dir is None else Path(out_dir) / "cells.jsonl"
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            path.unlink(missing_ok=True)
+    todo, cells = _split_done(meta, specs, budgets, builds, path, progress=progress)
+    _run_cells(todo, cells, builds, model, make_env, path, max_decisions=max_decisions, progress=progress)
+    result = CompareResult.from_cells(cells, [(s.label, b.label) for s in specs for b in budgets], meta)
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def _checked(planners: Sequence[str | PlannerSpec], budgets: Sequence[Budget], *, episodes: Any, seed: Any,
+             max_decisions: Any) -> tuple[list[PlannerSpec], list[Budget]]:
+    """`compare`'s arguments checked: `(specs, budgets)`, or a `ValueError` naming what is wrong (see `compare`)."""
     for name, value, least in (("episodes", episodes, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
             raise ValueError(f"compare: {name} must be an int >= {least}; got {value!r}")
-    if max_decisions is not None and (isinstance(max_decisions, bool) or not isinstance(max_decisions, numbers.Integral)
-                                      or max_decisions < 1):
-        raise ValueError(f"compare: max_decisions must be an int >= 1 or None; got {max_decisions!r}")
+    check_max_decisions(max_decisions, "compare")
     budgets = list(budgets)
     if not budgets:
         raise ValueError("compare: give at least one budget")
@@ -292,26 +346,23 @@ def compare(
     if same:
         raise ValueError(f"compare: planners {same[0][0]!r} and {same[0][1]!r} are the same planner (name and "
                          f"overrides); give each once, or label copies with PlannerSpec(name, overrides, label)")
-    model, make_env, checkpoint, env_name, content = _resolve(model, env)
-    meta = {"checkpoint": checkpoint, **content, "env": env_name, "horizon": int(horizon), "episodes": int(episodes),
-            "seeds": [seed + i for i in range(episodes)], "max_decisions": max_decisions,
-            "budgets": [b.label for b in budgets], "planners": [s.label for s in specs],
-            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    builds = {(s.label, b.label): make_planner(s, model, b, horizon=horizon) for b in budgets for s in specs}
-    path = None if out_dir is None else Path(out_dir) / "cells.jsonl"
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            path.unlink(missing_ok=True)
+    return specs, budgets
+
+
+def _split_done(meta: Mapping[str, Any], specs: list[PlannerSpec], budgets: list[Budget],
+                builds: Mapping[tuple[str, str], PlannerBuild], path: Path | None, *, progress: bool
+                ) -> tuple[list[tuple], list[dict]]:
+    """`(todo, cells)`: the cells to run `(key, spec, budget, seed)`, seed by seed (an interrupted run
+    already compares every planner), and the finished cells of `path` to reuse: those with the same key
+    whose planner was built with the same configuration (a factory re-registered, or a library default
+    changed, under the same label runs again)."""
     done = _load_cells(path) if path is not None else {}
     todo, cells, stale = [], [], 0
-    for sd in meta["seeds"]:  # seed by seed: an interrupted run already compares every planner
+    for sd in meta["seeds"]:
         for b in budgets:
             for s in specs:
                 key = _cell_key(meta, s.label, b.label, sd)
                 old = done.get(key)
-                # a cell is reused only if the planner was built with the same configuration (a factory
-                # re-registered, or a library default changed, under the same label runs again)
                 if old is not None and old.get("description") == builds[(s.label, b.label)].description:
                     cells.append(old)
                 else:
@@ -320,11 +371,7 @@ def compare(
     if stale and progress:
         print(f"compare: {stale} finished episode(s) in {path} were run with another planner configuration "
               "under the same label; running them again")
-    _run_cells(todo, cells, builds, model, make_env, path, max_decisions=max_decisions, progress=progress)
-    result = CompareResult.from_cells(cells, [(s.label, b.label) for s in specs for b in budgets], meta)
-    if out_dir is not None:
-        result.save(out_dir)
-    return result
+    return todo, cells
 
 
 def _resolve(model: Any, env: str | Callable[[int], Any] | None
