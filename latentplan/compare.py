@@ -345,7 +345,7 @@ def _checked(planners: Sequence[str | PlannerSpec], budgets: Sequence[Budget], *
             if (a.name, a.overrides) == (b.name, b.overrides)]
     if same:
         raise ValueError(f"compare: planners {same[0][0]!r} and {same[0][1]!r} are the same planner (name and "
-                         f"overrides); give each once, or label copies with PlannerSpec(name, overrides, label)")
+                         f"overrides); give each once (from Python, copies under distinct labels: PlannerSpec(name, overrides, label))")
     return specs, budgets
 
 
