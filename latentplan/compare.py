@@ -18,6 +18,7 @@ import io
 import json
 import numbers
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,6 +350,13 @@ def _checked(planners: Sequence[str | PlannerSpec], budgets: Sequence[Budget], *
     return specs, budgets
 
 
+def _same_config(stored: Any, built: Any) -> bool:
+    """Whether a stored cell's planner description is the built planner's, ignoring object addresses
+    (`<Foo object at 0x7f...>`: a default `repr` differs from process to process)."""
+    strip = lambda d: re.sub(r" at 0x[0-9a-fA-F]+", "", str(d))  # noqa: E731
+    return strip(stored) == strip(built)
+
+
 def _split_done(meta: Mapping[str, Any], specs: list[PlannerSpec], budgets: list[Budget],
                 builds: Mapping[tuple[str, str], PlannerBuild], path: Path | None, *, progress: bool
                 ) -> tuple[list[tuple], list[dict]]:
@@ -363,7 +371,7 @@ def _split_done(meta: Mapping[str, Any], specs: list[PlannerSpec], budgets: list
             for s in specs:
                 key = _cell_key(meta, s.label, b.label, sd)
                 old = done.get(key)
-                if old is not None and old.get("description") == builds[(s.label, b.label)].description:
+                if old is not None and _same_config(old.get("description"), builds[(s.label, b.label)].description):
                     cells.append(old)
                 else:
                     stale += old is not None

@@ -328,3 +328,29 @@ def test_compare_result_pairs_planners_by_seed(capsys):
     _print_paired(res)
     out = capsys.readouterr().out
     assert f"| cem - cem:iterations=1,tol=0 | 240 evals | 3 | {d.mean:+.1f} |" in out
+
+
+class _NoRepr:
+    """A planner without its own `__repr__`: its default repr holds an address that changes per process."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def plan(self, *args, **kwargs):
+        return self.inner.plan(*args, **kwargs)
+
+
+def test_resume_ignores_object_addresses_in_a_description(tmp_path):
+    calls = []
+
+    def factory(model, budget, horizon, overrides):
+        calls.append(1)
+        build = make_planner("cem", model, budget, horizon=horizon)
+        planner = _NoRepr(build.planner)
+        return PlannerBuild(planner, False, budget.ms, build.expected_evals, repr(planner))  # as the docs' example
+
+    register_planner("norepr", factory, replace=True)
+    first = compare(point_model(), ["norepr"], episodes=2, out_dir=tmp_path, **KW)
+    again = compare(point_model(), ["norepr"], episodes=2, out_dir=tmp_path, **KW)
+    assert " at 0x" in first.rows[0]["description"] and again.rows[0]["returns"] == first.rows[0]["returns"]
+    assert len((tmp_path / "cells.jsonl").read_text().splitlines()) == 2  # reused, not run again
