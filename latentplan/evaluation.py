@@ -7,6 +7,7 @@ comes from one code path; `Agent` is PlaNet's controller preset for it.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -97,6 +98,13 @@ def _env_call(call: Callable[[], Any]) -> Any:
         raise EnvFailure(str(err)) from err
 
 
+def check_max_decisions(max_decisions: Any, where: str) -> None:
+    """Raise `ValueError` (prefixed with `where`) unless `max_decisions` is `None` or an int >= 1."""
+    if max_decisions is not None and (isinstance(max_decisions, bool) or not isinstance(max_decisions, numbers.Integral)
+                                      or max_decisions < 1):
+        raise ValueError(f"{where}: max_decisions must be an int >= 1 or None; got {max_decisions!r}")
+
+
 def run_episode(
     env: gym.Env,
     controller: MPCController | None,
@@ -122,7 +130,7 @@ def run_episode(
         generator: the episode's randomness: the posterior samples, plans and noise of the
             controller, or the random actions. `None`: the controller's own generators (or
             the global generator for random actions).
-        max_decisions: stop after this many decisions (default: until the env ends the episode).
+        max_decisions: stop after this many decisions, an int >= 1 (default: until the env ends it).
         on_step: called with the decision index after every step (progress bars).
 
     Returns:
@@ -131,15 +139,15 @@ def run_episode(
         `state [T+1, S]`) and its `EpisodeStats`.
 
     Raises:
-        ValueError: from `controller.act` (see `MPCController.filter`).
+        ValueError: a bad `max_decisions`; from `controller.act` (see `MPCController.filter`).
         EnvFailure: `env.reset` or `env.step` raised a RuntimeError (rendering failed, a
             non-finite observation, ...), with the env's message.
     """
+    check_max_decisions(max_decisions, "run_episode")
     obs, info = _env_call(lambda: env.reset(seed=seed))
     a_dim = env.action_space.shape[0]
     obs_list, act_list, rew_list = [obs], [np.zeros(a_dim, np.float32)], [0.0]
-    # pixel envs carry the true state beside the frame (targets for probe heads); for state
-    # observations it would only duplicate `obs`
+    # pixel envs carry the true state beside the frame (probe heads' targets); for states it would duplicate obs
     pixels = np.asarray(obs).dtype == np.uint8
     states = [info["state"]] if pixels and "state" in info else None
     if controller is not None:

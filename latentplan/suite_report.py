@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import io
-from .statistics import t_interval
+from .statistics import finite_json, t_interval
 
 __all__ = ["aggregate", "markdown_table", "plot_suite_curves", "write_report"]
 
@@ -29,29 +29,38 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, recipe) in grid order, from the cells' results.
 
     Returns:
-        Rows with `task`, `recipe`, `seeds` (finished), `failed` (cells that failed every attempt),
-        `return_mean`, `ci_low`, `ci_high`, `ci_over` (`"seeds"` or `"episodes"`), `per_seed`
-        (each finished seed's mean), `env_steps` (mean per cell), `episodes`, `wall_s` (mean per cell).
+        Rows with `task`, `recipe`, `seeds` (finished cells), `failed` (cells that failed every
+        attempt), `return_mean`, `ci_low`, `ci_high`, `ci_over` (`"seeds"` or `"episodes"`),
+        `per_seed` (each finished seed's mean final return), `nonfinite_returns` (final returns
+        that are NaN or inf: the row then has no interval), `env_steps` (mean per cell),
+        `episodes`, `wall_s` (mean per cell). A grid run with `final_eval_episodes=0` has
+        finished cells without final returns: their rows have `seeds` but no return.
     """
     groups: dict[tuple[str, str], list[dict]] = {}
     for c in cells:
         groups.setdefault((c["task"], c["recipe"]), []).append(c)
     rows = []
     for (task, recipe), group in groups.items():
-        done = [c for c in group if c["status"] == "done" and c["final_returns"]]
-        per_seed = [float(np.mean(c["final_returns"])) for c in done]
-        if len(done) >= 2:
+        finished = [c for c in group if c["status"] == "done"]
+        done = [c for c in finished if c["final_returns"]]  # with a final evaluation
+        returns = [[float("nan") if x is None else float(x) for x in c["final_returns"]] for c in done]
+        per_seed = [float(np.mean(r)) for r in returns]
+        nonfinite = sum(not math.isfinite(x) for r in returns for x in r)
+        if nonfinite:
+            ci, over = None, ("seeds" if len(done) >= 2 else "episodes")  # NaN/inf has no interval
+        elif len(done) >= 2:
             ci, over = t_interval(per_seed), "seeds"
         elif done:
-            ci, over = t_interval(done[0]["final_returns"]), "episodes"
+            ci, over = t_interval(returns[0]), "episodes"
         else:
             ci, over = None, None
-        mean = lambda key: float(np.mean([c[key] for c in done])) if done else None  # noqa: E731
+        mean = lambda key: float(np.mean([c[key] for c in finished])) if finished else None  # noqa: E731
         rows.append({
-            "task": task, "recipe": recipe, "seeds": len(done), "failed": len(group) - len(done),
+            "task": task, "recipe": recipe, "seeds": len(finished), "failed": len(group) - len(finished),
             "return_mean": float(np.mean(per_seed)) if done else None,
             "ci_low": None if ci is None else ci[0], "ci_high": None if ci is None else ci[1], "ci_over": over,
-            "per_seed": per_seed, "env_steps": mean("env_steps"), "episodes": mean("episodes"), "wall_s": mean("wall_s"),
+            "per_seed": per_seed, "nonfinite_returns": nonfinite,
+            "env_steps": mean("env_steps"), "episodes": mean("episodes"), "wall_s": mean("wall_s"),
         })
     return rows
 
@@ -61,7 +70,8 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], cells: list[dict[str, Any]] | None = None) -> str:
-    """The rows as a markdown table; failed cells listed under it with their errors."""
+    """The rows as a markdown table; under it the rows with NaN/inf final returns, and the failed
+    cells with their errors."""
     lines = ["| task | recipe | return (mean) | 95 % CI | CI over | seeds | env steps | episodes | wall / cell |",
              "|---|---|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -70,6 +80,10 @@ def markdown_table(rows: list[dict[str, Any]], cells: list[dict[str, Any]] | Non
         wall = "—" if r["wall_s"] is None else f"{r['wall_s'] / 60:.1f} min"
         lines.append(f"| {r['task']} | {r['recipe']} | {_fmt(r['return_mean'])} | {ci} | {r['ci_over'] or '—'} | "
                      f"{seeds} | {_fmt(r['env_steps'], 0)} | {_fmt(r['episodes'], 0)} | {wall} |")
+    for r in rows:
+        if r.get("nonfinite_returns"):
+            lines.append(f"\n{r['task']}/{r['recipe']}: {r['nonfinite_returns']} final return(s) are NaN or inf "
+                         f"(no interval)")
     for c in cells or []:
         if c["status"] != "done":
             error = c["error"].splitlines()[-1] if c["error"] else ""
@@ -146,7 +160,8 @@ def write_report(result, cfg, *, wall_s: float) -> dict[str, str]:
     payload = {"grid": io.config_dict(cfg), "rows": rows, "cells": result.cells, "skipped": result.skipped,
                "wall_s": wall_s}
     files = {"json": str(out / "results.json"), "markdown": str(out / "results.md"), "figure": str(out / "curves.png")}
-    io.atomic_write_text(files["json"], json.dumps(payload, indent=2))
+    # standard JSON: a NaN/inf return is written as null (the row's nonfinite_returns counts them)
+    io.atomic_write_text(files["json"], json.dumps(finite_json(payload), indent=2, allow_nan=False))
     io.atomic_write_text(files["markdown"], f"Budget: {budget}.\n\n" + markdown_table(rows, result.cells))
     plot_suite_curves(result.cells, files["figure"], title=budget)
     return files

@@ -49,7 +49,15 @@ def disagreement(ensemble: Any, *, name: str = "disagreement") -> UserReward:
     Raises:
         TypeError: `ensemble` has no `disagreement` method or no `config.condition`.
         ValueError: the condition is neither `"transition"` nor `"arrival"`; (at evaluation) the
-            ensemble's `in_dim` does not match the model's features and action.
+            ensemble's `in_dim` does not match the model's features and action (`D + S + A`) or
+            its deterministic state (`D`); the message gives both numbers. Inside an
+            `MPCController` this, like any planner error, is logged and answered by the
+            fallback (counted in `stats().planner_failures`).
+
+    NaN or inf in the imagined states gives a NaN disagreement (not checked, to keep the planners'
+    loops free of host synchronisation); planners rank NaN/inf returns last (`rank_returns`) and
+    count them in `info["nonfinite"]`. Very large finite inputs can overflow to an inf reward,
+    which is ranked last too.
 
     Source: Sekar et al. 2020, Section 3: the intrinsic reward is the variance of the ensemble's
     predicted means, averaged over the embedding's dimensions.
@@ -59,15 +67,27 @@ def disagreement(ensemble: Any, *, name: str = "disagreement") -> UserReward:
     condition = getattr(getattr(ensemble, "config", None), "condition", None)
     if condition is None:
         raise TypeError("disagreement: the ensemble has no config.condition ('transition' or 'arrival')")
+    in_dim = getattr(ensemble, "in_dim", None)
+
+    def fits(got: int, what: str) -> None:
+        # shapes are Python ints: checked on every call without a device synchronisation
+        if in_dim is not None and got != in_dim:
+            raise ValueError(f"disagreement: the ensemble reads in_dim = {in_dim} inputs, but this model gives {got} "
+                             f"({what}); build the ensemble for this model (latentplan.exploration.build_ensemble)")
+
     if condition == "transition":
 
         def transition(prev: LatentState, state: LatentState, action: Tensor, ctx: dict) -> Tensor:
-            return ensemble.disagreement(torch.cat([prev.features(), action], dim=-1))
+            features = prev.features()
+            fits(features.shape[-1] + action.shape[-1],
+                 f"features {features.shape[-1]} + action {action.shape[-1]}")
+            return ensemble.disagreement(torch.cat([features, action], dim=-1))
 
         return reward(transition, inputs="latent", stage="transition", name=name)
     if condition == "arrival":
 
         def arrival(state: LatentState, action: Tensor, ctx: dict) -> Tensor:
+            fits(state.deter.shape[-1], "the deterministic state's size D")
             return ensemble.disagreement(state.deter)
 
         return reward(arrival, inputs="latent", name=name)

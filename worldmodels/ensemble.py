@@ -171,8 +171,10 @@ class PredictorEnsemble(nn.Module):
     def disagreement(self, x: Tensor) -> Tensor:
         """Plan2Explore's intrinsic reward: the variance of the members' predictions across members
         (population variance, divisor K), averaged over the output dimensions: `[N, in_dim] -> [N]`.
-        NaN inputs give NaN (not checked: this runs inside planners' loops; planners rank
-        non-finite returns last).
+        NaN or inf inputs give NaN for their rows, and inputs so large that the predictions
+        overflow give inf (not checked: a check would synchronise with the device inside
+        planners' loops; planners rank NaN/inf returns last and count them in `info["nonfinite"]`).
+        `N = 0` gives an empty `[0]`.
 
         Raises:
             TypeError: `x` is not a tensor.
@@ -186,8 +188,13 @@ class PredictorEnsemble(nn.Module):
         rows and summed over members, so each member's gradient is its own loss's.
 
         Raises:
+            TypeError: `x` or `target` is not a tensor.
             ValueError: `x` is not `[N, in_dim]` or `target` is not `[N, out_dim]`.
         """
+        self._check(x)
+        if not isinstance(target, Tensor):
+            raise TypeError(f"PredictorEnsemble.loss: target must be a torch.Tensor [N, {self.out_dim}]; "
+                            f"got {type(target).__name__}")
         if target.shape != (x.shape[0], self.out_dim):
             raise ValueError(f"PredictorEnsemble.loss: target must be [N={x.shape[0]}, {self.out_dim}]; "
                              f"got {list(target.shape)}")

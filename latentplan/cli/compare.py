@@ -33,9 +33,31 @@ def run(cfg: CompareConfig, args: list[str] | None = None) -> int:
         return 2
     print()
     print(result.table())
-    for r in result.rows:
-        if r["evals_match"] is False:
-            print(f"note: {r['planner']} @ {r['budget']} measured {r['model_evals_per_decision']:.0f} model evaluations "
-                  f"per decision, expected {r['expected_evals']}")
+    for note in result.notes():  # evaluation counts off the expected, fallbacks, NaN/inf returns
+        print(note)
+    _print_paired(result)
     print(f"\n  {cfg.out}/results.json  {cfg.out}/results.csv  {cfg.out}/return_vs_ms.png")
     return 0
+
+
+def _print_paired(result) -> None:
+    """Each planner against the first, per budget, paired by seed (`CompareResult.paired`); skipped
+    with one planner, one episode, or a NaN/inf return."""
+    first = result.rows[0]["planner"] if result.rows else None
+    lines = []
+    for r in result.rows:
+        if r["planner"] == first or r["episodes"] < 2:
+            continue
+        try:
+            d = result.paired(first, r["planner"], r["budget"])
+        except ValueError:
+            continue
+        ci = "-" if d.ci is None else f"[{d.ci[0]:.1f}, {d.ci[1]:.1f}]"
+        p = "-" if d.p_value is None else f"{d.p_value:.3g}"
+        lines.append(f"| {r['planner']} - {first} | {r['budget']} | {d.n} | {d.mean:+.1f} | {ci} | {p} | "
+                     f"{d.wins}/{d.ties}/{d.losses} |")
+    if lines:
+        print("\npaired by seed (the same start states): return difference against the first planner")
+        print("| planners | budget | seeds | difference | 95 % CI | paired t p | wins/ties/losses |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(lines))
