@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -44,7 +45,7 @@ from . import io
 from .io import RunLock
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .evaluation import Agent, run_episode
-from .statistics import t_interval
+from .statistics import finite_json, t_interval
 
 __all__ = [
     "CheckpointMismatch", "NonFiniteTraining", "Trainer", "TrainSummary", "load_checkpoint", "read_run_checkpoint",
@@ -560,7 +561,9 @@ class Trainer:
         generator (hence a later resumption) is untouched. Writes `run_dir/final_eval.json`.
 
         Returns:
-            `{"returns": [...], "mean", "ci95": [low, high] | None, "plan_ms", "seeds": [...]}`.
+            `{"returns": [...], "mean", "ci95": [low, high] | None, "plan_ms", "seeds": [...],
+            "episode", "nonfinite_returns"}`; with a NaN/inf return the interval is `None` (and
+            `final_eval.json` writes the non-finite numbers as `null`).
         """
         c = self.config
         seeds = [c.seed * 1_000_003 + 20_000_000 + i for i in range(c.final_eval_episodes)]
@@ -570,12 +573,13 @@ class Trainer:
             _, st = run_episode(self.env, self.agent, seed=seed, noise=0.0, generator=generator)
             rets.append(float(st.ret))
             ms.append(st.plan_ms)
-        ci = t_interval(rets)
+        nonfinite = sum(not math.isfinite(r) for r in rets)  # NaN/inf returns have no interval
+        ci = t_interval(rets) if not nonfinite else None
         out = {"returns": rets, "mean": float(np.mean(rets)) if rets else None,
                "ci95": None if ci is None else list(ci), "plan_ms": float(np.mean(ms)) if ms else None,
-               "seeds": seeds, "episode": self.episode}
-        if seeds:
-            io.atomic_write_text(self.run_dir / "final_eval.json", json.dumps(out, indent=2))
+               "seeds": seeds, "episode": self.episode, "nonfinite_returns": nonfinite}
+        if seeds:  # standard JSON: NaN/inf written as null
+            io.atomic_write_text(self.run_dir / "final_eval.json", json.dumps(finite_json(out), indent=2, allow_nan=False))
         return out
 
     def _log(self, row: dict[str, Any]) -> None:

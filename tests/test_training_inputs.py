@@ -310,3 +310,26 @@ def test_compare_does_not_reuse_cells_of_another_model_at_the_same_path(tmp_path
     again = compare(str(ckpt), ["cem"], out_dir=tmp_path / "out", **kw)  # the same model: reused
     assert again.rows[0]["returns"] == b.rows[0]["returns"]
     assert len(io.read_jsonl(tmp_path / "out" / "cells.jsonl")) == 2
+
+
+def test_a_nan_final_return_is_reported_without_an_interval_and_written_as_standard_json(tmp_path, monkeypatch,
+                                                                                         reference):
+    """A final evaluation episode whose return is NaN (an env whose reward is NaN) does not crash the
+    run at its end: the figure has no interval, the count says why, final_eval.json stays JSON."""
+    import dataclasses as dc
+
+    run = _copy(reference, tmp_path)
+    real = train_mod.run_episode
+
+    def nan_second(env, agent, **kw):
+        episode, st = real(env, agent, **kw)
+        nan_second.n = getattr(nan_second, "n", 0) + 1
+        return episode, (dc.replace(st, ret=float("nan")) if nan_second.n == 2 else st)
+
+    with lp.Trainer(_config(run, resume=True, final_eval_episodes=3)) as trainer:
+        monkeypatch.setattr(train_mod, "run_episode", nan_second)
+        out = trainer.final_evaluation()
+    assert out["ci95"] is None and out["nonfinite_returns"] == 1 and len(out["returns"]) == 3
+    stored = json.loads((run / "final_eval.json").read_text())  # strict JSON: no NaN token
+    assert stored["returns"][1] is None and stored["mean"] is None and stored["nonfinite_returns"] == 1
+    assert stored["returns"][0] == out["returns"][0]
