@@ -150,15 +150,20 @@ def dagger_round(
         `teacher_steps` (decisions the teacher acted), `teacher_ms` (per relabelled belief).
 
     Raises:
-        ValueError: if `beta` is not in [0, 1] or `seeds` is empty.
+        ValueError: if `beta` is not in [0, 1], `noise` is negative or NaN, `seeds` is empty,
+            or the model's action size or bounds are not the student's
+            (`Distiller.check_model`); all before an episode runs.
 
     Source: Ross, Gordon & Bagnell 2011, "A Reduction of Imitation Learning and Structured
     Prediction to No-Regret Online Learning" (AISTATS), Algorithm 3.3.
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"dagger_round: beta must be in [0, 1]; got {beta}")
+    if not noise >= 0.0:
+        raise ValueError(f"dagger_round: noise must be >= 0; got {noise}")
     if not seeds:
         raise ValueError("dagger_round: seeds is empty")
+    distiller.check_model(model, "dagger_round")
     rng = np.random.default_rng(int(seeds[0]))
     labels_before = distiller.labels
     rec = _Recorder(PolicyPlanner(distiller.policy), teacher, distiller, beta, rng)
@@ -220,6 +225,11 @@ class DistillRunConfig:
         save_data: write the learner's labelled data set into `distiller.pt`.
         distill: the learner's settings (`DistillConfig`; its `target` is set from `target`, its
             `init_seed`, when `None`, from `seed`).
+
+    Raises:
+        ValueError: naming the field out of range or a malformed `teacher` spec; a run that
+            would make no label (`replay_states = 0` and `dagger_rounds = 0`), rounds without
+            episodes, or one that takes no gradient step (unless `save_data`: a labelling run).
     """
 
     checkpoint: str
@@ -254,6 +264,19 @@ class DistillRunConfig:
         check_range(self, "dagger_beta", 0.0, 1.0)
         check_range(self, "dagger_noise", 0.0, math.inf, high_open=True)
         check_choice(self, "target", ("auto", "action", "plan", "visits"))
+        if self.dagger_rounds > 0 and self.dagger_episodes == 0:
+            raise ValueError("DistillRunConfig.dagger_episodes must be >= 1 when dagger_rounds > 0; got 0")
+        if self.replay_states == 0 and self.dagger_rounds == 0:
+            raise ValueError(
+                "DistillRunConfig: nothing to distil: replay_states = 0 and dagger_rounds = 0 make no label "
+                "(label replay beliefs, run DAgger rounds, or both)"
+            )
+        fits = (self.fit_steps if self.replay_states > 0 else 0) + self.dagger_rounds * self.dagger_steps
+        if fits == 0 and not self.save_data:
+            raise ValueError(
+                "DistillRunConfig: no gradient step would be taken (fit_steps after replay labels and dagger_steps per "
+                "round are 0), so policy.pt would be the untrained student; set save_data to only label"
+            )
 
     @property
     def resolved_target(self) -> str:
@@ -362,7 +385,8 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
 
     Raises:
         FileNotFoundError: if the checkpoint is missing.
-        ValueError: if `replay_states > 0` but no replay episodes are found, or the teacher
+        ValueError: if `out` exists and is not a folder (checked before the checkpoint is
+            loaded), `replay_states > 0` but no replay episodes are found, or the teacher
             cannot be built.
     """
     run = _DistillRun(cfg, objective_factory or (lambda m: Objective(m)))
@@ -383,6 +407,8 @@ class _DistillRun:
 
         self.t_start = time.perf_counter()
         self.cfg, self.factory = cfg, factory
+        if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+            raise ValueError(f"out {cfg.out!r} exists and is not a folder")
         device = resolve_device(cfg.device)
         self.model, train_cfg, _ = load_checkpoint(cfg.checkpoint, device=str(device))
         self.teacher = make_teacher(cfg, self.model)
