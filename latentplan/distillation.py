@@ -40,10 +40,8 @@ from .evaluation import Agent, run_episode
 from .io import atomic_write_text, save_distiller, save_policy
 from .registry import Budget, PlannerSpec, make_planner
 
-__all__ = [
-    "DistillRunConfig", "DistillResult", "dagger_round", "evaluate_planner", "make_teacher",
-    "replay_beliefs", "run_distillation",
-]
+__all__ = ["DistillRunConfig", "DistillResult", "dagger_round", "evaluate_planner", "make_teacher", "replay_beliefs",
+           "run_distillation"]
 
 # --------------------------------------------------------------------------- beliefs from data
 
@@ -147,25 +145,23 @@ def dagger_round(
 
     Returns:
         `returns` (list, one per episode), `mean_return`, `decisions`, `labels` (added),
+        `skipped` (teacher labels left out as NaN/inf, see `Distiller.add_plan`),
         `teacher_steps` (decisions the teacher acted), `teacher_ms` (per relabelled belief).
 
     Raises:
-        ValueError: if `beta` is not in [0, 1], `noise` is negative or NaN, `seeds` is empty,
-            or the model's action size or bounds are not the student's
-            (`Distiller.check_model`); all before an episode runs.
+        ValueError: if `beta` is not in [0, 1], `seeds` is empty, or the model's action size or
+            bounds are not the student's (`Distiller.check_model`), before an episode runs.
 
     Source: Ross, Gordon & Bagnell 2011, "A Reduction of Imitation Learning and Structured
     Prediction to No-Regret Online Learning" (AISTATS), Algorithm 3.3.
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"dagger_round: beta must be in [0, 1]; got {beta}")
-    if not noise >= 0.0:
-        raise ValueError(f"dagger_round: noise must be >= 0; got {noise}")
     if not seeds:
         raise ValueError("dagger_round: seeds is empty")
     distiller.check_model(model, "dagger_round")
     rng = np.random.default_rng(int(seeds[0]))
-    labels_before = distiller.labels
+    labels_before, skipped_before = distiller.labels, distiller.skipped
     rec = _Recorder(PolicyPlanner(distiller.policy), teacher, distiller, beta, rng)
     agent = Agent(model, rec, objective=objective_factory)
     returns, decisions = [], 0
@@ -181,8 +177,8 @@ def dagger_round(
         teacher_ms = info["teacher_ms"]
     return {
         "returns": returns, "mean_return": statistics.fmean(returns), "decisions": decisions,
-        "labels": distiller.labels - labels_before, "teacher_steps": rec.teacher_steps, "teacher_ms": teacher_ms,
-    }
+        "labels": distiller.labels - labels_before, "skipped": distiller.skipped - skipped_before,
+        "teacher_steps": rec.teacher_steps, "teacher_ms": teacher_ms}
 
 
 # --------------------------------------------------------------------------- the offline run
@@ -227,9 +223,8 @@ class DistillRunConfig:
             `init_seed`, when `None`, from `seed`).
 
     Raises:
-        ValueError: naming the field out of range or a malformed `teacher` spec; a run that
-            would make no label (`replay_states = 0` and `dagger_rounds = 0`), rounds without
-            episodes, or one that takes no gradient step (unless `save_data`: a labelling run).
+        ValueError: a field out of range, a malformed `teacher` spec, a run that makes no label,
+            rounds without episodes, or no gradient step (unless `save_data`: labels only).
     """
 
     checkpoint: str
@@ -267,16 +262,10 @@ class DistillRunConfig:
         if self.dagger_rounds > 0 and self.dagger_episodes == 0:
             raise ValueError("DistillRunConfig.dagger_episodes must be >= 1 when dagger_rounds > 0; got 0")
         if self.replay_states == 0 and self.dagger_rounds == 0:
-            raise ValueError(
-                "DistillRunConfig: nothing to distil: replay_states = 0 and dagger_rounds = 0 make no label "
-                "(label replay beliefs, run DAgger rounds, or both)"
-            )
-        fits = (self.fit_steps if self.replay_states > 0 else 0) + self.dagger_rounds * self.dagger_steps
-        if fits == 0 and not self.save_data:
-            raise ValueError(
-                "DistillRunConfig: no gradient step would be taken (fit_steps after replay labels and dagger_steps per "
-                "round are 0), so policy.pt would be the untrained student; set save_data to only label"
-            )
+            raise ValueError("DistillRunConfig: nothing to distil (replay_states = 0 and dagger_rounds = 0 make no label)")
+        if (self.fit_steps if self.replay_states else 0) + self.dagger_rounds * self.dagger_steps == 0 and not self.save_data:
+            raise ValueError("DistillRunConfig: no gradient step would be taken (fit_steps, dagger_steps): policy.pt "
+                             "would be the untrained student; set save_data to only label")
 
     @property
     def resolved_target(self) -> str:
@@ -385,9 +374,8 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
 
     Raises:
         FileNotFoundError: if the checkpoint is missing.
-        ValueError: if `out` exists and is not a folder (checked before the checkpoint is
-            loaded), `replay_states > 0` but no replay episodes are found, or the teacher
-            cannot be built.
+        ValueError: if `out` is a file (before the checkpoint is read), `replay_states > 0` but
+            no replay episodes are found, or the teacher cannot be built.
     """
     run = _DistillRun(cfg, objective_factory or (lambda m: Objective(m)))
     if cfg.replay_states > 0:
@@ -464,7 +452,7 @@ class _DistillRun:
                                       progress=bar.update)
         bar.close()
         self.metrics["replay"] = {
-            "episodes": len(buf), "beliefs_available": available, "labels": int(info["labels"]),
+            "episodes": len(buf), "beliefs_available": available, "labels": int(info["labels"]), "skipped": int(info["skipped"]),
             "teacher_ms_per_label": info["teacher_ms"], "teacher_model_evals_per_label": info["model_evals"],
             "label_s": time.perf_counter() - t0,
         }

@@ -127,11 +127,6 @@ def test_a_model_with_another_action_box_is_refused_before_the_teacher_runs(mode
                                            torch.tensor([-1.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)))
 
 
-def test_dagger_round_rejects_negative_noise():
-    with pytest.raises(ValueError, match="noise must be >= 0"):
-        dagger_round(None, _model(), _distiller(), _Teacher(), Objective, seeds=[0], noise=-1.0)
-
-
 # --------------------------------------------------------------------------- distiller checkpoints
 
 
@@ -291,3 +286,36 @@ def test_loading_a_critic_of_another_discount_or_shape_is_refused_and_the_new_lr
     assert dst.optimizer.param_groups[0]["lr"] == 1.0 and dst.updates == 1
     x = torch.linspace(-1, 1, 5)[:, None]
     torch.testing.assert_close(dst.value(x), src.value(x))
+
+
+# --------------------------------------------------------------------------- the policy and DAgger's counts
+
+
+def test_policy_sizes_and_log_std_bounds_are_checked():
+    from latentplan.planners.policy import GaussianPolicy, PolicyPlanner
+
+    with pytest.raises(ValueError, match="must be finite"):
+        PolicyConfig(max_log_std=math.inf)  # gave log_std = inf and NaN samples
+    with pytest.raises(ValueError, match="must be finite"):
+        PolicyConfig(min_log_std=-math.inf)
+    with pytest.raises(ValueError, match="feature_dim and action_dim must be ints >= 1; got 2.5, 1"):
+        GaussianPolicy(2.5, 1, [-1.0], [1.0])
+    policy = GaussianPolicy(1, 1, [-1.0], [1.0], PolicyConfig(hidden=4))
+    for h in (2.5, True, 0):
+        with pytest.raises(ValueError, match="horizon must be an int >= 1"):
+            PolicyPlanner(policy, horizon=h)  # 2.5 used to become 2
+    assert PolicyPlanner(policy, horizon=np.int64(3)).horizon == 3
+
+
+def test_dagger_round_counts_the_failed_teacher_labels():
+    """beta = 1 with a teacher that always fails: every decision is answered by the agent's fallback,
+    and its five labels are counted as skipped, not stored."""
+    from latentplan.envs.lqr import LinearQuadratic
+
+    env = LinearQuadratic(action_bound=1.0, horizon=5)
+    model = AnalyticModel.linear(env.A, env.B, env.Q, action_bound=1.0)
+    d = Distiller(DistillConfig(policy=PolicyConfig(hidden=4)), 2, 1, model.action_low, model.action_high)
+    res = dagger_round(env, model, d, _Teacher(u=math.nan), Objective, seeds=[0], beta=1.0)
+    assert (res["decisions"], res["teacher_steps"], res["labels"], res["skipped"]) == (5, 5, 0, 5) and len(d) == 0
+    res = dagger_round(env, model, d, _Teacher(u=math.nan), Objective, seeds=[1], beta=0.0)
+    assert (res["teacher_steps"], res["labels"], res["skipped"]) == (0, 0, 5) and d.skipped == 10
