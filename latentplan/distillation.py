@@ -484,7 +484,7 @@ class _DistillRun:
         if cfg.eval_teacher:
             m["teacher_eval"] = evaluate_planner(self.env, self.model, self.teacher, self.factory, seeds,
                                                  progress=cfg.progress, desc="teacher eval")
-            m["return_ratio"] = m["student"]["mean"] / m["teacher_eval"]["mean"]
+            m["return_ratio"] = m["student"]["mean"] / t if (t := m["teacher_eval"]["mean"]) else float("nan")
 
     def write(self) -> DistillResult:
         """`policy.pt`, `distiller.pt`, `loss.png` and `metrics.json` into `cfg.out`."""

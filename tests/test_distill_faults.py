@@ -319,3 +319,21 @@ def test_dagger_round_counts_the_failed_teacher_labels():
     assert (res["decisions"], res["teacher_steps"], res["labels"], res["skipped"]) == (5, 5, 0, 5) and len(d) == 0
     res = dagger_round(env, model, d, _Teacher(u=math.nan), Objective, seeds=[1], beta=0.0)
     assert (res["teacher_steps"], res["labels"], res["skipped"]) == (0, 0, 5) and d.skipped == 10
+
+
+def test_a_teacher_that_scores_zero_gives_a_nan_ratio_not_a_crash(monkeypatch):
+    """On a sparse task the teacher fails (mean return 0.0), `return_ratio` was a ZeroDivisionError raised
+    after the whole run and before any file was written; now it is NaN (the evaluate stage, stubbed)."""
+    import latentplan.distillation as facade
+
+    scores = {"student eval": 3.0, "teacher eval": 0.0}
+    monkeypatch.setattr(facade, "evaluate_planner", lambda *a, desc, **kw: {"mean": scores[desc]})
+    run = object.__new__(facade._DistillRun)
+    run.cfg = DistillRunConfig(checkpoint="c", eval_episodes=2, progress=False)
+    run.env = run.model = run.teacher = run.factory = None
+    run.distiller, run.metrics = _distiller(), {}
+    run.evaluate()
+    assert math.isnan(run.metrics["return_ratio"]) and run.metrics["student"]["mean"] == 3.0
+    scores["teacher eval"] = 4.0
+    run.evaluate()
+    assert run.metrics["return_ratio"] == 0.75
