@@ -40,10 +40,8 @@ from .evaluation import Agent, run_episode
 from .io import atomic_write_text, save_distiller, save_policy
 from .registry import Budget, PlannerSpec, make_planner
 
-__all__ = [
-    "DistillRunConfig", "DistillResult", "dagger_round", "evaluate_planner", "make_teacher",
-    "replay_beliefs", "run_distillation",
-]
+__all__ = ["DistillRunConfig", "DistillResult", "dagger_round", "evaluate_planner", "make_teacher", "replay_beliefs",
+           "run_distillation"]
 
 # --------------------------------------------------------------------------- beliefs from data
 
@@ -147,10 +145,12 @@ def dagger_round(
 
     Returns:
         `returns` (list, one per episode), `mean_return`, `decisions`, `labels` (added),
+        `skipped` (teacher labels left out as NaN/inf, see `Distiller.add_plan`),
         `teacher_steps` (decisions the teacher acted), `teacher_ms` (per relabelled belief).
 
     Raises:
-        ValueError: if `beta` is not in [0, 1] or `seeds` is empty.
+        ValueError: if `beta` is not in [0, 1], `seeds` is empty, or the model's action size or
+            bounds are not the student's (`Distiller.check_model`), before an episode runs.
 
     Source: Ross, Gordon & Bagnell 2011, "A Reduction of Imitation Learning and Structured
     Prediction to No-Regret Online Learning" (AISTATS), Algorithm 3.3.
@@ -159,8 +159,9 @@ def dagger_round(
         raise ValueError(f"dagger_round: beta must be in [0, 1]; got {beta}")
     if not seeds:
         raise ValueError("dagger_round: seeds is empty")
+    distiller.check_model(model, "dagger_round")
     rng = np.random.default_rng(int(seeds[0]))
-    labels_before = distiller.labels
+    labels_before, skipped_before = distiller.labels, distiller.skipped
     rec = _Recorder(PolicyPlanner(distiller.policy), teacher, distiller, beta, rng)
     agent = Agent(model, rec, objective=objective_factory)
     returns, decisions = [], 0
@@ -176,8 +177,8 @@ def dagger_round(
         teacher_ms = info["teacher_ms"]
     return {
         "returns": returns, "mean_return": statistics.fmean(returns), "decisions": decisions,
-        "labels": distiller.labels - labels_before, "teacher_steps": rec.teacher_steps, "teacher_ms": teacher_ms,
-    }
+        "labels": distiller.labels - labels_before, "skipped": distiller.skipped - skipped_before,
+        "teacher_steps": rec.teacher_steps, "teacher_ms": teacher_ms}
 
 
 # --------------------------------------------------------------------------- the offline run
@@ -220,6 +221,10 @@ class DistillRunConfig:
         save_data: write the learner's labelled data set into `distiller.pt`.
         distill: the learner's settings (`DistillConfig`; its `target` is set from `target`, its
             `init_seed`, when `None`, from `seed`).
+
+    Raises:
+        ValueError: a field out of range, a malformed `teacher` spec, a run that makes no label,
+            rounds without episodes, or no gradient step (unless `save_data`: labels only).
     """
 
     checkpoint: str
@@ -254,6 +259,13 @@ class DistillRunConfig:
         check_range(self, "dagger_beta", 0.0, 1.0)
         check_range(self, "dagger_noise", 0.0, math.inf, high_open=True)
         check_choice(self, "target", ("auto", "action", "plan", "visits"))
+        if self.dagger_rounds > 0 and self.dagger_episodes == 0:
+            raise ValueError("DistillRunConfig.dagger_episodes must be >= 1 when dagger_rounds > 0; got 0")
+        if self.replay_states == 0 and self.dagger_rounds == 0:
+            raise ValueError("DistillRunConfig: nothing to distil (replay_states = 0 and dagger_rounds = 0 make no label)")
+        if (self.fit_steps if self.replay_states else 0) + self.dagger_rounds * self.dagger_steps == 0 and not self.save_data:
+            raise ValueError("DistillRunConfig: no gradient step would be taken (fit_steps, dagger_steps): policy.pt "
+                             "would be the untrained student; set save_data to only label")
 
     @property
     def resolved_target(self) -> str:
@@ -362,8 +374,8 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
 
     Raises:
         FileNotFoundError: if the checkpoint is missing.
-        ValueError: if `replay_states > 0` but no replay episodes are found, or the teacher
-            cannot be built.
+        ValueError: if `out` is a file (before the checkpoint is read), `replay_states > 0` but
+            no replay episodes are found, or the teacher cannot be built.
     """
     run = _DistillRun(cfg, objective_factory or (lambda m: Objective(m)))
     if cfg.replay_states > 0:
@@ -383,6 +395,8 @@ class _DistillRun:
 
         self.t_start = time.perf_counter()
         self.cfg, self.factory = cfg, factory
+        if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+            raise ValueError(f"out {cfg.out!r} exists and is not a folder")
         device = resolve_device(cfg.device)
         self.model, train_cfg, _ = load_checkpoint(cfg.checkpoint, device=str(device))
         self.teacher = make_teacher(cfg, self.model)
@@ -438,7 +452,7 @@ class _DistillRun:
                                       progress=bar.update)
         bar.close()
         self.metrics["replay"] = {
-            "episodes": len(buf), "beliefs_available": available, "labels": int(info["labels"]),
+            "episodes": len(buf), "beliefs_available": available, "labels": int(info["labels"]), "skipped": int(info["skipped"]),
             "teacher_ms_per_label": info["teacher_ms"], "teacher_model_evals_per_label": info["model_evals"],
             "label_s": time.perf_counter() - t0,
         }
@@ -470,7 +484,7 @@ class _DistillRun:
         if cfg.eval_teacher:
             m["teacher_eval"] = evaluate_planner(self.env, self.model, self.teacher, self.factory, seeds,
                                                  progress=cfg.progress, desc="teacher eval")
-            m["return_ratio"] = m["student"]["mean"] / m["teacher_eval"]["mean"]
+            m["return_ratio"] = m["student"]["mean"] / t if (t := m["teacher_eval"]["mean"]) else float("nan")
 
     def write(self) -> DistillResult:
         """`policy.pt`, `distiller.pt`, `loss.png` and `metrics.json` into `cfg.out`."""

@@ -17,6 +17,7 @@ H the horizon, K sampled actions of an MCTS root.
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Sequence
@@ -121,6 +122,35 @@ def visit_loss(policy: GaussianPolicy, features: Tensor, root_actions: Tensor, r
 
 def _gauss_logp(u: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     return gaussian_log_density(u, mean, log_std).sum(-1)
+
+
+def _rows(mask: Tensor, most: int = 8) -> str:
+    """The indices where the `[N]` bool `mask` is set, as text (the first `most`, then a count)."""
+    idx = mask.nonzero().flatten().tolist()
+    return str(idx) if len(idx) <= most else f"{idx[:most]} and {len(idx) - most} more"
+
+
+def _finite_rows(**tensors: Tensor) -> Tensor:
+    """`[N]` bool: the rows where every tensor (`[N, ...]`) is finite."""
+    ok = None
+    for t in tensors.values():
+        r = _finite(t)
+        ok = r if ok is None else ok & r
+    return ok
+
+
+def _finite(t: Tensor) -> Tensor:
+    """`[N]` bool: the rows of `t [N, ...]` without NaN/inf (also for N = 0)."""
+    fin = torch.isfinite(t)
+    return fin.all(dim=tuple(range(1, fin.dim()))) if fin.dim() > 1 else fin
+
+
+def _check_finite(where: str, **tensors: Tensor) -> None:
+    """Raise a `ValueError` naming the tensor and rows with NaN/inf."""
+    for name, t in tensors.items():
+        bad = ~_finite(t)
+        if bool(bad.any()):
+            raise ValueError(f"Distiller.{where}: {name} has NaN/inf in rows {_rows(bad)}")
 
 
 def plan_targets(
@@ -263,15 +293,16 @@ class Distiller:
     Attributes:
         policy: the student, a `GaussianPolicy` (use it with `PolicyPlanner`, or as a proposal).
         optimizer: its Adam optimizer.
-        steps: gradient steps taken; labels: labels made (over the distiller's life).
+        steps: gradient steps taken; labels: labels made (over the distiller's life);
+            skipped: teacher labels left out as unusable (NaN/inf, see `add_plan`).
         history: `(step, loss)` of every gradient step (for loss curves).
 
     Main API (what a training loop calls):
 
     - `update(model, states, teacher, objective_factory, *, generator) -> dict[str, float]`:
       relabel `labels_per_update` of `states [N]` and take `steps_per_update` gradient steps;
-      returns `loss`, `labels`, `dataset`, `teacher_ms` (per label), `model_evals` (teacher's
-      imagined transitions per label), `steps`.
+      returns `loss`, `labels`, `skipped`, `dataset`, `teacher_ms` (per label), `model_evals`
+      (teacher's imagined transitions per label), `steps`.
     - `relabel(...)`, `train(steps, generator=)`: the two halves separately (offline runs label
       everything first, then fit); `add_plan(objective, states, plan)` stores a plan the caller
       already has (e.g. when the teacher acted), `add_labels(...)` raw labels.
@@ -280,8 +311,11 @@ class Distiller:
 
     Raises:
         ValueError: from `GaussianPolicy` on bad sizes or bounds; from `relabel` on beliefs with
-            the wrong feature size, or (target `"visits"`) a teacher plan without
-            `info["root_actions"]`/`info["root_policy"]`; from `train` when there is no data.
+            the wrong feature size, a model whose action size or bounds are not the policy's,
+            or (target `"visits"`) a teacher plan without `info["root_actions"]`/
+            `info["root_policy"]`; from `add_labels` on NaN/inf or negative labels; from `train`
+            when there is no data or `steps` is not an int >= 0; from `load_state_dict` on a
+            state of another policy, box or target.
 
     Source: policy distillation from search as in AlphaZero (Silver et al. 2018) and Sampled
     MuZero (Hubert et al. 2021); data aggregation: DAgger (Ross, Gordon & Bagnell 2011,
@@ -310,6 +344,7 @@ class Distiller:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.steps = 0
         self.labels = 0
+        self.skipped = 0
         self.history: list[tuple[int, float]] = []
         self._data: dict[str, Tensor] = {}
 
@@ -342,7 +377,12 @@ class Distiller:
             The number of samples added.
 
         Raises:
-            ValueError: if the labels do not fit the configured target or the shapes disagree.
+            ValueError: if the labels do not fit the configured target or the shapes disagree;
+                if any feature, action, weight, root action or visit probability is NaN/inf
+                (a NaN label would turn every weight of the student into NaN at the next
+                gradient step); if a weight or a visit probability is negative; or if a row of
+                `root_policy` has no positive mass. Nothing is stored then. (`add_plan` and
+                `relabel` leave such rows out and count them instead.)
         """
         f = features.detach().to(self.device, torch.float32)
         n = f.shape[0]
@@ -358,6 +398,14 @@ class Distiller:
                     f"Distiller.add_labels: root_actions must be [N={n}, K, A={self.policy.action_dim}] and root_policy "
                     f"[N, K]; got {tuple(ra.shape)}, {tuple(rp.shape)}"
                 )
+            _check_finite("add_labels", features=f, root_actions=ra, root_policy=rp)
+            if bool((rp < 0).any()):
+                raise ValueError("Distiller.add_labels: root_policy has negative probabilities")
+            empty = rp.sum(-1) <= 0
+            if bool(empty.any()):
+                raise ValueError(
+                    f"Distiller.add_labels: root_policy rows {_rows(empty)} have no positive mass (nothing to imitate there)"
+                )
             new = {"features": f, "root_actions": ra, "root_policy": rp}
         else:
             if actions is None:
@@ -368,7 +416,12 @@ class Distiller:
             w = torch.ones(n, device=self.device) if weights is None else weights.detach().to(self.device, torch.float32)
             if w.shape != (n,):
                 raise ValueError(f"Distiller.add_labels: weights must be [N={n}]; got {tuple(w.shape)}")
+            _check_finite("add_labels", features=f, actions=act, weights=w)
+            if bool((w < 0).any()):
+                raise ValueError(f"Distiller.add_labels: weights must be >= 0; rows {_rows(w < 0)} are negative")
             new = {"features": f, "actions": act, "weights": w}
+        if n == 0:
+            return 0
         if self._data:
             if set(self._data) != set(new) or any(self._data[k].shape[1:] != new[k].shape[1:] for k in new):
                 raise ValueError(
@@ -402,20 +455,24 @@ class Distiller:
             progress: called with the number of beliefs labelled after every teacher call.
 
         Returns:
-            `labels` (samples added), `teacher_ms` (wall milliseconds per belief),
+            `labels` (samples added), `skipped` (rows left out: NaN/inf beliefs or teacher
+            labels, see `add_plan`), `teacher_ms` (wall milliseconds per belief),
             `model_evals` (the teacher's imagined transitions per belief).
 
         Raises:
-            ValueError: on beliefs with the wrong feature size, or a plan without the keys the
-                target needs.
+            ValueError: on beliefs with the wrong feature size, a model whose action size or
+                bounds differ from the policy's (`check_model`; raised before the teacher
+                runs), or a plan without the keys the target needs.
         """
         states = states.detach()
+        self.check_model(model, "relabel")
         if states.features().shape[1] != self.policy.feature_dim:
             raise ValueError(
                 f"Distiller.relabel: beliefs have {states.features().shape[1]} features; the policy takes {self.policy.feature_dim}"
             )
         c = self.config
         n = states.batch
+        skipped0 = self.skipped
         added, evals, t0 = 0, 0, time.perf_counter()
         for start in range(0, n, c.label_batch):
             s = states.index(slice(start, min(start + c.label_batch, n)))
@@ -427,7 +484,33 @@ class Distiller:
             if progress is not None:
                 progress(s.batch)
         ms = (time.perf_counter() - t0) * 1e3
-        return {"labels": float(added), "teacher_ms": ms / max(n, 1), "model_evals": evals / max(n, 1)}
+        return {"labels": float(added), "skipped": float(self.skipped - skipped0), "teacher_ms": ms / max(n, 1),
+                "model_evals": evals / max(n, 1)}
+
+    def check_model(self, model: Any, where: str = "check_model") -> None:
+        """Check that `model`'s actions are the policy's: the same A and the same bounds.
+
+        A teacher planning in a wider box than the policy's gives labels the squashed policy can
+        never produce (they would be clipped to its bounds while learning); a narrower box gives
+        a student that acts where the model cannot.
+
+        Raises:
+            ValueError: naming both sizes or both bounds if they differ (bounds compared in
+                float32, to 1e-6 of the range).
+        """
+        a = int(model.action_dim)
+        if a != self.policy.action_dim:
+            raise ValueError(f"Distiller.{where}: the model has A={a} action dimensions; the policy has "
+                             f"A={self.policy.action_dim}")
+        p_low, p_high = self.policy.action_low, self.policy.action_high
+        low = torch.as_tensor(model.action_low).detach().to(p_low.device, torch.float32).reshape(-1)
+        high = torch.as_tensor(model.action_high).detach().to(p_low.device, torch.float32).reshape(-1)
+        tol = 1e-6 * (p_high - p_low).abs().clamp_min(1.0)
+        if not (bool(((low - p_low).abs() <= tol).all()) and bool(((high - p_high).abs() <= tol).all())):
+            raise ValueError(
+                f"Distiller.{where}: the model's action bounds [{low.tolist()}, {high.tolist()}] differ from the "
+                f"policy's [{p_low.tolist()}, {p_high.tolist()}]; build the Distiller with the model's action_low/high"
+            )
 
     def add_plan(
         self,
@@ -447,8 +530,14 @@ class Distiller:
                 `info["root_actions"]` `[B, K, A]` and `info["root_policy"]` `[B, K]`).
             generator: the model's randomness for target `"plan"`.
 
+        Rows that cannot be learnt from are left out and counted in `skipped`: a NaN/inf in
+        the belief's features or in the teacher's label (a failed plan; for target `"plan"` also
+        every later step of that plan, whose imagined beliefs follow from it), and for target
+        `"visits"` a root whose visit distribution has no positive mass.
+
         Returns:
-            The number of samples added (`B`, or `B * H` for target `"plan"`).
+            The number of samples added (`B`, or `B * H` for target `"plan"`, less the rows
+            left out).
 
         Raises:
             ValueError: if the plan lacks what the target needs or does not match `states`.
@@ -464,13 +553,31 @@ class Distiller:
                         "Distiller: target 'visits' needs the teacher's Plan.info['root_actions'] [B, K, A] and "
                         f"Plan.info['root_policy'] [B, K] (as MCTS reports them); the plan's info has {sorted(plan.info)}"
                     )
-                return self.add_labels(
-                    states.features(), root_actions=plan.info["root_actions"], root_policy=plan.info["root_policy"]
-                )
+                f, ra, rp = states.features(), plan.info["root_actions"], plan.info["root_policy"]
+                ok = torch.ones(f.shape[0], dtype=torch.bool, device=f.device)
+                if ra.dim() == 3 and rp.dim() == 2 and ra.shape[0] == rp.shape[0] == f.shape[0]:  # else add_labels names the shapes
+                    ok = _finite_rows(features=f, root_actions=ra, root_policy=rp) & (rp >= 0).all(-1) & (rp.sum(-1) > 0)
+                return self._add_kept(ok, f, root_actions=ra, root_policy=rp)
             if c.target == "plan":
                 ps, pa, pw, _ = plan_targets(objective, states, plan, decay=c.plan_decay, generator=generator)
-                return self.add_labels(ps.features(), actions=pa, weights=pw)
-            return self.add_labels(states.features(), actions=plan.first_action)
+                f = ps.features()
+                ok = _finite_rows(features=f, actions=pa)
+                # a failed step t of a plan: its later steps start from beliefs imagined through it
+                b, h = states.batch, plan.actions.shape[1]
+                ok = ok.reshape(h, b).to(torch.int64).cummin(0).values.bool().reshape(-1) if b else ok
+                return self._add_kept(ok, f, actions=pa, weights=pw)
+            f, a = states.features(), plan.first_action
+            return self._add_kept(_finite_rows(features=f, actions=a), f, actions=a)
+
+    def _add_kept(self, ok: Tensor, features: Tensor, **labels: Tensor) -> int:
+        """`add_labels` on the rows `ok [N]` (bool); the others are counted in `skipped`."""
+        ok = ok.to(features.device)
+        n_bad = int((~ok).sum())
+        if n_bad:
+            self.skipped += n_bad
+            features = features[ok]
+            labels = {k: v[ok.to(v.device)] for k, v in labels.items()}
+        return self.add_labels(features, **labels)
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
@@ -491,8 +598,10 @@ class Distiller:
             `loss` (mean over the steps; NaN if none), `steps` (total so far), `dataset`.
 
         Raises:
-            ValueError: if the data set is empty and `steps > 0`.
+            ValueError: if `steps` is not an int >= 0, or the data set is empty and `steps > 0`.
         """
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+            raise ValueError(f"Distiller.train: steps must be an int >= 0; got {steps!r}")
         if steps > 0 and not self._data:
             raise ValueError("Distiller.train: no labelled data yet (call relabel/add_labels first)")
         losses = []
@@ -529,8 +638,8 @@ class Distiller:
         `generator`) with the teacher, then take `steps_per_update` gradient steps.
 
         Returns:
-            `loss`, `labels` (added now), `dataset`, `teacher_ms` (per label), `model_evals`
-            (teacher's, per label), `steps` (total).
+            `loss`, `labels` (added now), `skipped` (left out now, see `add_plan`), `dataset`,
+            `teacher_ms` (per label), `model_evals` (teacher's, per label), `steps` (total).
 
         Raises:
             ValueError: as `relabel` and `train`.
@@ -547,32 +656,63 @@ class Distiller:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Policy weights, optimizer state, data set and counters (weights-only loadable)."""
+        """Policy weights and action bounds, optimizer state, data set and counters (weights-only
+        loadable)."""
         return {
             "format": _DISTILLER_FORMAT,
             "config": self.config.to_dict(),
             "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "low": self.policy.action_low.cpu().tolist(),
+            "high": self.policy.action_high.cpu().tolist(),
             "optimizer": self.optimizer.state_dict(),
             "data": {k: v.clone() for k, v in self._data.items()},
             "steps": self.steps,
             "labels": self.labels,
+            "skipped": self.skipped,
             "history": [list(h) for h in self.history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned.
+        """Restore what `state_dict` returned (to resume distilling).
+
+        This distiller's own config stays in force: the optimizer keeps this config's `lr` and
+        `weight_decay` (torch's `Optimizer.load_state_dict` would bring back the stored ones),
+        and a data set larger than this `capacity` keeps its newest `capacity` samples.
 
         Raises:
-            ValueError: if `state` is not a distiller state or its policy does not fit this one.
+            ValueError: if `state` is not a distiller state; its policy does not fit this one
+                (architecture, or the action bounds, when stored: a squashed policy acts
+                differently in another box); or its data set holds labels of another target
+                (`"visits"` against `"action"`/`"plan"`).
         """
         if not isinstance(state, dict) or state.get("format") != _DISTILLER_FORMAT:
             raise ValueError("Distiller.load_state_dict: not a Distiller state_dict")
+        if "low" in state and "high" in state:
+            low, high = torch.tensor(state["low"]), torch.tensor(state["high"])
+            if low.shape != self.policy.action_low.shape or not (
+                torch.allclose(low, self.policy.action_low.cpu()) and torch.allclose(high, self.policy.action_high.cpu())
+            ):
+                raise ValueError(
+                    f"Distiller.load_state_dict: the stored policy acts in [{state['low']}, {state['high']}], this one in "
+                    f"[{self.policy.action_low.tolist()}, {self.policy.action_high.tolist()}]"
+                )
+        data = state["data"]
+        want = {"features", "root_actions", "root_policy"} if self.config.target == "visits" else {"features", "actions", "weights"}
+        if data and set(data) != want:
+            raise ValueError(
+                f"Distiller.load_state_dict: the stored data set has {sorted(data)}, the labels of another target; this "
+                f"distiller's target {self.config.target!r} needs {sorted(want)}"
+            )
         try:
             self.policy.load_state_dict(state["policy"])
         except RuntimeError as e:
             raise ValueError(f"Distiller.load_state_dict: the stored policy does not fit this one: {e}") from e
         self.optimizer.load_state_dict(state["optimizer"])
-        self._data = {k: v.to(self.device) for k, v in state["data"].items()}
+        for group in self.optimizer.param_groups:  # this config's rates, not the stored ones
+            group["lr"], group["weight_decay"] = self.config.lr, self.config.weight_decay
+        cap = self.config.capacity
+        self._data = {k: v[-cap:].to(self.device) for k, v in data.items()}
         self.steps = int(state["steps"])
         self.labels = int(state["labels"])
+        self.skipped = int(state.get("skipped", 0))
         self.history = [(int(s), float(l)) for s, l in state.get("history", [])]

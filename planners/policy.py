@@ -14,6 +14,7 @@ H the horizon, K actions per belief.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -56,7 +57,9 @@ class PolicyConfig:
         max_log_std: upper bound of the pre-tanh log standard deviation.
 
     Raises:
-        ValueError: on `hidden < 1`, `layers < 0` or `min_log_std >= max_log_std`.
+        ValueError: on `hidden < 1`, `layers < 0`, a non-finite `min_log_std`/`max_log_std`
+            (an infinite bound gave infinite standard deviations and NaN samples), or
+            `min_log_std >= max_log_std`.
     """
 
     hidden: int = 256
@@ -68,6 +71,10 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         check_int(self, "hidden", minimum=1)
         check_int(self, "layers", minimum=0)
+        if not (math.isfinite(self.min_log_std) and math.isfinite(self.max_log_std)):
+            raise ValueError(
+                f"PolicyConfig: min_log_std and max_log_std must be finite; got {self.min_log_std}, {self.max_log_std}"
+            )
         if not self.min_log_std < self.max_log_std:
             raise ValueError(
                 f"PolicyConfig: min_log_std ({self.min_log_std}) must be < max_log_std ({self.max_log_std})"
@@ -91,7 +98,7 @@ class GaussianPolicy(nn.Module):
         config: `PolicyConfig` (defaults if `None`).
 
     Raises:
-        ValueError: if `feature_dim` or `action_dim` is below 1, the bounds are not `[A]`, not
+        ValueError: if `feature_dim` or `action_dim` is not an int >= 1, the bounds are not `[A]`, not
             finite, or not `low < high` everywhere; from `act`/`log_prob`/`forward`, if the input
             does not have F features.
 
@@ -108,8 +115,8 @@ class GaussianPolicy(nn.Module):
         config: PolicyConfig | None = None,
     ) -> None:
         super().__init__()
-        if feature_dim < 1 or action_dim < 1:
-            raise ValueError(f"GaussianPolicy: feature_dim and action_dim must be >= 1; got {feature_dim}, {action_dim}")
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in (feature_dim, action_dim)):
+            raise ValueError(f"GaussianPolicy: feature_dim and action_dim must be ints >= 1; got {feature_dim!r}, {action_dim!r}")
         low_t = torch.as_tensor(low, dtype=torch.float32).detach().clone().reshape(-1)
         high_t = torch.as_tensor(high, dtype=torch.float32).detach().clone().reshape(-1)
         if low_t.shape != (action_dim,) or high_t.shape != (action_dim,):
@@ -343,15 +350,17 @@ class PolicyPlanner:
     single pass is never cut short).
 
     Raises:
-        ValueError: if `horizon < 1` (here) or the policy's actions are not `[B, A]` (in `plan`).
+        ValueError: if `horizon` is not an int >= 1 (here; 2.5 used to become 2) or the policy's
+            actions are not `[B, A]` (in `plan`).
+        TypeError: if `policy` has no `act` method (here).
 
     Source: the policy network of AlphaZero (Silver et al. 2018) acting without search; DAgger
     (Ross et al. 2011) for the student that acts.
     """
 
     def __init__(self, policy: Policy, *, horizon: int = 1, deterministic: bool = True, evaluate: bool = False) -> None:
-        if horizon < 1:
-            raise ValueError(f"PolicyPlanner: horizon must be >= 1; got {horizon}")
+        if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1:
+            raise ValueError(f"PolicyPlanner: horizon must be an int >= 1; got {horizon!r}")
         if not callable(getattr(policy, "act", None)):
             raise TypeError(f"PolicyPlanner: policy must have an act(state, generator=, deterministic=) method; got {type(policy).__name__}")
         self.policy = policy

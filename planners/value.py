@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -237,8 +238,14 @@ def lambda_returns(
         `[T, N]` the λ-return G_t of every s_t, t < T.
 
     Raises:
-        ValueError: if the shapes disagree.
+        ValueError: if the shapes disagree, `discount` is not in [0, 1], `td_lambda` not in
+            [0, 1], or a continuation lies outside [0, 1] (a NaN one is passed on, as the
+            objective's check passes it: its trajectory's targets become NaN).
     """
+    if not 0.0 <= discount <= 1.0:
+        raise ValueError(f"lambda_returns: discount must be in [0, 1]; got {discount}")
+    if not 0.0 <= td_lambda <= 1.0:
+        raise ValueError(f"lambda_returns: td_lambda must be in [0, 1]; got {td_lambda}")
     if rewards.dim() != 2 or values.shape != (rewards.shape[0] + 1, rewards.shape[1]):
         raise ValueError(
             f"lambda_returns: rewards must be [T, N] and values [T + 1, N]; "
@@ -248,6 +255,8 @@ def lambda_returns(
         raise ValueError(
             f"lambda_returns: continues must be [T, N] like rewards {tuple(rewards.shape)}; got {tuple(continues.shape)}"
         )
+    if continues is not None and bool(((continues < 0) | (continues > 1)).any()):
+        raise ValueError("lambda_returns: continues must lie in [0, 1]")
     out = torch.empty_like(rewards)
     g = values[-1]
     for t in range(rewards.shape[0] - 1, -1, -1):
@@ -282,8 +291,8 @@ class ValueLearner:
        are weighted alike);
     5. moves the target network towards the critic every `target_period` updates.
 
-    Trajectories whose rewards or target values are NaN/inf (where w_t > 0) are left out of
-    the loss (counted as `nonfinite`).
+    Trajectories whose rewards, target values or beliefs are NaN/inf (where w_t > 0) are left
+    out of the loss (counted as `nonfinite`).
 
     Args:
         config: `ValueConfig` (defaults if `None`).
@@ -298,8 +307,9 @@ class ValueLearner:
 
     Raises (from `update`/`imagine`):
         TypeError: `behaviour` has neither `act` nor `plan`.
-        ValueError: `start` has the wrong feature size, or the behaviour returns actions of
-            the wrong shape.
+        ValueError: `start` has the wrong feature size or no rows, a rollout horizon below 1,
+            or the behaviour returns actions of the wrong shape. From `load_state_dict`: a
+            state learnt for another discount γ or another critic architecture.
 
     Source: Dreamer's critic training (Hafner et al. 2020, Sec. 3 and Eq. 6-8), TD(λ) (Sutton
     1988), target networks (Mnih et al. 2015), PopArt (van Hasselt et al. 2016).
@@ -337,9 +347,20 @@ class ValueLearner:
         `features [T + 1, N, F]`, `rewards [T, N]`, `actions [T, N, A]`, and `continues [T, N]`
         when the objective has a continuation (`Objective.transition`; else None). The rollout
         runs all T steps past an episode's end (the batch stays rectangular); `learn` gives those
-        steps no weight."""
+        steps no weight.
+
+        Raises:
+            TypeError: `behaviour` has neither `act` nor `plan`.
+            ValueError: `horizon` is not an int >= 1; `start` has no rows; the behaviour's
+                actions are not `[N, A]`."""
         objective = objective or Objective(model)
-        horizon = self.config.horizon if horizon is None else int(horizon)
+        if horizon is None:
+            horizon = self.config.horizon
+        if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1:
+            raise ValueError(f"ValueLearner.imagine: horizon must be an int >= 1; got {horizon!r}")
+        horizon = int(horizon)
+        if start.batch < 1:
+            raise ValueError("ValueLearner.imagine: start has no beliefs (B = 0)")
         use_policy = callable(getattr(behaviour, "act", None))
         if not use_policy and not callable(getattr(behaviour, "plan", None)):
             raise TypeError(f"ValueLearner: behaviour must be a Policy (act) or a Planner (plan); got {behaviour!r}")
@@ -403,7 +424,10 @@ class ValueLearner:
             w = rollout.weights().to(self.device).float()
             reached = w > 0
             targets = torch.where(reached, targets, torch.zeros_like(targets))
-            ok = (torch.isfinite(targets) | ~reached).all(0)
+            # a trajectory counts if its targets and the beliefs the critic is fitted on are finite where reached
+            # (a NaN belief with finite targets, e.g. a model that resets, would turn every weight into NaN)
+            feat_ok = torch.isfinite(feats[:-1]).all(-1)
+            ok = ((torch.isfinite(targets) & feat_ok) | ~reached).all(0)
             n_bad = int((~ok).sum())
             if c.normalize and bool(ok.any()):
                 tv, wv = targets[:, ok], w[:, ok]
@@ -482,14 +506,37 @@ class ValueLearner:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what `state_dict` saved.
+        """Restore what `state_dict` saved (to resume training).
+
+        This learner's own config stays in force: the optimiser keeps this config's `lr` and
+        `adam_eps` (torch's `Optimizer.load_state_dict` would bring back the stored ones). Other
+        settings (λ, the horizon, the batch) may change between runs: on-policy, TD(λ) has the
+        same fixed point for every λ; the discount may not, since the stored critic estimates
+        the return for its γ.
 
         Raises:
-            KeyError: if a part is missing; RuntimeError (from torch) on mismatched shapes.
+            KeyError: if a part is missing.
+            ValueError: if the stored config has another `discount`, or the stored critic
+                another architecture (hidden sizes or feature size); nothing is loaded then.
         """
+        stored = state.get("config") or {}
+        if "discount" in stored and float(stored["discount"]) != float(self.config.discount):
+            raise ValueError(
+                f"ValueLearner.load_state_dict: the stored critic estimates returns with discount {stored['discount']}; "
+                f"this learner's is {self.config.discount}"
+            )
+        want = {k: tuple(v.shape) for k, v in self.value.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state["value"].items()}
+        if got != want:
+            raise ValueError(
+                f"ValueLearner.load_state_dict: the stored critic has parameters {got}; this one has {want} "
+                f"(hidden={self.config.hidden}, feature_dim={self.value.feature_dim})"
+            )
         self.value.load_state_dict(state["value"])
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # this config's rates, not the stored ones
+            group["lr"], group["eps"] = self.config.lr, self.config.adam_eps
         self.updates = int(state["updates"])
         self._stats_ready = bool(state["stats_ready"])
 
