@@ -102,7 +102,7 @@ def main() -> None:
     # 1-2. distil (or load) and evaluate student and teacher on the same seeds
     if args.policy is None:
         cfg = DistillRunConfig(
-            checkpoint=args.checkpoint, teacher="cem", out=args.out, horizon=H, iterations=I, candidates=J, elites=K,
+            checkpoint=args.checkpoint, teacher=f"cem:iterations={I},candidates={J},elites={K}", out=args.out, horizon=H,
             replay_states=args.replay_states, fit_steps=args.fit_steps, dagger_rounds=args.dagger_rounds,
             dagger_episodes=args.dagger_episodes, dagger_steps=args.dagger_steps, eval_episodes=args.episodes,
             eval_seed=args.eval_seed, eval_teacher=True, progress=False,
