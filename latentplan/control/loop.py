@@ -320,24 +320,19 @@ def run_control_loop(
       controller's `mode` is not used here.
 
     Every action sent is checked (finite, `[A]`, inside the controller's bounds); an invalid one
-    is replaced by the safe action and counted in `invalid_actions`.
-
-    When the loop stops on an error (from the controller, the robot, `on_step`, or a
-    `KeyboardInterrupt`), the safe action (`controller.safe_action`) is sent to the robot once
-    more before the error propagates (best effort: if that send fails too, it is logged and the
-    original error raised), so the actuator does not go on holding the last planned action; the
-    statistics up to that moment are attached to the error as `err.loop_stats` (a `LoopStats`
-    with `stopped_by` set). After a normal end the robot holds the last action sent, as between
-    any two ticks. While the loop runs, the
-    interpreter's thread switch interval (`sys.setswitchinterval`) is lowered to 0.5 ms, so a
-    thread waiting for a deadline is not held up for Python's default 5 ms by the planner.
+    is replaced by the safe action and counted in `invalid_actions`. When the loop stops on an
+    error (of the controller, the robot, `on_step`, or a `KeyboardInterrupt`), the safe action is
+    sent once more before the error propagates (if that send fails too, it is logged and the
+    original error raised), and the statistics so far are attached as `err.loop_stats`
+    (`stopped_by` set). After a normal end the robot holds the last action sent. While the loop
+    runs, `sys.setswitchinterval` is lowered to 0.5 ms (a thread waiting for a deadline is not
+    held up for Python's default 5 ms by the planner).
 
     Args:
         robot: a `Robot`.
         controller: an `MPCController` for the robot's model.
         rate_hz: ticks per second (Hz), a finite number > 0; default `1 / robot.period`.
-        steps: ticks to run, an int >= 0; default until `robot.done` (then the robot must have
-            `done`).
+        steps: ticks to run, an int >= 0; default until `robot.done` (which it must then have).
         mode: `"sync"` or `"async"`.
         clock: time source in seconds, monotonic (a clock that goes back is counted in
             `clock_jumps` and the schedule restarts); default the controller's clock.
@@ -345,22 +340,46 @@ def run_control_loop(
         on_step: called with the number of actions sent after every tick (progress bars).
 
     Returns:
-        `LoopStats` (with the controller's statistics and `robot.stats()`).
-
-    Returns within one period of the last tick even when the planner is stuck (see `AsyncLoop`).
+        `LoopStats` (with the controller's statistics and `robot.stats()`), within one period of
+        the last tick even when the planner is stuck (see `AsyncLoop`).
 
     Raises:
         ValueError: a `rate_hz` that is not a finite number > 0 (or, without `rate_hz`, a
             `robot.period` that is not a finite number > 0), `steps` not an int >= 0 or `None`,
             an unknown mode, or `steps=None` for a robot without `done`; from the controller:
             an observation rejected before the episode's first good one, or any with
-            `on_bad_observation="raise"`.
-        Any error of the robot, `on_step` or the controller, and `KeyboardInterrupt`: passed
-            on after the safe action was sent, with `err.loop_stats` attached (above).
+            `on_bad_observation="raise"`. Any error of the robot, `on_step` or the controller,
+            and `KeyboardInterrupt`, passes through, with the safe action sent (above).
 
-    Source: the fixed-rate receding-horizon loop of MPC; the asynchronous planner with a
-    time-indexed plan follows MuJoCo MPC (Howell et al. 2022).
+    Source: the fixed-rate receding-horizon loop of MPC; the asynchronous time-indexed plan: MuJoCo MPC (Howell 2022).
     """
+    rate_hz = _checked_rate(robot, rate_hz, steps, mode)
+    clock = clock or controller.clock
+    period = 1.0 / rate_hz
+    controller.reset()
+    controller.reset_stats()
+    ticks = Ticks(robot, controller, period, sys.maxsize if steps is None else int(steps), clock, sleep, on_step)
+    loop = SyncLoop(robot, controller, ticks) if mode == "sync" else AsyncLoop(robot, controller, ticks)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, _SWITCH_INTERVAL_S))  # waiting threads get the GIL back sooner
+    t_start = clock()
+    try:
+        loop.run()
+    except BaseException as err:  # KeyboardInterrupt included: the actuator must not keep the last action
+        ticks.stop_safely()
+        try:
+            err.loop_stats = _loop_stats(mode, rate_hz, ticks, controller, t_start, type(err).__name__)
+        except Exception:  # noqa: BLE001 - statistics are a courtesy here; the error is what matters
+            pass
+        raise
+    finally:
+        sys.setswitchinterval(switch)
+    return _loop_stats(mode, rate_hz, ticks, controller, t_start, None)
+
+
+def _checked_rate(robot: Robot, rate_hz: Any, steps: Any, mode: Any) -> float:
+    """`run_control_loop`'s argument checks; returns the rate in Hz (default `1 / robot.period`)."""
+
     def positive(x: Any) -> bool:
         return not isinstance(x, bool) and isinstance(x, numbers.Real) and math.isfinite(x) and x > 0
 
@@ -378,41 +397,24 @@ def run_control_loop(
         raise ValueError(f"run_control_loop: mode must be 'sync' or 'async'; got {mode!r}")
     if steps is None and not hasattr(robot, "done"):
         raise ValueError("run_control_loop: steps=None needs a robot with a `done` attribute")
-    clock = clock or controller.clock
-    period = 1.0 / rate_hz
-    controller.reset()
-    controller.reset_stats()
-    ticks = Ticks(robot, controller, period, sys.maxsize if steps is None else int(steps), clock, sleep, on_step)
-    loop = SyncLoop(robot, controller, ticks) if mode == "sync" else AsyncLoop(robot, controller, ticks)
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, _SWITCH_INTERVAL_S))  # waiting threads get the GIL back sooner
-    t_start = clock()
+    return float(rate_hz)
 
-    def loop_stats(stopped_by: str | None) -> LoopStats:
-        p50, p95, p99, mx, _ = ticks.delays.summary()
-        try:
-            robot_stats = dict(robot.stats()) if callable(getattr(robot, "stats", None)) else {}
-        except Exception as err:  # noqa: BLE001 - only reached while stopping on another error
-            if stopped_by is None:
-                raise
-            robot_stats = {"error": f"{type(err).__name__}: {err}"}
-        return LoopStats(
-            mode=mode, rate_hz=float(rate_hz), period_ms=period * 1e3, steps=ticks.sent,
-            wall_s=clock() - t_start + ticks.jumped_s,
-            overruns=ticks.overruns, invalid_actions=ticks.invalid, send_delay_ms_p50=p50, send_delay_ms_p95=p95,
-            send_delay_ms_p99=p99, send_delay_ms_max=mx, controller=controller.stats(), robot=robot_stats,
-            clock_jumps=ticks.clock_jumps, stopped_by=stopped_by,
-        )
 
+def _loop_stats(mode: str, rate_hz: float, ticks: Ticks, controller: MPCController, t_start: float,
+                stopped_by: str | None) -> LoopStats:
+    """The `LoopStats` of a run so far (`stopped_by`: the error's name when it stopped on one;
+    then a failing `robot.stats()` is reported in the robot's dict instead of raised)."""
+    robot = ticks.robot
+    p50, p95, p99, mx, _ = ticks.delays.summary()
     try:
-        loop.run()
-    except BaseException as err:  # KeyboardInterrupt included: the actuator must not keep the last action
-        ticks.stop_safely()
-        try:
-            err.loop_stats = loop_stats(type(err).__name__)
-        except Exception:  # noqa: BLE001 - statistics are a courtesy here; the error is what matters
-            pass
-        raise
-    finally:
-        sys.setswitchinterval(switch)
-    return loop_stats(None)
+        robot_stats = dict(robot.stats()) if callable(getattr(robot, "stats", None)) else {}
+    except Exception as err:  # noqa: BLE001 - only swallowed while stopping on another error
+        if stopped_by is None:
+            raise
+        robot_stats = {"error": f"{type(err).__name__}: {err}"}
+    return LoopStats(
+        mode=mode, rate_hz=rate_hz, period_ms=ticks.period * 1e3, steps=ticks.sent,
+        wall_s=ticks.clock() - t_start + ticks.jumped_s, overruns=ticks.overruns, invalid_actions=ticks.invalid,
+        send_delay_ms_p50=p50, send_delay_ms_p95=p95, send_delay_ms_p99=p99, send_delay_ms_max=mx,
+        controller=controller.stats(), robot=robot_stats, clock_jumps=ticks.clock_jumps, stopped_by=stopped_by,
+    )
