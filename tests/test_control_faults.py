@@ -404,3 +404,85 @@ def test_a_planner_call_started_before_reset_stats_is_not_counted_after_it():
     s = ctrl.stats()
     assert (s.steps, s.planner_failures, len(ctrl.latencies_ms)) == (0, 0, 0)
     ctrl.close()
+
+
+# ------------------------------------------------------------------------- robots that differ from the doubles
+def test_the_async_loop_filters_the_value_read_at_each_tick_from_a_driver_that_reuses_its_buffer():
+    """A driver that returns one array, overwritten at every read (shared memory, ROS messages):
+    an observation waiting for the planner thread was filtered with a later reading (before the
+    fix: reads 2 and 3 filtered as 4). The planner here blocks until three more ticks were read,
+    so observations wait, and the robot's 7th read waits until they were filtered, whatever the
+    machine's speed (no timer decides the outcome)."""
+
+    class BufferRobot(FakeRobot):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.buf = np.zeros(1, np.float32)
+
+        def read_observation(self):
+            self.buf[:] = float(self.reads)  # the k-th read reports k
+            self.reads += 1
+            return self.buf
+
+    model = point_model()
+    seen = []
+    observe = model.observe
+
+    filtered = threading.Event()
+
+    def spy(belief, action, obs, is_first, **kw):
+        seen.append(float(obs.reshape(-1)[0]))
+        if len(seen) >= 5:
+            filtered.set()
+        return observe(belief, action, obs, is_first, **kw)
+
+    model.observe = spy
+    reads_to_wait_for = threading.Event()
+
+    class Robot(BufferRobot):
+        def read_observation(self):
+            if self.reads == 6:  # keep the loop alive until reads 1-4 were filtered
+                filtered.wait(10.0)
+            obs = super().read_observation()
+            if self.reads >= 5:
+                reads_to_wait_for.set()
+            return obs
+
+    robot = Robot(period=0.05)
+    calls = []
+
+    def plan(state):
+        calls.append(1)
+        if len(calls) == 2:  # the job for tick 1 waits until reads 2-4 have happened
+            reads_to_wait_for.wait(10.0)
+        return make_plan([0.0] * 10)
+
+    clock = FakeClock()
+    ctrl = MPCController(model, Scripted([], then=plan), clock=clock)
+    run_control_loop(robot, ctrl, 20.0, 8, mode="async", clock=clock, sleep=clock.sleep)
+    ctrl.submit(lambda: None).result(timeout=10.0)  # the planner thread is done with its jobs
+    assert seen == [float(k) for k in range(len(seen))] and len(seen) >= 5  # each reading as it was read
+    ctrl.close(timeout=5.0)
+
+
+def test_a_robot_whose_done_is_a_method_is_named_not_run_for_zero_ticks():
+    class Robot(FakeRobot):
+        def done(self):
+            return False
+
+    ctrl = MPCController(point_model(), Scripted([]))
+    with pytest.raises(ValueError, match=r"robot.done must be a bool"):
+        run_control_loop(Robot(period=0.05), ctrl, 20.0, 10)
+
+
+def test_plan_names_a_deadline_observed_at_or_step_that_is_not_one():
+    """These are the caller's errors: before the fix a NaN or string deadline was passed on and
+    counted as a planner failure on every call."""
+    ctrl = MPCController(point_model(), Scripted([], then=lambda s: make_plan([0.1] * 3)))
+    ctrl.filter(np.array([0.0], np.float32))
+    for kw, name in (({"deadline": float("nan")}, "deadline"), ({"deadline": "soon"}, "deadline"),
+                     ({"observed_at": float("nan")}, "observed_at"), ({"step": -1}, "step"), ({"step": 1.5}, "step")):
+        with pytest.raises(ValueError, match=f"MPCController.plan: {name} must be"):
+            ctrl.plan(**kw)
+    assert ctrl.stats().planner_failures == 0
+    assert ctrl.plan(deadline=float("inf"), step=0) is not None  # +inf: no effective deadline

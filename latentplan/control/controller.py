@@ -556,10 +556,18 @@ class MPCController:
             `info["nonfinite"]` is added to the statistics' `nonfinite_returns` either way.
 
         Raises:
-            Nothing for the planner's errors (a bad belief, e.g. NaN, makes the planner raise
-            `ValueError`, which is logged and counted as a failure); only exceptions outside the
-            planner call (e.g. of the warm start's shift) propagate.
+            ValueError: `step` is not an int >= 0, or `deadline` / `observed_at` is not a clock
+                time (a number, not NaN) or `None` (naming it): a caller's error, not the
+                planner's. Nothing for the planner's errors (a bad belief, e.g. NaN, makes the
+                planner raise `ValueError`, which is logged and counted as a failure); only
+                exceptions outside the planner call (e.g. of the warm start's shift) propagate.
         """
+        if step is not None and (isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0):
+            raise ValueError(f"MPCController.plan: step must be an int >= 0 or None; got {step!r}")
+        for name, t in (("deadline", deadline), ("observed_at", observed_at)):
+            if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or math.isnan(t)):
+                raise ValueError(f"MPCController.plan: {name} must be a clock time in seconds (a number, not NaN) "
+                                 f"or None; got {t!r}")
         return self._plan(self.belief if belief is None else belief, self._step if step is None else step,
                           deadline, self._epoch, observed_at)
 

@@ -159,7 +159,8 @@ class AsyncLoop:
     `ThreadPoolExecutor(max_workers=1)`) while this thread sends at the fixed rate.
 
     At tick `m` this thread sends the newest plan's action for time `m` (a plan made for tick
-    `k`: its action `m - k`) and reads the observation. A planner job then catches the belief
+    `k`: its action `m - k`) and reads the observation (a copy is kept: a driver may reuse its
+    buffer before the planner thread filters it). A planner job then catches the belief
     up with every observation read since the last job (`controller.filter(obs, action)`),
     predicts the belief at tick `m + 1` with the action just sent (`controller.predict`), and
     plans for tick `m + 1` with that tick as the deadline (capped at `budget_ms` after the
@@ -283,7 +284,7 @@ class AsyncLoop:
                 t_sent = t.send(a)
                 if not t.running:  # no plan for a tick that will not come
                     break
-                obs = self.robot.read_observation()
+                obs = _snapshot(self.robot.read_observation())  # it waits: the driver may reuse its buffer
                 self._push((t.sent - 1, obs, a, t_sent, tick + t.period))
         finally:
             with self._lock:
@@ -329,7 +330,7 @@ def run_control_loop(
     held up for Python's default 5 ms by the planner).
 
     Args:
-        robot: a `Robot`.
+        robot: a `Robot` (`done`, when it has one, a bool attribute or property).
         controller: an `MPCController` for the robot's model.
         rate_hz: ticks per second (Hz), a finite number > 0; default `1 / robot.period`.
         steps: ticks to run, an int >= 0; default until `robot.done` (which it must then have).
@@ -346,7 +347,8 @@ def run_control_loop(
     Raises:
         ValueError: a `rate_hz` that is not a finite number > 0 (or, without `rate_hz`, a
             `robot.period` that is not a finite number > 0), `steps` not an int >= 0 or `None`,
-            an unknown mode, or `steps=None` for a robot without `done`; from the controller:
+            an unknown mode, `steps=None` for a robot without `done`, or a `done` that is a
+            method; from the controller:
             an observation rejected before the episode's first good one, or any with
             `on_bad_observation="raise"`. Any error of the robot, `on_step` or the controller,
             and `KeyboardInterrupt`, passes through, with the safe action sent (above).
@@ -397,7 +399,24 @@ def _checked_rate(robot: Robot, rate_hz: Any, steps: Any, mode: Any) -> float:
         raise ValueError(f"run_control_loop: mode must be 'sync' or 'async'; got {mode!r}")
     if steps is None and not hasattr(robot, "done"):
         raise ValueError("run_control_loop: steps=None needs a robot with a `done` attribute")
+    if callable(getattr(robot, "done", None)):  # a method is always truthy: the loop would run no tick
+        raise ValueError("run_control_loop: robot.done must be a bool attribute or property (the episode is over), "
+                         "not a method")
     return float(rate_hz)
+
+
+def _snapshot(obs: Any) -> Any:
+    """A copy of an observation that waits for the planner thread: a driver may hand out one
+    buffer and overwrite it at the next read. Something that cannot be copied as an array is
+    passed on as it is (the filter rejects it)."""
+    if obs is None:
+        return None
+    if isinstance(obs, Tensor):
+        return obs.detach().clone()
+    try:
+        return np.array(obs, copy=True)
+    except (TypeError, ValueError):
+        return obs
 
 
 def _loop_stats(mode: str, rate_hz: float, ticks: Ticks, controller: MPCController, t_start: float,
