@@ -34,20 +34,29 @@ controller = MPCController(
     ControllerConfig(budget_ms=35.0 if mode == "sync" else None, mode="thread", warm_start=False),
 )
 print(f"warm-up plan: {controller.warmup(robot.reset(seed=0)):.0f} ms")
-if mode in ("sync", "async"):
-    stats = run_control_loop(robot, controller, rate_hz, mode=mode)  # until the episode ends (10 s simulated)
-    print(stats.table())
-else:  # the sync loop by hand: one tick every 50 ms, the planner stopped 35 ms after the observation
-    controller.reset()
-    t0 = time.perf_counter()
-    while not robot.done:
-        t_obs = time.perf_counter()
-        controller.filter(robot.read_observation())
-        plan = controller.plan(deadline=t_obs + 0.035)
-        action = plan.actions[0, 0] if plan is not None else controller.fallback()
-        sent = controller.record(action, outcome="planned" if plan is not None else "failed",
-                                 latency_ms=(time.perf_counter() - t_obs) * 1e3)
-        robot.send_action(sent)
-        time.sleep(max(0.0, t0 + controller.step / rate_hz - time.perf_counter()))
-    print(controller.stats().table(), f"\n  robot return            {robot.stats()['return']:.1f}")
-controller.close()
+try:
+    if mode in ("sync", "async"):
+        stats = run_control_loop(robot, controller, rate_hz, mode=mode)  # until the episode ends (10 s simulated)
+        print(stats.table())
+    else:  # the sync loop by hand: one tick every 50 ms, the planner stopped 35 ms after the observation
+        controller.reset()
+        t0 = time.perf_counter()
+        try:
+            while not robot.done:
+                t_obs = time.perf_counter()
+                controller.filter(robot.read_observation())
+                plan = controller.plan(deadline=t_obs + 0.035)
+                action = plan.actions[0, 0] if plan is not None else controller.fallback()
+                sent = controller.record(action, outcome="planned" if plan is not None else "failed",
+                                         latency_ms=(time.perf_counter() - t_obs) * 1e3)
+                robot.send_action(sent)
+                time.sleep(max(0.0, t0 + controller.step / rate_hz - time.perf_counter()))
+        except BaseException:  # Ctrl-C or an error: leave the robot on the safe action, as run_control_loop does
+            robot.send_action(controller.safe_action.cpu().numpy())
+            raise
+        print(controller.stats().table(), f"\n  robot return            {robot.stats()['return']:.1f}")
+except KeyboardInterrupt as err:  # run_control_loop already sent the safe action and kept the statistics
+    stats = getattr(err, "loop_stats", None)
+    print("interrupted", "" if stats is None else f"\n{stats.table()}")
+finally:
+    controller.close()

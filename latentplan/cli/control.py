@@ -43,8 +43,13 @@ def _controller(cfg: ControlConfig):
 def run(cfg: ControlConfig, args: list[str] | None = None) -> int:
     """Run the loop, print the loop's and the controller's statistics, write them to `cfg.json`.
 
+    On Ctrl-C the loop sends the robot its safe action, and the statistics up to that moment are
+    printed (and written to `cfg.json`, with `stopped_by: "KeyboardInterrupt"`). The planner
+    thread is closed however the run ends.
+
     Returns:
-        The exit code: 0, or 2 for a bad setting, an unknown planner or a missing checkpoint.
+        The exit code: 0, 2 for a bad setting, an unknown planner or a missing checkpoint, 130
+        after an interruption.
     """
     torch.set_num_threads(cfg.threads)
     try:
@@ -52,13 +57,26 @@ def run(cfg: ControlConfig, args: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PlannerNotAvailable) as err:
         print(f"latentplan control: {err}", file=sys.stderr)
         return 2
-    obs0 = robot.reset(cfg.seed)
-    print(header)
-    if cfg.warmup:
-        print(f"warm-up plan: {ctrl.warmup(obs0):.1f} ms")
-    stats = run_control_loop(robot, ctrl, cfg.rate, cfg.steps, mode=cfg.mode)
-    ctrl.close()
+    code = 0
+    try:
+        obs0 = robot.reset(cfg.seed)
+        print(header)
+        if cfg.warmup:
+            print(f"warm-up plan: {ctrl.warmup(obs0):.1f} ms")
+        try:
+            stats = run_control_loop(robot, ctrl, cfg.rate, cfg.steps, mode=cfg.mode)
+        except KeyboardInterrupt as err:
+            stats = getattr(err, "loop_stats", None)
+            print("latentplan control: interrupted; the safe action was sent", file=sys.stderr)
+            if stats is None:
+                return 130
+            code = 130
+    except KeyboardInterrupt:  # during the warm-up: nothing ran on the robot yet
+        print("latentplan control: interrupted before the loop started", file=sys.stderr)
+        return 130
+    finally:
+        ctrl.close()
     print(stats.table())
     if cfg.json:
         atomic_write_text(cfg.json, json.dumps({"config": dataclasses.asdict(cfg), "stats": stats.as_dict()}, indent=1))
-    return 0
+    return code

@@ -13,7 +13,7 @@ of `latentplan.control.loop`, the episode loop of `latentplan.evaluation`) is wr
 - `record(action, outcome=...)`: the action actually sent, and how it was decided (statistics);
 - `act(obs)`: the four above in a row, within the budget.
 
-Why this module is about 740 lines (over the ~500 of the house rules): the controller is one
+Why this module is about 820 lines (over the ~500 of the house rules): the controller is one
 state machine (the belief, the newest plan and its step, the planner thread, the counts) whose
 public steps share that state and whose guarantees (deadlines, fallbacks, bounds, counts) hold
 only together; about half of the lines are the documentation of that public API. Its statistics
@@ -41,7 +41,7 @@ from latentplan.planners.base import Plan, Planner, Policy
 from latentplan.planners.objective import Objective
 from latentplan.worldmodels.state import LatentState, WorldModel
 
-from .stats import ControllerStats, percentiles
+from .stats import DEFAULT_WINDOW, ControllerStats, Window
 
 __all__ = ["Clock", "ControllerConfig", "MPCController", "Outcome"]
 
@@ -86,10 +86,16 @@ class ControllerConfig:
             where a bad observation is a bug). Both count an observation failure. Before the
             episode's first good observation there is no belief to predict from: a rejected
             observation raises a `ValueError` whatever this says.
+        stats_window: how many of the newest decisions (and planner calls, and loop ticks) the
+            latency percentiles of `stats()` and `LoopStats` are computed over; counts, maxima
+            and means cover all of them. Bounds the statistics' memory in a long run (8 bytes
+            a value: 0.8 MB per series by default).
 
     Raises:
         ValueError: if `budget_ms` is not a positive finite number or `None`, `margin_ms` is
-            negative or not below `budget_ms`, or `mode` / `on_bad_observation` is unknown.
+            not a finite number >= 0 or not below `budget_ms`, `seed` is not an int,
+            `stats_window` is not an int >= 1, or `mode` / `on_bad_observation` is unknown
+            (each naming the field; a bool is not a number here).
     """
 
     budget_ms: float | None = None
@@ -98,8 +104,17 @@ class ControllerConfig:
     warm_start: bool = True
     seed: int = 0
     on_bad_observation: Literal["predict", "raise"] = "predict"
+    stats_window: int = DEFAULT_WINDOW
 
     def __post_init__(self) -> None:
+        for name in ("budget_ms", "margin_ms"):
+            v = getattr(self, name)
+            if (v is not None or name == "margin_ms") and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise ValueError(f"ControllerConfig.{name} must be a number (ms); got {type(v).__name__} {v!r}")
+        for name, low in (("seed", None), ("stats_window", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (low is not None and v < low):
+                raise ValueError(f"ControllerConfig.{name} must be an int{'' if low is None else f' >= {low}'}; got {v!r}")
         if self.budget_ms is not None and not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
             raise ValueError(f"ControllerConfig.budget_ms must be a positive number or None; got {self.budget_ms}")
         if not (math.isfinite(self.margin_ms) and self.margin_ms >= 0):
@@ -130,13 +145,22 @@ def _model_obs_shape(model: WorldModel) -> tuple[int, ...] | None:
     return None
 
 
-def _count(x: Any) -> int:
-    """A count from a planner's `info` (an int, float or one-element tensor); 0 for anything else."""
+def _number(x: Any) -> float | None:
+    """A finite number >= 0 from a planner's `info` (an int, float or one-element tensor); `None`
+    for anything else (NaN, inf, negative, a string, a bool, a larger tensor)."""
+    if isinstance(x, bool):
+        return None
     try:
         v = float(x)
     except (TypeError, ValueError, RuntimeError):
-        return 0
-    return int(v) if math.isfinite(v) else 0
+        return None
+    return v if math.isfinite(v) and v >= 0 else None
+
+
+def _count(x: Any) -> int:
+    """A count from a planner's `info` (see `_number`); 0 for anything that is not one."""
+    v = _number(x)
+    return 0 if v is None else int(v)
 
 
 class MPCController:
@@ -271,15 +295,19 @@ class MPCController:
         self._n = dict(steps=0, planned=0, deadline_misses=0, planner_failures=0, observation_failures=0,
                        fallbacks=0, late_steps=0, clipped_actions=0, safe_actions=0, policy_failures=0,
                        nonfinite_returns=0)
-        self._latency_ms: list[float] = []
-        self._plan_ms: list[float] = []
+        window = self.config.stats_window
+        self._latency_ms = Window(window)
+        self._plan_ms = Window(window)
         self._evals = 0
-        self._iterations: list[float] = []
+        self._iterations = Window(window)
+        # a planner call that started before this reset (e.g. one left stuck by an earlier run)
+        # is not counted in the new statistics when it ends
+        self._stats_gen = getattr(self, "_stats_gen", 0) + 1
 
     def stats(self) -> ControllerStats:
         """A snapshot of the statistics since the last `reset_stats()`."""
-        p50, p95, p99, mx, mean = percentiles(self._latency_ms)
-        q50, _, q99, _, q_mean = percentiles(self._plan_ms)
+        p50, p95, p99, mx, mean = self._latency_ms.summary()
+        q50, _, q99, _, q_mean = self._plan_ms.summary()
         n = self._n
         return ControllerStats(
             steps=n["steps"], planned=n["planned"], deadline_misses=n["deadline_misses"],
@@ -290,14 +318,15 @@ class MPCController:
             latency_ms_p50=p50, latency_ms_p95=p95, latency_ms_p99=p99, latency_ms_max=mx, latency_ms_mean=mean,
             plan_ms_p50=q50, plan_ms_p99=q99, plan_ms_mean=q_mean,
             model_evals_per_step=self._evals / max(n["steps"], 1),
-            iterations_mean=float(np.mean(self._iterations)) if self._iterations else float("nan"),
+            iterations_mean=self._iterations.summary()[4],
             budget_ms=self.config.budget_ms,
         )
 
     @property
     def latencies_ms(self) -> list[float]:
-        """Wall ms of every decision since the last `reset_stats()` (a copy, `[steps]`)."""
-        return list(self._latency_ms)
+        """Wall ms of the decisions since the last `reset_stats()`, oldest first (a copy,
+        `[min(steps, config.stats_window)]`: the newest `stats_window` of them)."""
+        return self._latency_ms.values().tolist()
 
     @property
     def iteration_ms(self) -> float:
@@ -352,10 +381,16 @@ class MPCController:
         self.close()
 
     # ------------------------------------------------------------------ belief
-    def _as_obs(self, obs: np.ndarray | Tensor) -> tuple[Tensor, str | None]:
+    def _as_obs(self, obs: np.ndarray | Tensor) -> tuple[Tensor | None, str | None]:
         """The observation as a tensor on the model's device (float32 if floating), and why it is
-        rejected before the filter sees it (a shape other than the model's, NaN/inf), or `None`."""
-        o = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs, device=self.device)
+        rejected before the filter sees it (not numeric, e.g. a string or an object array;
+        complex; a shape other than the model's; NaN/inf), or `None`."""
+        try:
+            o = torch.as_tensor(np.asarray(obs) if not isinstance(obs, Tensor) else obs, device=self.device)
+        except (TypeError, ValueError, RuntimeError) as err:  # strings, objects, ragged lists
+            return None, f"observation of type {type(obs).__name__} is not numeric ({err})"
+        if o.is_complex():
+            return o, f"observation of dtype {o.dtype} is complex"
         if o.is_floating_point():
             o = o.to(torch.float32)
         if self._obs_shape is not None and tuple(o.shape) != self._obs_shape:
@@ -364,15 +399,27 @@ class MPCController:
             return o, "observation contains NaN/inf"
         return o, None
 
-    def _action_row(self, action: np.ndarray | Tensor) -> Tensor:
-        return torch.as_tensor(np.asarray(action) if not isinstance(action, Tensor) else action,
-                               dtype=torch.float32, device=self.device).reshape(1, -1)
+    def _action_row(self, action: np.ndarray | Tensor, where: str) -> Tensor:
+        """`action` as a `[1, A]` float32 row on the model's device; `ValueError` (naming `where`
+        and `action`) when it is not numeric, not `A` numbers, or not finite."""
+        try:
+            a = torch.as_tensor(np.asarray(action) if not isinstance(action, Tensor) else action,
+                                dtype=torch.float32, device=self.device).reshape(1, -1)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"MPCController.{where}: action must be [A={self.action_dim}] numbers; "
+                             f"got {type(action).__name__}") from err
+        if a.shape[1] != self.action_dim:
+            raise ValueError(f"MPCController.{where}: action must be [A={self.action_dim}]; got {a.shape[1]} numbers")
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError(f"MPCController.{where}: action holds NaN/inf: {a[0].tolist()}")
+        return a
 
     @torch.no_grad()
     def filter(self, obs: np.ndarray | Tensor | None, action: np.ndarray | Tensor | None = None) -> LatentState:
         """Fold one observation into the belief: the posterior step `observe(belief, action, obs)`.
 
-        An observation is rejected when it is missing (`None`), has a shape other than the
+        An observation is rejected when it is missing (`None`), not numeric (a string, an object
+        array) or complex, has a shape other than the
         model's (`model.config.obs_shape` or `model.obs_shape` when the model declares it, else
         the first accepted observation's, kept for the controller's life), holds NaN/inf, or
         makes `model.observe` raise. Once the episode has a belief from a good observation, a
@@ -392,9 +439,10 @@ class MPCController:
                 `on_bad_observation` says (there is no belief to predict from), naming the
                 reason, the expected and the received shape; with `on_bad_observation="raise"`,
                 for any rejected observation (an error of `model.observe` is then passed on as
-                it is, after the first good observation).
+                it is, after the first good observation); for an `action` that is not `[A]`
+                finite numbers (naming `action`).
         """
-        action = self._last_action if action is None else self._action_row(action)
+        action = self._last_action if action is None else self._action_row(action, "filter")
         first = not self._has_obs
         o, reason = (None, "missing observation") if obs is None else self._as_obs(obs)
         if reason is None:
@@ -443,9 +491,12 @@ class MPCController:
             The predicted belief `[1]`: the prior mean where the model's `imagine_step` offers
             `sample=False`, else a prior sample. `self.belief` is not changed (`filter(None)`
             folds a missing observation in with this step).
+
+        Raises:
+            ValueError: `action` is not `[A]` finite numbers (naming `action`).
         """
         belief = self.belief if belief is None else belief
-        action = self._last_action if action is None else self._action_row(action)
+        action = self._last_action if action is None else self._action_row(action, "predict")
         return self.model.imagine_step(belief, action, sample=False)
 
     # ------------------------------------------------------------------ planning
@@ -505,15 +556,24 @@ class MPCController:
             `info["nonfinite"]` is added to the statistics' `nonfinite_returns` either way.
 
         Raises:
-            Nothing for the planner's errors (a bad belief, e.g. NaN, makes the planner raise
-            `ValueError`, which is logged and counted as a failure); only exceptions outside the
-            planner call (e.g. of the warm start's shift) propagate.
+            ValueError: `step` is not an int >= 0, or `deadline` / `observed_at` is not a clock
+                time (a number, not NaN) or `None` (naming it): a caller's error, not the
+                planner's. Nothing for the planner's errors (a bad belief, e.g. NaN, makes the
+                planner raise `ValueError`, which is logged and counted as a failure); only
+                exceptions outside the planner call (e.g. of the warm start's shift) propagate.
         """
+        if step is not None and (isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0):
+            raise ValueError(f"MPCController.plan: step must be an int >= 0 or None; got {step!r}")
+        for name, t in (("deadline", deadline), ("observed_at", observed_at)):
+            if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or math.isnan(t)):
+                raise ValueError(f"MPCController.plan: {name} must be a clock time in seconds (a number, not NaN) "
+                                 f"or None; got {t!r}")
         return self._plan(self.belief if belief is None else belief, self._step if step is None else step,
                           deadline, self._epoch, observed_at)
 
     def _plan(self, belief: LatentState, step: int, deadline: float | None, epoch: int,
               observed_at: float | None) -> Plan | None:
+        gen = self._stats_gen
         warm = self._warm_start(step)
         t0 = self.clock()
         plan, error = None, None
@@ -524,28 +584,42 @@ class MPCController:
         except Exception as err:  # reported and answered by the fallback, never raised
             error = err
         done = self.clock()
-        plan = self._absorb(plan, error, step, epoch, (done - t0) * 1e3)
-        if plan is not None and observed_at is not None:
-            self._latency_ms.append((done - observed_at) * 1e3)
+        plan = self._absorb(plan, error, step, epoch, (done - t0) * 1e3, gen == self._stats_gen)
+        latency = None if observed_at is None else (done - observed_at) * 1e3
+        if plan is not None and latency is not None and math.isfinite(latency) and gen == self._stats_gen:
+            self._latency_ms.append(latency)
         return plan
 
-    def _absorb(self, plan: Any, error: BaseException | None, step: int, epoch: int, duration_ms: float) -> Plan | None:
+    def _absorb(self, plan: Any, error: BaseException | None, step: int, epoch: int, duration_ms: float,
+                count: bool = True) -> Plan | None:
         """Check a finished planner call; store a good plan as the newest; count a failure and
-        the non-finite returns the planner reports."""
+        the non-finite returns the planner reports (not when `count` is False: the call started
+        before the last `reset_stats()`).
+
+        The planner's `info` is only trusted where it is a finite number >= 0: a NaN, infinite,
+        negative or non-number `plan_ms`, `iterations`, `model_evals` or `nonfinite` is ignored
+        (the measured `duration_ms` stands in for `plan_ms`), so that it cannot poison the
+        iteration-time estimate and with it every later deadline."""
         info = plan.info if isinstance(plan, Plan) and isinstance(plan.info, dict) else {}
-        self._n["nonfinite_returns"] += _count(info.get("nonfinite", 0))
+        n = self._n if count else dict(self._n)  # a stale call's counts go nowhere
+        n["nonfinite_returns"] += _count(info.get("nonfinite", 0))
         reason = f"planner raised {type(error).__name__}: {error}" if error is not None else self._check_plan(plan)
         if reason is not None:
-            self._n["planner_failures"] += 1
+            n["planner_failures"] += 1
             self._log(f"step {step}: {reason}; answered by the fallback")
             return None
-        self._evals += _count(info.get("model_evals", 0))
-        ms = float(info.get("plan_ms", duration_ms))
-        self._plan_ms.append(duration_ms)
-        iters = info.get("iterations")
-        if iters:
-            self._iterations.append(float(iters))
-            per = ms / float(iters)
+        ms = _number(info.get("plan_ms"))
+        ms = duration_ms if ms is None else ms
+        iters = _number(info.get("iterations"))
+        iters = iters if iters is not None and iters >= 1 else None
+        if count:
+            self._evals += _count(info.get("model_evals", 0))
+            if math.isfinite(duration_ms):
+                self._plan_ms.append(duration_ms)
+            if iters:
+                self._iterations.append(iters)
+        if iters and math.isfinite(ms):
+            per = ms / iters
             self._iter_ms = per if per > self._iter_ms else 0.9 * self._iter_ms + 0.1 * per
         with self._lock:
             if epoch == self._epoch and (self._latest is None or step >= self._latest[1]):
@@ -616,16 +690,20 @@ class MPCController:
                 `"failed"` (the planner failed: the fallback answered); `None`: not a decision
                 of this controller (e.g. a random action), nothing counted.
             latency_ms: the decision's latency in ms, recorded (and counted late when over
-                the budget).
+                the budget); a finite number.
 
         Returns:
             The recorded action, `[A]` float32, finite and inside the bounds.
 
         Raises:
-            ValueError: for an unknown `outcome`.
+            ValueError: for an unknown `outcome`, or a `latency_ms` that is not a finite number
+                (one NaN would make every latency percentile NaN).
         """
         if outcome is not None and outcome not in _OUTCOMES:
             raise ValueError(f"MPCController.record: outcome must be one of {_OUTCOMES} or None; got {outcome!r}")
+        if latency_ms is not None and (isinstance(latency_ms, bool) or not isinstance(latency_ms, numbers.Real)
+                                       or not math.isfinite(latency_ms)):
+            raise ValueError(f"MPCController.record: latency_ms must be a finite number of ms; got {latency_ms!r}")
         a = self._finalize(action, count=outcome is not None)
         self._last_action = a[None].clone()
         self._step += 1
@@ -649,7 +727,9 @@ class MPCController:
             return fallback, "missed"
         job = self.submit(self._plan, belief, step, deadline, epoch, None)
         self._pending = job
-        wait_for([job], timeout=max(0.0, deadline - self.config.margin_ms / 1e3 - self.clock()))
+        # never longer than the budget, even if the clock went back since the deadline was set
+        left = min(deadline - self.clock(), self.config.budget_ms / 1e3) - self.config.margin_ms / 1e3
+        wait_for([job], timeout=max(0.0, left))
         if not job.done():
             return fallback, "missed"
         plan = job.result()
@@ -744,7 +824,7 @@ class MPCController:
         plan = self.planner.plan(self.make_objective(self.model), belief,
                                  generator=torch.Generator(device=self.device).manual_seed(0))
         ms = (self.clock() - t0) * 1e3
-        iters = plan.info.get("iterations") if isinstance(plan.info, dict) else None
-        if measure and iters:
-            self._iter_ms = max(self._iter_ms, ms / float(iters))
+        iters = _number(plan.info.get("iterations")) if isinstance(plan.info, dict) else None
+        if measure and iters is not None and iters >= 1 and math.isfinite(ms):
+            self._iter_ms = max(self._iter_ms, ms / iters)
         return ms
