@@ -119,7 +119,7 @@ def run_episode(
 
     The controller is reset for the episode (`controller.reset(generator=generator)`) and its
     statistics zeroed, so `controller.stats()` and `controller.latencies_ms` describe this
-    episode afterwards.
+    episode afterwards (the latencies: its newest `ControllerConfig.stats_window` decisions).
 
     Args:
         env: an env from `latentplan.envs.make` (actions in `[-1, 1]^A`).
