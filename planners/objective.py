@@ -13,7 +13,8 @@ from latentplan.worldmodels.state import LatentState, WorldModel
 
 from .base import callable_name
 from .rewards import (
-    BoundReward, Reward, RewardContext, UserReward, check_continuation_output, check_reward_output, learned_reward,
+    BoundReward, Reward, RewardContext, UserReward, check_continuation_output, check_reward_output, continuation,
+    learned_reward, reward,
 )
 
 __all__ = ["Continuation", "Objective", "PriorMeanModel", "RewardTerm", "discounted", "rank_returns"]
@@ -112,6 +113,14 @@ def _check_term(term: object, index: int) -> None:
         raise TypeError(
             f"{where} must be a reward term (an @lp.reward function, lp.learned_reward(), or a callable "
             f"(next_state, action) -> [N]); got {term!r:.80}"
+        )
+    if term is learned_reward:
+        raise TypeError(f"{where} is the function lp.learned_reward itself: call it, rewards=[lp.learned_reward()]")
+    if term is reward or term is continuation or getattr(term, "__qualname__", "") in (
+            "reward.<locals>.wrap", "continuation.<locals>.wrap"):
+        raise TypeError(
+            f"{where} is the decorator {callable_name(term)!r}, not a term: apply it to your function "
+            "(@lp.reward(...) above def fn(obs, action, ctx)) and pass the function"
         )
     if not isinstance(term, BoundReward) and not _takes_positional(term, 2):
         raise TypeError(
@@ -267,8 +276,13 @@ class Objective:
             a reward term returns a tensor that is not `[N]` or lives on another device
             (the message names the term). In `returns` (and every planner's `plan`): beliefs
             whose count is not a multiple of (in `plan`: not equal to) `batch`, naming both.
+            At evaluation, naming the term: an `@lp.reward` function modified an input in place
+            (a state, a decoded quantity, the action or a context value), or a term marked
+            differentiable returned an output without gradient while a gradient planner
+            differentiates it (`NoGradientError`, see `check_reward_gradient`).
         TypeError (here, naming the argument): a `rewards` item is not callable, is a plain
-            callable that cannot take `(next_state, action)`, is a `stage="terminal"` term, or
+            callable that cannot take `(next_state, action)` (the function `learned_reward` or
+            the decorator `reward` itself get their own hint), is a `stage="terminal"` term, or
             needs a model method (`decode`, `reward`) the model lacks; `value` is a reward term
             or not a callable of one state; `terminal` is not a `Reward` of terminal-stage parts
             (or `learned_reward()`). A term returns a non-tensor or a non-floating tensor (in
@@ -399,6 +413,10 @@ class Objective:
 
         Raises:
             TypeError / ValueError: a term's output is not a floating `[N]` tensor (naming it).
+            ValueError: an `@lp.reward` function modified its inputs in place, or a term marked
+                differentiable returned an output without gradient while gradients are taken
+                (`check_reward_gradient`), naming the term. Plain callables are checked for
+                their output only (a constant spy or placeholder stays allowed).
         """
         total = None
         n = action.shape[0]

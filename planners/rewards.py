@@ -47,6 +47,7 @@ import contextlib
 import functools
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Iterator, Literal, Mapping, overload
@@ -60,8 +61,8 @@ from latentplan.worldmodels.state import LatentState, WorldModel
 from .base import callable_name
 
 __all__ = [
-    "BoundReward", "Reward", "RewardContext", "RewardReport", "Shared", "check_continuation_output", "check_reward",
-    "check_reward_output", "continuation", "learned_reward", "reward", "shared",
+    "BoundReward", "NoGradientError", "Reward", "RewardContext", "RewardReport", "Shared", "check_continuation_output",
+    "check_reward", "check_reward_gradient", "check_reward_output", "continuation", "learned_reward", "reward", "shared",
 ]
 
 Inputs = Literal["decoded", "latent"]
@@ -125,7 +126,9 @@ def check_reward_output(value: object, name: str, n: int, device: torch.device) 
         TypeError: `value` is not a tensor, or has a non-floating dtype (the only problem).
         ValueError: `value` is not `[N]` or lives on another device (other problems are listed
             in the same message), e.g. "reward 'upright' must return a [N=1000] floating tensor
-            on cpu; returned shape (1000, 1)".
+            on cpu; returned shape (1000, 1); reduce or squeeze the last dimension (e.g. .sum(-1))"
+            (an `[N, N]` output's message names the `[N]` against `[N, 1]` broadcast that
+            usually makes it).
     """
     if not isinstance(value, Tensor):
         raise TypeError(
@@ -145,11 +148,118 @@ def check_reward_output(value: object, name: str, n: int, device: torch.device) 
     if bad_device:
         problems.append(f"device {value.device}")
     error = ValueError if bad_shape or bad_device else TypeError
+    hint = ""
+    if value.dim() == 2 and value.shape[0] == n and value.shape[1] in (1, n):
+        hint = ("; an [N, N] result comes from broadcasting an [N] tensor against an [N, 1] one (a context value "
+                "given as [B, 1] or [1, 1] arrives as [N, 1]: give a per-environment scalar as [B])"
+                if value.shape[1] == n and n > 1 else "; reduce or squeeze the last dimension (e.g. .sum(-1))")
     raise error(
-        f"reward {name!r} must return a [N={n}] floating tensor on {device}; returned " + ", ".join(problems)
+        f"reward {name!r} must return a [N={n}] floating tensor on {device}; returned " + ", ".join(problems) + hint
     )
 
 
+class NoGradientError(ValueError):
+    """Raised by `check_reward_gradient`: a term marked differentiable returned an output without
+    gradient while gradients are taken. A `ValueError`."""
+
+
+def check_reward_gradient(
+    value: Tensor, name: str, inputs: "tuple[LatentState | Tensor | None, ...]", *, kind: str = "reward"
+) -> None:
+    """Check that a term marked differentiable kept its output in the autograd graph.
+
+    Gradient planners (`GradientPlanner`, the CEM polish and gradient refinement, `ILQR`, policy
+    learning through imagined rollouts) differentiate the return with respect to the actions.
+    A term that detaches its output (`.detach()`, `torch.no_grad()`, NumPy, `.item()`, a
+    constant) gives them a zero gradient and they would silently return the sequence they
+    started from. The check runs only while gradients are being taken: grad mode on and every
+    input the term was given requiring grad (for a `LatentState`, either of its tensors); then
+    the output must require grad too. Attribute checks only (no host synchronisation); skipped
+    while a CUDA graph is captured or `torch.compile` traces.
+
+    Args:
+        value: the term's `[N]` output (already checked by `check_reward_output`).
+        name: the term's name, put in the message.
+        inputs: what the term read: the states (`LatentState`) and the action (`None` entries,
+            e.g. the action of a terminal term, are skipped).
+        kind: `"reward"` or `"continuation"`, for the message.
+
+    Raises:
+        NoGradientError (a ValueError): grad mode is on, every input requires grad and `value`
+            does not; the message names the term and how to fix it.
+    """
+    if value.requires_grad or not torch.is_grad_enabled():
+        return
+    given = [x for x in inputs if x is not None]
+    if not given:
+        return
+    for x in given:
+        if isinstance(x, LatentState):
+            if not (x.deter.requires_grad or x.stoch.requires_grad):
+                return
+        elif not (isinstance(x, Tensor) and x.requires_grad):
+            return
+    if _capturing(value.device):
+        return
+    raise NoGradientError(
+        f"{kind} {name!r} is marked differentiable but its output carries no gradient (it was detached, computed "
+        "under torch.no_grad(), through NumPy or .item(), or is a constant), while a gradient-based planner "
+        "differentiates it: the planner would follow a zero gradient and return the sequence it started from. "
+        f"Keep the computation in torch, or mark it @lp.{'continuation' if kind == 'continuation' else 'reward'}"
+        "(..., differentiable=False) (sampling planners only); a constant term changes no plan: drop it"
+    )
+
+
+def _watch_versions(tensors: "list[Tensor]") -> tuple[int, ...] | None:
+    """The in-place modification counters of `tensors`; None if one has none (an inference tensor,
+    made under `torch.inference_mode`): the in-place check is then skipped."""
+    try:
+        return tuple(t._version for t in tensors)
+    except RuntimeError:
+        return None
+
+
+def _watched_inputs(
+    state: LatentState, action: Tensor | None, prev: LatentState | None, first: Any, before: Any, ctx: dict[str, Any],
+) -> list[Tensor]:
+    """The tensors a user function is given: the states (and their decoded quantities, dicts), the
+    action and the context values (`_watched_labels` names them, in the same order). Kept lean: it
+    runs at every evaluation of a term."""
+    out = [state.deter, state.stoch]
+    if type(first) is dict:
+        out += [v for v in first.values() if isinstance(v, Tensor)]
+    if prev is not None:
+        out += [prev.deter, prev.stoch]
+        if type(before) is dict:
+            out += [v for v in before.values() if isinstance(v, Tensor)]
+    if action is not None:
+        out.append(action)
+    out += [v for v in ctx.values() if isinstance(v, Tensor)]
+    return out
+
+
+def _watched_labels(first: Any, prev: LatentState | None, before: Any, action: Tensor | None,
+                    ctx: dict[str, Any]) -> list[str]:
+    """The names of `_watched_inputs`' tensors, in its order (for the message)."""
+    out = ["next_state.deter", "next_state.stoch"]
+    if type(first) is dict:
+        out += [f"obs[{k!r}]" for k, v in first.items() if isinstance(v, Tensor)]
+    if prev is not None:
+        out += ["prev_state.deter", "prev_state.stoch"]
+        if type(before) is dict:
+            out += [f"prev_obs[{k!r}]" for k, v in before.items() if isinstance(v, Tensor)]
+    if action is not None:
+        out.append("action")
+    out += [f"ctx[{k!r}]" for k, v in ctx.items() if isinstance(v, Tensor)]
+    return out
+
+
+def _capturing(device: torch.device) -> bool:
+    """`_recording()` for an evaluation on `device`: a CUDA graph is captured only on a CUDA device
+    (this skips `torch.cuda.is_available()`, the costly part, on the CPU)."""
+    if torch.compiler.is_compiling():
+        return True
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def check_continuation_output(value: object, name: str, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -210,6 +320,10 @@ def _versions(*tensors: Tensor) -> tuple[int, ...] | None:
     return tuple(t._version for t in tensors)
 
 
+_EXPANDED_CACHE = 8
+"""How many `(N, device, dtype)` expansions a `RewardContext` keeps (the oldest is dropped first)."""
+
+
 class RewardContext:
     """What reward terms are evaluated against in one plan call: the model, the context, B.
 
@@ -231,15 +345,17 @@ class RewardContext:
     B is not inferred: a `[D]` vector could mean "one value per environment" or "one vector for
     all", so tensors whose leading dimension is not 1 need `batch=B`.
 
-    Expanded values are cached per `(N, device)` (unless a value requires grad), and the model's
+    Expanded values are cached per `(N, device, dtype)` (unless a value requires grad; the last
+    `_EXPANDED_CACHE` = 8 such keys), and the model's
     `decode` output is cached for the last state object decoded, so several decoded terms of
     one objective decode each imagined state once. Both caches are dropped when a tensor they
-    were made from is modified in place (its version counter moves).
+    were made from is modified in place (its version counter moves). `copy.deepcopy` and
+    pickling copy the model and the values, not the caches.
 
     Args:
         model: the `WorldModel` whose `decode` (and `reward`) the terms read.
         context: name -> value; `None` is an empty context.
-        batch: B, the number of environments planned for in the call.
+        batch: B, the number of environments planned for in the call (a Python or NumPy int).
 
     Raises:
         ValueError: `batch` is not a positive int; a tensor value's leading dimension is neither
@@ -251,10 +367,12 @@ class RewardContext:
     def __init__(
         self, model: WorldModel, context: Mapping[str, Any] | None = None, *, batch: int | None = None
     ) -> None:
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        if batch is not None and (isinstance(batch, (bool, np.bool_)) or not isinstance(batch, numbers.Integral)
+                                  or batch < 1):
             raise ValueError(
                 f"reward context: batch must be a positive int (B, the number of environments); got {batch!r}"
             )
+        batch = None if batch is None else int(batch)
         if context is not None and not isinstance(context, Mapping):
             raise TypeError(f"reward context must be a dict of name -> value; got {type(context).__name__}")
         self.model = model
@@ -295,6 +413,19 @@ class RewardContext:
 
     def __repr__(self) -> str:
         return f"RewardContext(keys={list(self.values)}, batch={self.batch})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For `copy.deepcopy` and pickling: the values as a plain dict (a `MappingProxyType`
+        cannot be pickled), the caches left out."""
+        state = dict(self.__dict__)
+        state["values"] = dict(self.values)
+        state.update(_expanded={}, _env_rows=None, _decoded=None, _decoded_before=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state["values"] = MappingProxyType(dict(state["values"]))
+        self.__dict__.update(state)
 
     @contextlib.contextmanager
     def rows_of(self, env: Tensor) -> Iterator[None]:
@@ -376,6 +507,8 @@ class RewardContext:
             out[name] = value
         if cacheable and versions is not None:
             self._expanded[key] = (versions, out)
+            while len(self._expanded) > _EXPANDED_CACHE:  # a long-lived objective evaluated on many N
+                del self._expanded[next(iter(self._expanded))]
         return dict(out)
 
     def decode(self, state: LatentState) -> dict[str, Any]:
@@ -446,11 +579,30 @@ class RewardContext:
 
 # --------------------------------------------------------------------------- terms
 def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, Tensor))
+    """A Python or NumPy real number (a 0-dim NumPy array counts), not a bool."""
+    if isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "iuf":
+        return True
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_, Tensor))
+
+
+def _refuse_operand(term: "Reward", other: object, op: str) -> None:
+    """A clear `TypeError` for the operands that look like weights but are not accepted (a tensor,
+    an array, a bool, a complex number); other operands are left to Python (`NotImplemented`)."""
+    if isinstance(other, Tensor) or (isinstance(other, np.ndarray) and not _is_number(other)):
+        raise TypeError(
+            f"reward {term.name!r} {op} a {type(other).__name__} of shape {tuple(other.shape)}: reward weights are "
+            "Python or NumPy numbers (use float(w)); a weight that varies per call or per environment goes "
+            "in the context and is applied inside the function (ctx['w'] * ...)"
+        )
+    if isinstance(other, (bool, np.bool_, complex)):
+        raise TypeError(f"reward {term.name!r} {op} {other!r}: reward weights are real numbers, not {type(other).__name__}")
 
 
 def _weight(x: object) -> float:
-    w = float(x)  # type: ignore[arg-type]
+    try:
+        w = float(x)  # type: ignore[arg-type]
+    except OverflowError:
+        raise ValueError(f"reward weights must be finite; got an int of {len(str(abs(x)))} digits, too large for a float") from None
     if not math.isfinite(w):
         raise ValueError(f"reward weights must be finite; got {w}")
     return w
@@ -468,13 +620,19 @@ class Reward:
         differentiable: False if gradients through the term are meaningless (gradient planners
             refuse such a term); a composite's is the AND of its parts.
 
-    Composition (numbers are Python/NumPy reals; a tensor weight is not accepted):
+    Composition (numbers are Python/NumPy reals, a 0-dim NumPy array included; a tensor weight is
+    not accepted):
         `a + b`, `a - b`, `-a`, `w * a`, `a * w`, `a / w`, `sum([a, b])` (`0 + a` is `a`).
+
+    Pickling: a term made by `@reward` on a module-level function pickles by reference (by its
+    module and name, as the function would); composites pickle their parts.
 
     Raises:
         TypeError: adding a non-zero constant (it would not change any plan), or combining with
-            something that is neither a term nor a number.
-        ValueError: a non-finite weight.
+            something that is neither a term nor a number; a tensor, an array with dimensions, a
+            bool or a complex number as a weight (naming it: weights are real numbers).
+        ValueError: a non-finite weight, also one that overflows when weights are folded
+            (`a * 1e200 * 1e200`) or divided (`a / 1e-320`); division by 0.
     """
 
     name: str
@@ -530,9 +688,14 @@ class Reward:
         return f"Reward({self.name}, differentiable={self.differentiable})"
 
     # composition ---------------------------------------------------------
+    # NumPy defers to the reflected operators of terms (`np.float64(2) * term` is a term, an array
+    # times a term is refused by `__rmul__`) instead of building an object array
+    __array_ufunc__ = None
+
     def __add__(self, other: object) -> "Reward":
         if isinstance(other, Reward):
             return SumReward(self, other)
+        _refuse_operand(self, other, "+")
         if _is_number(other):
             if other == 0:
                 return self
@@ -557,6 +720,7 @@ class Reward:
         return ScaledReward.of(-1.0, self)
 
     def __mul__(self, other: object) -> "Reward":
+        _refuse_operand(self, other, "*")
         if _is_number(other):
             return ScaledReward.of(_weight(other), self)
         return NotImplemented
@@ -565,8 +729,12 @@ class Reward:
         return self.__mul__(other)
 
     def __truediv__(self, other: object) -> "Reward":
+        _refuse_operand(self, other, "/")
         if _is_number(other):
-            return ScaledReward.of(1.0 / _weight(other), self)
+            w = _weight(other)
+            if w == 0:
+                raise ValueError(f"cannot divide reward {self.name!r} by 0")
+            return ScaledReward.of(_weight(1.0 / w), self)
         return NotImplemented
 
 
@@ -595,6 +763,18 @@ class UserReward(Reward):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
+    def __reduce__(self) -> Any:
+        """Pickle by reference when this term is what its module holds under its name (the usual
+        `@reward` on a module-level function, which shadows the function: the function itself can
+        then not be pickled by reference); otherwise rebuild it from the function and the options."""
+        if _lookup(self) is self:
+            return self.__qualname__
+        fn: Any = self.fn
+        holder = _lookup(fn)
+        if isinstance(holder, UserReward) and holder.fn is fn:  # the function is shadowed by that term: via it
+            fn = holder
+        return (_rebuild_user_reward, (fn, self.inputs, self.differentiable, self.name, self.stage))
+
     def _evaluate(
         self, state: LatentState, action: Tensor | None, context: RewardContext, prev: LatentState | None = None
     ) -> Tensor:
@@ -605,16 +785,25 @@ class UserReward(Reward):
             return context.decode(s) if self.inputs == "decoded" else s
 
         first = view(state)
+        if self.stage == "transition" and prev is None:
+            raise ValueError(
+                f"reward {self.name!r} is a transition term and needs the state before the action: "
+                "call it as bound(next_state, action, prev_state=state)"
+            )
+        if self.stage != "transition":
+            prev = None  # only a transition term reads (and is checked on) the state before
+        if self.stage == "terminal":
+            action = None
+        before = view(prev) if prev is not None else None
+        # in-place modification of the inputs (they are the planner's imagined states, actions and the
+        # caller's context, shared with the other terms): version counters, no host synchronisation
+        watched = [] if _capturing(device) else _watched_inputs(state, action, prev, first, before, ctx)
+        versions = _watch_versions(watched)
         try:
             if self.stage in ("arrival", "continuation"):
                 out = self.fn(first, action, ctx)
             elif self.stage == "transition":
-                if prev is None:
-                    raise ValueError(
-                        f"reward {self.name!r} is a transition term and needs the state before the action: "
-                        "call it as bound(next_state, action, prev_state=state)"
-                    )
-                out = self.fn(view(prev), first, action, ctx)
+                out = self.fn(before, first, action, ctx)
             else:
                 out = self.fn(first, ctx)
         except Exception as e:
@@ -624,11 +813,40 @@ class UserReward(Reward):
                 f"and context keys {sorted(ctx)}"
             )
             raise
+        if versions is not None and _watch_versions(watched) != versions:
+            labels = _watched_labels(first, prev, before, action, ctx)
+            changed = [label for label, t, v in zip(labels, watched, versions) if t._version != v]
+            shared = " (views of one tensor share a version counter: all of them are listed)" if len(changed) > 1 else ""
+            raise ValueError(
+                f"reward {self.name!r} modified its inputs in place: {', '.join(changed)}{shared}. "
+                "Rewards must not modify their inputs: "
+                "they are the planner's imagined states and actions and your context, shared with the other "
+                "terms and the next evaluations; use out-of-place operations (x = x * 0, not x.mul_(0); "
+                "a = a.clamp(...), not a.clamp_(...))"
+            )
+        kind = "continuation" if self.stage == "continuation" else "reward"
         if self.stage == "continuation":
-            return check_continuation_output(out, self.name, n, device, dtype)
-        out = check_reward_output(out, self.name, n, device)
+            out = check_continuation_output(out, self.name, n, device, dtype)
+        else:
+            out = check_reward_output(out, self.name, n, device)
+        if self.differentiable:
+            check_reward_gradient(out, self.name, (state, action, prev), kind=kind)
         # dtype follows the model: a float32 output on a float64 state (or the reverse) is cast
         return out if out.dtype == dtype or not dtype.is_floating_point else out.to(dtype)
+
+
+def _lookup(obj: Any) -> Any:
+    """What `obj`'s module holds under `obj`'s qualified name (None if nothing)."""
+    found: Any = sys.modules.get(getattr(obj, "__module__", None) or "")
+    for part in (getattr(obj, "__qualname__", None) or "<unnamed>").split("."):
+        found = getattr(found, part, None)
+    return found
+
+
+def _rebuild_user_reward(fn: Any, inputs: Inputs, differentiable: bool, name: str, stage: Stage) -> "UserReward":
+    """Unpickle a `UserReward` (see `UserReward.__reduce__`); `fn` may be the term that holds it."""
+    fn = fn.fn if isinstance(fn, UserReward) else fn
+    return UserReward(fn, inputs=inputs, differentiable=differentiable, name=name, stage=stage)
 
 
 class LearnedReward(Reward):
@@ -675,6 +893,8 @@ class ScaledReward(Reward):
         """`weight * term`, folding nested weights (`2 * (3 * a)` is `6 * a`; `1 * a` is `a`)."""
         if isinstance(term, ScaledReward):
             weight, term = weight * term.weight, term.term
+            if not math.isfinite(weight):
+                raise ValueError(f"reward weights must be finite; the weights of {term.name!r} multiply to {weight}")
         return term if weight == 1 else ScaledReward(weight, term)
 
     def leaves(self) -> Iterator[Reward]:
@@ -814,12 +1034,23 @@ def reward(fn=None, *, inputs="decoded", stage="arrival", differentiable=True, n
         ValueError: `inputs` is not `"decoded"` or `"latent"`; `stage` is not one of
             `"arrival"`, `"transition"`, `"terminal"`, `"continuation"`.
         TypeError: `fn` is not callable (e.g. `@reward("latent")` instead of
-            `@reward(inputs="latent")`) or is already a term.
+            `@reward(inputs="latent")`) or is already a term; `differentiable` is not a bool
+            (a string such as `"no"` would read as True); `name` is not a non-empty string.
+
+    At evaluation (in `Objective.returns` / `step` and every planner, naming the term), beside
+    the output checks of `check_reward_output`: `ValueError` if the function modified an input
+    in place (a state, a decoded quantity, the action or a context value: compared by version
+    counter, no host synchronisation), or if a term marked differentiable returns an output
+    without gradient while a gradient planner differentiates it (`check_reward_gradient`).
     """
     if inputs not in _INPUTS:
         raise ValueError(f"reward: inputs must be one of {list(_INPUTS)}; got {inputs!r}")
     if stage not in _STAGES:
         raise ValueError(f"reward: stage must be one of {list(_STAGES)}; got {stage!r}")
+    if not isinstance(differentiable, (bool, np.bool_)):
+        raise TypeError(f"reward: differentiable must be True or False; got {differentiable!r}")
+    if name is not None and not (isinstance(name, str) and name):
+        raise TypeError(f"reward: name must be a non-empty string or None (the function's name); got {name!r}")
 
     def wrap(f: Callable[..., Tensor]) -> UserReward:
         if isinstance(f, Reward):
@@ -1064,9 +1295,12 @@ def check_reward(
                 with torch.enable_grad():
                     step_gen = torch.Generator(device=dev).manual_seed(seed + 1)
                     nxt4 = model.imagine_step(prev, act, generator=step_gen)
-                    r = _call(RewardContext(model, context, batch=batch).bind(term), nxt4, act, prev)
                     g = None
-                    if r.requires_grad:
+                    try:
+                        r = _call(RewardContext(model, context, batch=batch).bind(term), nxt4, act, prev)
+                    except NoGradientError:  # the term's own check: no gradient (reported below)
+                        r = None
+                    if r is not None and r.requires_grad:
                         (g,) = torch.autograd.grad(r.sum(), act, allow_unused=True)
                 flows = g is not None and bool(torch.isfinite(g).all())
                 if g is not None and not flows:
