@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("latentplan.planners", name) for name in (
         "CEM", "CMAES", "CMAESConfig", "MCTS", "CEMConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
-        "GradientPlanner", "ILQR", "ILQRConfig", "MCTSConfig", "MPPI", "MPPIConfig", "Objective", "Plan", "Planner",
+        "GradientPlanner", "ILQR", "ILQRConfig", "MCTSConfig", "MPPI", "MPPIConfig", "NoGradientError", "Objective", "Plan",
+        "Planner",
         "Policy", "PolicyConfig", "PolicyPlanner",
         "Reward", "Shared", "ValueConfig", "ValueFunction", "ValueLearner", "check_reward", "continuation", "disagreement",
         "learned_reward", "reward",

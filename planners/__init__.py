@@ -14,14 +14,15 @@ from .mppi import MPPI, MPPIConfig, mppi_weights
 from .objective import Objective, RewardTerm, rank_returns
 from .policy import GaussianPolicy, PolicyConfig, PolicyPlanner, policy_rollout
 from .rewards import (
-    BoundReward, Reward, RewardContext, RewardReport, Shared, check_reward, continuation, learned_reward, reward, shared,
+    BoundReward, NoGradientError, Reward, RewardContext, RewardReport, Shared, check_reward, continuation, learned_reward,
+    reward, shared,
 )
 from .value import ImaginedRollout, ValueConfig, ValueFunction, ValueLearner, lambda_returns, posterior_beliefs
 
 __all__ = [
     "AscentConfig", "BoundReward", "CEM", "CEMConfig", "CMAES", "CMAESConfig", "DistillConfig", "Distiller", "GaussianPolicy", "GradientConfig",
-    "GradientPlanner", "ILQR", "ILQRConfig", "ImaginedRollout", "MCTS", "MCTSConfig", "MPPI", "MPPIConfig", "Objective",
-    "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm",
+    "GradientPlanner", "ILQR", "ILQRConfig", "ImaginedRollout", "MCTS", "MCTSConfig", "MPPI", "MPPIConfig", "NoGradientError",
+    "Objective", "Plan", "Planner", "Policy", "PolicyConfig", "PolicyPlanner", "Reward", "RewardContext", "RewardReport", "RewardTerm",
     "Shared", "shared",
     "ValueConfig", "ValueFunction", "ValueLearner", "ascend", "box_qp", "check_reward", "cma_constants", "colored_noise",
     "continuation", "disagreement",

@@ -26,7 +26,7 @@ from .validate import check_choice, check_int, check_positive
 from .base import callable_name
 from .objective import Objective, rank_returns
 
-__all__ = ["Ascent", "AscentConfig", "ascend", "optimizer_class", "require_differentiable"]
+__all__ = ["Ascent", "AscentConfig", "ascend", "optimizer_class", "require_autograd", "require_differentiable"]
 
 _EXCLUDED_OPTIMIZERS = frozenset({"lbfgs", "sparseadam"})
 VJP_EVALS = 2
@@ -70,6 +70,21 @@ def optimizer_class(name: str, owner: str = "optimizer") -> type[torch.optim.Opt
     )
 
 
+
+
+def require_autograd(planner: str) -> None:
+    """Refuse to run a gradient search inside `torch.inference_mode()`.
+
+    `torch.enable_grad()` does not leave inference mode, so no gradient would reach the actions
+    and the search would return its starting sequence as if it had converged. `torch.no_grad()`
+    is fine: the searches turn gradients on where they need them.
+
+    Raises:
+        RuntimeError: naming `planner`, if inference mode is on.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{planner} differentiates the return through the model, which torch.inference_mode() "
+                           "forbids; plan outside it (torch.no_grad() is fine)")
 
 
 def require_differentiable(objective: Objective, planner: str) -> None:

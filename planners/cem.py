@@ -18,7 +18,7 @@ from latentplan.worldmodels.state import LatentState
 
 from .validate import (check_choice, check_int, check_min, check_plan_inputs, check_positive, check_range,
                        require_finite_bounds)
-from .ascent import AscentConfig, ascend, ascent_evals, require_differentiable
+from .ascent import AscentConfig, ascend, ascent_evals, require_autograd, require_differentiable
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
 from .fused_search import FusedCEMSearch, why_not_fused
@@ -520,14 +520,17 @@ class CEM:
             TypeError / ValueError: as `Planner.plan`, naming the argument. Also ValueError:
                 with a `gradient` config or `polish > 0`, a reward term marked
                 `differentiable = False`; with `polish > 0`, infinite action bounds.
+                RuntimeError: with either, called inside `torch.inference_mode()`.
         """
         t0 = time.perf_counter()
         c = self.config
         check_plan_inputs("CEM.plan", objective, state, warm_start=warm_start, generator=generator, deadline=deadline)
         if c.gradient is not None:
             require_differentiable(objective, "CEM (gradient refinement)")
+            require_autograd("CEM (gradient refinement)")
         if c.polish > 0:
             require_differentiable(objective, "CEM (L-BFGS polish)")
+            require_autograd("CEM (L-BFGS polish)")
             require_finite_bounds("CEM.plan", objective.model.action_low, objective.model.action_high,
                                   "the L-BFGS polish optimises in tanh coordinates of the action box")
         model = objective.model

@@ -26,7 +26,7 @@ from latentplan.worldmodels.state import LatentState
 
 from .validate import check_choice, check_int, check_plan_inputs, check_positive, check_range, require_finite_bounds
 from .ascent import (VJP_EVALS, Ascent, AscentConfig, ascend, ascent_evals, optimizer_class, project,
-                     require_differentiable)
+                     require_autograd, require_differentiable)
 from .lbfgs import lbfgs_ascend
 from .base import Plan, Policy
 from .capture import CaptureCache, resolve_compile, run_captured
@@ -270,13 +270,14 @@ class GradientPlanner:
         Raises:
             TypeError / ValueError: as `Planner.plan`, naming the argument. Also ValueError:
                 a term marked `differentiable = False`; infinite action bounds with
-                `squash='tanh'` (L-BFGS).
+                `squash='tanh'` (L-BFGS). RuntimeError: called inside `torch.inference_mode()`.
         """
         t0 = time.perf_counter()
         c = self.config
         check_plan_inputs("GradientPlanner.plan", objective, state, warm_start=warm_start, generator=generator,
                           deadline=deadline)
         require_differentiable(objective, "GradientPlanner")
+        require_autograd("GradientPlanner")
         b, h, r, a = state.batch, c.horizon, c.restarts, objective.action_dim
         dev = state.device
         model = objective.model

@@ -27,7 +27,7 @@ from latentplan.worldmodels.state import LatentState
 
 from .validate import check_int, check_plan_inputs
 from .base import Plan, Policy
-from .objective import Objective, discounted
+from .objective import Objective, discounted, rank_returns
 
 __all__ = ["GaussianPolicy", "PolicyConfig", "PolicyPlanner", "gaussian_log_density", "policy_rollout"]
 
@@ -343,9 +343,10 @@ class PolicyPlanner:
 
     `plan(objective, state [B], warm_start=None, generator=None, deadline=None) -> Plan` with
     `actions [B, H, A]` (the policy's actions clipped into the model's action bounds) and
-    `value [B]`: the imagined return of the rollout, or NaN where the plan
-    was not evaluated (`horizon=1`, `evaluate=False`; NaN, not 0, since nothing was estimated,
-    and `info["evaluated"]` is False). `info`: `iterations` (1), `model_evals` (`B * H` with a
+    `value [B]`: the imagined return of the rollout (`-inf` where it is NaN or +-inf, as for
+    every planner: `objective.rank_returns`), or NaN where the plan was not evaluated
+    (`horizon=1`, `evaluate=False`; NaN, not 0, since nothing was estimated, and
+    `info["evaluated"]` is False). `info`: `iterations` (1), `model_evals` (`B * H` with a
     rollout, else 0), `nonfinite` (non-finite returns), `plan_ms`. `warm_start` and `deadline` are accepted and ignored (a
     single pass is never cut short).
 
@@ -415,7 +416,8 @@ class PolicyPlanner:
             self.policy, objective, state, self.horizon, generator=generator,
             deterministic=self.deterministic, with_returns=True,
         )
-        nonfinite = int((~torch.isfinite(ret)).sum())
-        info = {"iterations": 1, "model_evals": evals, "nonfinite": nonfinite, "plan_ms": (time.perf_counter() - t0) * 1e3}
-        return Plan(actions, ret, info)
+        value, nonfinite = rank_returns(ret)  # NaN/+-inf report -inf, as every other planner's value
+        info = {"iterations": 1, "model_evals": evals, "nonfinite": int(nonfinite),
+                "plan_ms": (time.perf_counter() - t0) * 1e3}
+        return Plan(actions, value, info)
 

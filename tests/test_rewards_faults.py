@@ -321,3 +321,34 @@ def test_check_reward_reports_a_term_without_gradient_in_its_own_words():
     with pytest.raises(ValueError, match="is marked differentiable but no gradient reaches the action") as e:
         check_reward(detached, _line())
     assert "backpropagation raised" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["GradientPlanner", "CEM polish", "CEM+GD"])
+def test_a_gradient_search_inside_inference_mode_is_refused_and_no_grad_is_fine(name):
+    """torch.enable_grad() does not leave inference mode: the search would return its start as if
+    converged, so it refuses by name; under torch.no_grad() the same search still finds the optimum."""
+    m = _line()
+    objective = Objective(m, rewards=[to_target])
+    planner = _gradient_planners()[name]
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        planner.plan(objective, _start(m), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plan = planner.plan(objective, _start(m), generator=torch.Generator().manual_seed(0))
+    plain = planner.plan(objective, _start(m), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plan.actions, plain.actions)  # no_grad changes nothing
+    # from x0 = 0 the optimum moves 0.5 then 0.3 (reward -(x - 0.8)^2 per step): first action 0.5
+    assert plan.actions[0, 0, 0].item() == pytest.approx(0.5, abs=1e-3 if name != "CEM+GD" else 0.02)
+
+
+def test_the_policy_planner_reports_a_nonfinite_return_as_minus_inf():
+    from latentplan.planners import GaussianPolicy, PolicyConfig, PolicyPlanner
+
+    m = _line()
+
+    @reward
+    def nan_reward(obs, action, ctx):
+        return obs["x"] * float("nan")
+
+    policy = GaussianPolicy(1, 1, [-0.5], [0.5])
+    plan = PolicyPlanner(policy, horizon=2).plan(Objective(m, rewards=[nan_reward]), _start(m))
+    assert torch.equal(plan.value, torch.full((2,), float("-inf"))) and plan.info["nonfinite"] == 2
