@@ -477,7 +477,8 @@ def root_policy(tree: Tree, n_k: np.ndarray, q_k: np.ndarray, chosen: np.ndarray
     ok = np.isfinite(q_k) & (prior > 0)
     lo = np.where(ok, q_k, np.inf).min(1, keepdims=True)
     hi = np.where(ok, q_k, -np.inf).max(1, keepdims=True)
-    qn = np.where(hi > lo, (np.where(ok, q_k, lo) - lo) / np.where(hi > lo, hi - lo, 1.0), 0.5)
+    with np.errstate(invalid="ignore"):  # rows without a finite value give inf - inf here, masked to 0.5 by `where`
+        qn = np.where(hi > lo, (np.where(ok, q_k, lo) - lo) / np.where(hi > lo, hi - lo, 1.0), 0.5)
     z = np.where(ok, np.log(np.where(ok, prior, 1.0)) + (c_visit + n_k.max(1, keepdims=True)) * c_scale * qn, -np.inf)
     z = z - np.where(ok.any(1, keepdims=True), z.max(1, keepdims=True), 0.0)
     e = np.where(ok, np.exp(z), 0.0)
