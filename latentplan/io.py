@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -169,8 +170,13 @@ def load(path: str | os.PathLike, kind: str | tuple[str, ...], *, device: str | 
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     try:
         blob = torch.load(p, map_location=device, weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or pickled code refused by weights_only
-        raise CheckpointError(f"{p} is not a readable latentplan checkpoint ({type(err).__name__}: {err})") from err
+    except pickle.UnpicklingError as err:  # torch's weights_only refusal: a long text about trusting the source
+        raise CheckpointError(f"{p} is not a latentplan checkpoint: it holds Python objects other than tensors and "
+                              "plain values, which are never unpickled here (torch.load(weights_only=True) refused it)"
+                              ) from err
+    except Exception as err:  # truncated, or not a file torch.save wrote
+        raise CheckpointError(f"{p} is not a readable latentplan checkpoint (truncated, or not written by torch.save: "
+                              f"{type(err).__name__}: {err})") from err
     if not isinstance(blob, dict) or "latentplan" not in blob:
         raise CheckpointError(f"{p} is not a latentplan checkpoint (expected a {' or '.join(kinds)})")
     if blob["latentplan"] > VERSION:

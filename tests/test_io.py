@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import numpy as np
 import torch
 
 from latentplan import io
@@ -39,6 +40,10 @@ def test_foreign_newer_and_truncated_files_are_refused_by_name(tmp_path):
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:500])
     with pytest.raises(io.CheckpointError, match="not a readable"):
         io.load(tmp_path / "cut.pt", "run")
+    torch.save({"array": np.zeros(3)}, tmp_path / "pickled.pt")  # objects weights_only refuses: one short line
+    with pytest.raises(io.CheckpointError, match="Python objects other than tensors") as err:
+        io.load(tmp_path / "pickled.pt", "run")
+    assert "trusted source" not in str(err.value) and len(str(err.value)) < 300
 
 
 def test_an_atomic_write_that_fails_leaves_the_old_file_whole(tmp_path):
