@@ -62,6 +62,7 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import latentplan as lp  # noqa: E402
 from latentplan.exploration import coverage  # noqa: E402
+from latentplan.statistics import finite_json  # noqa: E402
 from rewards_cartpole import (  # noqa: E402
     ACTION_REPEAT, goal_reward, run, swingup_reward, tail_metrics,
 )
@@ -385,7 +386,7 @@ def main() -> None:
     data["meta"] = {"args": vars(args), "threads": torch.get_num_threads(), "loadavg_1min": os.getloadavg()[0],
                     "wall_s": time.perf_counter() - t0, "torch": torch.__version__, "machine": platform.machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / name).write_text(json.dumps(data, indent=2))
+    (RESULTS / name).write_text(json.dumps(finite_json(data), indent=2, allow_nan=False))  # NaN (no head/goal rows): null
     print(f"wrote {RESULTS / name}")
 
 
