@@ -37,7 +37,9 @@ from latentplan.worldmodels.filtering import filter_episodes
 from latentplan.worldmodels.state import LatentState
 
 from .evaluation import Agent, run_episode
-from .io import atomic_write_text, save_distiller, save_policy
+from . import distill_run_state as run_state
+from .distill_run_state import DistillResult
+from .io import atomic_write_text, save_policy
 from .registry import Budget, PlannerSpec, make_planner
 
 __all__ = ["DistillRunConfig", "DistillResult", "dagger_round", "evaluate_planner", "make_teacher", "replay_beliefs",
@@ -218,7 +220,9 @@ class DistillRunConfig:
             (`seed * 1000 + 100 + i`).
         device: `cpu`, `cuda`, `auto`.
         progress: show progress bars.
-        save_data: write the learner's labelled data set into `distiller.pt`.
+        save_data: write the learner's labelled data set into the finished run's `distiller.pt`.
+        resume: continue the unfinished run in `out` from its last finished phase (same config;
+            see `latentplan.distill_run_state`); without a run there, start afresh.
         distill: the learner's settings (`DistillConfig`; its `target` is set from `target`, its
             `init_seed`, when `None`, from `seed`).
 
@@ -248,6 +252,7 @@ class DistillRunConfig:
     device: str = "cpu"
     progress: bool = True
     save_data: bool = False
+    resume: bool = False
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
@@ -296,28 +301,6 @@ def _episodes_dir(cfg: DistillRunConfig) -> Path | None:
     return None
 
 
-@dataclass
-class DistillResult:
-    """What `run_distillation` produced.
-
-    Attributes:
-        distiller: the learner (its `policy` is the student).
-        teacher: the teacher planner.
-        model: the world model of the checkpoint.
-        env: the environment the rounds and evaluations ran in.
-        metrics: everything written to `metrics.json` (label timings, per-round student returns,
-            evaluation returns of student and teacher, wall times).
-        out: the output folder.
-    """
-
-    distiller: Distiller
-    teacher: Planner
-    model: Any
-    env: Any
-    metrics: dict[str, Any]
-    out: Path
-
-
 def evaluate_planner(
     env: Any,
     model: Any,
@@ -360,9 +343,14 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
        act (beta = 1), as DAgger's first iteration does.
     4. Evaluate the student (`PolicyPlanner`) and, with `eval_teacher`, the teacher on the same
        `eval_episodes` seeds.
-    5. Write `out/policy.pt` (`latentplan.io.save_policy`), `out/distiller.pt`
-       (`latentplan.io.save_distiller`, without the data set unless `save_data`),
-       `out/loss.png` (`latentplan.plots.plot_distillation`) and `out/metrics.json`.
+    5. Write `out/policy.pt` (`latentplan.io.save_policy`), `out/loss.png`
+       (`latentplan.plots.plot_distillation`), `out/metrics.json` and `out/distiller.pt`
+       (`latentplan.io.save_distiller`, without the data set unless `save_data`).
+
+    After each phase (the replay labels, the fit, each round's labels, each round's steps, the
+    evaluation) `out/distiller.pt` (with the data set) and `out/progress.json` hold the run's
+    state, so that `resume` continues a killed run and ends as the uninterrupted one
+    (`latentplan.distill_run_state`).
 
     Args:
         cfg: `DistillRunConfig`.
@@ -374,15 +362,18 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
 
     Raises:
         FileNotFoundError: if the checkpoint is missing.
-        ValueError: if `out` is a file (before the checkpoint is read), `replay_states > 0` but
-            no replay episodes are found, or the teacher cannot be built.
+        ValueError: if `out` is a file or holds an unfinished run and `resume` is not set (both
+            before the checkpoint is read), `replay_states > 0` but no replay episodes are found,
+            or the teacher cannot be built.
+        CheckpointMismatch (a `ValueError`): with `resume`, a run made with another config or
+            checkpoint (`latentplan.distill_run_state.load`).
     """
     run = _DistillRun(cfg, objective_factory or (lambda m: Objective(m)))
-    if cfg.replay_states > 0:
-        run.label_replay()
-        run.fit(cfg.fit_steps, "fit")
-    run.dagger_rounds()
-    run.evaluate()
+    for name, phase in run_state.phases(run):
+        if name not in run.done:
+            phase()
+            run.done.append(name)
+            run_state.save(run)
     return run.write()
 
 
@@ -397,8 +388,10 @@ class _DistillRun:
         self.cfg, self.factory = cfg, factory
         if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
             raise ValueError(f"out {cfg.out!r} exists and is not a folder")
+        resumed = run_state.load(cfg, Path(cfg.out))
         device = resolve_device(cfg.device)
-        self.model, train_cfg, _ = load_checkpoint(cfg.checkpoint, device=str(device))
+        self.model, train_cfg, envelope = load_checkpoint(cfg.checkpoint, device=str(device))
+        self.checkpoint_sha256 = envelope.sha256
         self.teacher = make_teacher(cfg, self.model)
         init_seed = cfg.seed if cfg.distill.init_seed is None else cfg.distill.init_seed
         dcfg = dataclasses.replace(cfg.distill, target=cfg.resolved_target, init_seed=init_seed)
@@ -414,6 +407,7 @@ class _DistillRun:
             "rounds": [],
         }
         self.phase_steps: list[tuple[str, int]] = []
+        run_state.restore(self, resumed)  # the phases done, and their state when resuming
 
     def fit(self, steps: int, desc: str) -> None:
         """`steps` gradient steps on the labels so far, with a progress bar."""
@@ -457,21 +451,25 @@ class _DistillRun:
             "label_s": time.perf_counter() - t0,
         }
 
-    def dagger_rounds(self) -> None:
-        """`dagger_rounds` rounds of `dagger_round`, each followed by `dagger_steps` gradient steps."""
+    def dagger_labels(self, r: int) -> None:
+        """DAgger round `r` (from 0): `dagger_round` on its `dagger_episodes` seeds, without gradient steps."""
         cfg = self.cfg
-        rounds = tqdm(range(cfg.dagger_rounds), desc="DAgger rounds", disable=not cfg.progress, unit="round")
-        for r in rounds:
-            beta = 1.0 if (r == 0 and len(self.distiller) == 0) else cfg.dagger_beta
-            seeds = [cfg.seed * 1000 + 100 + r * cfg.dagger_episodes + i for i in range(cfg.dagger_episodes)]
-            t0 = time.perf_counter()
-            res = dagger_round(self.env, self.model, self.distiller, self.teacher, self.factory, seeds=seeds,
-                               beta=beta, noise=cfg.dagger_noise, generator=self.gen)
-            self.fit(cfg.dagger_steps, f"round {r + 1}")
-            res.update({"round": r + 1, "beta": beta, "seeds": seeds, "wall_s": time.perf_counter() - t0,
-                        "dataset": len(self.distiller)})
-            self.metrics["rounds"].append(res)
-            rounds.set_postfix(student_return=f"{res['mean_return']:.0f}", dataset=len(self.distiller))
+        beta = 1.0 if (r == 0 and len(self.distiller) == 0) else cfg.dagger_beta
+        seeds = [cfg.seed * 1000 + 100 + r * cfg.dagger_episodes + i for i in range(cfg.dagger_episodes)]
+        t0 = time.perf_counter()
+        res = dagger_round(self.env, self.model, self.distiller, self.teacher, self.factory, seeds=seeds,
+                           beta=beta, noise=cfg.dagger_noise, generator=self.gen)
+        res.update({"round": r + 1, "beta": beta, "seeds": seeds, "wall_s": time.perf_counter() - t0})
+        self.metrics["rounds"].append(res)
+
+    def dagger_steps(self, r: int) -> None:
+        """The `dagger_steps` gradient steps after DAgger round `r` (from 0)."""
+        t0 = time.perf_counter()
+        self.fit(self.cfg.dagger_steps, f"round {r + 1}")
+        res = self.metrics["rounds"][r]
+        res.update({"wall_s": res["wall_s"] + time.perf_counter() - t0, "dataset": len(self.distiller)})
+        if self.cfg.progress:
+            tqdm.write(f"DAgger round {r + 1}: student return {res['mean_return']:.0f}, dataset {len(self.distiller)}")
 
     def evaluate(self) -> None:
         """The student and, with `eval_teacher`, the teacher on the same `eval_episodes` seeds."""
@@ -487,14 +485,14 @@ class _DistillRun:
             m["return_ratio"] = m["student"]["mean"] / t if (t := m["teacher_eval"]["mean"]) else float("nan")
 
     def write(self) -> DistillResult:
-        """`policy.pt`, `distiller.pt`, `loss.png` and `metrics.json` into `cfg.out`."""
+        """`policy.pt`, `loss.png`, `metrics.json`, then the finished run's `distiller.pt` into `cfg.out`."""
         from .plots import plot_distillation
 
         d, m, out = self.distiller, self.metrics, self.out
         save_policy(d.policy, out / "policy.pt")
-        save_distiller(d, out / "distiller.pt", with_data=self.cfg.save_data)
         m.update({"phases": self.phase_steps, "steps": d.steps, "labels": d.labels,
-                  "wall_s": time.perf_counter() - self.t_start, "loss_history": [l for _, l in d.history]})
+                  "wall_s": run_state.wall_s(self), "loss_history": [l for _, l in d.history]})
         plot_distillation(m, out / "loss.png")
         atomic_write_text(out / "metrics.json", json.dumps(m, indent=2, default=float) + "\n")
+        run_state.save(self, finished=True)
         return DistillResult(d, self.teacher, self.model, self.env, m, out)

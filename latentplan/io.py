@@ -348,9 +348,12 @@ def load_critic(path: str | os.PathLike, *, feature_dim: int | None = None,
     return learner
 
 
-def save_distiller(distiller: Any, path: str | os.PathLike, *, with_data: bool = True) -> Path:
+def save_distiller(distiller: Any, path: str | os.PathLike, *, with_data: bool = True,
+                   run: dict[str, Any] | None = None) -> Path:
     """Write a `Distiller` (student, optimiser, counters, and the labelled data set unless
-    `with_data=False`) as a `distiller` envelope; its config rebuilds an empty one to load into."""
+    `with_data=False`) as a `distiller` envelope; its config rebuilds an empty one to load into.
+    `run` (`{"config": ..., "state": ...}`, plain values and tensors) is stored beside it as
+    `config["run"]` and `state["run"]`: a distillation run's resume state (`latentplan.distill_run_state`)."""
     policy = distiller.policy
     state = distiller.state_dict()
     if not with_data:
@@ -358,6 +361,8 @@ def save_distiller(distiller: Any, path: str | os.PathLike, *, with_data: bool =
     config = {"distill": config_dict(distiller.config), "feature_dim": policy.feature_dim,
               "action_dim": policy.action_dim, "low": policy.action_low.cpu().tolist(),
               "high": policy.action_high.cpu().tolist()}
+    if run is not None:
+        config["run"], state["run"] = run["config"], run["state"]
     return save(path, "distiller", config, state)
 
 

@@ -13,10 +13,16 @@ def run(cfg: DistillRunConfig, args: list[str] | None = None) -> int:
     """Run the distillation and print its summary.
 
     Returns:
-        The exit code: 0, or 2 on a bad setting or a missing input.
+        The exit code: 0; 2 on a bad setting, a missing input, or a `--resume` with another config;
+        130 after an interruption (the same command with `--resume` continues from the last
+        finished phase, see `out/progress.json`).
     """
     try:
         res = run_distillation(cfg)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun the same command with --resume to continue from the last finished phase "
+              f"({cfg.out}/progress.json)", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError) as e:
         print(f"latentplan distill: {e}", file=sys.stderr)
         return 2
