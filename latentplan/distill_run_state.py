@@ -22,18 +22,19 @@ and metrics as the uninterrupted run (wall times aside).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from . import io
 from .training import CheckpointMismatch
 
-__all__ = ["PROGRESS", "STATE", "DistillResult", "RunState", "load", "phases", "restore", "save", "wall_s"]
+__all__ = ["PROGRESS", "STATE", "DistillResult", "RunState", "load", "lock", "phases", "restore", "save", "wall_s"]
 
 STATE = "distiller.pt"  #: the distiller and the run's state
 PROGRESS = "progress.json"  #: the progress, readable
@@ -165,6 +166,24 @@ def load(cfg: Any, out: Path) -> RunState | None:
     return RunState(list(run["done"]), {k: v for k, v in env.state.items() if k != "run"}, run["generator"],
                     saved["metrics"], [tuple(p) for p in saved["phase_steps"]], float(run["wall_s"]),
                     run["checkpoint_sha256"], path)
+
+
+@contextlib.contextmanager
+def lock(out: str | Path) -> Iterator[None]:
+    """Hold `out/.lock` (`latentplan.io.RunLock`, created with `out`) for the life of a run, so that
+    two runs (a resume started while the run still goes on) never write into one folder.
+
+    Raises:
+        ValueError: `out` is a file, or another process holds its lock (the message names it).
+    """
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"out {str(out)!r} exists and is not a folder")
+    try:
+        held = io.RunLock(out)
+    except io.RunFolderLocked as e:
+        raise ValueError(str(e).replace("--run-dir", "--out")) from None
+    with held:
+        yield
 
 
 def phases(run: Any) -> list[tuple[str, Callable[[], None]]]:

@@ -362,19 +362,20 @@ def run_distillation(cfg: DistillRunConfig, *, objective_factory: Callable[[Any]
 
     Raises:
         FileNotFoundError: if the checkpoint is missing.
-        ValueError: if `out` is a file or holds an unfinished run and `resume` is not set (both
-            before the checkpoint is read), `replay_states > 0` but no replay episodes are found,
-            or the teacher cannot be built.
+        ValueError: if `out` is a file, is in use by another run, or holds an unfinished run and
+            `resume` is not set (before the checkpoint is read), `replay_states > 0` but no replay
+            episodes are found, or the teacher cannot be built.
         CheckpointMismatch (a `ValueError`): with `resume`, a run made with another config or
             checkpoint (`latentplan.distill_run_state.load`).
     """
-    run = _DistillRun(cfg, objective_factory or (lambda m: Objective(m)))
-    for name, phase in run_state.phases(run):
-        if name not in run.done:
-            phase()
-            run.done.append(name)
-            run_state.save(run)
-    return run.write()
+    with run_state.lock(cfg.out):  # one run at a time in `out`
+        run = _DistillRun(cfg, objective_factory or (lambda m: Objective(m)))
+        for name, phase in run_state.phases(run):
+            if name not in run.done:
+                phase()
+                run.done.append(name)
+                run_state.save(run)
+        return run.write()
 
 
 class _DistillRun:

@@ -191,3 +191,14 @@ def test_cli_resume_flag(checkpoint, uninterrupted, tmp_path, monkeypatch, capsy
     assert main(args + ["--resume"]) == 0
     got, want = (json.loads((o / "metrics.json").read_text()) for o in (out, whole_out))
     assert _strip(got) == _strip(want) and not math.isnan(got["return_ratio"])
+
+
+def test_a_second_run_in_the_same_folder_is_refused_while_the_first_holds_it(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    with run_state.lock(out):  # as a run still going on would hold it
+        with pytest.raises(ValueError, match=r"in use by pid \d+.*choose another --out"):
+            run_distillation(_cfg(checkpoint, out, resume=True))
+    assert not (out / "distiller.pt").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        run_distillation(_cfg(checkpoint, tmp_path / "file"))
