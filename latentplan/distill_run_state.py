@@ -12,7 +12,8 @@ each DAgger round, then `evaluation`). After each one, `save` writes two files i
   atomically: the phases recorded as done always match the weights, labels and generator beside
   them. `latentplan.io.load_distiller` reads it as any distiller file.
 - `progress.json`: the same progress for people (phases done, the next one, labels, gradient
-  steps, metrics so far), written after `distiller.pt`. A resume reads `distiller.pt` only.
+  steps, metrics so far), written after `distiller.pt`. A resume reads `distiller.pt` only. The
+  finished run removes it (its `metrics.json` holds everything).
 
 The finished run rewrites `distiller.pt` without its data set unless `save_data` is set (as before
 resumable runs). A resume reloads the distiller's state, the generator state and the metrics, so
@@ -23,7 +24,9 @@ and metrics as the uninterrupted run (wall times aside).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,20 +173,27 @@ def load(cfg: Any, out: Path) -> RunState | None:
 
 @contextlib.contextmanager
 def lock(out: str | Path) -> Iterator[None]:
-    """Hold `out/.lock` (`latentplan.io.RunLock`, created with `out`) for the life of a run, so that
-    two runs (a resume started while the run still goes on) never write into one folder.
+    """Hold an exclusive `flock` on the folder `out` itself (created if missing) for the life of a
+    run, so that two runs (e.g. a resume started while the run still goes on) never write into one
+    folder. The kernel releases it when the process dies, and no lock file is left in `out`.
 
     Raises:
-        ValueError: `out` is a file, or another process holds its lock (the message names it).
+        ValueError: `out` is a file, or another run holds the folder.
     """
-    if Path(out).exists() and not Path(out).is_dir():
+    out = Path(out)
+    if out.exists() and not out.is_dir():
         raise ValueError(f"out {str(out)!r} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
     try:
-        held = io.RunLock(out)
-    except io.RunFolderLocked as e:
-        raise ValueError(str(e).replace("--run-dir", "--out")) from None
-    with held:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"out {str(out)!r} is in use by another distillation run; wait for it to finish, or "
+                             "choose another --out") from None
         yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def phases(run: Any) -> list[tuple[str, Callable[[], None]]]:
@@ -206,7 +216,7 @@ def wall_s(run: Any) -> float:
 
 def save(run: Any, *, finished: bool = False) -> None:
     """Write the run's state into `run.out`: `distiller.pt` (atomically; with the data set, except in a
-    finished run without `save_data`), then `progress.json`.
+    finished run without `save_data`), then `progress.json` (removed once the run is finished).
 
     Args:
         run: the run (`latentplan.distillation._DistillRun`: its `cfg`, `out`, `distiller`, `gen`,
@@ -219,6 +229,9 @@ def save(run: Any, *, finished: bool = False) -> None:
              "wall_s": seconds, "checkpoint_sha256": run.checkpoint_sha256, "finished": finished}
     io.save_distiller(d, run.out / STATE, with_data=run.cfg.save_data or not finished,
                       run={"config": io.config_dict(run.cfg), "state": state})
+    if finished:  # metrics.json has it all; progress.json describes unfinished runs only
+        (run.out / PROGRESS).unlink(missing_ok=True)
+        return
     pending = [name for name, _ in phases(run) if name not in run.done]
     progress = {"done": list(run.done), "next": pending[0] if pending else None, "finished": finished,
                 "labels": d.labels, "steps": d.steps, "dataset": len(d), "wall_s": seconds, "metrics": run.metrics}
