@@ -18,7 +18,9 @@ each DAgger round, then `evaluation`). After each one, `save` writes two files i
 The finished run rewrites `distiller.pt` without its data set unless `save_data` is set (as before
 resumable runs). A resume reloads the distiller's state, the generator state and the metrics, so
 the remaining phases make the same labels, take the same minibatches and write the same weights
-and metrics as the uninterrupted run (wall times aside).
+and metrics as the uninterrupted run (wall times aside). `lock` holds the folder for one run at a
+time. `DistillResult`, what `run_distillation` returns, lives here too (re-exported by
+`latentplan.distillation`, which stays under the facade's 500-line limit).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class DistillResult:
     """What `run_distillation` produced.
 
     Attributes:
-        distiller: the learner (its `policy` is the student).
-        teacher: the teacher planner.
+        distiller: the learner, a `Distiller` (its `policy` is the student).
+        teacher: the teacher, a `Planner`.
         model: the world model of the checkpoint.
         env: the environment the rounds and evaluations ran in.
         metrics: everything written to `metrics.json` (label timings, per-round student returns,
