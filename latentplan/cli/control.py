@@ -16,13 +16,26 @@ __all__ = ["run"]
 
 
 def _controller(cfg: ControlConfig):
-    """The robot, the controller and the planner's build for `cfg` (raises ValueError / FileNotFoundError)."""
+    """The robot, the controller and the planner's build for `cfg`.
+
+    Raises:
+        ValueError: a bad setting, an unknown planner spec, a pixel model, or a checkpoint whose env is
+            not a dm_control task (`SimulatedRobot` runs dm_control physics only; a `gym:` model is refused
+            before anything is built, the message naming its env and `latentplan compare` instead).
+        FileNotFoundError: no checkpoint (or fallback policy) at the path given.
+    """
     from latentplan.envs.dmc import DEFAULT_DMC_ACTION_REPEAT, PLANET_ACTION_REPEAT
     from latentplan.training import load_checkpoint
 
     model, tcfg, _ = load_checkpoint(cfg.checkpoint)
     if tcfg.obs != "state":
         raise ValueError(f"latentplan control simulates state observations; this model observes {tcfg.obs!r}")
+    if not tcfg.env.startswith("dmc:"):
+        raise ValueError(
+            f"latentplan control runs dm_control tasks in wall-clock time (SimulatedRobot); this model was trained "
+            f"on {tcfg.env!r}. For a Gymnasium env, evaluate its planners with `latentplan compare` (episodes "
+            "stepped as fast as planning allows) or drive your own robot with latentplan.control.run_control_loop"
+        )
     domain = tcfg.env[4:].partition("-")[0]
     repeat = tcfg.action_repeat or PLANET_ACTION_REPEAT.get(domain, DEFAULT_DMC_ACTION_REPEAT)
     probe = SimulatedRobot(tcfg.env, action_repeat=repeat, seed=cfg.seed)
@@ -48,7 +61,8 @@ def run(cfg: ControlConfig, args: list[str] | None = None) -> int:
     thread is closed however the run ends.
 
     Returns:
-        The exit code: 0, 2 for a bad setting, an unknown planner or a missing checkpoint, 130
+        The exit code: 0, 2 for a bad setting, an unknown planner, a missing checkpoint or one whose
+        model is not of a dm_control task from state, 130
         after an interruption.
     """
     torch.set_num_threads(cfg.threads)

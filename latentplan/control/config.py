@@ -14,7 +14,8 @@ class ControlConfig:
     """`latentplan control`: a planner as the real-time controller of a simulated robot.
 
     The robot is the checkpoint's dm_control task running in wall-clock time
-    (`SimulatedRobot`); one tick of the loop is one model decision.
+    (`SimulatedRobot`); one tick of the loop is one model decision. A model of a `gym:` env or
+    one observing pixels is refused (exit code 2, the message naming why).
 
     Attributes:
         checkpoint: the trained model (`checkpoint.pt` or its run folder).
