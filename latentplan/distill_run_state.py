@@ -256,3 +256,23 @@ def restore(run: Any, state: RunState | None) -> None:
     run.gen.set_state(state.generator.cpu())
     run.metrics, run.phase_steps, run.done = state.metrics, state.phase_steps, list(state.done)
     run.wall_before = state.wall_s
+
+
+def against_teacher(student_mean: float, teacher_mean: float) -> dict[str, float]:
+    """How the student's mean return compares with the teacher's, on the same seeds.
+
+    `return_difference` is `student - teacher` (return units; > 0: the student did better).
+    `return_ratio` is `student / teacher`, defined only when both means are > 0 (NaN otherwise):
+    with negative returns a ratio reads backwards (-859 / -794 = 1.08 for a worse student).
+    """
+    ratio = student_mean / teacher_mean if student_mean > 0 and teacher_mean > 0 else float("nan")
+    return {"return_ratio": ratio, "return_difference": student_mean - teacher_mean}
+
+
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """`metrics.json`'s text: standard JSON, NaN and +-inf written as `null` (tensors and NumPy
+    numbers as floats)."""
+    from .statistics import finite_json
+
+    plain = json.loads(json.dumps(metrics, default=float))
+    return json.dumps(finite_json(plain), indent=2, allow_nan=False) + "\n"

@@ -483,7 +483,7 @@ class _DistillRun:
         if cfg.eval_teacher:
             m["teacher_eval"] = evaluate_planner(self.env, self.model, self.teacher, self.factory, seeds,
                                                  progress=cfg.progress, desc="teacher eval")
-            m["return_ratio"] = m["student"]["mean"] / t if (t := m["teacher_eval"]["mean"]) else float("nan")
+            m.update(run_state.against_teacher(m["student"]["mean"], m["teacher_eval"]["mean"]))
 
     def write(self) -> DistillResult:
         """`policy.pt`, `loss.png`, `metrics.json`, then the finished run's `distiller.pt` into `cfg.out`."""
@@ -494,6 +494,6 @@ class _DistillRun:
         m.update({"phases": self.phase_steps, "steps": d.steps, "labels": d.labels,
                   "wall_s": run_state.wall_s(self), "loss_history": [l for _, l in d.history]})
         plot_distillation(m, out / "loss.png")
-        atomic_write_text(out / "metrics.json", json.dumps(m, indent=2, default=float) + "\n")
+        atomic_write_text(out / "metrics.json", run_state.metrics_text(m))
         run_state.save(self, finished=True)
         return DistillResult(d, self.teacher, self.model, self.env, m, out)

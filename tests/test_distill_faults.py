@@ -3,6 +3,7 @@
 action box is not the student's, checkpoints of another config, runs that would do nothing, and
 TD(λ) against the exact Riccati value of a scalar linear-quadratic system for λ = 0 and λ = 1."""
 
+import json
 import math
 
 import numpy as np
@@ -336,4 +337,9 @@ def test_a_teacher_that_scores_zero_gives_a_nan_ratio_not_a_crash(monkeypatch):
     assert math.isnan(run.metrics["return_ratio"]) and run.metrics["student"]["mean"] == 3.0
     scores["teacher eval"] = 4.0
     run.evaluate()
-    assert run.metrics["return_ratio"] == 0.75
+    assert run.metrics["return_ratio"] == 0.75 and run.metrics["return_difference"] == -1.0
+    scores.update({"student eval": -859.0, "teacher eval": -794.0})  # negative returns: no ratio, the difference
+    run.evaluate()
+    assert math.isnan(run.metrics["return_ratio"]) and run.metrics["return_difference"] == -65.0
+    text = facade.run_state.metrics_text(run.metrics)  # metrics.json: standard JSON, NaN as null
+    assert json.loads(text)["return_ratio"] is None and "NaN" not in text

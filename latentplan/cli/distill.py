@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 from latentplan.distillation import DistillRunConfig, run_distillation
@@ -33,7 +34,8 @@ def run(cfg: DistillRunConfig, args: list[str] | None = None) -> int:
         line = f"  student return {m['student']['mean']:.1f} ± {m['student']['std']:.1f} ({m['student']['plan_ms']:.2f} ms/decision)"
         if "teacher_eval" in m:
             t = m["teacher_eval"]
-            line += f"   teacher {t['mean']:.1f} ± {t['std']:.1f} ({t['plan_ms']:.1f} ms/decision); ratio {m['return_ratio']:.2f}"
+            line += (f"   teacher {t['mean']:.1f} ± {t['std']:.1f} ({t['plan_ms']:.1f} ms/decision); student - teacher "
+                     f"{m['return_difference']:+.1f}" + ("" if math.isnan(m["return_ratio"]) else f", ratio {m['return_ratio']:.2f}"))
         print(line)
     print(f"  policy: {res.out / 'policy.pt'}   loss curve: {res.out / 'loss.png'}   metrics: {res.out / 'metrics.json'}")
     return 0
