@@ -276,3 +276,22 @@ def metrics_text(metrics: dict[str, Any]) -> str:
 
     plain = json.loads(json.dumps(metrics, default=float))
     return json.dumps(finite_json(plain), indent=2, allow_nan=False) + "\n"
+
+
+
+def stored_config(out: str | Path) -> dict[str, Any] | None:
+    """The config (`io.config_dict` of its `DistillRunConfig`) of the unfinished run saved in `out`
+    (`distiller.pt`), or `None` when `out` holds no readable run's state or a finished one: what
+    `latentplan distill --resume --out DIR` starts from, so the run's flags need not be repeated
+    (flags given still override it, and `load` then checks what differs)."""
+    path = Path(out) / STATE
+    if not path.is_file():
+        return None
+    try:
+        env = io.load(path, "distiller")
+    except io.CheckpointError:
+        return None  # the run itself explains why it cannot resume
+    run, stored = env.state.get("run"), env.config.get("run")
+    if not isinstance(run, dict) or not isinstance(stored, dict) or run.get("finished"):
+        return None
+    return stored

@@ -189,7 +189,11 @@ def test_cli_resume_flag(checkpoint, uninterrupted, tmp_path, monkeypatch, capsy
     assert "rerun the same command with --resume" in capsys.readouterr().err
     assert main(args) == 2 and "pass --resume to continue it" in capsys.readouterr().err
     assert main(args + ["--resume", "--seed", "1"]) == 2 and "seed: stored 0, now 1" in capsys.readouterr().err
-    assert main(args + ["--resume"]) == 0
+    assert main(["distill", "--resume", "--out", str(out), "--seed", "1"]) == 2  # a flag given still overrides
+    assert "seed: stored 0, now 1" in capsys.readouterr().err
+    assert main(["distill", "--resume", "--out", str(tmp_path / "typo")]) == 2
+    assert "nothing to resume in" in capsys.readouterr().err
+    assert main(["distill", "--resume", "--out", str(out)]) == 0  # the run's own config: no flag repeated
     got, want = (json.loads((o / "metrics.json").read_text()) for o in (out, whole_out))
     assert _strip(got) == _strip(want) and not math.isnan(got["return_ratio"])
 

@@ -136,9 +136,22 @@ def _cli_type(name: str | None, args: list[str]) -> Any:
 
 def _command_type(name: str, args: list[str]) -> tuple[Any, Any]:
     """`(config type, default)` of command `name`; the default is the run's stored config with
-    `--resume` (`_stored_config`), `None` when the config has required fields."""
+    `--resume` (`_stored_config`; for `distill`, the unfinished run's in `--out`), `None` when the
+    config has required fields."""
     cmd = COMMANDS[name]
     default = None if cmd.default is None else _stored_config(args, _load(cmd.default)())
+    if name == "distill" and "--resume" in args:  # the killed run's own config: its flags need not be repeated
+        from latentplan.distill_run_state import stored_config
+        from latentplan.distillation import DistillConfig, DistillRunConfig
+
+        out = _flag_value(args, ("--out",)) or "runs/distill"
+        stored = stored_config(out)
+        if stored is None and _flag_value(args, ("--checkpoint",)) is None:
+            raise NothingToResume(f"nothing to resume in {out}: it holds no unfinished distillation run "
+                                  "(distiller.pt); give --checkpoint and the run's flags to start one there")
+        if stored is not None:
+            default = DistillRunConfig(**{**stored, "distill": DistillConfig.from_dict(stored["distill"]),
+                                          "resume": True, "out": out})
     return _load(cmd.config), default
 
 

@@ -21,8 +21,8 @@ def run(cfg: DistillRunConfig, args: list[str] | None = None) -> int:
     try:
         res = run_distillation(cfg)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: rerun the same command with --resume to continue from the last finished phase "
-              f"({cfg.out}/progress.json)", file=sys.stderr)
+        print(f"\ninterrupted: rerun the same command with --resume (or `latentplan distill --resume --out {cfg.out}`) "
+              f"to continue from the last finished phase ({cfg.out}/progress.json)", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError) as e:
         print(f"latentplan distill: {e}", file=sys.stderr)
