@@ -37,14 +37,13 @@ from typing import Any, Callable, Iterator
 import torch
 
 from . import io
-from .training import CheckpointMismatch
+from .training import _MISSING, CheckpointMismatch, _flatten
 
 __all__ = ["PROGRESS", "STATE", "DistillResult", "RunState", "load", "lock", "phases", "restore", "save", "wall_s"]
 
 STATE = "distiller.pt"  #: the distiller and the run's state
 PROGRESS = "progress.json"  #: the progress, readable
 NOT_COMPARED = ("resume", "progress", "out")  #: config fields a resume may change (they change no result)
-_MISSING = "(missing)"
 
 
 @dataclass
@@ -102,16 +101,6 @@ class RunState:
             raise CheckpointMismatch(f"cannot resume {self.path}: the model checkpoint changed since the run began "
                                      "(another file, or training went on and rewrote it); its labels were made with "
                                      "the old model: choose another --out to start afresh")
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _check_config(stored: dict[str, Any], cfg: Any, path: Path) -> None:

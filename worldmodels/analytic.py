@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .state import LatentState, WorldModelBase, check_step
+from .state import LatentState, WorldModelBase, check_count, check_step
 
 __all__ = ["AnalyticModel"]
 
@@ -228,11 +228,7 @@ class AnalyticModel(nn.Module, WorldModelBase):
             TypeError: `batch` is not an int (NumPy ints are fine; bools and floats are not).
             ValueError: `batch < 0`.
         """
-        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral):
-            raise TypeError(f"AnalyticModel.initial: batch must be an int >= 0; got {type(batch).__name__} {batch!r}")
-        if batch < 0:
-            raise ValueError(f"AnalyticModel.initial: batch must be an int >= 0; got {batch}")
-        batch = int(batch)
+        batch = check_count("AnalyticModel.initial", "batch", batch)
         kw = dict(device=self.device, dtype=self.action_low.dtype)
         return LatentState(torch.zeros(batch, self.state_dim, **kw), torch.zeros(batch, 0, **kw))
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .filter_bptt import posterior_filter
 from .networks import MLP, ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
-from .state import LatentState, WorldModelBase, check_step
+from .state import LatentState, WorldModelBase, check_count, check_step
 
 __all__ = ["RSSMConfig", "RSSMWorldModel", "ELBOTerms"]
 
@@ -413,12 +413,8 @@ class RSSMWorldModel(nn.Module, WorldModelBase):
             TypeError: `batch` is not an int (NumPy ints are fine; bools and floats are not).
             ValueError: `batch < 0`.
         """
-        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral):
-            raise TypeError(f"RSSMWorldModel.initial: batch must be an int >= 0; got {type(batch).__name__} {batch!r}")
-        if batch < 0:
-            raise ValueError(f"RSSMWorldModel.initial: batch must be an int >= 0; got {batch}")
+        batch = check_count("RSSMWorldModel.initial", "batch", batch)
         kw = dict(device=self.device, dtype=self.dtype)
-        batch = int(batch)
         return LatentState(torch.zeros(batch, self.config.deter, **kw), torch.zeros(batch, self.config.stoch, **kw))
 
     def observe(

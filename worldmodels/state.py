@@ -9,7 +9,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["LatentState", "WorldModel", "WorldModelBase", "check_actions", "check_step"]
+__all__ = ["LatentState", "WorldModel", "WorldModelBase", "check_actions", "check_count", "check_step"]
 
 
 @dataclass(frozen=True)
@@ -75,14 +75,7 @@ class LatentState:
             TypeError: `n` is not an integer (a bool is not one).
             ValueError: `n < 0`.
         """
-        if isinstance(n, bool):
-            raise TypeError(f"LatentState.expand: n must be an int >= 0; got {n!r}")
-        try:
-            n = operator.index(n)
-        except TypeError:
-            raise TypeError(f"LatentState.expand: n must be an int >= 0; got {type(n).__name__} {n!r}") from None
-        if n < 0:
-            raise ValueError(f"LatentState.expand: n must be an int >= 0; got {n}")
+        n = check_count("LatentState.expand", "n", n)
         return LatentState(
             self.deter.repeat_interleave(n, dim=0), self.stoch.repeat_interleave(n, dim=0)
         )
@@ -294,6 +287,24 @@ class WorldModelBase:
     def refresh(self) -> bool:
         """Rebuild what is derived from the parameters; the base model has nothing to rebuild."""
         return False
+
+
+def check_count(where: str, name: str, n: Any) -> int:
+    """`n` as a Python int, if it is an integer >= 0 (NumPy ints are fine; bools and floats are not).
+
+    Raises:
+        TypeError: `n` is not an integer, naming `where` and `name`.
+        ValueError: `n < 0`.
+    """
+    if isinstance(n, bool):
+        raise TypeError(f"{where}: {name} must be an int >= 0; got {n!r}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{where}: {name} must be an int >= 0; got {type(n).__name__} {n!r}") from None
+    if n < 0:
+        raise ValueError(f"{where}: {name} must be an int >= 0; got {n}")
+    return n
 
 
 def check_actions(where: str, actions: Any) -> None:
